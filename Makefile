@@ -1,0 +1,60 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything else is a building block.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CACHE_DIR ?= $(HOME)/.cache/moderation
+UV_VERSION := 0.13.8
+UV := $(CACHE_DIR)/tools/uv-$(UV_VERSION)/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: help venv check lint typecheck unit test demo stack-up stack-down stack-status clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(UV):
+	@scripts/timed "uv $(UV_VERSION): install into $(CACHE_DIR)/tools" \
+	  scripts/install-uv "$(UV_VERSION)" "$(CACHE_DIR)/tools/uv-$(UV_VERSION)"
+
+venv: $(UV) ## create .venv from uv.lock (no vLLM: it is a deployment-only extra)
+	@scripts/timed "python venv: uv sync --locked" $(UV) sync --locked --quiet
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv ## unit tests only (no external service)
+	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+
+check: lint typecheck unit ## ruff + mypy (strict) + unit tests
+
+stack-up: venv ## install (cached) and start Kafka, PostgreSQL, Dapr and the LLM server
+	$(BIN)/moderation stack up
+
+stack-down: venv ## stop every component of the local stack
+	$(BIN)/moderation stack down
+
+stack-status: venv ## health, pid and RSS of every component
+	$(BIN)/moderation stack status
+
+test: venv ## the whole suite against the real local stack (brought up and down here)
+	@started=$$(date +%s); \
+	$(BIN)/moderation stack up; \
+	echo "stack ready after $$(( $$(date +%s) - started ))s"; \
+	status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
+	$(BIN)/moderation stack down || true; \
+	echo "make test finished in $$(( $$(date +%s) - started ))s (pytest exit $$status)"; \
+	exit $$status
+
+demo: venv ## embedded mode: the main job on embedded defaults
+	$(BIN)/moderation demo
+
+clean: ## stop the stack and remove its state (.stack/); caches in $(CACHE_DIR) stay
+	-$(BIN)/moderation stack down
+	rm -rf .stack

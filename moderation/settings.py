@@ -1,0 +1,166 @@
+"""One settings tree for every service, job and the local stack.
+
+Environment variables use the prefix ``MODERATION_`` and ``__`` between sections, for example
+``MODERATION_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:9092`` or ``MODERATION_DB__PORT=55432``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Development-only credentials of the local stack. Refused outside `environment=development`.
+DEV_DB_PASSWORD = "moderation-dev"
+DEV_LLM_API_KEY = "local-llm"
+
+
+class TopicSettings(BaseModel):
+    """Kafka topic names (ARCHITECTURE.md: dotted names, configurable)."""
+
+    posts_submitted: str = "posts.submitted"
+    verdicts: str = "moderation.verdicts"
+    review_requested: str = "review.requested"
+    review_decisions: str = "review.decisions"
+    dlq_suffix: str = ".dlq"
+
+    def main_topics(self) -> list[str]:
+        return [self.posts_submitted, self.verdicts, self.review_requested, self.review_decisions]
+
+    def all_topics(self) -> list[str]:
+        """Every topic the system uses, dead-letter topics included."""
+        main = self.main_topics()
+        return main + [topic + self.dlq_suffix for topic in main]
+
+
+class KafkaSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 9092
+    controller_port: int = 9093
+    partitions: int = Field(default=3, ge=1)
+    version: str = Field(default="4.3.1", description="Apache Kafka version resolved from Maven")
+    heap: str = Field(default="512m", description="JVM -Xmx for the local broker")
+    topics: TopicSettings = TopicSettings()
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class DatabaseSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 55432
+    user: str = "moderation"
+    password: SecretStr = SecretStr(DEV_DB_PASSWORD)
+    name: str = "moderation"
+    dapr_state_name: str = Field(default="dapr_state", description="database of Dapr's state store")
+    url_override: str | None = Field(
+        default=None, description="full SQLAlchemy URL; `sqlite:///...` for the embedded demo"
+    )
+
+    def url_for(self, database: str) -> str:
+        secret = self.password.get_secret_value()
+        return f"postgresql+psycopg://{self.user}:{secret}@{self.host}:{self.port}/{database}"
+
+    @property
+    def url(self) -> str:
+        return self.url_override or self.url_for(self.name)
+
+    def libpq_dsn(self, database: str) -> str:
+        """Connection string in the libpq form that Dapr's PostgreSQL component expects."""
+        secret = self.password.get_secret_value()
+        return (
+            f"host={self.host} port={self.port} user={self.user} password={secret} "
+            f"dbname={database} sslmode=disable"
+        )
+
+
+class LLMSettings(BaseModel):
+    base_url: str = Field(
+        default="http://127.0.0.1:8011/v1",
+        description="OpenAI-compatible endpoint: vLLM in production, the local adapter in tests",
+    )
+    api_key: SecretStr = SecretStr(DEV_LLM_API_KEY)
+    model: str = "smollm2-135m-instruct"
+    timeout_seconds: float = 60.0
+    adapter_port: int = 8011
+    server_port: int = Field(default=8012, description="llama.cpp server behind the adapter")
+    context_tokens: int = 4096
+    trace_upload: bool = Field(default=False, description="upload Agents SDK traces to OpenAI")
+
+
+class DaprSettings(BaseModel):
+    version: str = Field(default="1.18.2", description="runtime built from the Go module proxy")
+    app_id: str = "review-service"
+    http_port: int = 3500
+    grpc_port: int = 50001
+    metrics_port: int = 9091
+    placement_port: int = 50005
+    placement_healthz_port: int = 8081
+    placement_metrics_port: int = 9095
+    scheduler_port: int = 50006
+    scheduler_healthz_port: int = 8082
+    scheduler_metrics_port: int = 9096
+    scheduler_etcd_client_port: int = 2379
+    scheduler_etcd_peer_port: int = 2380
+    pubsub_name: str = "kafka-pubsub"
+    statestore_name: str = "statestore"
+    secretstore_name: str = "localsecretstore"
+
+    @property
+    def grpc_endpoint(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+class StackSettings(BaseModel):
+    """Where the local stack keeps its downloads, builds and runtime state."""
+
+    cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "moderation",
+        description="heavy downloads and builds, keyed by version, shared by every checkout",
+    )
+    state_dir: Path = Field(
+        default=PROJECT_ROOT / ".stack",
+        description="data, logs and pid files of the running stack (ignored by git)",
+    )
+    startup_timeout_seconds: float = 180.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MODERATION_",
+        env_nested_delimiter="__",
+        env_file=None,
+        extra="ignore",
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    kafka: KafkaSettings = KafkaSettings()
+    db: DatabaseSettings = DatabaseSettings()
+    llm: LLMSettings = LLMSettings()
+    dapr: DaprSettings = DaprSettings()
+    stack: StackSettings = StackSettings()
+
+    @model_validator(mode="after")
+    def _refuse_dev_secrets_in_production(self) -> Settings:
+        if self.environment == "production":
+            if self.db.password.get_secret_value() == DEV_DB_PASSWORD and not self.db.url_override:
+                raise ValueError("MODERATION_DB__PASSWORD must be set outside development")
+            if self.llm.api_key.get_secret_value() == DEV_LLM_API_KEY:
+                raise ValueError("MODERATION_LLM__API_KEY must be set outside development")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings instance (read once from the environment)."""
+    return Settings()

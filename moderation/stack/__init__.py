@@ -1,0 +1,64 @@
+"""The local stack (DACA mode 2): real Kafka, PostgreSQL, Dapr and an OpenAI-compatible LLM server.
+
+`moderation stack up` installs what is missing (cached outside the repository, keyed by version),
+starts every component on loopback and returns once each really answers. `down` stops them all.
+"""
+
+from __future__ import annotations
+
+import time
+
+from moderation.settings import Settings
+from moderation.stack.component import Component, ComponentStatus
+from moderation.stack.dapr import DaprRuntime
+from moderation.stack.kafka import KafkaBroker
+from moderation.stack.postgres import PostgresCluster
+from moderation.stack.runtime import console, step
+
+
+def components(settings: Settings) -> list[Component]:
+    """Every component in start order (Dapr needs Kafka and PostgreSQL for its components)."""
+    return [
+        KafkaBroker(settings),
+        PostgresCluster(settings),
+        DaprRuntime(settings),
+        *_llm(settings),
+    ]
+
+
+def _llm(settings: Settings) -> list[Component]:
+    try:
+        from moderation.stack.llm import LLMServer
+    except ImportError:
+        return []
+    return [LLMServer(settings)]
+
+
+def select(settings: Settings, names: list[str] | None) -> list[Component]:
+    chosen = components(settings)
+    if not names:
+        return chosen
+    known = {component.name for component in chosen}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ValueError(f"unknown component(s) {unknown}; choose from {sorted(known)}")
+    return [component for component in chosen if component.name in names]
+
+
+def up(settings: Settings, names: list[str] | None = None) -> None:
+    started = time.monotonic()
+    for component in select(settings, names):
+        with step(f"{component.name}: install (cached)"):
+            component.install()
+        component.start()
+    console.print(f"[bold green]stack up[/bold green] in {time.monotonic() - started:.1f}s")
+
+
+def down(settings: Settings, names: list[str] | None = None) -> None:
+    for component in reversed(select(settings, names)):
+        with step(f"{component.name}: stop"):
+            component.stop()
+
+
+def status(settings: Settings, names: list[str] | None = None) -> list[ComponentStatus]:
+    return [item for component in select(settings, names) for item in component.status()]

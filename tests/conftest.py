@@ -1,0 +1,23 @@
+"""Suite-wide rules: an integration test never passes by being skipped."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import pytest
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, None]:
+    """Turn a skipped integration test into a failure: its real component must be there."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if report.skipped and item.get_closest_marker("integration") is not None:
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = (
+            f"integration test was skipped ({reason}); integration tests must run against the "
+            "real local stack (`make stack-up`)"
+        )

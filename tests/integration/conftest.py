@@ -1,0 +1,56 @@
+"""Fixtures for tests against the real local stack.
+
+Each fixture starts its component if it is not running (idempotent, as `make stack-up` does),
+so a missing component fails the test loudly instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from moderation.settings import Settings, get_settings
+from moderation.stack.dapr import DaprRuntime
+from moderation.stack.kafka import KafkaBroker
+from moderation.stack.postgres import PostgresCluster
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def kafka(settings: Settings) -> KafkaBroker:
+    broker = KafkaBroker(settings)
+    broker.install()
+    broker.start()
+    return broker
+
+
+@pytest.fixture(scope="session")
+def postgres(settings: Settings) -> PostgresCluster:
+    cluster = PostgresCluster(settings)
+    cluster.install()
+    cluster.start()
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def dapr(
+    settings: Settings, kafka: KafkaBroker, postgres: PostgresCluster
+) -> Iterator[DaprRuntime]:
+    runtime = DaprRuntime(settings)
+    runtime.install()
+    runtime.start()
+    yield runtime
+    # A test may have crashed the sidecar; leave it running for the next test and `stack down`.
+    runtime.start_sidecar()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix so reruns never collide on topics, groups or keys."""
+    return uuid.uuid4().hex[:10]
