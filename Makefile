@@ -3,7 +3,9 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
-CACHE_DIR ?= $(HOME)/.cache/moderation
+# One cache for make and the stack (MODERATION_STACK__CACHE_DIR is the settings' name for it).
+CACHE_DIR ?= $(or $(MODERATION_STACK__CACHE_DIR),$(HOME)/.cache/moderation)
+export MODERATION_STACK__CACHE_DIR := $(CACHE_DIR)
 UV_VERSION := 0.13.8
 UV := $(CACHE_DIR)/tools/uv-$(UV_VERSION)/bin/uv
 VENV := .venv
@@ -44,12 +46,12 @@ stack-status: venv ## health, pid and RSS of every component
 	$(BIN)/moderation stack status
 
 test: venv ## the whole suite against the real local stack (brought up and down here)
-	@started=$$(date +%s); \
-	$(BIN)/moderation stack up; \
+	@started=$$(date +%s); status=0; \
+	$(BIN)/moderation stack up || status=$$?; \
 	echo "stack ready after $$(( $$(date +%s) - started ))s"; \
-	status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
+	if [ $$status -eq 0 ]; then $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; fi; \
 	$(BIN)/moderation stack down || true; \
-	echo "make test finished in $$(( $$(date +%s) - started ))s (pytest exit $$status)"; \
+	echo "make test finished in $$(( $$(date +%s) - started ))s (exit $$status)"; \
 	exit $$status
 
 demo: venv ## embedded mode: the main job on embedded defaults

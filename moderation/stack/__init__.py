@@ -13,7 +13,7 @@ from moderation.stack.component import Component, ComponentStatus
 from moderation.stack.dapr import DaprRuntime
 from moderation.stack.kafka import KafkaBroker
 from moderation.stack.postgres import PostgresCluster
-from moderation.stack.runtime import console, step
+from moderation.stack.runtime import StackError, console, step
 
 
 def components(settings: Settings) -> list[Component]:
@@ -55,9 +55,15 @@ def up(settings: Settings, names: list[str] | None = None) -> None:
 
 
 def down(settings: Settings, names: list[str] | None = None) -> None:
-    for component in reversed(select(settings, names)):
+    """Stop the components in reverse order and check that no process is left behind."""
+    chosen = select(settings, names)
+    for component in reversed(chosen):
         with step(f"{component.name}: stop"):
             component.stop()
+    leftover = [row for component in chosen for row in component.status() if row.running]
+    if leftover:
+        names_left = ", ".join(f"{row.name} (pid {row.pid})" for row in leftover)
+        raise StackError(f"still running after stop: {names_left}")
 
 
 def status(settings: Settings, names: list[str] | None = None) -> list[ComponentStatus]:

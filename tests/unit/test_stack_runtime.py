@@ -42,7 +42,10 @@ def test_interrupted_build_leaves_no_entry_and_is_redone(tmp_path: Path) -> None
         cache_entry(tmp_path, "tool-1.0", broken)
     assert list(tmp_path.iterdir()) == []
 
-    entry = cache_entry(tmp_path, "tool-1.0", lambda staging: (staging / "full").write_text("ok"))
+    def build(staging: Path) -> None:
+        (staging / "full").write_text("ok")
+
+    entry = cache_entry(tmp_path, "tool-1.0", build)
     assert sorted(p.name for p in entry.iterdir()) == ["full"]
 
 
@@ -69,7 +72,9 @@ def test_wait_until_times_out_with_the_component_name() -> None:
 
 def test_managed_process_start_is_idempotent_and_stop_leaves_nothing(tmp_path: Path) -> None:
     process = ManagedProcess(
-        name="sleeper", argv=[sys.executable, "-c", "import time; time.sleep(60)"], state_dir=tmp_path
+        name="sleeper",
+        argv=[sys.executable, "-c", "import time; time.sleep(60)"],
+        state_dir=tmp_path,
     )
     pid = process.start()
     assert process.start() == pid  # already running: nothing new
