@@ -52,6 +52,15 @@ def _fail(error: Exception) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+@stack_app.command("install")
+def stack_install(names: ComponentNames = None) -> None:
+    """Download and build what is missing (cached), without starting anything."""
+    try:
+        stack.install(get_settings(), names)
+    except (StackError, ValueError) as error:
+        raise _fail(error) from None
+
+
 @stack_app.command("up")
 def stack_up(names: ComponentNames = None) -> None:
     """Install what is missing, start every component and wait until each answers."""

@@ -45,6 +45,13 @@ def select(settings: Settings, names: list[str] | None) -> list[Component]:
     return [component for component in chosen if component.name in names]
 
 
+def install(settings: Settings, names: list[str] | None = None) -> None:
+    """Download and build what is missing into the cache, without starting anything."""
+    for component in select(settings, names):
+        with step(f"{component.name}: install (cached)"):
+            component.install()
+
+
 def up(settings: Settings, names: list[str] | None = None) -> None:
     started = time.monotonic()
     for component in select(settings, names):
