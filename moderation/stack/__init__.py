@@ -12,6 +12,7 @@ from moderation.settings import Settings
 from moderation.stack.component import Component, ComponentStatus
 from moderation.stack.dapr import DaprRuntime
 from moderation.stack.kafka import KafkaBroker
+from moderation.stack.llm import LLMServer
 from moderation.stack.postgres import PostgresCluster
 from moderation.stack.runtime import StackError, console, step
 
@@ -22,16 +23,8 @@ def components(settings: Settings) -> list[Component]:
         KafkaBroker(settings),
         PostgresCluster(settings),
         DaprRuntime(settings),
-        *_llm(settings),
+        LLMServer(settings),
     ]
-
-
-def _llm(settings: Settings) -> list[Component]:
-    try:
-        from moderation.stack.llm import LLMServer
-    except ImportError:
-        return []
-    return [LLMServer(settings)]
 
 
 def select(settings: Settings, names: list[str] | None) -> list[Component]:

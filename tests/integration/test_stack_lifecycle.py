@@ -29,5 +29,13 @@ def test_status_command_reports_each_component_with_memory(dapr: DaprRuntime) ->
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     names = {row["name"] for row in rows}
-    assert {"kafka", "postgres", "dapr-placement", "dapr-scheduler", "daprd-review-service"} <= names
+    assert names == {
+        "kafka",
+        "postgres",
+        "dapr-placement",
+        "dapr-scheduler",
+        "daprd-review-service",
+        "llm-server",
+        "llm-adapter",
+    }
     assert all(row["healthy"] and row["rss_mib"] > 0 for row in rows)
