@@ -164,67 +164,57 @@ class DaprRuntime:
             "MODERATION_DAPR_SECRETS_FILE": str(self.secrets_file()),
         }
 
+    def _start_control_plane(
+        self,
+        process: ManagedProcess,
+        grpc_port: int,
+        healthz_port: int,
+        metrics_port: int,
+        extra_flags: dict[str, object],
+        extra_ports: list[int],
+    ) -> None:
+        """placement and scheduler share their flags for ports, loopback and health."""
+        if process.running():
+            return
+        ensure_ports_free(process.name, [grpc_port, healthz_port, metrics_port, *extra_ports])
+        binary = self.binaries()[process.name.removeprefix("dapr-")]
+        process.argv = [
+            str(binary),
+            *_flags(
+                {
+                    "port": grpc_port,
+                    "listen-address": LOOPBACK,
+                    "healthz-port": healthz_port,
+                    "healthz-listen-address": LOOPBACK,
+                    "metrics-port": metrics_port,
+                    "metrics-listen-address": LOOPBACK,
+                    **extra_flags,
+                }
+            ),
+        ]
+        with step(f"dapr: start {process.name} on {LOOPBACK}:{grpc_port}"):
+            process.start()
+            wait_for_process(process, process.name, lambda: _healthz(healthz_port), 120)
+
     def start(self) -> None:
-        binaries = self.binaries()
         d = self.dapr
-        if not self.placement.running():
-            ensure_ports_free(
-                "dapr placement",
-                [d.placement_port, d.placement_healthz_port, d.placement_metrics_port],
-            )
-            self.placement.argv = [
-                str(binaries["placement"]),
-                *_flags(
-                    {
-                        "port": d.placement_port,
-                        "listen-address": LOOPBACK,
-                        "healthz-port": d.placement_healthz_port,
-                        "healthz-listen-address": LOOPBACK,
-                        "metrics-port": d.placement_metrics_port,
-                        "metrics-listen-address": LOOPBACK,
-                    }
-                ),
-            ]
-            with step(f"dapr: start placement on 127.0.0.1:{d.placement_port}"):
-                self.placement.start()
-                wait_for_process(
-                    self.placement, "dapr placement", lambda: _healthz(d.placement_healthz_port), 60
-                )
-        if not self.scheduler.running():
-            ensure_ports_free(
-                "dapr scheduler",
-                [d.scheduler_port, d.scheduler_healthz_port, d.scheduler_metrics_port,
-                 d.scheduler_etcd_client_port, d.scheduler_etcd_peer_port],
-            )  # fmt: skip
-            data = self.state_dir / "dapr" / "scheduler"
-            data.mkdir(parents=True, exist_ok=True)
-            self.scheduler.argv = [
-                str(binaries["scheduler"]),
-                *_flags(
-                    {
-                        "port": d.scheduler_port,
-                        "listen-address": LOOPBACK,
-                        "healthz-port": d.scheduler_healthz_port,
-                        "healthz-listen-address": LOOPBACK,
-                        "metrics-port": d.scheduler_metrics_port,
-                        "metrics-listen-address": LOOPBACK,
-                        "etcd-data-dir": data,
-                        "etcd-client-port": d.scheduler_etcd_client_port,
-                        "etcd-client-listen-address": LOOPBACK,
-                        "etcd-initial-cluster": (
-                            f"dapr-scheduler-server-0=http://{LOOPBACK}:{d.scheduler_etcd_peer_port}"
-                        ),
-                    }
-                ),
-            ]
-            with step(f"dapr: start scheduler on 127.0.0.1:{d.scheduler_port}"):
-                self.scheduler.start()
-                wait_for_process(
-                    self.scheduler,
-                    "dapr scheduler",
-                    lambda: _healthz(d.scheduler_healthz_port),
-                    120,
-                )
+        self._start_control_plane(
+            self.placement, d.placement_port, d.placement_healthz_port, d.placement_metrics_port,
+            extra_flags={}, extra_ports=[],
+        )  # fmt: skip
+        scheduler_data = self.state_dir / "dapr" / "scheduler"
+        scheduler_data.mkdir(parents=True, exist_ok=True)
+        peer = f"http://{LOOPBACK}:{d.scheduler_etcd_peer_port}"
+        self._start_control_plane(
+            self.scheduler, d.scheduler_port, d.scheduler_healthz_port, d.scheduler_metrics_port,
+            extra_flags={
+                "etcd-data-dir": scheduler_data,
+                "etcd-client-port": d.scheduler_etcd_client_port,
+                "etcd-client-listen-address": LOOPBACK,
+                "etcd-initial-cluster": f"dapr-scheduler-server-0={peer}",
+            },
+            extra_ports=[d.scheduler_etcd_client_port, d.scheduler_etcd_peer_port],
+        )  # fmt: skip
         self.start_sidecar()
 
     def start_sidecar(self) -> None:

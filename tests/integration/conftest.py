@@ -14,6 +14,7 @@ import pytest
 from moderation.settings import Settings, get_settings
 from moderation.stack.dapr import DaprRuntime
 from moderation.stack.kafka import KafkaBroker
+from moderation.stack.llm import LLMServer
 from moderation.stack.postgres import PostgresCluster
 
 
@@ -48,6 +49,14 @@ def dapr(
     yield runtime
     # A test may have crashed the sidecar; leave it running for the next test and `stack down`.
     runtime.start_sidecar()
+
+
+@pytest.fixture(scope="session")
+def llm(settings: Settings) -> LLMServer:
+    server = LLMServer(settings)
+    server.install()
+    server.start()
+    return server
 
 
 @pytest.fixture

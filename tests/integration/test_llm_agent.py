@@ -52,14 +52,6 @@ class LocalModelProvider(ModelProvider):
         return OpenAIChatCompletionsModel(model=model_name or self.model, openai_client=self.client)
 
 
-@pytest.fixture(scope="module")
-def llm(settings: Settings) -> LLMServer:
-    server = LLMServer(settings)
-    server.install()
-    server.start()
-    return server
-
-
 @pytest.fixture
 async def client(llm: LLMServer, settings: Settings) -> AsyncIterator[AsyncOpenAI]:
     client = AsyncOpenAI(
