@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from moderation.taxonomy import VIOLATING, Category
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # Development-only credentials of the local stack. Refused outside `environment=development`.
@@ -62,6 +64,8 @@ class DatabaseSettings(BaseModel):
     url_override: str | None = Field(
         default=None, description="full SQLAlchemy URL; `sqlite:///...` for the embedded demo"
     )
+    pool_size: int = 10
+    pool_overflow: int = 10
 
     def url_for(self, database: str) -> str:
         secret = self.password.get_secret_value()
@@ -121,6 +125,50 @@ class DaprSettings(BaseModel):
         return f"http://127.0.0.1:{self.http_port}"
 
 
+class ThresholdSettings(BaseModel):
+    """How calibrated probabilities become decisions (ARCHITECTURE.md, "Taxonomy and decisions").
+
+    `remove` when a violating category's probability passes its remove threshold; `allow` when
+    P(safe) passes `allow`; otherwise the post is uncertain. Categories in `always_review` go to
+    a human once their probability passes `review_floor`, whatever else the model says.
+    """
+
+    allow: float = Field(default=0.80, ge=0.0, le=1.0)
+    remove: dict[Category, float] = Field(
+        default_factory=lambda: dict.fromkeys(VIOLATING, 0.85)
+    )
+    always_review: list[Category] = Field(
+        default_factory=lambda: [Category.SEXUAL_MINORS, Category.SELF_HARM]
+    )
+    review_floor: float = Field(default=0.30, ge=0.0, le=1.0)
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 1_000
+    max_text_chars: int = 10_000
+    publish_timeout_seconds: float = Field(
+        default=5.0, description="how long a request waits for Kafka's ack before answering 503"
+    )
+
+
+class WorkerSettings(BaseModel):
+    classifier_group: str = "classifier"
+    recorder_group: str = "recorder"
+    classifier_health_port: int = 8001
+    recorder_health_port: int = 8002
+    max_batch: int = Field(default=500, ge=1, description="posts scored per model call")
+
+
+class ModelStoreSettings(BaseModel):
+    artifact_dir: Path = Field(
+        default=PROJECT_ROOT / ".models",
+        description="artifact store of trained models (ignored by git)",
+    )
+    policy_version: str = "v1"
+
+
 class StackSettings(BaseModel):
     """Where the local stack keeps its downloads, builds and runtime state."""
 
@@ -148,6 +196,10 @@ class Settings(BaseSettings):
     db: DatabaseSettings = DatabaseSettings()
     llm: LLMSettings = LLMSettings()
     dapr: DaprSettings = DaprSettings()
+    thresholds: ThresholdSettings = ThresholdSettings()
+    api: ApiSettings = ApiSettings()
+    worker: WorkerSettings = WorkerSettings()
+    models: ModelStoreSettings = ModelStoreSettings()
     stack: StackSettings = StackSettings()
 
     @model_validator(mode="after")

@@ -1,0 +1,175 @@
+"""SQLModel tables of the read model (Kafka is the log; these are projections of it).
+
+PostgreSQL in the stack, SQLite in the embedded demo: only portable column types are used.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from moderation.events import utc_now
+
+
+def _json_column() -> Any:
+    return Column(JSON, nullable=False)
+
+
+def _aware(nullable: bool = False) -> Any:
+    return Column(DateTime(timezone=True), nullable=nullable)
+
+
+class PostStatus(StrEnum):
+    PENDING = "pending"  # submitted, no verdict yet
+    ALLOWED = "allowed"
+    REMOVED = "removed"
+    IN_REVIEW = "in_review"
+    DECIDED = "decided"  # a human decided
+
+
+class Post(SQLModel, table=True):
+    __tablename__ = "posts"
+
+    id: str = Field(primary_key=True, max_length=64)
+    text: str
+    author_id: str = Field(index=True, max_length=128)
+    external_id: str | None = Field(default=None, max_length=256, index=True)
+    metadata_: dict[str, Any] = Field(default_factory=dict, sa_column=Column("metadata", JSON))
+    status: PostStatus = Field(default=PostStatus.PENDING, index=True)
+    submitted_at: datetime = Field(sa_column=_aware())
+    recorded_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
+
+
+class Verdict(SQLModel, table=True):
+    __tablename__ = "verdicts"
+    __table_args__ = (UniqueConstraint("post_id", "stage", "model_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    post_id: str = Field(index=True, max_length=64)
+    event_id: str = Field(max_length=64)
+    stage: str = Field(max_length=16)
+    decision: str = Field(max_length=16, index=True)
+    primary_category: str = Field(max_length=32)
+    confidence: float
+    scores: dict[str, float] = Field(default_factory=dict, sa_column=_json_column())
+    model_version: str = Field(max_length=128)
+    policy_version: str = Field(max_length=32)
+    rationale: str | None = None
+    latency_ms: float
+    occurred_at: datetime = Field(sa_column=_aware())
+    recorded_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
+
+
+class ReviewStatus(StrEnum):
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    ESCALATED = "escalated"
+    DECIDED = "decided"
+
+
+class Review(SQLModel, table=True):
+    __tablename__ = "reviews"
+
+    id: int | None = Field(default=None, primary_key=True)
+    post_id: str = Field(unique=True, max_length=64)
+    status: ReviewStatus = Field(default=ReviewStatus.PENDING, index=True)
+    priority: str = Field(default="normal", max_length=16, index=True)
+    reason: str
+    category: str = Field(max_length=32, index=True)
+    claimed_by: str | None = None
+    claim_expires_at: datetime | None = Field(default=None, sa_column=_aware(nullable=True))
+    sla_due_at: datetime | None = Field(default=None, sa_column=_aware(nullable=True))
+    created_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
+    updated_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
+
+
+class Decision(SQLModel, table=True):
+    """Append-only: one row per human decision event."""
+
+    __tablename__ = "decisions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(unique=True, max_length=64)
+    post_id: str = Field(index=True, max_length=64)
+    label: str = Field(max_length=32)
+    decision: str = Field(max_length=16)
+    moderator_id: str
+    note: str | None = None
+    decided_at: datetime = Field(sa_column=_aware())
+
+
+class AuditLog(SQLModel, table=True):
+    """Append-only: who did what, when, with the state before and after."""
+
+    __tablename__ = "audit_log"
+
+    id: int | None = Field(default=None, primary_key=True)
+    actor: str
+    action: str = Field(max_length=64, index=True)
+    entity: str = Field(max_length=32)
+    entity_id: str = Field(max_length=64, index=True)
+    before: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    after: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    at: datetime = Field(default_factory=utc_now, sa_column=_aware())
+
+
+class ModelStatus(StrEnum):
+    CHAMPION = "champion"
+    CHALLENGER = "challenger"
+    RETIRED = "retired"
+
+
+class ModelVersion(SQLModel, table=True):
+    """The model registry."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("kind", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=32)  # "fast" | "agent-lora"
+    version: str = Field(max_length=128)
+    status: ModelStatus = Field(default=ModelStatus.CHALLENGER)
+    artifact_uri: str
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=_json_column())
+    created_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
+
+
+class JobRun(SQLModel, table=True):
+    __tablename__ = "job_runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job: str = Field(max_length=64, index=True)
+    status: str = Field(max_length=16)
+    started_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
+    finished_at: datetime | None = Field(default=None, sa_column=_aware(nullable=True))
+    counts: dict[str, Any] = Field(default_factory=dict, sa_column=_json_column())
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=_json_column())
+
+
+class ApiKey(SQLModel, table=True):
+    """API keys, hashed at rest: only `prefix` (for lookup) and the hash are stored."""
+
+    __tablename__ = "api_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=128)
+    prefix: str = Field(unique=True, max_length=32)
+    key_hash: str = Field(max_length=128)
+    scopes: list[str] = Field(default_factory=list, sa_column=_json_column())
+    created_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
+    revoked_at: datetime | None = Field(default=None, sa_column=_aware(nullable=True))
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """Maps a submitter's external_id / Idempotency-Key to the post id it created."""
+
+    __tablename__ = "idempotency_keys"
+
+    key: str = Field(primary_key=True, max_length=300)
+    post_id: str = Field(max_length=64)
+    published: bool = False
+    created_at: datetime = Field(default_factory=utc_now, sa_column=_aware())

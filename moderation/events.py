@@ -1,0 +1,119 @@
+"""Kafka events: one pydantic model per topic payload. The Kafka key is always `post_id`."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from moderation.taxonomy import Category, Decision, Stage
+
+SCHEMA_VERSION: Literal[1] = 1
+
+MetadataValue = str | int | float | bool | None
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Event(BaseModel):
+    """Fields every event carries."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="payload schema version")
+    event_id: str = Field(
+        default_factory=new_event_id,
+        description="unique id of this event (consumers deduplicate on it)",
+        examples=["6f1c2b8e0d3a4b1f9c7e5a2d4b6c8e0f"],
+    )
+    occurred_at: AwareDatetime = Field(
+        default_factory=utc_now, description="when it happened (UTC)"
+    )
+    post_id: str = Field(
+        min_length=1,
+        max_length=64,
+        description="the post this event is about; also the Kafka key",
+        examples=["0b9c1f6a5d2e4e8f8a7b6c5d4e3f2a1b"],
+    )
+
+    def key(self) -> bytes:
+        return self.post_id.encode()
+
+
+class PostSubmitted(Event):
+    """`posts.submitted`: a post accepted by the API."""
+
+    text: Annotated[str, Field(min_length=1, max_length=10_000, description="NFC-normalized text")]
+    author_id: str = Field(min_length=1, max_length=128, examples=["user-42"])
+    external_id: str | None = Field(
+        default=None, max_length=256, description="the submitter's own id (idempotency)"
+    )
+    metadata: dict[str, MetadataValue] = Field(
+        default_factory=dict, description="opaque submitter metadata", examples=[{"lang": "en"}]
+    )
+    submitted_at: AwareDatetime = Field(default_factory=utc_now)
+
+
+class ModerationVerdict(Event):
+    """`moderation.verdicts`: what one stage decided about a post."""
+
+    decision: Decision
+    scores: dict[Category, float] = Field(description="calibrated probability per category")
+    primary_category: Category = Field(description="the category the decision is about")
+    confidence: float = Field(ge=0.0, le=1.0)
+    stage: Stage
+    model_version: str = Field(examples=["fast-20261121-3f2a1b"])
+    policy_version: str = Field(examples=["v1"])
+    rationale: str | None = None
+    latency_ms: float = Field(ge=0.0, description="time from submission to this verdict")
+
+
+class ReviewPriority(StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    URGENT = "urgent"
+
+
+class ReviewRequested(Event):
+    """`review.requested` (HumanReviewRequired): a post that needs a moderator."""
+
+    reason: str = Field(examples=["uncertain: no category passed its threshold"])
+    priority: ReviewPriority = ReviewPriority.NORMAL
+    verdict: ModerationVerdict = Field(description="the automated verdict being reviewed")
+
+
+class ReviewDecided(Event):
+    """`review.decisions` (HumanDecisionMade): a moderator's decision."""
+
+    label: Category
+    decision: Decision
+    moderator_id: str = Field(min_length=1)
+    note: str | None = Field(default=None, max_length=2_000)
+
+
+class DeadLetter(BaseModel):
+    """`<topic>.dlq`: a message that could not be processed, with the error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    source_topic: str
+    partition: int
+    offset: int
+    key: str | None
+    payload: str = Field(description="the original bytes (UTF-8, or base64 when not UTF-8)")
+    payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    error_type: str
+    error: str
+    consumer_group: str
+    failed_at: AwareDatetime = Field(default_factory=utc_now)
