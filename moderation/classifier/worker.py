@@ -1,0 +1,207 @@
+"""The classifier worker: posts.submitted → fast model → moderation.verdicts (+ review.requested).
+
+Consumes in batches (one model call per batch). Offsets are committed only after every verdict
+of the batch is acknowledged by Kafka (FastStream `NACK_ON_ERROR`: an exception rewinds the batch
+and it is redelivered; duplicates are harmless because the recorder upserts on
+(post_id, stage, model_version)). A message that cannot be parsed goes to `posts.submitted.dlq`
+with its error and the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import numpy as np
+from faststream import AckPolicy, Context
+from faststream.asgi import AsgiFastStream
+from faststream.kafka import KafkaBroker
+from faststream.kafka.message import KafkaMessage
+from prometheus_client import Counter, Histogram
+from pydantic import ValidationError
+
+from moderation.classifier.decide import decide
+from moderation.events import (
+    DeadLetter,
+    ModerationVerdict,
+    PostSubmitted,
+    ReviewRequested,
+    utc_now,
+)
+from moderation.service import asgi_service, serve
+from moderation.settings import Settings, get_settings
+from moderation.taxonomy import CATEGORIES, Decision, Stage
+
+logger = logging.getLogger(__name__)
+
+POSTS_SCORED = Counter("moderation_worker_posts_total", "posts scored", ["decision"])
+DEAD_LETTERS = Counter("moderation_worker_dead_letters_total", "messages sent to the DLQ")
+BATCH_SECONDS = Histogram("moderation_worker_batch_seconds", "time to score and publish a batch")
+
+
+class Scorer(Protocol):
+    """What the worker needs of a model: calibrated probabilities in `CATEGORIES` order."""
+
+    version: str
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray[Any, Any]: ...
+
+
+@dataclass
+class WorkerState:
+    scorer: Scorer | None = None
+
+
+settings: Settings = get_settings()
+topics = settings.kafka.topics
+broker = KafkaBroker(settings.kafka.bootstrap_servers, client_id="classifier-worker")
+verdict_publisher = broker.publisher(topics.verdicts, title="verdicts")
+review_publisher = broker.publisher(topics.review_requested, title="review-requests")
+dead_letter_publisher = broker.publisher(topics.posts_submitted + topics.dlq_suffix, title="dlq")
+state = WorkerState()
+
+
+def _dead_letter(record: Any, error: Exception) -> DeadLetter:
+    raw: bytes = record.value or b""
+    try:
+        payload, encoding = raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        payload, encoding = base64.b64encode(raw).decode(), "base64"
+    return DeadLetter(
+        source_topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key.decode("utf-8", "replace") if record.key else None,
+        payload=payload,
+        payload_encoding=encoding,  # type: ignore[arg-type]
+        error_type=type(error).__name__,
+        error=str(error)[:2_000],
+        consumer_group=settings.worker.classifier_group,
+    )
+
+
+def _latency_ms(submitted_at: datetime) -> float:
+    return max(0.0, (utc_now() - submitted_at).total_seconds() * 1000)
+
+
+def classify_batch(
+    posts: Sequence[PostSubmitted], scorer: Scorer, run_settings: Settings
+) -> list[tuple[ModerationVerdict, ReviewRequested | None]]:
+    """Score a batch with one model call and decide each post."""
+    if not posts:
+        return []
+    probabilities = scorer.predict_proba([post.text for post in posts])
+    results: list[tuple[ModerationVerdict, ReviewRequested | None]] = []
+    for post, row in zip(posts, probabilities, strict=True):
+        scores = {category: round(float(p), 6) for category, p in zip(CATEGORIES, row, strict=True)}
+        outcome = decide(scores, run_settings.thresholds)
+        verdict = ModerationVerdict(
+            post_id=post.post_id,
+            decision=outcome.decision,
+            scores=scores,
+            primary_category=outcome.primary_category,
+            confidence=outcome.confidence,
+            stage=Stage.MODEL,
+            model_version=scorer.version,
+            policy_version=run_settings.models.policy_version,
+            rationale=outcome.reason,
+            latency_ms=_latency_ms(post.submitted_at),
+        )
+        review = (
+            ReviewRequested(
+                post_id=post.post_id,
+                reason=outcome.reason,
+                priority=outcome.priority,
+                verdict=verdict,
+            )
+            if outcome.decision is Decision.REVIEW
+            else None
+        )
+        results.append((verdict, review))
+    return results
+
+
+@broker.subscriber(
+    topics.posts_submitted,
+    group_id=settings.worker.classifier_group,
+    batch=True,
+    max_records=settings.worker.max_batch,
+    auto_offset_reset="earliest",
+    ack_policy=AckPolicy.NACK_ON_ERROR,
+    title="posts-submitted",
+)
+async def handle_posts_submitted(message: KafkaMessage = Context("message")) -> None:  # noqa: B008
+    """Score a batch of PostSubmitted events and publish their verdicts."""
+    started = time.perf_counter()
+    scorer = state.scorer
+    if scorer is None:
+        raise RuntimeError("the classifier worker has no model loaded")
+    raw = message.raw_message  # a batch: a tuple of ConsumerRecords (a list in TestKafkaBroker)
+    records = raw if isinstance(raw, tuple | list) else (raw,)
+    posts: list[PostSubmitted] = []
+    pending: list[asyncio.Future[Any] | None] = []
+    for record in records:
+        try:
+            posts.append(PostSubmitted.model_validate_json(record.value or b""))
+        except ValidationError as error:
+            DEAD_LETTERS.inc()
+            pending.append(
+                await _publish(dead_letter_publisher, _dead_letter(record, error), record.key)
+            )
+
+    for verdict, review in classify_batch(posts, scorer, settings):
+        pending.append(await _publish(verdict_publisher, verdict, verdict.key()))
+        if review is not None:
+            pending.append(await _publish(review_publisher, review, review.key()))
+        POSTS_SCORED.labels(decision=verdict.decision.value).inc()
+    # Commit (by returning) only once Kafka acknowledged every verdict of the batch.
+    await asyncio.gather(*(ack for ack in pending if ack is not None))
+    BATCH_SECONDS.observe(time.perf_counter() - started)
+
+
+async def _publish(publisher: Any, event: Any, key: bytes | None) -> asyncio.Future[Any] | None:
+    """Hand the event to the producer without waiting; the caller awaits all acks at once.
+
+    Returns the ack future (None from the in-memory test broker, which confirms at once).
+    """
+    future: asyncio.Future[Any] | None = await publisher.publish(
+        event.model_dump_json().encode(),
+        key=key,
+        headers={"content-type": "application/json"},
+        no_confirm=True,
+    )
+    return future
+
+
+async def _model_loaded() -> bool:
+    return state.scorer is not None
+
+
+def create_app(scorer: Scorer | None = None) -> AsgiFastStream:
+    """The worker service; the fast model is loaded (trained on first use) at start-up."""
+
+    async def load_model() -> None:
+        if state.scorer is None:
+            from moderation.classifier.fast_model import ensure_fast_model
+
+            state.scorer = scorer or await asyncio.to_thread(ensure_fast_model, settings)
+        logger.info("classifier worker scoring with %s", state.scorer and state.scorer.version)
+
+    return asgi_service(
+        broker,
+        title="classifier worker",
+        description="Scores posts.submitted with the fast model; publishes verdicts and reviews.",
+        readiness=[("model", _model_loaded)],
+        on_startup=[load_model],
+    )
+
+
+def run_worker() -> None:
+    """`moderation worker`: serve the worker until stopped."""
+    serve(create_app(), port=settings.worker.classifier_health_port)

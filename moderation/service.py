@@ -1,0 +1,62 @@
+"""How a FastStream service is served: `/healthz`, `/readyz`, `/metrics` and its AsyncAPI document.
+
+`/healthz` answers while the process runs; `/readyz` really pings the broker and runs the
+service's own checks (its database, its model); `/metrics` is the Prometheus exposition;
+`/asyncapi` (HTML) and `/asyncapi.json` describe the topics the service consumes and publishes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import uvicorn
+from faststream.asgi import AsgiFastStream, AsgiResponse, get
+from faststream.asgi.factories.asyncapi.route import AsyncAPIRoute
+from faststream.kafka import KafkaBroker
+from faststream.specification import AsyncAPI
+from prometheus_client import make_asgi_app
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+def asgi_service(
+    broker: KafkaBroker,
+    *,
+    title: str,
+    description: str,
+    readiness: Sequence[tuple[str, ReadinessCheck]] = (),
+    on_startup: Sequence[Callable[[], Any]] = (),
+) -> AsgiFastStream:
+    """Wrap a FastStream broker into an ASGI app with health, readiness, metrics and docs."""
+
+    @get(include_in_schema=False)
+    async def healthz(scope: Any) -> AsgiResponse:  # noqa: ARG001 - ASGI signature
+        return AsgiResponse(b"ok", 200)
+
+    @get(include_in_schema=False)
+    async def readyz(scope: Any) -> AsgiResponse:  # noqa: ARG001 - ASGI signature
+        failing = [] if await broker.ping(timeout=3.0) else ["kafka"]
+        for name, check in readiness:
+            try:
+                ok = await check()
+            except Exception:  # noqa: BLE001 - a failing check is "not ready", with its name
+                ok = False
+            if not ok:
+                failing.append(name)
+        if failing:
+            return AsgiResponse(f"not ready: {', '.join(failing)}".encode(), 503)
+        return AsgiResponse(b"ready", 200)
+
+    return AsgiFastStream(
+        broker,
+        asgi_routes=[("/healthz", healthz), ("/readyz", readyz), ("/metrics", make_asgi_app())],
+        specification=AsyncAPI(title=title, description=description, schema_version="3.0.0"),
+        asyncapi_path=AsyncAPIRoute("/asyncapi", asyncapi_json_path="/asyncapi.json"),
+        on_startup=on_startup,
+    )
+
+
+def serve(app: AsgiFastStream, *, port: int, host: str = "127.0.0.1") -> None:
+    """Run the service in this process until SIGTERM/SIGINT."""
+    uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on")

@@ -1,0 +1,106 @@
+"""The classifier worker's handler, in memory (TestKafkaBroker) with a scripted model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+from faststream.kafka import TestKafkaBroker
+
+from moderation.classifier import worker
+from moderation.events import DeadLetter, ModerationVerdict, PostSubmitted, ReviewRequested
+from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
+
+
+class ScriptedModel:
+    """P(safe) high for 'hello', P(spam) high for 'buy', else uncertain."""
+
+    version = "scripted-1"
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
+        out = np.full((len(texts), len(CATEGORIES)), 0.01)
+        for row, text in enumerate(texts):
+            out[row, CATEGORIES.index(Category.SAFE)] = 0.95 if "hello" in text else 0.3
+            out[row, CATEGORIES.index(Category.SPAM)] = 0.97 if "buy" in text else 0.2
+        return out
+
+
+@pytest.fixture
+def scripted() -> Iterator[None]:
+    worker.state.scorer = ScriptedModel()
+    yield
+    worker.state.scorer = None
+
+
+def payload(post_id: str, text: str) -> bytes:
+    return PostSubmitted(post_id=post_id, text=text, author_id="u1").model_dump_json().encode()
+
+
+async def test_each_post_gets_one_model_verdict_and_uncertain_ones_a_review(scripted: None) -> None:
+    topic = worker.topics.posts_submitted
+    async with TestKafkaBroker(worker.broker) as broker:
+        await broker.publish(payload("p1", "hello friends"), topic=topic, key=b"p1")
+        await broker.publish(payload("p2", "buy cheap pills"), topic=topic, key=b"p2")
+        await broker.publish(payload("p3", "hmm"), topic=topic, key=b"p3")
+
+        verdicts = [
+            ModerationVerdict.model_validate(call.args[0])
+            for call in worker.verdict_publisher.mock.call_args_list
+        ]
+        reviews = [
+            ReviewRequested.model_validate(call.args[0])
+            for call in worker.review_publisher.mock.call_args_list
+        ]
+
+    assert [(v.post_id, v.decision) for v in verdicts] == [
+        ("p1", Decision.ALLOW),
+        ("p2", Decision.REMOVE),
+        ("p3", Decision.REVIEW),
+    ]
+    assert all(v.stage is Stage.MODEL and v.model_version == "scripted-1" for v in verdicts)
+    assert all(v.policy_version == worker.settings.models.policy_version for v in verdicts)
+    assert [r.post_id for r in reviews] == ["p3"]
+    assert reviews[0].verdict.decision is Decision.REVIEW
+
+
+async def test_poison_message_goes_to_the_dead_letter_topic_and_others_go_on(
+    scripted: None,
+) -> None:
+    topic = worker.topics.posts_submitted
+    async with TestKafkaBroker(worker.broker) as broker:
+        await broker.publish(b"{not json", topic=topic, key=b"bad")
+        await broker.publish(
+            json.dumps({"post_id": "p9", "author_id": "u"}).encode(), topic=topic, key=b"p9"
+        )
+        await broker.publish(payload("p10", "hello"), topic=topic, key=b"p10")
+
+        dead = [
+            DeadLetter.model_validate(call.args[0])
+            for call in worker.dead_letter_publisher.mock.call_args_list
+        ]
+        verdict_posts = [
+            call.args[0]["post_id"] for call in worker.verdict_publisher.mock.call_args_list
+        ]
+
+    assert [d.key for d in dead] == ["bad", "p9"]
+    assert dead[0].payload == "{not json" and dead[0].error_type == "ValidationError"
+    assert "text" in dead[1].error  # the missing field is named
+    assert all(d.source_topic == topic for d in dead)
+    assert verdict_posts == ["p10"]
+
+
+def test_classify_batch_uses_one_model_call() -> None:
+    calls: list[int] = []
+
+    class Counting(ScriptedModel):
+        def predict_proba(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
+            calls.append(len(texts))
+            return super().predict_proba(texts)
+
+    posts = [PostSubmitted(post_id=f"p{i}", text="hello", author_id="u") for i in range(50)]
+    results = worker.classify_batch(posts, Counting(), worker.settings)
+    assert calls == [50]
+    assert len(results) == 50
