@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 from faststream import AckPolicy, Context
 from faststream.asgi import AsgiFastStream
-from faststream.kafka import KafkaBroker
+from faststream.kafka import KafkaBroker, KafkaRouter
 from faststream.kafka.message import KafkaMessage
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
@@ -60,10 +60,12 @@ class WorkerState:
 
 settings: Settings = get_settings()
 topics = settings.kafka.topics
-broker = KafkaBroker(settings.kafka.bootstrap_servers, client_id="classifier-worker")
-verdict_publisher = broker.publisher(topics.verdicts, title="verdicts")
-review_publisher = broker.publisher(topics.review_requested, title="review-requests")
-dead_letter_publisher = broker.publisher(topics.posts_submitted + topics.dlq_suffix, title="dlq")
+# The handlers live on a router so the embedded demo can mount them on one in-memory broker
+# together with the recorder's; the service mounts them on its own Kafka broker.
+router = KafkaRouter()
+verdict_publisher = router.publisher(topics.verdicts, title="verdicts")
+review_publisher = router.publisher(topics.review_requested, title="review-requests")
+dead_letter_publisher = router.publisher(topics.posts_submitted + topics.dlq_suffix, title="dlq")
 state = WorkerState()
 
 
@@ -127,7 +129,7 @@ def classify_batch(
     return results
 
 
-@broker.subscriber(
+@router.subscriber(
     topics.posts_submitted,
     group_id=settings.worker.classifier_group,
     batch=True,
@@ -183,6 +185,12 @@ async def _model_loaded() -> bool:
     return state.scorer is not None
 
 
+def create_broker() -> KafkaBroker:
+    broker = KafkaBroker(settings.kafka.bootstrap_servers, client_id="classifier-worker")
+    broker.include_router(router)
+    return broker
+
+
 def create_app(scorer: Scorer | None = None) -> AsgiFastStream:
     """The worker service; the fast model is loaded (trained on first use) at start-up."""
 
@@ -194,7 +202,7 @@ def create_app(scorer: Scorer | None = None) -> AsgiFastStream:
         logger.info("classifier worker scoring with %s", state.scorer and state.scorer.version)
 
     return asgi_service(
-        broker,
+        create_broker(),
         title="classifier worker",
         description="Scores posts.submitted with the fast model; publishes verdicts and reviews.",
         readiness=[("model", _model_loaded)],

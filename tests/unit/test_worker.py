@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from faststream.kafka import TestKafkaBroker
+from faststream.kafka import KafkaBroker, TestKafkaBroker
 
 from moderation.classifier import worker
 from moderation.events import DeadLetter, ModerationVerdict, PostSubmitted, ReviewRequested
@@ -35,13 +35,20 @@ def scripted() -> Iterator[None]:
     worker.state.scorer = None
 
 
+@pytest.fixture(scope="module")
+def kafka_broker() -> KafkaBroker:
+    return worker.create_broker()
+
+
 def payload(post_id: str, text: str) -> bytes:
     return PostSubmitted(post_id=post_id, text=text, author_id="u1").model_dump_json().encode()
 
 
-async def test_each_post_gets_one_model_verdict_and_uncertain_ones_a_review(scripted: None) -> None:
+async def test_each_post_gets_one_model_verdict_and_uncertain_ones_a_review(
+    scripted: None, kafka_broker: KafkaBroker
+) -> None:
     topic = worker.topics.posts_submitted
-    async with TestKafkaBroker(worker.broker) as broker:
+    async with TestKafkaBroker(kafka_broker) as broker:
         await broker.publish(payload("p1", "hello friends"), topic=topic, key=b"p1")
         await broker.publish(payload("p2", "buy cheap pills"), topic=topic, key=b"p2")
         await broker.publish(payload("p3", "hmm"), topic=topic, key=b"p3")
@@ -67,10 +74,10 @@ async def test_each_post_gets_one_model_verdict_and_uncertain_ones_a_review(scri
 
 
 async def test_poison_message_goes_to_the_dead_letter_topic_and_others_go_on(
-    scripted: None,
+    scripted: None, kafka_broker: KafkaBroker
 ) -> None:
     topic = worker.topics.posts_submitted
-    async with TestKafkaBroker(worker.broker) as broker:
+    async with TestKafkaBroker(kafka_broker) as broker:
         await broker.publish(b"{not json", topic=topic, key=b"bad")
         await broker.publish(
             json.dumps({"post_id": "p9", "author_id": "u"}).encode(), topic=topic, key=b"p9"
