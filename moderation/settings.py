@@ -159,6 +159,10 @@ class WorkerSettings(BaseModel):
     classifier_health_port: int = 8001
     recorder_health_port: int = 8002
     max_batch: int = Field(default=500, ge=1, description="posts scored per model call")
+    batch_timeout_ms: int = Field(
+        default=20, ge=1, description="how long a consumer waits to fill a batch (latency bound)"
+    )
+    linger_ms: int = Field(default=5, ge=0, description="producer batching delay")
 
 
 class ModelStoreSettings(BaseModel):

@@ -134,6 +134,7 @@ def classify_batch(
     group_id=settings.worker.classifier_group,
     batch=True,
     max_records=settings.worker.max_batch,
+    batch_timeout_ms=settings.worker.batch_timeout_ms,
     auto_offset_reset="earliest",
     ack_policy=AckPolicy.NACK_ON_ERROR,
     title="posts-submitted",
@@ -186,7 +187,12 @@ async def _model_loaded() -> bool:
 
 
 def create_broker() -> KafkaBroker:
-    broker = KafkaBroker(settings.kafka.bootstrap_servers, client_id="classifier-worker")
+    broker = KafkaBroker(
+        settings.kafka.bootstrap_servers,
+        client_id="classifier-worker",
+        enable_idempotence=True,  # implies acks="all"
+        linger_ms=settings.worker.linger_ms,
+    )
     broker.include_router(router)
     return broker
 

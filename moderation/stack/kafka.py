@@ -143,25 +143,7 @@ class KafkaBroker:
 
     def _ensure_topics(self) -> None:
         with step("kafka: ensure topics"):
-            asyncio.run(self._create_missing_topics())
-
-    async def _create_missing_topics(self) -> None:
-        wanted = self.kafka.topics.all_topics()
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka.bootstrap_servers)
-        await admin.start()
-        try:
-            missing = sorted(set(wanted) - set(await admin.list_topics()))
-            if missing:
-                await admin.create_topics(
-                    [NewTopic(topic, self.kafka.partitions, 1) for topic in missing]
-                )
-            for _ in range(100):
-                if not set(wanted) - set(await admin.list_topics()):
-                    return
-                await asyncio.sleep(0.1)
-            raise StackError(f"kafka: topics {missing} were not created")
-        finally:
-            await admin.close()
+            asyncio.run(ensure_topics(self.settings))
 
     def stop(self) -> None:
         self.process.stop(timeout=30)
@@ -185,3 +167,22 @@ class KafkaBroker:
                 detail=f"Apache Kafka {self.kafka.version} (KRaft)",
             )
         ]
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create the topics of `settings` that do not exist yet (idempotent)."""
+    kafka = settings.kafka
+    wanted = kafka.topics.all_topics()
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        missing = sorted(set(wanted) - set(await admin.list_topics()))
+        if missing:
+            await admin.create_topics([NewTopic(topic, kafka.partitions, 1) for topic in missing])
+        for _ in range(100):
+            if not set(wanted) - set(await admin.list_topics()):
+                return
+            await asyncio.sleep(0.1)
+        raise StackError(f"kafka: topics {missing} were not created")
+    finally:
+        await admin.close()
