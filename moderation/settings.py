@@ -134,9 +134,7 @@ class ThresholdSettings(BaseModel):
     """
 
     allow: float = Field(default=0.80, ge=0.0, le=1.0)
-    remove: dict[Category, float] = Field(
-        default_factory=lambda: dict.fromkeys(VIOLATING, 0.85)
-    )
+    remove: dict[Category, float] = Field(default_factory=lambda: dict.fromkeys(VIOLATING, 0.85))
     always_review: list[Category] = Field(
         default_factory=lambda: [Category.SEXUAL_MINORS, Category.SELF_HARM]
     )
@@ -163,6 +161,14 @@ class WorkerSettings(BaseModel):
         default=20, ge=1, description="how long a consumer waits to fill a batch (latency bound)"
     )
     linger_ms: int = Field(default=5, ge=0, description="producer batching delay")
+    recorder_max_batch: int = Field(
+        default=5_000,
+        ge=1,
+        description="events per recorder batch (large batches amortize round trips under backlog)",
+    )
+    service_host: str = Field(
+        default="127.0.0.1", description="where health/metrics listen (0.0.0.0 in containers)"
+    )
 
 
 class ModelStoreSettings(BaseModel):

@@ -190,6 +190,7 @@ def create_broker() -> KafkaBroker:
     broker = KafkaBroker(
         settings.kafka.bootstrap_servers,
         client_id="classifier-worker",
+        log_level=logging.DEBUG,  # a line per batch is noise at INFO
         enable_idempotence=True,  # implies acks="all"
         linger_ms=settings.worker.linger_ms,
     )
@@ -218,4 +219,8 @@ def create_app(scorer: Scorer | None = None) -> AsgiFastStream:
 
 def run_worker() -> None:
     """`moderation worker`: serve the worker until stopped."""
-    serve(create_app(), port=settings.worker.classifier_health_port)
+    serve(
+        create_app(),
+        host=settings.worker.service_host,
+        port=settings.worker.classifier_health_port,
+    )

@@ -5,14 +5,26 @@ PostgreSQL in the stack, SQLite in the embedded demo: only portable column types
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Dialect, Enum, TypeDecorator, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from moderation.events import utc_now
+
+
+class AwareDateTime(TypeDecorator[datetime]):
+    """Timestamps stay timezone-aware UTC on every backend (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
 
 
 def _json_column() -> Any:
@@ -20,7 +32,16 @@ def _json_column() -> Any:
 
 
 def _aware(nullable: bool = False) -> Any:
-    return Column(DateTime(timezone=True), nullable=nullable)
+    return Column(AwareDateTime(), nullable=nullable)
+
+
+def _enum_column(enum: type[StrEnum], *, index: bool = False) -> Any:
+    """Store an enum by its value as plain text, readable by dashboards and raw SQL."""
+    return Column(
+        Enum(enum, native_enum=False, values_callable=lambda e: [m.value for m in e], length=16),
+        nullable=False,
+        index=index,
+    )
 
 
 class PostStatus(StrEnum):
@@ -39,7 +60,9 @@ class Post(SQLModel, table=True):
     author_id: str = Field(index=True, max_length=128)
     external_id: str | None = Field(default=None, max_length=256, index=True)
     metadata_: dict[str, Any] = Field(default_factory=dict, sa_column=Column("metadata", JSON))
-    status: PostStatus = Field(default=PostStatus.PENDING, index=True)
+    status: PostStatus = Field(
+        default=PostStatus.PENDING, sa_column=_enum_column(PostStatus, index=True)
+    )
     submitted_at: datetime = Field(sa_column=_aware())
     recorded_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
 
@@ -76,7 +99,9 @@ class Review(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     post_id: str = Field(unique=True, max_length=64)
-    status: ReviewStatus = Field(default=ReviewStatus.PENDING, index=True)
+    status: ReviewStatus = Field(
+        default=ReviewStatus.PENDING, sa_column=_enum_column(ReviewStatus, index=True)
+    )
     priority: str = Field(default="normal", max_length=16, index=True)
     reason: str
     category: str = Field(max_length=32, index=True)
@@ -132,7 +157,7 @@ class ModelVersion(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     kind: str = Field(max_length=32)  # "fast" | "agent-lora"
     version: str = Field(max_length=128)
-    status: ModelStatus = Field(default=ModelStatus.CHALLENGER)
+    status: ModelStatus = Field(default=ModelStatus.CHALLENGER, sa_column=_enum_column(ModelStatus))
     artifact_uri: str
     metrics: dict[str, Any] = Field(default_factory=dict, sa_column=_json_column())
     created_at: datetime = Field(default_factory=utc_now, sa_column=_aware())

@@ -9,11 +9,50 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from functools import partial
 
 import httpx
 
 from moderation.settings import PROJECT_ROOT, Settings
 from moderation.stack.runtime import ManagedProcess, ensure_ports_free, step, wait_for_process
+
+
+def isolated_settings(settings: Settings, run: str) -> Settings:
+    """The same settings with topics and consumer groups of their own (`<run>.<topic>`).
+
+    Benchmarks and tests use them so that no run sees another's backlog.
+    """
+    topics = settings.kafka.topics.model_copy(
+        update={
+            name: f"{run}.{value}"
+            for name, value in settings.kafka.topics.model_dump().items()
+            if name != "dlq_suffix"
+        }
+    )
+    return settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(update={"topics": topics}),
+            "worker": settings.worker.model_copy(
+                update={
+                    "classifier_group": f"{run}-classifier",
+                    "recorder_group": f"{run}-recorder",
+                }
+            ),
+        }
+    )
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    """Environment that gives service processes the topics and groups of `settings`."""
+    topics = settings.kafka.topics
+    return {
+        "MODERATION_KAFKA__TOPICS__POSTS_SUBMITTED": topics.posts_submitted,
+        "MODERATION_KAFKA__TOPICS__VERDICTS": topics.verdicts,
+        "MODERATION_KAFKA__TOPICS__REVIEW_REQUESTED": topics.review_requested,
+        "MODERATION_KAFKA__TOPICS__REVIEW_DECISIONS": topics.review_decisions,
+        "MODERATION_WORKER__CLASSIFIER_GROUP": settings.worker.classifier_group,
+        "MODERATION_WORKER__RECORDER_GROUP": settings.worker.recorder_group,
+    }
 
 
 @dataclass(frozen=True)
@@ -35,8 +74,11 @@ def service_specs(settings: Settings) -> dict[str, ServiceSpec]:
 
 
 class PipelineServices:
-    def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
+    """The services, configured by `settings` (topics and groups are passed to the processes)."""
+
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        env = service_env(settings)
         self.specs = service_specs(settings)
         self.processes = {
             name: ManagedProcess(
@@ -44,7 +86,7 @@ class PipelineServices:
                 argv=[sys.executable, "-m", "moderation.cli", spec.command],
                 state_dir=settings.stack.state_dir,
                 cwd=PROJECT_ROOT,
-                env=dict(env or {}),
+                env=env,
             )
             for name, spec in self.specs.items()
         }
@@ -65,7 +107,7 @@ class PipelineServices:
             ensure_ports_free(name, [self.specs[name].port])
             with step(f"service {name}: start on port {self.specs[name].port}"):
                 process.start()
-                wait_for_process(process, f"service {name}", lambda n=name: self.ready(n), timeout)
+                wait_for_process(process, f"service {name}", partial(self.ready, name), timeout)
 
     def stop(self, *names: str) -> None:
         for name in names or tuple(self.processes):

@@ -1,0 +1,141 @@
+"""Embedded mode (`make demo`): the pipeline in one process, no external service.
+
+The same FastStream handlers as the services (the classifier worker and the recorder) are mounted
+on one in-memory broker; the read model is SQLite. The fast model is trained on first use (with a
+progress bar) and cached in the artifact store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+import unicodedata
+import uuid
+from pathlib import Path
+from typing import Any
+
+from faststream.kafka import KafkaBroker, TestKafkaBroker
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from moderation.classifier import worker
+from moderation.db import crud
+from moderation.db.engine import create_tables, make_engine
+from moderation.db.models import ModelStatus
+from moderation.events import PostSubmitted
+from moderation.recorder import Recorder, RecorderState
+from moderation.settings import Settings
+
+DECISION_STYLE = {"allow": "green", "remove": "red", "review": "yellow"}
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """The settings with a fresh SQLite read model under the state dir."""
+    database = settings.stack.state_dir / "demo" / "demo.sqlite"
+    shutil.rmtree(database.parent, ignore_errors=True)
+    database.parent.mkdir(parents=True)
+    return settings.model_copy(
+        update={"db": settings.db.model_copy(update={"url_override": f"sqlite:///{database}"})}
+    )
+
+
+def load_samples(path: Path) -> list[dict[str, Any]]:
+    samples = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        sample = json.loads(line)
+        if not isinstance(sample, dict) or not str(sample.get("text", "")).strip():
+            raise ValueError(f"{path}:{number}: expected an object with a non-empty 'text'")
+        samples.append(sample)
+    return samples
+
+
+async def push_samples(
+    settings: Settings, engine: Engine, samples: list[dict[str, Any]]
+) -> list[str]:
+    """Publish the samples to `posts.submitted` on an in-memory broker carrying both services."""
+    broker = KafkaBroker()
+    broker.include_router(worker.router)
+    broker.include_router(Recorder(settings, state=RecorderState(engine=engine)).router)
+    post_ids = []
+    async with TestKafkaBroker(broker) as in_memory:
+        for sample in samples:
+            post = PostSubmitted(
+                post_id=uuid.uuid4().hex,
+                text=unicodedata.normalize("NFC", str(sample["text"])),
+                author_id=str(sample.get("author_id", "demo-user")),
+            )
+            post_ids.append(post.post_id)
+            await in_memory.publish(
+                post.model_dump_json().encode(),
+                topic=settings.kafka.topics.posts_submitted,
+                key=post.key(),
+            )
+    return post_ids
+
+
+def run_demo(settings: Settings, *, samples: Path, console: Console) -> None:
+    from moderation.classifier.fast_model import ensure_fast_model
+
+    settings = demo_settings(settings)
+    console.rule("moderation demo · embedded mode (in-memory broker, SQLite)")
+    model = ensure_fast_model(settings, progress=True)
+    worker.state.scorer = model
+    engine = make_engine(settings)
+    create_tables(engine)
+    with Session(engine) as session:
+        crud.register_model_version(
+            session,
+            kind="fast",
+            version=model.version,
+            artifact_uri=str(settings.models.artifact_dir / "fast" / model.version),
+            metrics=model.metrics,
+            status=ModelStatus.CHAMPION,
+        )
+
+    posts = load_samples(samples)
+    started = time.perf_counter()
+    post_ids = asyncio.run(push_samples(settings, engine, posts))
+    elapsed = time.perf_counter() - started
+
+    table = Table(
+        title=f"verdicts of model {model.version} · policy {settings.models.policy_version}"
+    )
+    for column in ("post", "decision", "category", "confidence", "status", "why"):
+        table.add_column(column, overflow="fold")
+    counts: dict[str, int] = {}
+    with Session(engine) as session:
+        for post_id in post_ids:
+            trail = crud.get_post_trail(session, post_id=post_id)
+            if trail.post is None or not trail.verdicts:
+                table.add_row(post_id, "[red]missing[/red]", "", "", "", "")
+                continue
+            verdict = trail.verdicts[0]
+            counts[verdict.decision] = counts.get(verdict.decision, 0) + 1
+            style = DECISION_STYLE.get(verdict.decision, "white")
+            text = trail.post.text if len(trail.post.text) <= 70 else trail.post.text[:67] + "…"
+            table.add_row(
+                text,
+                f"[{style}]{verdict.decision}[/{style}]",
+                verdict.primary_category,
+                f"{verdict.confidence:.2f}",
+                trail.post.status,
+                verdict.rationale or "",
+            )
+    engine.dispose()
+    console.print(table)
+    summary = ", ".join(f"{count} {decision}" for decision, count in sorted(counts.items()))
+    console.print(
+        f"{len(post_ids)} posts through the worker and recorder handlers in {elapsed:.2f}s: "
+        f"{summary}. Read model: {settings.db.url}"
+    )
+    console.print(
+        "[dim]`review` posts wait for a moderator (the review workflow arrives with the HITL "
+        "issue); run the real stack with `make stack-up` and the services with `moderation api`, "
+        "`moderation worker`, `moderation recorder`.[/dim]"
+    )
