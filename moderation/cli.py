@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,15 +11,18 @@ from rich.console import Console
 from rich.table import Table
 
 from moderation import stack
-from moderation.settings import get_settings
+from moderation.api.cli import app as api_keys_app
+from moderation.settings import PROJECT_ROOT, get_settings
 from moderation.stack.component import ComponentStatus
 from moderation.stack.runtime import StackError
 
 app = typer.Typer(help="Event-driven content moderation.", no_args_is_help=True)
 stack_app = typer.Typer(help="The local stack: Kafka, PostgreSQL, Dapr, the LLM server.")
 app.add_typer(stack_app, name="stack")
+app.add_typer(api_keys_app, name="api-keys")
 
 stdout = Console()
+DEFAULT_SAMPLES = PROJECT_ROOT / "data" / "samples.jsonl"
 ComponentNames = Annotated[
     list[str] | None,
     typer.Argument(help="components to act on (kafka, postgres, dapr, llm); default: all"),
@@ -103,25 +107,95 @@ def show_settings() -> None:
     stdout.print_json(get_settings().model_dump_json())
 
 
-@app.command("demo")
-def demo() -> None:
-    """Embedded mode: for now, the effective settings and the health of the local stack.
+@app.command("api")
+def api() -> None:
+    """Run the ingest API (FastAPI) on `MODERATION_API__HOST`:`MODERATION_API__PORT`."""
+    from moderation.api.cli import run_api
 
-    The full pipeline demo (in-memory broker, SQLite, sample posts) arrives with the pipeline.
-    """
-    settings = get_settings()
-    stdout.rule("moderation demo")
-    stdout.print(f"environment: {settings.environment}")
-    stdout.print(
-        f"kafka: {settings.kafka.bootstrap_servers}  topics: {settings.kafka.topics.all_topics()}"
+    run_api(get_settings())
+
+
+@app.command("recorder")
+def recorder() -> None:
+    """Run the recorder service: every topic into PostgreSQL."""
+    from moderation.recorder import run_recorder
+
+    run_recorder(get_settings())
+
+
+@app.command("eval")
+def evaluate(
+    dataset: Annotated[Path, typer.Option(help="JSONL with one {text, label} object per line")],
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
+) -> None:
+    """Evaluate the fast model: per-category and flagged-vs-safe scores, confusion, throughput."""
+    from moderation.classifier.fast_model import ensure_fast_model
+    from moderation.evaluation import evaluate as run_evaluation
+    from moderation.evaluation import load_jsonl_dataset, render_report
+
+    try:
+        records = load_jsonl_dataset(dataset)
+    except (OSError, ValueError) as error:
+        raise _fail(error) from None
+    try:
+        model = ensure_fast_model(get_settings(), progress=not as_json)
+    except StackError as error:  # the dataset could not be downloaded or verified
+        raise _fail(error) from None
+    report = run_evaluation(model, records)
+    if as_json:
+        typer.echo(report.model_dump_json())
+    else:
+        render_report(report, stdout)
+
+
+@app.command("bench")
+def bench(
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
+    rate: Annotated[int, typer.Option(help="offered posts/s in the fixed-rate phase")] = 1_000,
+    seconds: Annotated[float, typer.Option(help="length of the fixed-rate phase")] = 10.0,
+    saturation_posts: Annotated[int, typer.Option(help="posts in the saturation phase")] = 50_000,
+    single_requests: Annotated[int, typer.Option(help="single-post ingest requests")] = 10_000,
+    batch_posts: Annotated[
+        int, typer.Option(help="posts sent through the batch endpoint")
+    ] = 100_000,
+) -> None:
+    """Measure the pipeline against the local stack (starts what it needs); JSON with --json."""
+    from moderation.bench import render, run_bench
+
+    progress_console = Console(stderr=True)
+    result = run_bench(
+        get_settings(),
+        rate=rate,
+        seconds=seconds,
+        saturation_posts=saturation_posts,
+        single_requests=single_requests,
+        batch_posts=batch_posts,
+        console=progress_console,
     )
-    stdout.print(f"database: {settings.db.url_for(settings.db.name).split('@')[-1]}")
-    stdout.print(f"llm: {settings.llm.base_url} (model {settings.llm.model})")
-    stdout.print(f"dapr: app {settings.dapr.app_id} via {settings.dapr.grpc_endpoint}")
-    stdout.print(_status_table(stack.status(settings)))
-    stdout.print(
-        "[dim]start the real stack with `make stack-up`; the embedded pipeline arrives next.[/dim]"
-    )
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        render(result, stdout)
+
+
+@app.command("worker")
+def worker() -> None:
+    """Run the classifier worker service (health, readiness, metrics on its port)."""
+    from moderation.classifier.worker import run_worker
+
+    run_worker()
+
+
+@app.command("demo")
+def demo(
+    samples: Annotated[
+        Path, typer.Option(help="JSONL of {text, author_id} posts to push through the pipeline")
+    ] = DEFAULT_SAMPLES,
+) -> None:
+    """Embedded mode: in-memory broker, SQLite, the same handlers; prints a verdict table."""
+    from moderation.demo import run_demo
+
+    run_demo(get_settings(), samples=samples, console=stdout)
 
 
 if __name__ == "__main__":

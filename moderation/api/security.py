@@ -1,0 +1,154 @@
+"""API-key authentication: header parsing, scopes, and a short in-process cache of lookups.
+
+Keys are hashed at rest (`crud.authenticate_api_key` checks them); the cache is keyed by a
+SHA-256 of the presented key so the hot path does not hit the database on every request. A
+revoked key therefore keeps working for at most `ttl` seconds in a running process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from moderation.db import crud
+from moderation.db.models import ApiKey
+
+BEARER_PREFIX = "bearer "
+CACHE_TTL_SECONDS = 30.0
+NEGATIVE_CACHE_TTL_SECONDS = 2.0
+CACHE_MAX_ENTRIES = 10_000
+
+
+class Scope(StrEnum):
+    SUBMIT = "submit"
+    READ = "read"
+    MODERATE = "moderate"
+    ADMIN = "admin"
+
+
+class AuthError(Exception):
+    """Authentication or authorization failed; `status` is 401 or 403."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated API key, as routes see it."""
+
+    key_id: int
+    name: str
+    scopes: frozenset[str]
+
+    def allows(self, scope: Scope) -> bool:
+        """Whether this key has `scope` (`admin` implies every scope)."""
+        return scope in self.scopes or Scope.ADMIN in self.scopes
+
+
+def parse_scopes(text: str) -> list[str]:
+    """Parse `submit,read` into known scope names.
+
+    Raises:
+        ValueError: an unknown or missing scope.
+    """
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    known = {scope.value for scope in Scope}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ValueError(f"unknown scope(s) {unknown}; choose from {sorted(known)}")
+    if not names:
+        raise ValueError(f"give at least one scope from {sorted(known)}")
+    return list(dict.fromkeys(names))
+
+
+def presented_key(authorization: str | None, x_api_key: str | None) -> str:
+    """The key from `Authorization: Bearer <key>` or `X-API-Key`.
+
+    Raises:
+        AuthError: 401 when neither header carries a key.
+    """
+    if authorization:
+        if authorization[: len(BEARER_PREFIX)].lower() != BEARER_PREFIX:
+            raise AuthError(401, "Authorization header must be 'Bearer <api key>'")
+        key = authorization[len(BEARER_PREFIX) :].strip()
+        if key:
+            return key
+    if x_api_key and x_api_key.strip():
+        return x_api_key.strip()
+    raise AuthError(
+        401, "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+    )
+
+
+def principal_of(api_key: ApiKey) -> Principal:
+    """The cacheable view of an `ApiKey` row."""
+    if api_key.id is None:
+        raise ValueError("an API key without an id was returned by the database")
+    return Principal(key_id=api_key.id, name=api_key.name, scopes=frozenset(api_key.scopes))
+
+
+class KeyCache:
+    """Successful (and, very briefly, failed) key lookups by SHA-256 of the key."""
+
+    def __init__(
+        self,
+        ttl: float = CACHE_TTL_SECONDS,
+        negative_ttl: float = NEGATIVE_CACHE_TTL_SECONDS,
+        max_entries: int = CACHE_MAX_ENTRIES,
+    ) -> None:
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, Principal | None]] = {}
+
+    @staticmethod
+    def digest(key: str) -> str:
+        """The cache key for a presented API key (the key itself is never stored)."""
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    def get(self, digest: str) -> tuple[bool, Principal | None]:
+        """(hit, principal); a hit with None means "known bad key"."""
+        entry = self._entries.get(digest)
+        if entry is None:
+            return False, None
+        expires, principal = entry
+        if time.monotonic() >= expires:
+            self._entries.pop(digest, None)
+            return False, None
+        return True, principal
+
+    def put(self, digest: str, principal: Principal | None) -> None:
+        """Remember a lookup result."""
+        if len(self._entries) >= self.max_entries:
+            now = time.monotonic()
+            self._entries = {d: e for d, e in self._entries.items() if e[0] > now}
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+        ttl = self.ttl if principal is not None else self.negative_ttl
+        self._entries[digest] = (time.monotonic() + ttl, principal)
+
+    def clear(self) -> None:
+        """Forget everything (tests, or after revoking a key in-process)."""
+        self._entries.clear()
+
+
+def lookup_key(engine: Engine, key: str) -> Principal | None:
+    """Check a presented key against the database (blocking; run it in a thread)."""
+    with Session(engine) as session:
+        api_key = crud.authenticate_api_key(session, key=key)
+        return principal_of(api_key) if api_key is not None else None
+
+
+def create_key(engine: Engine, *, name: str, scopes: list[str]) -> tuple[str, Principal]:
+    """Create a key; the plaintext is returned once and never stored."""
+    with Session(engine) as session:
+        plaintext, api_key = crud.create_api_key(session, name=name, scopes=scopes)
+        return plaintext, principal_of(api_key)

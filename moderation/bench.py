@@ -1,0 +1,260 @@
+"""`moderation bench`: throughput and latency of the pipeline against the real local stack.
+
+Phases, each on its own fresh topics (`bench-<run>.*`) so runs never see each other's backlog:
+1. fast model: posts/s of `predict_proba` on one core;
+2. end to end at a fixed offered rate: posts submitted through the API's batch endpoint at
+   `rate` posts/s, latency = verdict row recorded in PostgreSQL − post submitted;
+3. end to end at saturation: as fast as the API takes them; throughput = posts / (last verdict
+   row − first submission);
+4. ingest only (worker and recorder stopped): single-post requests and batch requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from sqlmodel import Session
+
+from moderation import stack
+from moderation.api.loadgen import measure_ingest
+from moderation.db import crud
+from moderation.db.engine import create_tables, make_engine
+from moderation.db.models import Verdict
+from moderation.settings import PROJECT_ROOT, Settings
+from moderation.stack.kafka import ensure_topics
+from moderation.stack.services import PipelineServices, isolated_settings
+
+RESULTS_DIR = PROJECT_ROOT / "bench-results"
+BENCH_TEXTS = (
+    "Lovely weather at the lake today, anyone up for a swim?",
+    "WIN a FREE gift card now!!! click http://win.example to claim",
+    "Selling my old bike, barely used, message me for details.",
+    "You are pathetic and nobody wants you here",
+    "Great match last night, what a comeback in the second half!",
+)
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    if not ordered:
+        return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": round(ordered[-1], 2)}
+
+
+def measure_model(settings: Settings, posts: int) -> dict[str, Any]:
+    from threadpoolctl import threadpool_limits
+
+    from moderation.classifier.fast_model import ensure_fast_model, measure_throughput
+
+    model = ensure_fast_model(settings, progress=True)
+    texts = [f"{BENCH_TEXTS[i % len(BENCH_TEXTS)]} #{i}" for i in range(posts)]
+    with threadpool_limits(limits=1):
+        per_second = measure_throughput(model, texts)
+    return {"model_version": model.version, "posts": posts, "posts_per_second_one_core": per_second}
+
+
+async def _submit(
+    client: httpx.AsyncClient, run: str, start: int, count: int
+) -> tuple[list[str], int]:
+    items = [
+        {"text": f"{BENCH_TEXTS[i % len(BENCH_TEXTS)]} #{i}", "author_id": f"bench-{run}"}
+        for i in range(start, start + count)
+    ]
+    response = await client.post("/v1/posts:batch", json={"posts": items})
+    response.raise_for_status()
+    ids = [item["post_id"] for item in response.json()["results"] if "post_id" in item]
+    return ids, count - len(ids)
+
+
+async def _offered_rate(
+    client: httpx.AsyncClient, run: str, rate: int, seconds: float
+) -> list[str]:
+    """Submit `rate` posts/s in 20 ticks a second for `seconds`."""
+    ticks_per_second = 20
+    per_tick = max(1, rate // ticks_per_second)
+    ids: list[str] = []
+    started = time.perf_counter()
+    tick = 0
+    pending: list[asyncio.Task[tuple[list[str], int]]] = []
+    while tick < seconds * ticks_per_second:
+        pending.append(asyncio.create_task(_submit(client, run, tick * per_tick, per_tick)))
+        tick += 1
+        await asyncio.sleep(max(0.0, started + tick / ticks_per_second - time.perf_counter()))
+    for done in await asyncio.gather(*pending):
+        ids.extend(done[0])
+    return ids
+
+
+async def _saturate(client: httpx.AsyncClient, run: str, posts: int, concurrency: int) -> list[str]:
+    batch = 1_000
+    starts = iter(range(0, posts, batch))
+    ids: list[str] = []
+
+    async def lane() -> None:
+        for start in starts:
+            done, _ = await _submit(client, run, start, min(batch, posts - start))
+            ids.extend(done)
+
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    return ids
+
+
+def _wait_recorded(settings: Settings, post_ids: list[str], timeout: float) -> dict[str, Any]:
+    """Wait until every post has a verdict row; return latency and throughput figures."""
+    engine = make_engine(settings)
+    deadline = time.monotonic() + timeout
+    try:
+        with Progress(transient=True) as progress:
+            task = progress.add_task("waiting for verdict rows", total=len(post_ids))
+            while True:
+                with Session(engine) as session:
+                    done = crud.count_verdicts(session, post_ids=post_ids, stage="model")
+                progress.update(task, completed=done)
+                if done >= len(post_ids) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+        with Session(engine) as session:
+            verdicts = crud.list_verdicts(session, post_ids=post_ids, stage="model")
+            submitted = {
+                post.id: post.submitted_at for post in crud.list_posts(session, post_ids=post_ids)
+            }
+    finally:
+        engine.dispose()
+    return _latency_summary(post_ids, verdicts, submitted)
+
+
+def _latency_summary(
+    post_ids: list[str], verdicts: list[Verdict], submitted: dict[str, datetime]
+) -> dict[str, Any]:
+    latencies = [
+        (verdict.recorded_at - submitted[verdict.post_id]).total_seconds() * 1000
+        for verdict in verdicts
+        if verdict.post_id in submitted
+    ]
+    first = min(submitted.values(), default=None)
+    last = max((verdict.recorded_at for verdict in verdicts), default=None)
+    span = (last - first).total_seconds() if first and last else 0.0
+    return {
+        "posts": len(post_ids),
+        "verdict_rows": len(verdicts),
+        "lost": len(post_ids) - len({v.post_id for v in verdicts}),
+        "seconds": round(span, 3),
+        "posts_per_second": round(len(verdicts) / span, 1) if span else 0.0,
+        "latency_ms": _percentiles(latencies),
+    }
+
+
+async def _e2e(settings: Settings, api_key: str, run: str, *, rate: int, seconds: float,
+               saturation_posts: int) -> dict[str, Any]:  # fmt: skip
+    base_url = f"http://127.0.0.1:{settings.api.port}"
+    headers = {"Authorization": f"Bearer {api_key}"}
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60) as client:
+        fixed_ids = await _offered_rate(client, run, rate, seconds)
+        fixed = await asyncio.to_thread(_wait_recorded, settings, fixed_ids, 300)
+        fixed["offered_posts_per_second"] = rate
+        saturated_ids = await _saturate(client, run, saturation_posts, concurrency=4)
+        saturated = await asyncio.to_thread(_wait_recorded, settings, saturated_ids, 600)
+    return {"fixed_rate": fixed, "saturation": saturated}
+
+
+def run_bench(
+    settings: Settings,
+    *,
+    model_posts: int = 50_000,
+    rate: int = 1_000,
+    seconds: float = 10.0,
+    saturation_posts: int = 50_000,
+    single_requests: int = 10_000,
+    batch_posts: int = 100_000,
+    console: Console,
+) -> dict[str, Any]:
+    run = uuid.uuid4().hex[:8]
+    run_settings = isolated_settings(settings, f"bench-{run}")
+    stack.up(settings, ["kafka", "postgres"])
+    asyncio.run(ensure_topics(run_settings))
+    engine = make_engine(settings)
+    create_tables(engine)
+    with Session(engine) as session:
+        api_key, _ = crud.create_api_key(session, name=f"bench-{run}", scopes=["submit", "read"])
+    engine.dispose()
+
+    result: dict[str, Any] = {
+        "run": run,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "started_at": datetime.now().astimezone().isoformat(),
+    }
+    console.print("[bold]1/4 fast model throughput[/bold]")
+    result["model"] = measure_model(settings, model_posts)
+
+    services = PipelineServices(run_settings)
+    try:
+        services.start("recorder", "worker", "api", timeout=600)
+        console.print(f"[bold]2-3/4 end to end: {rate} posts/s offered, then saturation[/bold]")
+        result["end_to_end"] = asyncio.run(
+            _e2e(run_settings, api_key, run, rate=rate, seconds=seconds,
+                 saturation_posts=saturation_posts)
+        )  # fmt: skip
+        services.stop("worker", "recorder")
+        console.print("[bold]4/4 ingest (api only)[/bold]")
+        result["ingest"] = asyncio.run(
+            measure_ingest(
+                f"http://127.0.0.1:{settings.api.port}",
+                api_key,
+                single_requests=single_requests,
+                batch_posts=batch_posts,
+                concurrency=32,
+            )
+        )
+    finally:
+        services.stop()
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"bench-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{run}.json"  # noqa: DTZ005 - a local file name
+    path.write_text(json.dumps(result, indent=2))
+    result["results_file"] = str(path)
+    return result
+
+
+def render(result: dict[str, Any], console: Console) -> None:
+    table = Table(title=f"moderation bench {result['run']} ({result['machine']['cpus']} cpus)")
+    for column in ("measure", "posts/s", "p50 ms", "p95 ms", "p99 ms", "notes"):
+        table.add_column(column)
+    model = result["model"]
+    table.add_row("fast model, one core", f"{model['posts_per_second_one_core']:,.0f}", "", "", "",
+                  model["model_version"])  # fmt: skip
+    for name in ("fixed_rate", "saturation"):
+        e2e = result["end_to_end"][name]
+        lat = e2e["latency_ms"]
+        note = f"{e2e['posts']} posts, lost {e2e['lost']}"
+        if name == "fixed_rate":
+            note += f", offered {e2e['offered_posts_per_second']}/s"
+        table.add_row(f"end to end, {name.replace('_', ' ')}", f"{e2e['posts_per_second']:,.0f}",
+                      str(lat["p50"]), str(lat["p95"]), str(lat["p99"]), note)  # fmt: skip
+    for name in ("single", "batch"):
+        phase = result["ingest"].get(name)
+        if phase:
+            lat = phase["latency_ms"]
+            table.add_row(f"ingest, {name} requests", f"{phase['posts_per_second']:,.0f}",
+                          str(lat["p50"]), str(lat["p95"]), str(lat["p99"]),
+                          f"statuses {phase['statuses']}")  # fmt: skip
+    console.print(table)
+    console.print(f"[dim]written to {result['results_file']}[/dim]")

@@ -1,0 +1,104 @@
+"""The README's commands, run as a user runs them (docs that run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moderation.settings import PROJECT_ROOT, Settings
+from moderation.stack.kafka import KafkaBroker
+from moderation.stack.postgres import PostgresCluster
+from moderation.taxonomy import CATEGORIES
+
+pytestmark = pytest.mark.integration
+
+SAMPLES = PROJECT_ROOT / "data" / "samples.jsonl"
+
+
+def moderation(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "moderation.cli", *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def test_dataset_build_script_writes_its_splits() -> None:
+    result = subprocess.run(  # noqa: S603 - the README's command
+        [sys.executable, "data/build_dataset.py"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    from moderation.classifier.dataset import gold_split_path
+
+    gold = gold_split_path()
+    manifest = json.loads((gold.parent / "manifest.json").read_text())
+    assert {"train.jsonl", "validation.jsonl", "gold.jsonl"} <= {
+        p.name for p in gold.parent.iterdir()
+    }
+    assert manifest["sources"]
+
+
+@pytest.mark.timeout(900)
+def test_demo_prints_a_verdict_for_every_sample() -> None:
+    result = moderation("demo")
+    assert result.returncode == 0, result.stderr[-3000:]
+    samples = [line for line in SAMPLES.read_text().splitlines() if line.strip()]
+    assert f"{len(samples)} posts through the worker and recorder handlers" in result.stdout
+    assert "missing" not in result.stdout
+    for decision in ("allow", "remove", "review"):
+        assert decision in result.stdout
+
+
+@pytest.mark.timeout(900)
+def test_eval_json_reports_every_category(tmp_path: Path) -> None:
+    from moderation.classifier.dataset import gold_split_path
+
+    result = moderation("eval", "--dataset", str(gold_split_path()), "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert set(report["per_category"]) >= {
+        c.value for c in CATEGORIES if c.value != "sexual_minors"
+    }
+    assert 0.0 < report["flagged"]["auprc"] <= 1.0
+    assert report["throughput_posts_per_second"] > 0
+
+
+def test_eval_rejects_a_bad_dataset_with_the_line_number(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine", "label": "safe"}\n{"text": "x", "label": "not-a-label"}\n')
+    result = moderation("eval", "--dataset", str(bad))
+    assert result.returncode != 0
+    assert "2" in result.stderr and "not-a-label" in result.stderr
+
+
+@pytest.mark.timeout(900)
+def test_bench_json_smoke(
+    kafka: KafkaBroker, postgres: PostgresCluster, settings: Settings
+) -> None:
+    """A short bench run: the JSON has every phase and nothing was lost (numbers: `make bench`)."""
+    result = moderation(
+        "bench", "--json", "--rate", "200", "--seconds", "2", "--saturation-posts", "2000",
+        "--single-requests", "300", "--batch-posts", "3000",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["model"]["posts_per_second_one_core"] > 0
+    for phase in ("fixed_rate", "saturation"):
+        assert report["end_to_end"][phase]["lost"] == 0
+        assert report["end_to_end"][phase]["latency_ms"]["p99"] > 0
+    assert report["ingest"]["single"]["posts_accepted"] == 300
+    assert report["ingest"]["batch"]["posts_accepted"] == 3000
