@@ -12,7 +12,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help venv check lint typecheck unit test demo stack-up stack-down stack-status clean
+.PHONY: help venv check lint typecheck unit test demo bench stack-up stack-down stack-status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ test: venv ## the whole suite against the real local stack (brought up and down 
 
 demo: venv ## embedded mode: the main job on embedded defaults
 	$(BIN)/moderation demo
+
+bench: venv ## throughput and latency against the local stack (JSON in bench-results/)
+	$(BIN)/moderation bench
 
 clean: ## stop the stack and remove its state (.stack/); caches in $(CACHE_DIR) stay
 	-$(BIN)/moderation stack down
