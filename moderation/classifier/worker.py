@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from faststream import AckPolicy, Context
@@ -36,6 +36,9 @@ from moderation.events import (
 )
 from moderation.service import asgi_service, serve
 from moderation.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from moderation.classifier.fast_model import FastModel
 from moderation.taxonomy import CATEGORIES, Decision, Stage
 
 logger = logging.getLogger(__name__)
@@ -182,6 +185,45 @@ async def _publish(publisher: Any, event: Any, key: bytes | None) -> asyncio.Fut
     return future
 
 
+background: set[asyncio.Task[None]] = set()
+
+
+async def _register_in_registry(model: FastModel) -> None:
+    """Record the model this worker serves as the fast-model champion (retried until the DB
+    answers; scoring does not wait for it)."""
+    from sqlmodel import Session
+
+    from moderation.db import crud
+    from moderation.db.engine import create_tables, make_engine
+    from moderation.db.models import ModelStatus
+
+    def register() -> None:
+        engine = make_engine(settings)
+        try:
+            create_tables(engine)
+            with Session(engine) as session:
+                crud.register_model_version(
+                    session,
+                    kind="fast",
+                    version=model.version,
+                    artifact_uri=str(settings.models.artifact_dir / "fast" / model.version),
+                    metrics=model.metrics,
+                    status=ModelStatus.CHAMPION,
+                )
+        finally:
+            engine.dispose()
+
+    delay = 1.0
+    while True:
+        try:
+            await asyncio.to_thread(register)
+            return
+        except Exception as error:  # noqa: BLE001 - retried; the error is logged each time
+            logger.warning("model registry not reachable (%s); retrying in %.0fs", error, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
 async def _model_loaded() -> bool:
     return state.scorer is not None
 
@@ -202,10 +244,14 @@ def create_app(scorer: Scorer | None = None) -> AsgiFastStream:
     """The worker service; the fast model is loaded (trained on first use) at start-up."""
 
     async def load_model() -> None:
-        if state.scorer is None:
+        if state.scorer is None and scorer is not None:
+            state.scorer = scorer
+        elif state.scorer is None:
             from moderation.classifier.fast_model import ensure_fast_model
 
-            state.scorer = scorer or await asyncio.to_thread(ensure_fast_model, settings)
+            model = await asyncio.to_thread(ensure_fast_model, settings)
+            state.scorer = model
+            background.add(asyncio.create_task(_register_in_registry(model)))
         logger.info("classifier worker scoring with %s", state.scorer and state.scorer.version)
 
     return asgi_service(

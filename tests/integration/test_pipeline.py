@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
 from sqlmodel import Session
 
+from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
 from moderation.events import PostSubmitted
 from moderation.settings import Settings
@@ -113,6 +114,17 @@ async def test_posts_get_verdicts_recorded(
     await produce(settings, make_posts(prefix, 40))
     counts = await asyncio.to_thread(wait_for_verdicts, settings, prefix, 40, 120)
     assert set(counts.values()) == {1}
+
+    # The model that produced the verdicts is the registered fast-model champion.
+    engine = make_engine(settings)
+    try:
+        with Session(engine) as session:
+            versions = {v.model_version for v in crud.list_verdicts(session, post_ids=list(counts))}
+            champion = crud.get_champion(session, kind="fast")
+    finally:
+        engine.dispose()
+    assert champion is not None
+    assert versions == {champion.version}
 
 
 async def test_worker_killed_mid_stream_loses_and_doubles_nothing(
