@@ -516,6 +516,34 @@ def _verdict_filters(post_ids: Sequence[str] | None, stage: Stage | str | None) 
     return filters
 
 
+def verdict_timings(
+    session: Session, *, author_id: str, stage: Stage | str
+) -> list[tuple[str, datetime, datetime]]:
+    """(post_id, submitted_at, verdict recorded_at) for an author's posts with a `stage` verdict.
+
+    One indexed join, cheap enough to poll while a benchmark runs.
+    """
+    statement = (
+        select(Post.id, Post.submitted_at, Verdict.recorded_at)
+        .join(Verdict, col(Verdict.post_id) == col(Post.id))
+        .where(col(Post.author_id) == author_id, col(Verdict.stage) == str(stage))
+    )
+    return [
+        (post_id, submitted, recorded) for post_id, submitted, recorded in session.exec(statement)
+    ]
+
+
+def count_author_verdicts(session: Session, *, author_id: str, stage: Stage | str) -> int:
+    """How many of an author's posts have a `stage` verdict row (a benchmark's progress)."""
+    statement = (
+        select(sa.func.count())
+        .select_from(Post)
+        .join(Verdict, col(Verdict.post_id) == col(Post.id))
+        .where(col(Post.author_id) == author_id, col(Verdict.stage) == str(stage))
+    )
+    return int(session.exec(statement).one())
+
+
 def list_posts(session: Session, *, post_ids: Sequence[str]) -> list[Post]:
     """The recorded posts among `post_ids` (in no particular order)."""
     found: list[Post] = []

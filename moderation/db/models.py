@@ -54,15 +54,17 @@ class PostStatus(StrEnum):
 
 class Post(SQLModel, table=True):
     __tablename__ = "posts"
+    # The recorder writes a post, then updates its derived status when the verdict arrives.
+    # Free space in each page and no index on `status` let PostgreSQL do that update in place
+    # (a HOT update), which roughly halves the cost of the second write.
+    __table_args__ = {"postgresql_with": {"fillfactor": 70}}
 
     id: str = Field(primary_key=True, max_length=64)
     text: str
     author_id: str = Field(index=True, max_length=128)
     external_id: str | None = Field(default=None, max_length=256, index=True)
     metadata_: dict[str, Any] = Field(default_factory=dict, sa_column=Column("metadata", JSON))
-    status: PostStatus = Field(
-        default=PostStatus.PENDING, sa_column=_enum_column(PostStatus, index=True)
-    )
+    status: PostStatus = Field(default=PostStatus.PENDING, sa_column=_enum_column(PostStatus))
     submitted_at: datetime = Field(sa_column=_aware())
     recorded_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
 
