@@ -32,7 +32,7 @@ from moderation.api.loadgen import measure_ingest
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
 from moderation.settings import PROJECT_ROOT, Settings
-from moderation.stack.kafka import ensure_topics
+from moderation.stack.kafka import delete_topics, ensure_topics
 from moderation.stack.services import PipelineServices, isolated_settings
 
 RESULTS_DIR = PROJECT_ROOT / "bench-results"
@@ -239,6 +239,7 @@ def run_bench(
         }
     finally:
         services.stop()
+        asyncio.run(delete_topics(run_settings))
     RESULTS_DIR.mkdir(exist_ok=True)
     path = RESULTS_DIR / f"bench-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{run}.json"  # noqa: DTZ005 - a local file name
     path.write_text(json.dumps(result, indent=2))

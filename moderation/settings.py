@@ -160,7 +160,7 @@ class WorkerSettings(BaseModel):
     batch_timeout_ms: int = Field(
         default=20, ge=1, description="how long a consumer waits to fill a batch (latency bound)"
     )
-    linger_ms: int = Field(default=5, ge=0, description="producer batching delay")
+    linger_ms: int = Field(default=10, ge=0, description="producer batching delay")
     recorder_max_batch: int = Field(
         default=5_000,
         ge=1,

@@ -186,3 +186,16 @@ async def ensure_topics(settings: Settings) -> None:
         raise StackError(f"kafka: topics {missing} were not created")
     finally:
         await admin.close()
+
+
+async def delete_topics(settings: Settings) -> None:
+    """Delete the topics of `settings` (the isolated topics of a benchmark or a test run)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [topic for topic in settings.kafka.topics.all_topics() if topic in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()

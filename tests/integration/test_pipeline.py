@@ -16,7 +16,7 @@ from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
 from moderation.events import PostSubmitted
 from moderation.settings import Settings
-from moderation.stack.kafka import KafkaBroker, ensure_topics
+from moderation.stack.kafka import KafkaBroker, delete_topics, ensure_topics
 from moderation.stack.postgres import PostgresCluster
 from moderation.stack.services import PipelineServices, isolated_settings
 
@@ -26,11 +26,12 @@ STREAM = 5_000
 
 
 @pytest.fixture(scope="module")
-def pipeline_settings(settings: Settings, kafka: KafkaBroker) -> Settings:
+def pipeline_settings(settings: Settings, kafka: KafkaBroker) -> Iterator[Settings]:
     """Topics and consumer groups of this module's own: no other test's backlog."""
     isolated = isolated_settings(settings, f"it-{uuid.uuid4().hex[:8]}")
     asyncio.run(ensure_topics(isolated))
-    return isolated
+    yield isolated
+    asyncio.run(delete_topics(isolated))
 
 
 @pytest.fixture(scope="module")
