@@ -24,8 +24,7 @@ from sqlmodel import Session
 
 from moderation.classifier import worker
 from moderation.db import crud
-from moderation.db.engine import create_tables, make_engine
-from moderation.db.models import ModelStatus
+from moderation.db.engine import make_engine
 from moderation.events import PostSubmitted
 from moderation.recorder import Recorder, RecorderState
 from moderation.settings import Settings
@@ -87,16 +86,7 @@ def run_demo(settings: Settings, *, samples: Path, console: Console) -> None:
     model = ensure_fast_model(settings, progress=True)
     worker.state.scorer = model
     engine = make_engine(settings)
-    create_tables(engine)
-    with Session(engine) as session:
-        crud.register_model_version(
-            session,
-            kind="fast",
-            version=model.version,
-            artifact_uri=str(settings.models.artifact_dir / "fast" / model.version),
-            metrics=model.metrics,
-            status=ModelStatus.CHAMPION,
-        )
+    worker.register_champion(engine, model, settings)
 
     posts = load_samples(samples)
     started = time.perf_counter()

@@ -38,6 +38,8 @@ from moderation.service import asgi_service, serve
 from moderation.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from moderation.classifier.fast_model import FastModel
 from moderation.taxonomy import CATEGORIES, Decision, Stage
 
@@ -189,28 +191,34 @@ async def _publish(publisher: Any, event: Any, key: bytes | None) -> asyncio.Fut
 background: set[asyncio.Task[None]] = set()
 
 
-async def _register_in_registry(model: FastModel) -> None:
-    """Record the model this worker serves as the fast-model champion (retried until the DB
-    answers; scoring does not wait for it)."""
+def register_champion(engine: Engine, model: FastModel, run_settings: Settings) -> None:
+    """Record `model` in the registry as the fast-model champion (the one being served)."""
     from sqlmodel import Session
 
     from moderation.db import crud
-    from moderation.db.engine import create_tables, make_engine
+    from moderation.db.engine import create_tables
     from moderation.db.models import ModelStatus
+
+    create_tables(engine)
+    with Session(engine) as session:
+        crud.register_model_version(
+            session,
+            kind="fast",
+            version=model.version,
+            artifact_uri=str(run_settings.models.artifact_dir / "fast" / model.version),
+            metrics=model.metrics,
+            status=ModelStatus.CHAMPION,
+        )
+
+
+async def _register_in_registry(model: FastModel) -> None:
+    """Register the served model, retried until the DB answers (scoring does not wait)."""
+    from moderation.db.engine import make_engine
 
     def register() -> None:
         engine = make_engine(settings)
         try:
-            create_tables(engine)
-            with Session(engine) as session:
-                crud.register_model_version(
-                    session,
-                    kind="fast",
-                    version=model.version,
-                    artifact_uri=str(settings.models.artifact_dir / "fast" / model.version),
-                    metrics=model.metrics,
-                    status=ModelStatus.CHAMPION,
-                )
+            register_champion(engine, model, settings)
         finally:
             engine.dispose()
 
