@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -117,3 +118,24 @@ class DeadLetter(BaseModel):
     error: str
     consumer_group: str
     failed_at: AwareDatetime = Field(default_factory=utc_now)
+
+    @classmethod
+    def from_record(cls, record: Any, error: BaseException, *, consumer_group: str) -> DeadLetter:
+        """The dead letter for a Kafka ConsumerRecord that could not be processed."""
+        raw: bytes = record.value or b""
+        encoding: Literal["utf-8", "base64"] = "utf-8"
+        try:
+            payload = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            payload, encoding = base64.b64encode(raw).decode(), "base64"
+        return cls(
+            source_topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key.decode("utf-8", "replace") if record.key else None,
+            payload=payload,
+            payload_encoding=encoding,
+            error_type=type(error).__name__,
+            error=str(error)[:2_000],
+            consumer_group=consumer_group,
+        )

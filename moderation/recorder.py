@@ -16,12 +16,11 @@ acknowledged: offsets are committed manually after the database transaction comm
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream
@@ -42,7 +41,7 @@ from moderation.events import (
     ReviewDecided,
     ReviewRequested,
 )
-from moderation.service import asgi_service, serve
+from moderation.service import asgi_service, batch_records, serve
 from moderation.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -114,11 +113,6 @@ async def _undecoded(message: Any) -> Any:
     return message.body
 
 
-def _records(raw: Any) -> list[Any]:
-    # A batch is a tuple of ConsumerRecords (a list in TestKafkaBroker).
-    return list(raw) if isinstance(raw, tuple | list) else [raw]
-
-
 class Recorder:
     """The recorder's router (subscriber and DLQ publishers), state and batch logic.
 
@@ -188,7 +182,7 @@ class Recorder:
     async def handle(self, message: Any) -> None:
         """Record the batch, then acknowledge it; on failure rewind it for redelivery."""
         started = time.perf_counter()
-        records = _records(message.raw_message)
+        records = batch_records(message.raw_message)
         try:
             await self.record(records)
             await message.ack()  # commits the consumer's offsets: only after the DB commit
@@ -285,23 +279,7 @@ class Recorder:
             return crud.record_events(session, events=events)
 
     async def _dead_letter(self, record: Any, error: BaseException) -> None:
-        raw: bytes = record.value or b""
-        encoding: Literal["utf-8", "base64"] = "utf-8"
-        try:
-            payload = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            payload, encoding = base64.b64encode(raw).decode(), "base64"
-        letter = DeadLetter(
-            source_topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key.decode("utf-8", "replace") if record.key else None,
-            payload=payload,
-            payload_encoding=encoding,
-            error_type=type(error).__name__,
-            error=str(error)[:2_000],
-            consumer_group=self.group_id,
-        )
+        letter = DeadLetter.from_record(record, error, consumer_group=self.group_id)
         await self.dead_letter_publishers[record.topic].publish(
             _json(letter), key=record.key or None, headers={"content-type": "application/json"}
         )

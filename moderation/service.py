@@ -20,6 +20,12 @@ from prometheus_client import make_asgi_app
 ReadinessCheck = Callable[[], Awaitable[bool]]
 
 
+def batch_records(raw_message: Any) -> list[Any]:
+    """The ConsumerRecords of a batch subscriber's message (a tuple from aiokafka, a list from
+    FastStream's TestKafkaBroker, a single record from a non-batch subscriber)."""
+    return list(raw_message) if isinstance(raw_message, tuple | list) else [raw_message]
+
+
 def asgi_service(
     broker: KafkaBroker,
     *,

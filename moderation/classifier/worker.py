@@ -10,7 +10,6 @@ with its error and the rest of the batch goes on.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ from moderation.events import (
     ReviewRequested,
     utc_now,
 )
-from moderation.service import asgi_service, serve
+from moderation.service import asgi_service, batch_records, serve
 from moderation.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -72,25 +71,6 @@ verdict_publisher = router.publisher(topics.verdicts, title="verdicts")
 review_publisher = router.publisher(topics.review_requested, title="review-requests")
 dead_letter_publisher = router.publisher(topics.posts_submitted + topics.dlq_suffix, title="dlq")
 state = WorkerState()
-
-
-def _dead_letter(record: Any, error: Exception) -> DeadLetter:
-    raw: bytes = record.value or b""
-    try:
-        payload, encoding = raw.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        payload, encoding = base64.b64encode(raw).decode(), "base64"
-    return DeadLetter(
-        source_topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key.decode("utf-8", "replace") if record.key else None,
-        payload=payload,
-        payload_encoding=encoding,  # type: ignore[arg-type]
-        error_type=type(error).__name__,
-        error=str(error)[:2_000],
-        consumer_group=settings.worker.classifier_group,
-    )
 
 
 def _latency_ms(submitted_at: datetime) -> float:
@@ -151,8 +131,7 @@ async def handle_posts_submitted(message: KafkaMessage = Context("message")) -> 
     scorer = state.scorer
     if scorer is None:
         raise RuntimeError("the classifier worker has no model loaded")
-    raw = message.raw_message  # a batch: a tuple of ConsumerRecords (a list in TestKafkaBroker)
-    records = raw if isinstance(raw, tuple | list) else (raw,)
+    records = batch_records(message.raw_message)
     posts: list[PostSubmitted] = []
     pending: list[asyncio.Future[Any] | None] = []
     for record in records:
@@ -161,7 +140,13 @@ async def handle_posts_submitted(message: KafkaMessage = Context("message")) -> 
         except ValidationError as error:
             DEAD_LETTERS.inc()
             pending.append(
-                await _publish(dead_letter_publisher, _dead_letter(record, error), record.key)
+                await _publish(
+                    dead_letter_publisher,
+                    DeadLetter.from_record(
+                        record, error, consumer_group=settings.worker.classifier_group
+                    ),
+                    record.key,
+                )
             )
 
     for verdict, review in classify_batch(posts, scorer, settings):
