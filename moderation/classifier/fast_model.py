@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -47,7 +46,7 @@ from rich.progress import (
 )
 
 from moderation.settings import Settings, get_settings
-from moderation.stack.runtime import console
+from moderation.stack.runtime import cache_entry, console
 from moderation.taxonomy import CATEGORIES, Category
 
 logger = logging.getLogger(__name__)
@@ -457,31 +456,18 @@ class FastModel:
         An existing directory for the same version is kept: the version hashes the training
         data and configuration, so it holds the same model.
         """
-        final = directory / self.version
-        if (final / METADATA_FILE).is_file():
-            return final
-        directory.mkdir(parents=True, exist_ok=True)
-        staging = directory / f".{self.version}.tmp-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        try:
-            arrays = {
-                "idf": self._idf,
-                "weights": self._weights,
-                "intercepts": self._intercepts,
-                "platt": self._platt,
-            }
+        arrays = {
+            "idf": self._idf,
+            "weights": self._weights,
+            "intercepts": self._intercepts,
+            "platt": self._platt,
+        }
+
+        def write(staging: Path) -> None:
             joblib.dump(arrays, staging / MODEL_FILE, compress=3)
             (staging / METADATA_FILE).write_text(json.dumps(self.metadata(), indent=2) + "\n")
-            try:
-                staging.rename(final)
-            except OSError:
-                # Another process saved the same version first; theirs is identical.
-                if not (final / METADATA_FILE).is_file():
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return final
+
+        return cache_entry(directory, self.version, write)
 
     @classmethod
     def load(cls, path: Path) -> FastModel:

@@ -48,6 +48,7 @@ def cache_entry(root: Path, key: str, build: Callable[[Path], None]) -> Path:
 
     `build` fills a temporary sibling directory that is renamed into place only when it
     returns, so an interrupted download or build never leaves a half-written entry behind.
+    Two processes filling the same entry at once both succeed: the first rename wins.
     """
     final = root / key
     if final.is_dir():
@@ -58,7 +59,12 @@ def cache_entry(root: Path, key: str, build: Callable[[Path], None]) -> Path:
     staging.mkdir()
     try:
         build(staging)
-        staging.rename(final)
+        try:
+            staging.rename(final)
+        except OSError:
+            # Another process filled the same entry first; it holds the same content.
+            if not final.is_dir():
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final

@@ -49,6 +49,17 @@ def test_interrupted_build_leaves_no_entry_and_is_redone(tmp_path: Path) -> None
     assert sorted(p.name for p in entry.iterdir()) == ["full"]
 
 
+def test_losing_the_race_to_another_process_keeps_its_entry(tmp_path: Path) -> None:
+    def build_while_another_process_finishes_first(staging: Path) -> None:
+        (staging / "mine").write_text("same content")
+        (tmp_path / "tool-1.0").mkdir()  # the other process renamed its staging dir first
+        (tmp_path / "tool-1.0" / "theirs").write_text("same content")
+
+    entry = cache_entry(tmp_path, "tool-1.0", build_while_another_process_finishes_first)
+    assert sorted(p.name for p in entry.iterdir()) == ["theirs"]
+    assert [p.name for p in tmp_path.iterdir()] == ["tool-1.0"]  # no staging dir left
+
+
 def test_busy_port_is_named_in_the_error() -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
