@@ -12,9 +12,8 @@ import json
 import shutil
 import subprocess
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-
-import httpx
 
 from moderation.settings import PROJECT_ROOT, Settings
 from moderation.stack.component import ComponentStatus
@@ -23,11 +22,11 @@ from moderation.stack.runtime import (
     StackError,
     cache_entry,
     ensure_ports_free,
+    http_ok,
     require_tool,
     rss_mib,
     run,
     step,
-    tcp_answers,
     wait_for_process,
 )
 
@@ -194,7 +193,7 @@ class DaprRuntime:
         ]
         with step(f"dapr: start {process.name} on {LOOPBACK}:{grpc_port}"):
             process.start()
-            wait_for_process(process, process.name, lambda: _healthz(healthz_port), 120)
+            wait_for_process(process, process.name, partial(_healthz, healthz_port), 120)
 
     def start(self) -> None:
         d = self.dapr
@@ -250,8 +249,7 @@ class DaprRuntime:
 
     def sidecar_healthy(self) -> bool:
         """daprd's /v1.0/healthz answers 204 once components and actors are ready."""
-        response = httpx.get(f"{self.dapr.http_endpoint}/v1.0/healthz", timeout=2)
-        return response.status_code == 204
+        return http_ok(f"{self.dapr.http_endpoint}/v1.0/healthz", statuses=(204,))
 
     def stop_sidecar(self, *, crash: bool = False) -> None:
         if crash:
@@ -270,23 +268,18 @@ class DaprRuntime:
             (
                 self.placement,
                 f"127.0.0.1:{d.placement_port}",
-                lambda: _healthz(d.placement_healthz_port),
+                partial(_healthz, d.placement_healthz_port),
             ),
             (
                 self.scheduler,
                 f"127.0.0.1:{d.scheduler_port}",
-                lambda: _healthz(d.scheduler_healthz_port),
+                partial(_healthz, d.scheduler_healthz_port),
             ),
             (self.daprd, f"{d.http_endpoint} grpc:{d.grpc_port}", self.sidecar_healthy),
         ]
         for process, endpoint, probe in checks:
             pid = process.pid()
-            healthy = False
-            if pid is not None:
-                try:
-                    healthy = probe()
-                except httpx.HTTPError:
-                    healthy = False
+            healthy = pid is not None and probe()
             rows.append(
                 ComponentStatus(
                     name=process.name,
@@ -307,7 +300,4 @@ def _flags(flags: dict[str, object]) -> list[str]:
 
 
 def _healthz(port: int) -> bool:
-    if not tcp_answers(port):
-        return False
-    response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-    return response.status_code in (200, 204)
+    return http_ok(f"http://{LOOPBACK}:{port}/healthz", statuses=(200, 204))

@@ -26,6 +26,7 @@ from moderation.stack.runtime import (
     StackError,
     cache_entry,
     ensure_ports_free,
+    http_ok,
     require_tool,
     rss_mib,
     run,
@@ -57,15 +58,6 @@ def pinned_version(requirements: Path, package: str) -> str:
         if match:
             return match.group(1)
     raise StackError(f"{requirements} does not pin {package}")
-
-
-def _answers(url: str, timeout: float = 2.0) -> bool:
-    """True when `url` answers 200 (loopback: never through a proxy from the environment)."""
-    try:
-        with httpx.Client(trust_env=False, timeout=timeout) as client:
-            return client.get(url).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 class LLMServer:
@@ -244,7 +236,7 @@ class LLMServer:
                 wait_for_process(
                     self.server,
                     "llama.cpp server",
-                    lambda: _answers(self._url(self.llm.server_port, "/v1/models")),
+                    lambda: http_ok(self._url(self.llm.server_port, "/v1/models")),
                     timeout,
                 )
             with step("llm: warm up (first completion)"):
@@ -256,7 +248,7 @@ class LLMServer:
                 wait_for_process(
                     self.adapter,
                     "LLM adapter",
-                    lambda: _answers(self._url(self.llm.adapter_port, "/v1/models")),
+                    lambda: http_ok(self._url(self.llm.adapter_port, "/v1/models")),
                     timeout,
                 )
 
@@ -272,7 +264,7 @@ class LLMServer:
                 name="llm-server",
                 running=server_pid is not None,
                 healthy=server_pid is not None
-                and _answers(self._url(self.llm.server_port, "/v1/models")),
+                and http_ok(self._url(self.llm.server_port, "/v1/models")),
                 endpoint=self._url(self.llm.server_port, "/v1"),
                 pid=server_pid,
                 rss_mib=rss_mib(server_pid) if server_pid else None,
@@ -282,7 +274,7 @@ class LLMServer:
                 name="llm-adapter",
                 running=adapter_pid is not None,
                 healthy=adapter_pid is not None
-                and _answers(self._url(self.llm.adapter_port, "/readyz")),
+                and http_ok(self._url(self.llm.adapter_port, "/readyz")),
                 endpoint=self.llm.base_url,
                 pid=adapter_pid,
                 rss_mib=rss_mib(adapter_pid) if adapter_pid else None,

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 from rich.console import Console
 
 console = Console(stderr=True, highlight=False)
@@ -123,6 +124,15 @@ def tcp_answers(port: int, host: str = "127.0.0.1") -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
         return True
     return False
+
+
+def http_ok(url: str, *, statuses: tuple[int, ...] = (200,), timeout: float = 2.0) -> bool:
+    """True when `url` answers one of `statuses` (loopback: never through an env proxy)."""
+    try:
+        with httpx.Client(trust_env=False, timeout=timeout) as client:
+            return client.get(url).status_code in statuses
+    except httpx.HTTPError:
+        return False
 
 
 def pid_alive(pid: int) -> bool:

@@ -11,10 +11,14 @@ import sys
 from dataclasses import dataclass
 from functools import partial
 
-import httpx
-
 from moderation.settings import PROJECT_ROOT, Settings
-from moderation.stack.runtime import ManagedProcess, ensure_ports_free, step, wait_for_process
+from moderation.stack.runtime import (
+    ManagedProcess,
+    ensure_ports_free,
+    http_ok,
+    step,
+    wait_for_process,
+)
 
 
 def isolated_settings(settings: Settings, run: str) -> Settings:
@@ -92,11 +96,7 @@ class PipelineServices:
         }
 
     def ready(self, name: str) -> bool:
-        url = f"http://127.0.0.1:{self.specs[name].port}/readyz"
-        try:
-            return httpx.get(url, timeout=2, trust_env=False).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return http_ok(f"http://127.0.0.1:{self.specs[name].port}/readyz")
 
     def start(self, *names: str, timeout: float = 300.0) -> None:
         """Start services (idempotent) and wait until each is ready."""
