@@ -82,7 +82,8 @@ def test_eval_rejects_a_bad_dataset_with_the_line_number(tmp_path: Path) -> None
     bad.write_text('{"text": "fine", "label": "safe"}\n{"text": "x", "label": "not-a-label"}\n')
     result = moderation("eval", "--dataset", str(bad))
     assert result.returncode != 0
-    assert "2" in result.stderr and "not-a-label" in result.stderr
+    message = " ".join(result.stderr.split())  # rich wraps long lines
+    assert "line 2" in message and "'not-a-label' is not one of" in message
 
 
 @pytest.mark.timeout(900)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import text
+from sqlalchemy import Engine
 from sqlmodel import Session
 
 from moderation.db import crud
@@ -42,35 +42,31 @@ def services(pipeline_settings: Settings, postgres: PostgresCluster) -> Iterator
     running.stop("worker", "recorder")
 
 
-def model_verdict_counts(settings: Settings, prefix: str) -> dict[str, int]:
-    """post_id -> number of stage-1 verdict rows, for this test's posts."""
+@pytest.fixture(scope="module")
+def read_model(settings: Settings, postgres: PostgresCluster) -> Iterator[Engine]:
     engine = make_engine(settings)
     create_tables(engine)
-    try:
-        with Session(engine) as session:
-            rows = session.execute(
-                text(
-                    "SELECT post_id, count(*) FROM verdicts "
-                    "WHERE stage = 'model' AND post_id LIKE :prefix GROUP BY post_id"
-                ),
-                {"prefix": f"{prefix}%"},
-            ).all()
-    finally:
-        engine.dispose()
-    return {str(post_id): int(count) for post_id, count in rows}
+    yield engine
+    engine.dispose()
 
 
-def wait_for_verdicts(
-    settings: Settings, prefix: str, expected: int, timeout: float
-) -> dict[str, int]:
+def model_verdict_counts(engine: Engine, post_ids: list[str]) -> dict[str, int]:
+    """post_id -> number of stage-1 verdict rows, for these posts."""
+    with Session(engine) as session:
+        return crud.verdicts_per_post(session, post_ids=post_ids, stage="model")
+
+
+def wait_for_verdicts(engine: Engine, post_ids: list[str], timeout: float) -> dict[str, int]:
     deadline = time.monotonic() + timeout
     counts: dict[str, int] = {}
     while time.monotonic() < deadline:
-        counts = model_verdict_counts(settings, prefix)
-        if len(counts) >= expected:
+        counts = model_verdict_counts(engine, post_ids)
+        if len(counts) >= len(post_ids):
             return counts
         time.sleep(0.5)
-    raise AssertionError(f"only {len(counts)} of {expected} posts got a verdict in {timeout:.0f}s")
+    raise AssertionError(
+        f"only {len(counts)} of {len(post_ids)} posts got a verdict in {timeout:.0f}s"
+    )
 
 
 async def produce(settings: Settings, posts: list[PostSubmitted]) -> None:
@@ -108,46 +104,49 @@ def make_posts(prefix: str, count: int) -> list[PostSubmitted]:
 
 
 async def test_posts_get_verdicts_recorded(
-    services: PipelineServices, pipeline_settings: Settings, unique: str
+    services: PipelineServices,
+    pipeline_settings: Settings,
+    read_model: Engine,
+    unique: str,
 ) -> None:
     settings = pipeline_settings
-    prefix = f"it-{unique}-"
-    await produce(settings, make_posts(prefix, 40))
-    counts = await asyncio.to_thread(wait_for_verdicts, settings, prefix, 40, 120)
+    posts = make_posts(f"it-{unique}-", 40)
+    post_ids = [post.post_id for post in posts]
+    await produce(settings, posts)
+    counts = await asyncio.to_thread(wait_for_verdicts, read_model, post_ids, 120)
     assert set(counts.values()) == {1}
 
     # The model that produced the verdicts is the registered fast-model champion.
-    engine = make_engine(settings)
-    try:
-        with Session(engine) as session:
-            versions = {v.model_version for v in crud.list_verdicts(session, post_ids=list(counts))}
-            champion = crud.get_champion(session, kind="fast")
-    finally:
-        engine.dispose()
+    with Session(read_model) as session:
+        versions = {v.model_version for v in crud.list_verdicts(session, post_ids=post_ids)}
+        champion = crud.get_champion(session, kind="fast")
     assert champion is not None
     assert versions == {champion.version}
 
 
 async def test_worker_killed_mid_stream_loses_and_doubles_nothing(
-    services: PipelineServices, pipeline_settings: Settings, unique: str
+    services: PipelineServices,
+    pipeline_settings: Settings,
+    read_model: Engine,
+    unique: str,
 ) -> None:
     settings = pipeline_settings
-    prefix = f"kill-{unique}-"
-    posts = make_posts(prefix, STREAM)
+    posts = make_posts(f"kill-{unique}-", STREAM)
+    post_ids = [post.post_id for post in posts]
     producing = asyncio.create_task(produce(settings, posts))
 
     # Kill the worker once it is visibly in the middle of the stream.
     deadline = time.monotonic() + 120
-    while len(await asyncio.to_thread(model_verdict_counts, settings, prefix)) < STREAM // 10:
+    while len(await asyncio.to_thread(model_verdict_counts, read_model, post_ids)) < STREAM // 10:
         assert time.monotonic() < deadline, "the worker made no progress"
         await asyncio.sleep(0.2)
     services.kill("worker")
-    done_at_kill = len(await asyncio.to_thread(model_verdict_counts, settings, prefix))
+    done_at_kill = len(await asyncio.to_thread(model_verdict_counts, read_model, post_ids))
     await producing
     assert done_at_kill < STREAM, "the stream finished before the kill: nothing was tested"
 
     await asyncio.to_thread(services.start, "worker")
-    counts = await asyncio.to_thread(wait_for_verdicts, settings, prefix, STREAM, 300)
+    counts = await asyncio.to_thread(wait_for_verdicts, read_model, post_ids, 300)
 
     assert len(counts) == STREAM  # none lost
     assert set(counts.values()) == {1}  # exactly one model verdict row each
