@@ -17,7 +17,6 @@ import os
 import platform
 import time
 import uuid
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -28,7 +27,7 @@ from rich.table import Table
 from sqlmodel import Session
 
 from moderation import stack
-from moderation.api.loadgen import measure_ingest
+from moderation.api.loadgen import latency_percentiles, measure_ingest
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
 from moderation.settings import PROJECT_ROOT, Settings
@@ -43,17 +42,6 @@ BENCH_TEXTS = (
     "You are pathetic and nobody wants you here",
     "Great match last night, what a comeback in the second half!",
 )
-
-
-def _percentiles(values: Sequence[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    if not ordered:
-        return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
-
-    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": round(ordered[-1], 2)}
 
 
 def measure_model(settings: Settings, posts: int) -> dict[str, Any]:
@@ -159,7 +147,7 @@ def _latency_summary(
         "lost": len(set(post_ids) - recorded_posts),
         "seconds": round(span, 3),
         "posts_per_second": round(len(timings) / span, 1) if span else 0.0,
-        "latency_ms": _percentiles(latencies),
+        "latency_ms": latency_percentiles(latencies),
     }
 
 

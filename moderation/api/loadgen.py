@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +24,18 @@ TEXTS = (
     "This recipe needs more garlic. Always more garlic.",
     "Great match last night, what a comeback in the second half!",
 )
+
+
+def latency_percentiles(values_ms: Sequence[float]) -> dict[str, float]:
+    """p50, p95, p99 and max of latencies in milliseconds (nearest rank; zeros when empty)."""
+    ordered = sorted(values_ms)
+    if not ordered:
+        return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": round(ordered[-1], 2)}
 
 
 class HttpError(Exception):
@@ -37,13 +50,6 @@ class _Phase:
     latencies: list[float] = field(default_factory=list)
 
     def summary(self, seconds: float, posts_sent: int) -> dict[str, Any]:
-        ordered = sorted(self.latencies)
-
-        def percentile(q: float) -> float:
-            if not ordered:
-                return 0.0
-            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
-
         return {
             "requests": self.requests,
             "posts_sent": posts_sent,
@@ -51,11 +57,7 @@ class _Phase:
             "statuses": {str(status): count for status, count in sorted(self.statuses.items())},
             "seconds": round(seconds, 3),
             "posts_per_second": round(self.posts_accepted / seconds, 1) if seconds else 0.0,
-            "latency_ms": {
-                "p50": percentile(0.50),
-                "p95": percentile(0.95),
-                "p99": percentile(0.99),
-            },
+            "latency_ms": latency_percentiles([latency * 1000 for latency in self.latencies]),
         }
 
 
