@@ -544,14 +544,6 @@ def count_author_verdicts(session: Session, *, author_id: str, stage: Stage | st
     return int(session.exec(statement).one())
 
 
-def list_posts(session: Session, *, post_ids: Sequence[str]) -> list[Post]:
-    """The recorded posts among `post_ids` (in no particular order)."""
-    found: list[Post] = []
-    for chunk in _chunks(post_ids):
-        found.extend(session.exec(select(Post).where(col(Post.id).in_(list(chunk)))).all())
-    return found
-
-
 def count_posts(
     session: Session, *, post_ids: Sequence[str] | None = None, status: PostStatus | None = None
 ) -> int:

@@ -394,3 +394,23 @@ def test_post_statuses_of_recorded_posts(session: Session) -> None:
         "a": PostStatus.PENDING,
         "b": PostStatus.REMOVED,
     }
+
+
+def test_benchmark_progress_reads_count_an_authors_verdicts(session: Session) -> None:
+    other = PostSubmitted(post_id="x1", text="hi", author_id="someone-else")
+    crud.record_events(
+        session,
+        events=[
+            post("b1"),
+            post("b2"),
+            other,
+            verdict("b1", Decision.ALLOW),
+            verdict("x1", Decision.ALLOW),
+        ],
+    )
+    assert crud.count_author_verdicts(session, author_id="u1", stage=Stage.MODEL) == 1
+    timings = crud.verdict_timings(session, author_id="u1", stage=Stage.MODEL)
+    assert [post_id for post_id, _, _ in timings] == ["b1"]
+    _, submitted, recorded = timings[0]
+    assert submitted.tzinfo is not None and recorded >= submitted
+    assert crud.count_author_verdicts(session, author_id="u1", stage=Stage.AGENT) == 0
