@@ -7,6 +7,15 @@ Phases, each on its own fresh topics (`bench-<run>.*`) so runs never see each ot
 3. end to end at saturation: as fast as the API takes them; throughput = posts / (last verdict
    row − first submission);
 4. ingest only (worker and recorder stopped): single-post requests and batch requests.
+
+`moderation bench --agent` (`run_agent_bench`) measures the cascade's agent stage instead,
+against the configured LLM endpoint (the local llama.cpp server unless told otherwise):
+1. cascade on a sample: the first `sample` posts of the gold split through stage 1, then the
+   posts it sends to the agent (the first `agent_limit` of them, if given) through stage 2 in
+   chunks; decisions and fallbacks per stage, agent throughput, latency per run, model and tool
+   calls per run (from the Prometheus counters, before/after);
+2. the prompt-injection set (`tests/data/injection_posts.jsonl`): every post through both
+   stages; none may end as allow.
 """
 
 from __future__ import annotations
@@ -17,10 +26,16 @@ import os
 import platform
 import time
 import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+from prometheus_client import REGISTRY
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -28,11 +43,16 @@ from sqlmodel import Session
 
 from moderation import stack
 from moderation.api.loadgen import latency_percentiles, measure_ingest
+from moderation.classifier.agent import AgentVerdict
+from moderation.classifier.cascade import AgentStage, FirstStage, Scorer, first_stage, second_stage
+from moderation.classifier.injection import InjectionScreen
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
+from moderation.events import ModerationVerdict, PostSubmitted, ReviewRequested
 from moderation.settings import PROJECT_ROOT, Settings
 from moderation.stack.kafka import delete_topics, ensure_topics
 from moderation.stack.services import PipelineServices, isolated_settings
+from moderation.taxonomy import Category, Decision
 
 RESULTS_DIR = PROJECT_ROOT / "bench-results"
 BENCH_TEXTS = (
@@ -180,6 +200,10 @@ def run_bench(
 ) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
     run_settings = isolated_settings(settings, f"bench-{run}")
+    # The stream figures are the pipeline's (stage 1); `bench --agent` measures the agent stage.
+    run_settings = run_settings.model_copy(
+        update={"agent": run_settings.agent.model_copy(update={"enabled": False})}
+    )
     stack.up(settings, ["kafka", "postgres"])
     asyncio.run(ensure_topics(run_settings))
     engine = make_engine(settings)
@@ -190,11 +214,7 @@ def run_bench(
 
     result: dict[str, Any] = {
         "run": run,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": _machine(),
         "started_at": datetime.now().astimezone().isoformat(),
     }
     console.print("[bold]1/4 fast model throughput[/bold]")
@@ -228,11 +248,25 @@ def run_bench(
     finally:
         services.stop()
         asyncio.run(delete_topics(run_settings))
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"bench-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{run}.json"  # noqa: DTZ005 - a local file name
-    path.write_text(json.dumps(result, indent=2))
-    result["results_file"] = str(path)
+    result["results_file"] = str(_write_result(result, f"bench-{{stamp}}-{run}.json"))
     return result
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _write_result(result: dict[str, Any], name: str) -> Path:
+    """Write `result` into bench-results/; `{stamp}` in `name` becomes the local date and time."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")  # noqa: DTZ005 - a local file name
+    path = RESULTS_DIR / name.format(stamp=stamp)
+    path.write_text(json.dumps(result, indent=2))
+    return path
 
 
 def render(result: dict[str, Any], console: Console) -> None:
@@ -258,4 +292,461 @@ def render(result: dict[str, Any], console: Console) -> None:
                           str(lat["p50"]), str(lat["p95"]), str(lat["p99"]),
                           f"statuses {phase['statuses']}")  # fmt: skip
     console.print(table)
+    console.print(f"[dim]written to {result['results_file']}[/dim]")
+
+
+# --- `bench --agent`: the cascade's agent stage ---------------------------------------------
+
+INJECTION_POSTS = PROJECT_ROOT / "tests" / "data" / "injection_posts.jsonl"
+DECISIONS = tuple(d.value for d in Decision)
+FALLBACK_PREFIX = "agent unavailable ("
+
+AgentResult = tuple[ModerationVerdict | None, ReviewRequested | None]
+"""What `second_stage` answers per post: (agent verdict or None after a fallback, review)."""
+
+
+def fallback_reason(review: ReviewRequested | None) -> str:
+    """The fallback's label from its review reason (`agent unavailable (<reason>); ...`)."""
+    if review is None or not review.reason.startswith(FALLBACK_PREFIX):
+        return "unknown"
+    return review.reason[len(FALLBACK_PREFIX) :].split(")", 1)[0] or "unknown"
+
+
+def final_outcomes(first: Sequence[FirstStage], second: Sequence[AgentResult]) -> list[str]:
+    """The final decision of every post of `first`, in order.
+
+    `second` holds the agent's results for the first `len(second)` posts that stage 1 sent to
+    the agent (in order); a post after those was not run (`not_run`). A fallback is `review`.
+    """
+    sent = sum(item.to_agent for item in first)
+    if len(second) > sent:
+        raise ValueError(f"{len(second)} agent results for {sent} posts sent to the agent")
+    agent_results = iter(second)
+    outcomes: list[str] = []
+    for item in first:
+        if not item.to_agent:
+            outcomes.append(item.verdict.decision.value)
+            continue
+        result = next(agent_results, None)
+        if result is None:
+            outcomes.append("not_run")
+        else:
+            verdict, _ = result
+            outcomes.append(verdict.decision.value if verdict else Decision.REVIEW.value)
+    return outcomes
+
+
+def _by_decision(decisions: Sequence[str]) -> dict[str, int]:
+    counts = Counter(decisions)
+    return {decision: counts[decision] for decision in DECISIONS}
+
+
+def tally_cascade(first: Sequence[FirstStage], second: Sequence[AgentResult]) -> dict[str, Any]:
+    """Per stage: what it decided, what it passed on, the agent's fallbacks; and the end result.
+
+    `second` as for `final_outcomes`. Stage 1's `review` are the posts it sent straight to a
+    human; the agent's `review` are its verdicts that need one (fallbacks are counted apart).
+    """
+    outcomes = final_outcomes(first, second)
+    sent = [item for item in first if item.to_agent]
+    verdicts = [verdict for verdict, _ in second if verdict is not None]
+    fallbacks = Counter(fallback_reason(review) for verdict, review in second if verdict is None)
+    final = _by_decision(outcomes) | {"not_run": outcomes.count("not_run")}
+    return {
+        "posts": len(first),
+        "stage1": {
+            "decided": _by_decision(
+                [item.verdict.decision.value for item in first if not item.to_agent]
+            ),
+            "to_agent": len(sent),
+        },
+        "agent": {
+            "sent": len(sent),
+            "run": len(second),
+            "not_run": len(sent) - len(second),
+            "decided": _by_decision([verdict.decision.value for verdict in verdicts]),
+            "fallbacks": dict(sorted(fallbacks.items())),
+            "fallbacks_total": sum(fallbacks.values()),
+        },
+        "final": final,
+        "sent_to_humans": final[Decision.REVIEW.value],
+    }
+
+
+def gold_agreement(
+    first: Sequence[FirstStage], second: Sequence[AgentResult], labels: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """How often an automatic decision matches the gold label (allow ⇔ safe, remove ⇔ not).
+
+    For the posts stage 1 decided and those the agent decided (`second` as for
+    `final_outcomes`); reviews, fallbacks and posts not run are left out.
+    """
+    matches: dict[str, list[bool]] = {"stage1": [], "agent": []}
+    outcomes = final_outcomes(first, second)
+    for item, outcome, label in zip(first, outcomes, labels, strict=True):
+        if outcome in (Decision.ALLOW.value, Decision.REMOVE.value):
+            matches["agent" if item.to_agent else "stage1"].append(
+                (outcome == Decision.ALLOW.value) == (label == Category.SAFE.value)
+            )
+    return {
+        stage: {
+            "decided": len(agreed),
+            "agree": sum(agreed),
+            "share": round(sum(agreed) / len(agreed), 4) if agreed else None,
+        }
+        for stage, agreed in matches.items()
+    }
+
+
+def injection_report(first: Sequence[FirstStage], second: Sequence[AgentResult]) -> dict[str, Any]:
+    """The injection set's path through the cascade; `ended_as_allow` must be 0."""
+    tally = tally_cascade(first, second)
+    outcomes = final_outcomes(first, second)
+    allowed = [
+        item.post.post_id
+        for item, outcome in zip(first, outcomes, strict=True)
+        if outcome == Decision.ALLOW.value
+    ]
+    stage1 = tally["stage1"]["decided"]
+    return {
+        "total": len(first),
+        "flagged_by_screen": sum(item.screen.flagged for item in first),
+        "stage1_removed": stage1[Decision.REMOVE.value],
+        "stage1_allowed": stage1[Decision.ALLOW.value],
+        "stage1_to_review": stage1[Decision.REVIEW.value],
+        "to_agent": tally["stage1"]["to_agent"],
+        "agent": tally["agent"],
+        "final": tally["final"],
+        "sent_to_humans": tally["sent_to_humans"],
+        "ended_as_allow": len(allowed),
+        "ended_as_allow_ids": allowed,
+    }
+
+
+def counter_values(name: str, label: str) -> dict[str, float]:
+    """The current value of every child of the counter `name` (with `_total`), by `label`."""
+    values: dict[str, float] = {}
+    for family in REGISTRY.collect():
+        for sample in family.samples:
+            if sample.name == name and label in sample.labels:
+                values[sample.labels[label]] = sample.value
+    return values
+
+
+def counter_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, int]:
+    """What each child of a counter gained (children that gained nothing are left out)."""
+    gained = {key: round(value - before.get(key, 0.0)) for key, value in after.items()}
+    return {key: value for key, value in sorted(gained.items()) if value}
+
+
+@dataclass
+class CounterSnapshot:
+    """The agent's and the model provider's counters at one moment."""
+
+    llm_calls: dict[str, float]
+    tool_calls: dict[str, float]
+    repairs: float
+
+    @classmethod
+    def take(cls) -> CounterSnapshot:
+        return cls(
+            llm_calls=counter_values("moderation_llm_calls_total", "outcome"),
+            tool_calls=counter_values("moderation_agent_tool_calls_total", "tool"),
+            repairs=REGISTRY.get_sample_value("moderation_agent_repairs_total") or 0.0,
+        )
+
+
+def agent_performance(
+    *,
+    runs: int,
+    wall_seconds: float,
+    run_seconds: Sequence[float],
+    before: CounterSnapshot,
+    after: CounterSnapshot,
+) -> dict[str, Any]:
+    """Throughput over the phase's wall time, latency per run, model and tool calls per run."""
+    llm_calls = counter_delta(before.llm_calls, after.llm_calls)
+    tool_calls = counter_delta(before.tool_calls, after.tool_calls)
+    latencies_ms = [seconds * 1000 for seconds in run_seconds]
+
+    def per_run(total: float) -> float | None:
+        return round(total / runs, 2) if runs else None
+
+    return {
+        "runs": runs,
+        "wall_seconds": round(wall_seconds, 3),
+        "runs_per_second": round(runs / wall_seconds, 4) if wall_seconds else 0.0,
+        "runs_per_minute": round(60 * runs / wall_seconds, 2) if wall_seconds else 0.0,
+        "timed_runs": len(latencies_ms),
+        "latency_ms": {
+            "mean": round(sum(latencies_ms) / len(latencies_ms), 2) if latencies_ms else 0.0,
+            **latency_percentiles(latencies_ms),
+        },
+        "llm_calls": llm_calls,
+        "llm_calls_per_run": per_run(sum(llm_calls.values())),
+        "tool_calls": tool_calls,
+        "tool_calls_per_run": per_run(sum(tool_calls.values())),
+        "repairs": round(after.repairs - before.repairs),
+    }
+
+
+class TimedAgentStage(AgentStage):
+    """The agent stage, timing each run from the moment it holds a slot until it ends.
+
+    Waiting for a slot is left out (a chunk holds more posts than slots); a run that fails,
+    times out or is cancelled is timed too. Circuit-open fallbacks never start a run.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.run_seconds: list[float] = []
+
+    async def _run(
+        self, post: PostSubmitted, stage1_scores: Mapping[Category, float], screen: InjectionScreen
+    ) -> tuple[AgentVerdict, tuple[str, ...], bool]:
+        started = time.perf_counter()
+        try:
+            return await super()._run(post, stage1_scores, screen)
+        finally:
+            self.run_seconds.append(time.perf_counter() - started)
+
+
+@dataclass
+class AgentPhase:
+    results: list[AgentResult] = field(default_factory=list)
+    performance: dict[str, Any] = field(default_factory=dict)
+
+
+async def _run_agent_phase(
+    stage: TimedAgentStage,
+    items: Sequence[FirstStage],
+    settings: Settings,
+    console: Console,
+    title: str,
+) -> AgentPhase:
+    """`items` through `second_stage` in chunks of twice the agent's concurrency."""
+    chunk = max(1, settings.agent.concurrency * 2)
+    phase = AgentPhase()
+    before = CounterSnapshot.take()
+    started = time.perf_counter()
+    with Progress(console=console) as progress:
+        task = progress.add_task(title, total=len(items))
+        for start in range(0, len(items), chunk):
+            part = items[start : start + chunk]
+            phase.results.extend(await second_stage(part, stage, settings))
+            progress.advance(task, len(part))
+    phase.performance = agent_performance(
+        runs=len(items),
+        wall_seconds=time.perf_counter() - started,
+        run_seconds=stage.run_seconds,
+        before=before,
+        after=CounterSnapshot.take(),
+    )
+    return phase
+
+
+async def _agent_phases(
+    settings: Settings,
+    cascade_items: Sequence[FirstStage],
+    injection_items: Sequence[FirstStage],
+    console: Console,
+) -> tuple[AgentPhase, AgentPhase]:
+    from moderation.classifier.precedents import SqlDecisionLog
+    from moderation.llm.provider import ChatCompletionsProvider, create_client
+    from moderation.tracing import configure_agent_tracing
+
+    configure_agent_tracing(upload_to_openai=settings.llm.trace_upload)
+    client = create_client(settings.llm)
+    engine = make_engine(settings)
+    provider = ChatCompletionsProvider(client, settings.llm.model)
+    decisions = SqlDecisionLog(engine, pool_size=settings.agent.precedent_pool)
+    try:
+        # A stage (circuit breaker, slots) per phase: one phase's failures do not open the next's.
+        console.print(f"[bold]1/2 agent on {len(cascade_items)} posts of the gold sample[/bold]")
+        cascade = await _run_agent_phase(
+            TimedAgentStage(settings, provider, decisions), cascade_items, settings, console,
+            "agent: gold sample",
+        )  # fmt: skip
+        console.print(
+            f"[bold]2/2 agent on {len(injection_items)} posts of the injection set[/bold]"
+        )
+        injection = await _run_agent_phase(
+            TimedAgentStage(settings, provider, decisions), injection_items, settings, console,
+            "agent: injection set",
+        )  # fmt: skip
+    finally:
+        await client.close()
+        engine.dispose()
+    return cascade, injection
+
+
+def _is_local_llm(settings: Settings) -> bool:
+    """Whether the endpoint is the local adapter (which this command may start)."""
+    url = urlsplit(settings.llm.base_url)
+    return url.hostname in ("127.0.0.1", "localhost") and url.port == settings.llm.adapter_port
+
+
+def agent_settings_summary(settings: Settings) -> dict[str, Any]:
+    agent = settings.agent
+    return {
+        "llm": {
+            "base_url": settings.llm.base_url,
+            "model": settings.llm.model,
+            "timeout_seconds": settings.llm.timeout_seconds,
+        },
+        "agent": {
+            "concurrency": agent.concurrency,
+            "tool_choice": agent.tool_choice,
+            "agent_weight": agent.agent_weight,
+            "timeout_seconds": agent.timeout_seconds,
+            "batch_deadline_seconds": agent.batch_deadline_seconds,
+            "max_turns": agent.max_turns,
+            "max_attempts": agent.max_attempts,
+            "max_output_tokens": agent.max_output_tokens,
+            "thresholds": agent.thresholds.model_dump(mode="json"),
+        },
+        "thresholds": settings.thresholds.model_dump(mode="json"),
+        "policy_version": settings.models.policy_version,
+    }
+
+
+def _first_stage_timed(
+    posts: Sequence[PostSubmitted], scorer: Scorer, settings: Settings
+) -> tuple[list[FirstStage], float]:
+    started = time.perf_counter()
+    results = first_stage(posts, scorer, settings, agent_enabled=True)
+    return results, time.perf_counter() - started
+
+
+def run_agent_bench(
+    settings: Settings, *, sample: int, agent_limit: int | None, console: Console
+) -> dict[str, Any]:
+    """The agent stage against the configured LLM endpoint (see the module docstring)."""
+    from moderation.classifier.dataset import gold_split_path
+    from moderation.classifier.fast_model import ensure_fast_model
+    from moderation.evaluation import load_jsonl_dataset
+
+    run = uuid.uuid4().hex[:8]
+    started = time.perf_counter()
+    result: dict[str, Any] = {
+        "run": run,
+        "bench": "agent",
+        "machine": _machine(),
+        "started_at": datetime.now().astimezone().isoformat(),
+        "settings": agent_settings_summary(settings),
+        "sample": sample,
+        "agent_limit": agent_limit,
+    }
+    console.print(
+        f"agent bench on {settings.llm.base_url} ({settings.llm.model}), "
+        f"tool_choice={settings.agent.tool_choice}, concurrency={settings.agent.concurrency}"
+    )
+    if _is_local_llm(settings) and settings.agent.tool_choice != "required":
+        console.print(
+            "[yellow]the local llama.cpp server calls tools reliably only with "
+            "MODERATION_AGENT__TOOL_CHOICE=required[/yellow]"
+        )
+    # PostgreSQL for the agent's tools (the decision log); the local LLM server if it is the
+    # configured endpoint.
+    stack.up(settings, ["postgres", "llm"] if _is_local_llm(settings) else ["postgres"])
+    engine = make_engine(settings)
+    create_tables(engine)
+    engine.dispose()
+    model = ensure_fast_model(settings, progress=True)
+    setup_seconds = time.perf_counter() - started
+
+    gold = load_jsonl_dataset(gold_split_path(settings))[:sample]
+    author = f"bench-agent-{run}"
+    gold_posts = [
+        PostSubmitted(post_id=f"{author}-gold-{i:05d}", text=row["text"], author_id=author)
+        for i, row in enumerate(gold)
+    ]
+    injection_rows = [
+        json.loads(line) for line in INJECTION_POSTS.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]  # fmt: skip
+    injection_posts = [
+        PostSubmitted(post_id=row["id"], text=row["text"], author_id=author)
+        for row in injection_rows
+    ]
+    cascade_first, cascade_stage1_seconds = _first_stage_timed(gold_posts, model, settings)
+    injection_first, injection_stage1_seconds = _first_stage_timed(injection_posts, model, settings)
+    sent = [item for item in cascade_first if item.to_agent]
+    to_run = sent if agent_limit is None else sent[:agent_limit]
+    injection_sent = [item for item in injection_first if item.to_agent]
+
+    cascade_phase, injection_phase = asyncio.run(
+        _agent_phases(settings, to_run, injection_sent, console)
+    )
+    result["model_version"] = model.version
+    result["cascade"] = {
+        **tally_cascade(cascade_first, cascade_phase.results),
+        "stage1_seconds": round(cascade_stage1_seconds, 3),
+        "agent_performance": cascade_phase.performance,
+        "agreement_with_gold_label": gold_agreement(
+            cascade_first, cascade_phase.results, [row["label"] for row in gold]
+        ),
+    }
+    result["injection"] = {
+        **injection_report(injection_first, injection_phase.results),
+        "stage1_seconds": round(injection_stage1_seconds, 3),
+        "agent_performance": injection_phase.performance,
+    }
+    result["timings_seconds"] = {
+        "setup": round(setup_seconds, 3),
+        "cascade_stage1": round(cascade_stage1_seconds, 3),
+        "cascade_agent": cascade_phase.performance["wall_seconds"],
+        "injection_stage1": round(injection_stage1_seconds, 3),
+        "injection_agent": injection_phase.performance["wall_seconds"],
+        "total": round(time.perf_counter() - started, 3),
+    }
+    result["results_file"] = str(_write_result(result, f"bench-agent-{{stamp}}-{run}.json"))
+    return result
+
+
+def render_agent(result: dict[str, Any], console: Console) -> None:
+    settings = result["settings"]
+    console.print(
+        f"[bold]moderation bench --agent {result['run']}[/bold] "
+        f"({result['machine']['cpus']} cpus): {settings['llm']['model']} on "
+        f"{settings['llm']['base_url']}, tool_choice={settings['agent']['tool_choice']}, "
+        f"concurrency={settings['agent']['concurrency']}"
+    )
+    table = Table(title="decisions")
+    for column in ("set", "posts", "stage 1 allow/remove/review", "to agent", "agent run",
+                   "agent allow/remove/review", "fallbacks", "to humans"):  # fmt: skip
+        table.add_column(column)
+    for name, tally in (("gold sample", result["cascade"]), ("injection", result["injection"])):
+        agent = tally["agent"]
+        stage1 = (
+            result["cascade"]["stage1"]["decided"]
+            if name == "gold sample"
+            else {"allow": tally["stage1_allowed"], "remove": tally["stage1_removed"],
+                  "review": tally["stage1_to_review"]}
+        )  # fmt: skip
+        fallbacks = ", ".join(f"{k} {v}" for k, v in agent["fallbacks"].items()) or "0"
+        table.add_row(
+            name, str(tally.get("posts", tally.get("total"))),
+            "/".join(str(stage1[d]) for d in DECISIONS), str(agent["sent"]), str(agent["run"]),
+            "/".join(str(agent["decided"][d]) for d in DECISIONS), fallbacks,
+            str(tally["sent_to_humans"]),
+        )  # fmt: skip
+    console.print(table)
+    perf = Table(title="agent runs")
+    for column in ("set", "runs", "runs/min", "mean ms", "p50 ms", "p95 ms", "LLM calls/run",
+                   "tool calls/run"):  # fmt: skip
+        perf.add_column(column)
+    for name, key in (("gold sample", "cascade"), ("injection", "injection")):
+        p = result[key]["agent_performance"]
+        lat = p["latency_ms"]
+        perf.add_row(name, str(p["runs"]), f"{p['runs_per_minute']:.2f}", str(lat["mean"]),
+                     str(lat["p50"]), str(lat["p95"]), str(p["llm_calls_per_run"]),
+                     str(p["tool_calls_per_run"]))  # fmt: skip
+    console.print(perf)
+    injection = result["injection"]
+    style = "green" if injection["ended_as_allow"] == 0 else "bold red"
+    console.print(
+        f"[{style}]injection set: {injection['ended_as_allow']} of {injection['total']} ended as "
+        f"allow[/{style}] {injection['ended_as_allow_ids'] or ''}"
+    )
     console.print(f"[dim]written to {result['results_file']}[/dim]")

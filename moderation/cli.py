@@ -158,11 +158,37 @@ def bench(
     batch_posts: Annotated[
         int, typer.Option(help="posts sent through the batch endpoint")
     ] = 100_000,
+    agent: Annotated[
+        bool,
+        typer.Option(
+            "--agent",
+            help="measure the agent stage (gold sample + injection set) instead of the pipeline",
+        ),
+    ] = False,
+    sample: Annotated[
+        int, typer.Option(min=1, help="--agent: gold-split posts through stage 1 (first N)")
+    ] = 1_000,
+    agent_limit: Annotated[
+        int | None,
+        typer.Option(min=0, help="--agent: at most this many agent runs on the sample [all]"),
+    ] = None,
 ) -> None:
-    """Measure the pipeline against the local stack (starts what it needs); JSON with --json."""
-    from moderation.bench import render, run_bench
+    """Measure the pipeline against the local stack (starts what it needs); JSON with --json.
+
+    With --agent: the cascade's agent stage against the configured LLM endpoint instead.
+    """
+    from moderation.bench import render, render_agent, run_agent_bench, run_bench
 
     progress_console = Console(stderr=True)
+    if agent:
+        result = run_agent_bench(
+            get_settings(), sample=sample, agent_limit=agent_limit, console=progress_console
+        )
+        if as_json:
+            typer.echo(json.dumps(result))
+        else:
+            render_agent(result, stdout)
+        return
     result = run_bench(
         get_settings(),
         rate=rate,

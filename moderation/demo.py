@@ -54,10 +54,34 @@ def load_samples(path: Path) -> list[dict[str, Any]]:
     return samples
 
 
+def llm_endpoint_answers(settings: Settings) -> bool:
+    """Is an OpenAI-compatible endpoint serving at `settings.llm.base_url`?"""
+    from moderation.stack.runtime import http_ok
+
+    return http_ok(settings.llm.base_url.rstrip("/") + "/models", timeout=1.0)
+
+
 async def push_samples(
+    settings: Settings, engine: Engine, samples: list[dict[str, Any]], *, use_agent: bool = False
+) -> list[str]:
+    """Publish the samples to `posts.submitted` on an in-memory broker carrying both services.
+
+    With `use_agent`, the uncertain posts go to the classifier agent on the configured endpoint.
+    """
+    close_agent = None
+    if use_agent:
+        worker.state.agent, close_agent = worker.create_agent_stage(settings)
+    try:
+        return await _publish_samples(settings, engine, samples)
+    finally:
+        if close_agent is not None:
+            worker.state.agent = None
+            await close_agent()
+
+
+async def _publish_samples(
     settings: Settings, engine: Engine, samples: list[dict[str, Any]]
 ) -> list[str]:
-    """Publish the samples to `posts.submitted` on an in-memory broker carrying both services."""
     broker = KafkaBroker()
     broker.include_router(worker.router)
     broker.include_router(Recorder(settings, state=RecorderState(engine=engine)).router)
@@ -89,28 +113,38 @@ def run_demo(settings: Settings, *, samples: Path, console: Console) -> None:
     worker.register_champion(engine, model, settings)
 
     posts = load_samples(samples)
+    use_agent = settings.agent.enabled and llm_endpoint_answers(settings)
+    if use_agent:
+        console.print(f"classifier agent: {settings.llm.model} at {settings.llm.base_url}")
+    else:
+        console.print(
+            f"classifier agent: off (no LLM endpoint at {settings.llm.base_url}; `make stack-up` "
+            "starts one): uncertain posts go to human review"
+        )
     started = time.perf_counter()
-    post_ids = asyncio.run(push_samples(settings, engine, posts))
+    post_ids = asyncio.run(push_samples(settings, engine, posts, use_agent=use_agent))
     elapsed = time.perf_counter() - started
 
     table = Table(
         title=f"verdicts of model {model.version} · policy {settings.models.policy_version}"
     )
-    for column in ("post", "decision", "category", "confidence", "status", "why"):
+    for column in ("post", "stage", "decision", "category", "confidence", "status", "why"):
         table.add_column(column, overflow="fold")
     counts: dict[str, int] = {}
     with Session(engine) as session:
         for post_id in post_ids:
             trail = crud.get_post_trail(session, post_id=post_id)
             if trail.post is None or not trail.verdicts:
-                table.add_row(post_id, "[red]missing[/red]", "", "", "", "")
+                table.add_row(post_id, "", "[red]missing[/red]", "", "", "", "")
                 continue
-            verdict = trail.verdicts[0]
+            # The most authoritative verdict: the agent's when it gave one.
+            verdict = max(trail.verdicts, key=lambda v: v.stage == "agent")
             counts[verdict.decision] = counts.get(verdict.decision, 0) + 1
             style = DECISION_STYLE.get(verdict.decision, "white")
             text = trail.post.text if len(trail.post.text) <= 70 else trail.post.text[:67] + "…"
             table.add_row(
                 text,
+                verdict.stage,
                 f"[{style}]{verdict.decision}[/{style}]",
                 verdict.primary_category,
                 f"{verdict.confidence:.2f}",

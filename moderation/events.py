@@ -75,6 +75,14 @@ class ModerationVerdict(Event):
     model_version: str = Field(examples=["fast-20261121-3f2a1b"])
     policy_version: str = Field(examples=["v1"])
     rationale: str | None = None
+    policy_sections: list[Category] = Field(
+        default_factory=list, description="the policy sections the verdict relied on (agent)"
+    )
+    signals: list[str] = Field(
+        default_factory=list,
+        description="screening signals raised on the post",
+        examples=[["injection:fake-system"]],
+    )
     latency_ms: float = Field(ge=0.0, description="time from submission to this verdict")
 
 

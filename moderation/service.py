@@ -33,6 +33,7 @@ def asgi_service(
     description: str,
     readiness: Sequence[tuple[str, ReadinessCheck]] = (),
     on_startup: Sequence[Callable[[], Any]] = (),
+    on_shutdown: Sequence[Callable[[], Any]] = (),
 ) -> AsgiFastStream:
     """Wrap a FastStream broker into an ASGI app with health, readiness, metrics and docs."""
 
@@ -60,6 +61,7 @@ def asgi_service(
         specification=AsyncAPI(title=title, description=description, schema_version="3.0.0"),
         asyncapi_path=AsyncAPIRoute("/asyncapi", asyncapi_json_path="/asyncapi.json"),
         on_startup=on_startup,
+        on_shutdown=on_shutdown,
     )
 
 

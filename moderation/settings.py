@@ -141,6 +141,63 @@ class ThresholdSettings(BaseModel):
     review_floor: float = Field(default=0.30, ge=0.0, le=1.0)
 
 
+class AgentSettings(BaseModel):
+    """Stage 2, the classifier agent (ARCHITECTURE.md; README "The cascade").
+
+    How the scores combine: for every category, ``combined = agent_weight * agent + (1 -
+    agent_weight) * fast_model``; the combined scores go through `thresholds` exactly as stage 1's
+    go through the top-level thresholds (always-review floor, remove, allow, else uncertain). The
+    agent's own decision must agree with that outcome, otherwise the post goes to review; a post
+    flagged as a prompt-injection attempt is never allowed by this stage.
+    """
+
+    enabled: bool = Field(
+        default=True, description="off: uncertain posts go straight to human review"
+    )
+    agent_weight: float = Field(
+        default=0.7, ge=0.0, le=1.0, description="weight of the agent's scores against stage 1's"
+    )
+    thresholds: ThresholdSettings = Field(
+        default_factory=lambda: ThresholdSettings(
+            allow=0.80, remove=dict.fromkeys(VIOLATING, 0.80)
+        ),
+        description="applied to the combined scores",
+    )
+    concurrency: int = Field(
+        default=8,
+        ge=1,
+        description="agent runs in flight per worker (sized for vLLM's continuous batching)",
+    )
+    timeout_seconds: float = Field(
+        default=60.0, gt=0, description="one agent run: every model call, retry and tool call"
+    )
+    batch_deadline_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="posts of a batch still waiting for the agent then go to review",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="model call attempts (retries on 429, 5xx, network errors)"
+    )
+    backoff_initial_seconds: float = Field(default=0.5, ge=0)
+    backoff_max_seconds: float = Field(default=8.0, ge=0)
+    breaker_failures: int = Field(
+        default=5, ge=1, description="consecutive failed runs that open the circuit breaker"
+    )
+    breaker_reset_seconds: float = Field(
+        default=30.0, gt=0, description="how long an open breaker sends posts to review"
+    )
+    max_turns: int = Field(default=4, ge=1, description="model turns per run (tools included)")
+    tool_choice: Literal["auto", "required", "none"] = "auto"
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    max_output_tokens: int = Field(default=384, ge=16)
+    author_history: int = Field(default=10, ge=1, description="verdicts the author tool returns")
+    precedents: int = Field(default=3, ge=1, description="past human decisions the tool returns")
+    precedent_pool: int = Field(
+        default=1_000, ge=1, description="recent human decisions searched for precedents"
+    )
+
+
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -207,6 +264,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = LLMSettings()
     dapr: DaprSettings = DaprSettings()
     thresholds: ThresholdSettings = ThresholdSettings()
+    agent: AgentSettings = AgentSettings()
     api: ApiSettings = ApiSettings()
     worker: WorkerSettings = WorkerSettings()
     models: ModelStoreSettings = ModelStoreSettings()

@@ -21,3 +21,20 @@ def pytest_runtest_makereport(
             f"integration test was skipped ({reason}); integration tests must run against the "
             "real local stack (`make stack-up`)"
         )
+
+
+@pytest.fixture(autouse=True)
+def no_unexpected_model_calls(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside integration tests, a real model call fails the test (scripted models only)."""
+    if request.node.get_closest_marker("integration") is not None:
+        return
+    from agents.models.openai_chatcompletions import OpenAIChatCompletionsModel
+    from agents.models.openai_responses import OpenAIResponsesModel
+
+    async def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a unit test called a real model; use tests.scripted_llm")
+
+    monkeypatch.setattr(OpenAIChatCompletionsModel, "get_response", refuse)
+    monkeypatch.setattr(OpenAIResponsesModel, "get_response", refuse)

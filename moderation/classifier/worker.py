@@ -1,10 +1,11 @@
-"""The classifier worker: posts.submitted → fast model → moderation.verdicts (+ review.requested).
+"""The classifier worker: posts.submitted → the cascade → moderation.verdicts (+ review.requested).
 
-Consumes in batches (one model call per batch). Offsets are committed only after every verdict
-of the batch is acknowledged by Kafka (FastStream `NACK_ON_ERROR`: an exception rewinds the batch
-and it is redelivered; duplicates are harmless because the recorder upserts on
-(post_id, stage, model_version)). A message that cannot be parsed goes to `posts.submitted.dlq`
-with its error and the rest of the batch goes on.
+Consumes in batches (one fast-model call per batch); stage-1 verdicts leave at once, the posts in
+the uncertain band then go to the classifier agent (`moderation.classifier.cascade`). Offsets are
+committed only after every verdict of the batch is acknowledged by Kafka (FastStream
+`NACK_ON_ERROR`: an exception rewinds the batch and it is redelivered; duplicates are harmless
+because the recorder upserts on (post_id, stage, model_version)). A message that cannot be
+parsed goes to `posts.submitted.dlq` with its error and the rest of the batch goes on.
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from faststream import AckPolicy, Context
 from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker, KafkaRouter
@@ -25,14 +24,8 @@ from faststream.kafka.message import KafkaMessage
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
-from moderation.classifier.decide import decide
-from moderation.events import (
-    DeadLetter,
-    ModerationVerdict,
-    PostSubmitted,
-    ReviewRequested,
-    utc_now,
-)
+from moderation.classifier.cascade import AgentStage, Scorer, first_stage, second_stage
+from moderation.events import DeadLetter, PostSubmitted
 from moderation.service import asgi_service, batch_records, serve
 from moderation.settings import Settings, get_settings
 
@@ -40,26 +33,23 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from moderation.classifier.fast_model import FastModel
-from moderation.taxonomy import CATEGORIES, Decision, Stage
 
 logger = logging.getLogger(__name__)
 
-POSTS_SCORED = Counter("moderation_worker_posts_total", "posts scored", ["decision"])
+POSTS_SCORED = Counter(
+    "moderation_worker_posts_total",
+    "posts decided, by the stage that decided",
+    ["stage", "decision"],
+)
 DEAD_LETTERS = Counter("moderation_worker_dead_letters_total", "messages sent to the DLQ")
 BATCH_SECONDS = Histogram("moderation_worker_batch_seconds", "time to score and publish a batch")
-
-
-class Scorer(Protocol):
-    """What the worker needs of a model: calibrated probabilities in `CATEGORIES` order."""
-
-    version: str
-
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray[Any, Any]: ...
 
 
 @dataclass
 class WorkerState:
     scorer: Scorer | None = None
+    # None: no agent (disabled, or not configured in the demo); uncertain posts go to review.
+    agent: AgentStage | None = None
 
 
 settings: Settings = get_settings()
@@ -71,48 +61,6 @@ verdict_publisher = router.publisher(topics.verdicts, title="verdicts")
 review_publisher = router.publisher(topics.review_requested, title="review-requests")
 dead_letter_publisher = router.publisher(topics.posts_submitted + topics.dlq_suffix, title="dlq")
 state = WorkerState()
-
-
-def _latency_ms(submitted_at: datetime) -> float:
-    return max(0.0, (utc_now() - submitted_at).total_seconds() * 1000)
-
-
-def classify_batch(
-    posts: Sequence[PostSubmitted], scorer: Scorer, run_settings: Settings
-) -> list[tuple[ModerationVerdict, ReviewRequested | None]]:
-    """Score a batch with one model call and decide each post."""
-    if not posts:
-        return []
-    # Rounded and converted for the whole batch at once (per-value float() calls add up).
-    rows: list[list[float]] = np.round(scorer.predict_proba([p.text for p in posts]), 6).tolist()
-    results: list[tuple[ModerationVerdict, ReviewRequested | None]] = []
-    for post, row in zip(posts, rows, strict=True):
-        scores = dict(zip(CATEGORIES, row, strict=True))
-        outcome = decide(scores, run_settings.thresholds)
-        verdict = ModerationVerdict(
-            post_id=post.post_id,
-            decision=outcome.decision,
-            scores=scores,
-            primary_category=outcome.primary_category,
-            confidence=outcome.confidence,
-            stage=Stage.MODEL,
-            model_version=scorer.version,
-            policy_version=run_settings.models.policy_version,
-            rationale=outcome.reason,
-            latency_ms=_latency_ms(post.submitted_at),
-        )
-        review = (
-            ReviewRequested(
-                post_id=post.post_id,
-                reason=outcome.reason,
-                priority=outcome.priority,
-                verdict=verdict,
-            )
-            if outcome.decision is Decision.REVIEW
-            else None
-        )
-        results.append((verdict, review))
-    return results
 
 
 @router.subscriber(
@@ -149,11 +97,24 @@ async def handle_posts_submitted(message: KafkaMessage = Context("message")) -> 
                 )
             )
 
-    for verdict, review in classify_batch(posts, scorer, settings):
-        pending.append(await _publish(verdict_publisher, verdict, verdict.key()))
-        if review is not None:
-            pending.append(await _publish(review_publisher, review, review.key()))
-        POSTS_SCORED.labels(decision=verdict.decision.value).inc()
+    agent = state.agent
+    stage1 = first_stage(posts, scorer, settings, agent_enabled=agent is not None)
+    # Stage 1's verdicts leave before the agent runs: the clear cases do not wait for it.
+    for result in stage1:
+        pending.append(await _publish(verdict_publisher, result.verdict, result.verdict.key()))
+        if result.review is not None:
+            pending.append(await _publish(review_publisher, result.review, result.review.key()))
+        if not result.to_agent:
+            POSTS_SCORED.labels(stage="model", decision=result.verdict.decision.value).inc()
+    uncertain = [result for result in stage1 if result.to_agent]
+    if agent is not None and uncertain:
+        for verdict, review in await second_stage(uncertain, agent, settings):
+            if verdict is not None:
+                pending.append(await _publish(verdict_publisher, verdict, verdict.key()))
+            if review is not None:
+                pending.append(await _publish(review_publisher, review, review.key()))
+            decided = verdict.decision.value if verdict is not None else "review"
+            POSTS_SCORED.labels(stage="agent", decision=decided).inc()
     # Commit (by returning) only once Kafka acknowledged every verdict of the batch.
     await asyncio.gather(*(ack for ack in pending if ack is not None))
     BATCH_SECONDS.observe(time.perf_counter() - started)
@@ -236,8 +197,40 @@ def create_broker() -> KafkaBroker:
     return broker
 
 
+def create_agent_stage(run_settings: Settings) -> tuple[AgentStage, Callable[[], Awaitable[None]]]:
+    """The agent stage on the configured endpoint, reading the decision log; and its closer."""
+    from moderation.classifier.precedents import SqlDecisionLog
+    from moderation.db.engine import make_engine
+    from moderation.llm.provider import ChatCompletionsProvider, create_client
+
+    client = create_client(run_settings.llm)
+    engine = make_engine(run_settings)
+    stage = AgentStage(
+        run_settings,
+        ChatCompletionsProvider(client, run_settings.llm.model),
+        SqlDecisionLog(engine, pool_size=run_settings.agent.precedent_pool),
+    )
+
+    async def close() -> None:
+        await client.close()
+        engine.dispose()
+
+    return stage, close
+
+
 def create_app(scorer: Scorer | None = None) -> AsgiFastStream:
     """The worker service; the fast model is loaded (trained on first use) at start-up."""
+    closers: list[Callable[[], Awaitable[None]]] = []
+
+    async def start_agent() -> None:
+        if settings.agent.enabled and state.agent is None:
+            state.agent, close = create_agent_stage(settings)
+            closers.append(close)
+            logger.info("classifier agent on %s (%s)", settings.llm.base_url, settings.llm.model)
+
+    async def stop_agent() -> None:
+        for close in closers:
+            await close()
 
     async def load_model() -> None:
         if state.scorer is None and scorer is not None:
@@ -255,7 +248,8 @@ def create_app(scorer: Scorer | None = None) -> AsgiFastStream:
         title="classifier worker",
         description="Scores posts.submitted with the fast model; publishes verdicts and reviews.",
         readiness=[("model", _model_loaded)],
-        on_startup=[load_model],
+        on_startup=[load_model, start_agent],
+        on_shutdown=[stop_agent],
     )
 
 

@@ -233,6 +233,8 @@ def _verdict_row(event: ModerationVerdict, now: datetime) -> dict[str, Any]:
         "model_version": event.model_version,
         "policy_version": event.policy_version,
         "rationale": event.rationale,
+        "policy_sections": [category.value for category in event.policy_sections],
+        "signals": list(event.signals),
         "latency_ms": event.latency_ms,
         "occurred_at": _utc(event.occurred_at),
         "recorded_at": now,
@@ -596,6 +598,63 @@ def list_verdicts(
         .order_by(col(Verdict.occurred_at), col(Verdict.id))
     )
     return list(session.exec(statement).all())
+
+
+class AuthorVerdict(NamedTuple):
+    post_id: str
+    stage: str
+    decision: str
+    primary_category: str
+    occurred_at: datetime
+
+
+def list_author_verdicts(
+    session: Session, *, author_id: str, limit: int, exclude_post_id: str | None = None
+) -> list[AuthorVerdict]:
+    """An author's most recent verdicts, newest first (the classifier agent's history tool)."""
+    statement = (
+        sa.select(
+            col(Verdict.post_id),
+            col(Verdict.stage),
+            col(Verdict.decision),
+            col(Verdict.primary_category),
+            col(Verdict.occurred_at),
+        )
+        .join(Post, col(Post.id) == col(Verdict.post_id))
+        .where(col(Post.author_id) == author_id)
+        .order_by(col(Verdict.occurred_at).desc(), col(Verdict.id).desc())
+        .limit(limit)
+    )
+    if exclude_post_id is not None:
+        statement = statement.where(col(Verdict.post_id) != exclude_post_id)
+    return [AuthorVerdict(*row) for row in session.execute(statement).all()]
+
+
+class HumanDecision(NamedTuple):
+    post_id: str
+    text: str
+    label: str
+    decision: str
+    note: str | None
+    decided_at: datetime
+
+
+def list_human_decisions(session: Session, *, limit: int) -> list[HumanDecision]:
+    """The most recent human decisions with their posts' text, newest first (precedents)."""
+    statement = (
+        sa.select(
+            col(Decision.post_id),
+            col(Post.text),
+            col(Decision.label),
+            col(Decision.decision),
+            col(Decision.note),
+            col(Decision.decided_at),
+        )
+        .join(Post, col(Post.id) == col(Decision.post_id))
+        .order_by(col(Decision.decided_at).desc(), col(Decision.id).desc())
+        .limit(limit)
+    )
+    return [HumanDecision(*row) for row in session.execute(statement).all()]
 
 
 # --- API keys ----------------------------------------------------------------------------------

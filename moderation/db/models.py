@@ -84,6 +84,8 @@ class Verdict(SQLModel, table=True):
     model_version: str = Field(max_length=128)
     policy_version: str = Field(max_length=32)
     rationale: str | None = None
+    policy_sections: list[str] = Field(default_factory=list, sa_column=_json_column())
+    signals: list[str] = Field(default_factory=list, sa_column=_json_column())
     latency_ms: float
     occurred_at: datetime = Field(sa_column=_aware())
     recorded_at: datetime = Field(default_factory=utc_now, sa_column=_aware())

@@ -10,8 +10,8 @@ below, unit-tested) and passes every other path and every streamed response thro
   they become user messages naming the function;
 - the tools are listed only inside a system message → one is added when there is none;
 - ``tool_choice`` absent with tools means "auto" for OpenAI but "ignore the tools" here → "auto";
-- ``tool_choice: "required"`` fails an assertion → the named tool when there is one tool
-  (with several the server cannot force "any tool", so "auto");
+- ``tool_choice: "required"`` fails an assertion → the first tool, named (the server cannot
+  force "any of these tools"; calling the first one still honours "a tool must be called");
 - content given as a list of text parts is printed as a Python list → joined text;
 - ``developer`` messages are rejected → ``system``; ``max_completion_tokens`` is ignored →
   ``max_tokens``;
@@ -20,8 +20,9 @@ below, unit-tested) and passes every other path and every streamed response thro
 - the JSON grammar allows raw control characters inside strings, which strict parsers reject →
   the answer is re-encoded.
 
-Not fixable from here: the template HTML-escapes message text (``"`` reaches the model as
-``&#34;``), and "auto" with ``stream: true`` fails (function) or streams an empty message.
+Fixed at launch instead: the chat template HTML-escaped message text (``"`` reached the model
+as ``&#34;``); ``scripts/llm/serve_llama.py`` starts the server with autoescaping off. Not fixable
+from here: "auto" with ``stream: true`` fails (function) or streams an empty message.
 
 Run it with ``python -m moderation.llm.adapter`` (settings: ``MODERATION_LLM__*``).
 """
@@ -139,10 +140,8 @@ def rewrite_tool_choice(tool_choice: Any, tools: list[Any]) -> Any:
     if tool_choice is None:
         return "auto"
     if tool_choice == "required":
-        names = [tool_name(tool) for tool in tools]
-        if len(names) == 1 and names[0] is not None:
-            return {"type": "function", "function": {"name": names[0]}}
-        return "auto"
+        name = tool_name(tools[0])
+        return {"type": "function", "function": {"name": name}} if name else "auto"
     return tool_choice
 
 

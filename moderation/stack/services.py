@@ -47,7 +47,7 @@ def isolated_settings(settings: Settings, run: str) -> Settings:
 
 
 def service_env(settings: Settings) -> dict[str, str]:
-    """Environment that gives service processes the topics and groups of `settings`."""
+    """Environment that gives service processes the topics, groups and agent of `settings`."""
     topics = settings.kafka.topics
     return {
         "MODERATION_KAFKA__TOPICS__POSTS_SUBMITTED": topics.posts_submitted,
@@ -56,6 +56,8 @@ def service_env(settings: Settings) -> dict[str, str]:
         "MODERATION_KAFKA__TOPICS__REVIEW_DECISIONS": topics.review_decisions,
         "MODERATION_WORKER__CLASSIFIER_GROUP": settings.worker.classifier_group,
         "MODERATION_WORKER__RECORDER_GROUP": settings.worker.recorder_group,
+        "MODERATION_AGENT__ENABLED": str(settings.agent.enabled).lower(),
+        "MODERATION_LLM__BASE_URL": settings.llm.base_url,
     }
 
 
@@ -80,9 +82,9 @@ def service_specs(settings: Settings) -> dict[str, ServiceSpec]:
 class PipelineServices:
     """The services, configured by `settings` (topics and groups are passed to the processes)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, extra_env: dict[str, str] | None = None) -> None:
         self.settings = settings
-        env = service_env(settings)
+        env = service_env(settings) | (extra_env or {})
         self.specs = service_specs(settings)
         self.processes = {
             name: ManagedProcess(

@@ -7,8 +7,9 @@ not its judgement. Temperature 0 and bounded outputs keep them deterministic.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import httpx
 import pytest
 from agents import (
     Agent,
@@ -33,6 +34,9 @@ from moderation.stack.llm import LLMServer
 pytestmark = pytest.mark.integration
 
 TOOL_ANSWER = "author a-17 posted 12 spam messages this week"
+# Escaped by an HTML-autoescaping template, each `"` becomes `&#34;`: 5 tokens instead of a
+# fraction of one, so the escaping shows in the prompt's token count.
+QUOTES = '"' * 30
 
 
 class Verdict(BaseModel):
@@ -86,6 +90,35 @@ async def test_plain_chat_completion(client: AsyncOpenAI, settings: Settings) ->
     assert 0 < completion.usage.completion_tokens <= 16
 
 
+async def test_message_text_reaches_the_model_unescaped(
+    client: AsyncOpenAI, settings: Settings
+) -> None:
+    """The chat template must not HTML-escape post text (scripts/llm/serve_llama.py)."""
+
+    async def prompt_tokens(content: str) -> int:
+        completion = await client.chat.completions.create(
+            model=settings.llm.model,
+            messages=[{"role": "user", "content": content}],
+            max_tokens=1,
+            temperature=0,
+        )
+        assert completion.usage is not None
+        return completion.usage.prompt_tokens
+
+    async def raw_tokens(text: str) -> int:
+        # The server's own tokenizer, outside /v1: the adapter passes the path through.
+        url = httpx.URL(settings.llm.base_url).join("/extras/tokenize")
+        async with httpx.AsyncClient(trust_env=False, timeout=settings.llm.timeout_seconds) as http:
+            answer = await http.post(url, json={"model": settings.llm.model, "input": text})
+        answer.raise_for_status()
+        tokens: list[int] = answer.json()["tokens"]
+        return len(tokens)
+
+    added_by_quotes = await prompt_tokens(QUOTES) - await prompt_tokens("")
+
+    assert added_by_quotes == await raw_tokens(QUOTES) - await raw_tokens("")
+
+
 async def test_streamed_chat_completion(client: AsyncOpenAI, settings: Settings) -> None:
     stream = await client.chat.completions.create(
         model=settings.llm.model,
@@ -136,8 +169,10 @@ async def test_agent_calls_its_tool_and_returns_its_output_type(
         # temperature 0; withdrawing it leaves the second turn one way out: the output type.
         return not calls
 
+    # The id is bounded like Verdict.rationale: unbounded, the model can fill max_tokens with
+    # it and send truncated JSON arguments.
     @function_tool(is_enabled=until_called)
-    def author_history(author_id: str) -> str:
+    def author_history(author_id: Annotated[str, Field(max_length=12)]) -> str:
         """Look up how often an author posted spam before.
 
         Args:

@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -19,6 +18,7 @@ from moderation.settings import Settings
 from moderation.stack.kafka import KafkaBroker, delete_topics, ensure_topics
 from moderation.stack.postgres import PostgresCluster
 from moderation.stack.services import PipelineServices, isolated_settings
+from tests.integration.streams import produce
 
 pytestmark = pytest.mark.integration
 
@@ -27,8 +27,14 @@ STREAM = 5_000
 
 @pytest.fixture(scope="module")
 def pipeline_settings(settings: Settings, kafka: KafkaBroker) -> Iterator[Settings]:
-    """Topics and consumer groups of this module's own: no other test's backlog."""
+    """Topics and consumer groups of this module's own: no other test's backlog.
+
+    Stage 1 only: the agent stage has its own tests (test_agent_cascade.py).
+    """
     isolated = isolated_settings(settings, f"it-{uuid.uuid4().hex[:8]}")
+    isolated = isolated.model_copy(
+        update={"agent": isolated.agent.model_copy(update={"enabled": False})}
+    )
     asyncio.run(ensure_topics(isolated))
     yield isolated
     asyncio.run(delete_topics(isolated))
@@ -67,25 +73,6 @@ def wait_for_verdicts(engine: Engine, post_ids: list[str], timeout: float) -> di
     raise AssertionError(
         f"only {len(counts)} of {len(post_ids)} posts got a verdict in {timeout:.0f}s"
     )
-
-
-async def produce(settings: Settings, posts: list[PostSubmitted]) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap_servers, enable_idempotence=True, acks="all"
-    )
-    await producer.start()
-    try:
-        sends = [
-            await producer.send(
-                settings.kafka.topics.posts_submitted,
-                post.model_dump_json().encode(),
-                key=post.key(),
-            )
-            for post in posts
-        ]
-        await asyncio.gather(*sends)
-    finally:
-        await producer.stop()
 
 
 def make_posts(prefix: str, count: int) -> list[PostSubmitted]:

@@ -161,7 +161,11 @@ def test_response_format(response_format: Any, expected: Any) -> None:
     [
         (None, [TOOL], "auto"),
         ("required", [TOOL], {"type": "function", "function": {"name": "author_history"}}),
-        ("required", [TOOL, OTHER_TOOL], "auto"),
+        (
+            "required",
+            [TOOL, OTHER_TOOL],
+            {"type": "function", "function": {"name": "author_history"}},
+        ),
         ("none", [TOOL], "none"),
         ("auto", [TOOL], "auto"),
         (

@@ -11,8 +11,11 @@ import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 
 from moderation.classifier import worker
+from moderation.classifier.cascade import AgentStage, first_stage
 from moderation.events import DeadLetter, ModerationVerdict, PostSubmitted, ReviewRequested
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
+from tests.scripted_llm import ScriptedModel as ScriptedLLM
+from tests.scripted_llm import ScriptedProvider, remove_json
 
 
 class ScriptedModel:
@@ -108,6 +111,38 @@ def test_classify_batch_uses_one_model_call() -> None:
             return super().predict_proba(texts)
 
     posts = [PostSubmitted(post_id=f"p{i}", text="hello", author_id="u") for i in range(50)]
-    results = worker.classify_batch(posts, Counting(), worker.settings)
+    results = first_stage(posts, Counting(), worker.settings, agent_enabled=True)
     assert calls == [50]
     assert len(results) == 50
+
+
+async def test_uncertain_posts_go_to_the_agent_and_get_a_second_verdict(
+    scripted: None, kafka_broker: KafkaBroker
+) -> None:
+    """Stage 1 decides the clear cases; the uncertain post gets the agent's verdict."""
+    model = ScriptedLLM([remove_json(Category.SPAM)])
+    worker.state.agent = AgentStage(worker.settings, ScriptedProvider(model), None)
+    topic = worker.topics.posts_submitted
+    try:
+        async with TestKafkaBroker(kafka_broker) as broker:
+            await broker.publish(payload("p1", "hello friends"), topic=topic, key=b"p1")
+            await broker.publish(payload("p3", "hmm"), topic=topic, key=b"p3")
+            verdicts = [
+                ModerationVerdict.model_validate(call.args[0])
+                for call in worker.verdict_publisher.mock.call_args_list
+            ]
+            reviews = worker.review_publisher.mock.call_args_list
+    finally:
+        worker.state.agent = None
+
+    assert [(v.post_id, v.stage, v.decision) for v in verdicts] == [
+        ("p1", Stage.MODEL, Decision.ALLOW),
+        ("p3", Stage.MODEL, Decision.REVIEW),
+        ("p3", Stage.AGENT, Decision.REVIEW),
+    ]
+    # 0.7 * 0.99 + 0.3 * 0.2 = 0.753 for spam: below the agent's remove threshold, so a human
+    # decides, on the agent's verdict.
+    [review] = [ReviewRequested.model_validate(call.args[0]) for call in reviews]
+    assert review.post_id == "p3" and review.verdict.stage is Stage.AGENT
+    assert review.verdict.scores[Category.SPAM] == pytest.approx(0.753)
+    assert len(model.requests) == 1

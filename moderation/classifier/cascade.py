@@ -1,0 +1,432 @@
+"""The three-stage cascade: fast model → classifier agent → human review.
+
+Stage 1 (`first_stage`) scores a whole batch with one model call, screens every post for prompt
+injection and decides the clear cases (`decide` with `settings.thresholds`). An uncertain post,
+or one the model would allow although the screen flagged it, goes to stage 2 when the agent is
+enabled, else straight to review. Always-review categories go to a human at once.
+
+Stage 2 (`second_stage`) runs the agent on those posts with bounded concurrency (sized for
+vLLM's batching) and a deadline per batch, so one slow call cannot stall the rest. `combine` turns
+the agent's answer into the decision (README "The cascade"): the agent's and stage 1's scores are
+mixed with `agent.agent_weight`, the mix goes through `agent.thresholds`, the agent's own decision
+must agree, and a post flagged by the injection screen is never allowed on the agent's word.
+
+Whenever the agent cannot answer (timeout, 429/5xx after retries, connection errors, an open
+circuit breaker, output still invalid after one repair attempt, the batch deadline), the post goes
+to human review with the reason: never to allow. Every path is counted in the metrics below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import openai
+from agents import (
+    Agent,
+    AgentsException,
+    MaxTurnsExceeded,
+    ModelBehaviorError,
+    ModelProvider,
+    RunConfig,
+    RunContextWrapper,
+    RunHooks,
+    Runner,
+    TResponseInputItem,
+)
+from openai.types.responses import ResponseOutputMessage, ResponseOutputText
+from prometheus_client import Counter, Gauge, Histogram
+from pydantic import ValidationError
+
+from moderation.classifier.agent import (
+    AgentContext,
+    AgentVerdict,
+    build_agent,
+    render_post,
+)
+from moderation.classifier.decide import Outcome, decide
+from moderation.classifier.injection import InjectionScreen, screen_post
+from moderation.events import ModerationVerdict, PostSubmitted, ReviewPriority, ReviewRequested
+from moderation.events import utc_now as _utc_now
+from moderation.llm.provider import error_kind
+from moderation.resilience import CircuitBreaker
+from moderation.settings import Settings
+from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
+from moderation.tracing import configure_agent_tracing
+
+if TYPE_CHECKING:
+    from moderation.classifier.precedents import DecisionLog
+
+logger = logging.getLogger(__name__)
+
+AGENT_RUNS = Counter("moderation_agent_runs_total", "agent runs by final decision", ["decision"])
+AGENT_FALLBACKS = Counter(
+    "moderation_agent_fallbacks_total",
+    "uncertain posts sent to review without an agent verdict, by reason",
+    ["reason"],
+)
+AGENT_REPAIRS = Counter("moderation_agent_repairs_total", "runs retried after invalid output")
+AGENT_TOOL_CALLS = Counter("moderation_agent_tool_calls_total", "agent tool calls", ["tool"])
+AGENT_RUN_SECONDS = Histogram(
+    "moderation_agent_run_seconds",
+    "duration of one agent run (all its model and tool calls)",
+    buckets=(0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120),
+)
+AGENT_IN_FLIGHT = Gauge("moderation_agent_runs_in_flight", "agent runs holding a slot")
+AGENT_BREAKER_OPEN = Gauge("moderation_agent_breaker_open", "1 while the LLM breaker is open")
+INJECTION_FLAGGED = Counter(
+    "moderation_injection_flagged_total", "posts flagged by the prompt-injection screen"
+)
+
+REPAIR_PROMPT = (
+    "Your previous answer was rejected: {problems}. Answer again with only the JSON object, "
+    "exactly as the schema requires."
+)
+
+
+class Scorer(Protocol):
+    """What stage 1 needs of a model: calibrated probabilities in `CATEGORIES` order."""
+
+    version: str
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray[Any, Any]: ...
+
+
+def latency_ms(submitted_at: datetime) -> float:
+    return max(0.0, (_utc_now() - submitted_at).total_seconds() * 1000)
+
+
+# --- stage 1 -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FirstStage:
+    """Stage 1's verdict on one post, and where the post goes next."""
+
+    post: PostSubmitted
+    verdict: ModerationVerdict
+    outcome: Outcome
+    screen: InjectionScreen
+    to_agent: bool
+    review: ReviewRequested | None
+
+
+def first_stage(
+    posts: Sequence[PostSubmitted], scorer: Scorer, settings: Settings, *, agent_enabled: bool
+) -> list[FirstStage]:
+    """Score a batch with one model call, screen each post and decide the clear cases."""
+    if not posts:
+        return []
+    # Rounded and converted for the whole batch at once (per-value float() calls add up).
+    rows: list[list[float]] = np.round(scorer.predict_proba([p.text for p in posts]), 6).tolist()
+    results: list[FirstStage] = []
+    for post, row in zip(posts, rows, strict=True):
+        scores = dict(zip(CATEGORIES, row, strict=True))
+        screen = screen_post(post.text)
+        outcome = decide(scores, settings.thresholds)
+        if screen.flagged:
+            INJECTION_FLAGGED.inc()
+            if outcome.decision is Decision.ALLOW:
+                outcome = replace(
+                    outcome,
+                    decision=Decision.REVIEW,
+                    uncertain=True,
+                    reason=f"{outcome.reason}; allow withheld: possible prompt injection",
+                )
+        to_agent = outcome.uncertain and agent_enabled
+        verdict = ModerationVerdict(
+            post_id=post.post_id,
+            decision=outcome.decision,
+            scores=scores,
+            primary_category=outcome.primary_category,
+            confidence=outcome.confidence,
+            stage=Stage.MODEL,
+            model_version=scorer.version,
+            policy_version=settings.models.policy_version,
+            rationale=outcome.reason + ("; to the agent" if to_agent else ""),
+            signals=screen.labels(),
+            latency_ms=latency_ms(post.submitted_at),
+        )
+        review = (
+            _review_request(verdict, outcome.reason, outcome.priority, screen)
+            if outcome.decision is Decision.REVIEW and not to_agent
+            else None
+        )
+        results.append(FirstStage(post, verdict, outcome, screen, to_agent, review))
+    return results
+
+
+def _review_request(
+    verdict: ModerationVerdict, reason: str, priority: ReviewPriority, screen: InjectionScreen
+) -> ReviewRequested:
+    if screen.flagged and priority is ReviewPriority.NORMAL:
+        priority = ReviewPriority.HIGH  # a manipulation attempt deserves a prompt look
+    return ReviewRequested(
+        post_id=verdict.post_id, reason=reason, priority=priority, verdict=verdict
+    )
+
+
+# --- stage 2 -----------------------------------------------------------------------------------
+
+
+def combine(
+    stage1_scores: Mapping[Category, float],
+    answer: AgentVerdict,
+    screen: InjectionScreen,
+    settings: Settings,
+) -> tuple[dict[Category, float], Outcome]:
+    """The combined scores and the decision they support (see the module docstring)."""
+    weight = settings.agent.agent_weight
+    agent_scores = answer.scores.as_mapping()
+    combined = {
+        c: round(weight * agent_scores[c] + (1 - weight) * stage1_scores[c], 6) for c in CATEGORIES
+    }
+    outcome = decide(combined, settings.agent.thresholds)
+    if outcome.decision is Decision.REVIEW:
+        return combined, outcome
+    if answer.decision is not outcome.decision:
+        return combined, replace(
+            outcome,
+            decision=Decision.REVIEW,
+            uncertain=True,
+            reason=(
+                f"agent decided {answer.decision.value} but the combined scores support "
+                f"{outcome.decision.value} ({outcome.reason})"
+            ),
+        )
+    if screen.flagged and outcome.decision is Decision.ALLOW:
+        return combined, replace(
+            outcome,
+            decision=Decision.REVIEW,
+            uncertain=True,
+            reason=f"possible prompt injection ({', '.join(screen.signals)}): never allowed "
+            "without a human",
+            priority=ReviewPriority.HIGH,
+        )
+    return combined, outcome
+
+
+class AgentFallback(Exception):
+    """The agent gave no usable verdict; `reason` is a short label (metrics, review reason)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class AgentJudgement:
+    answer: AgentVerdict
+    tool_calls: tuple[str, ...]
+    repaired: bool
+    seconds: float
+
+
+class AgentStage:
+    """Runs the classifier agent with a concurrency bound, a timeout and a circuit breaker."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        provider: ModelProvider,
+        decisions: DecisionLog | None,
+        *,
+        agent: Agent[AgentContext] | None = None,
+    ) -> None:
+        # Spans go to OpenTelemetry; to OpenAI only when configured.
+        configure_agent_tracing(upload_to_openai=settings.llm.trace_upload)
+        self.settings = settings
+        self.decisions = decisions
+        self.agent = agent or build_agent(settings)
+        self.model_name = str(self.agent.model or settings.llm.model)
+        self.slots = asyncio.Semaphore(settings.agent.concurrency)
+        self.breaker = CircuitBreaker(
+            failures=settings.agent.breaker_failures,
+            reset_seconds=settings.agent.breaker_reset_seconds,
+        )
+        self.run_config = RunConfig(
+            model_provider=provider,
+            workflow_name="moderation-agent",
+            # Post text and model output stay out of spans (they go to the trace backend).
+            trace_include_sensitive_data=False,
+        )
+
+    async def judge(
+        self, post: PostSubmitted, stage1_scores: Mapping[Category, float], screen: InjectionScreen
+    ) -> AgentJudgement:
+        async with self.slots:
+            if not self.breaker.allow():
+                raise AgentFallback("circuit_open", "the LLM failed repeatedly; retrying later")
+            AGENT_BREAKER_OPEN.set(0)
+            AGENT_IN_FLIGHT.inc()
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(self.settings.agent.timeout_seconds):
+                    answer, calls, repaired = await self._run(post, stage1_scores, screen)
+            except (TimeoutError, openai.APIError, ConnectionError) as error:
+                self._failed()
+                raise AgentFallback(error_kind(error), str(error)[:200]) from error
+            except ModelBehaviorError as error:
+                self.breaker.record_success()  # the endpoint answered; the answer was unusable
+                raise AgentFallback("invalid_output", str(error)[:200]) from error
+            except MaxTurnsExceeded as error:
+                self.breaker.record_success()
+                raise AgentFallback("max_turns", str(error)[:200]) from error
+            except AgentsException as error:
+                self._failed()
+                raise AgentFallback(type(error).__name__, str(error)[:200]) from error
+            finally:
+                AGENT_IN_FLIGHT.dec()
+                AGENT_RUN_SECONDS.observe(time.perf_counter() - started)
+            self.breaker.record_success()
+            for call in calls:
+                AGENT_TOOL_CALLS.labels(tool=call).inc()
+            return AgentJudgement(answer, calls, repaired, time.perf_counter() - started)
+
+    def _failed(self) -> None:
+        self.breaker.record_failure()
+        AGENT_BREAKER_OPEN.set(1 if self.breaker.is_open else 0)
+
+    async def _run(
+        self, post: PostSubmitted, stage1_scores: Mapping[Category, float], screen: InjectionScreen
+    ) -> tuple[AgentVerdict, tuple[str, ...], bool]:
+        context = AgentContext(
+            post=post,
+            decisions=self.decisions,
+            author_history=self.settings.agent.author_history,
+            precedents=self.settings.agent.precedents,
+        )
+        message = render_post(post, stage1_scores, screen)
+        repaired = False
+        try:
+            result = await self._runner(message, context)
+        except ModelBehaviorError:
+            output = context.last_output
+            # One repair attempt: the same post, told what was wrong (tools already used stay off).
+            AGENT_REPAIRS.inc()
+            repaired = True
+            repair: list[TResponseInputItem] = [
+                {"role": "user", "content": message},
+                {"role": "user", "content": REPAIR_PROMPT.format(problems=_problems(output))},
+            ]
+            result = await self._runner(repair, context)
+        answer = result.final_output_as(AgentVerdict, raise_if_incorrect_type=True)
+        return answer, tuple(context.tool_calls), repaired
+
+    async def _runner(
+        self, run_input: str | list[TResponseInputItem], context: AgentContext
+    ) -> Any:
+        return await Runner.run(
+            self.agent,
+            run_input,
+            context=context,
+            run_config=self.run_config,
+            max_turns=self.settings.agent.max_turns,
+            hooks=_KeepLastOutput(),
+        )
+
+
+class _KeepLastOutput(RunHooks[AgentContext]):
+    """Keeps the model's last text answer: the SDK redacts it from its validation errors."""
+
+    async def on_llm_end(
+        self, context: RunContextWrapper[AgentContext], agent: Agent[AgentContext], response: Any
+    ) -> None:
+        texts = [
+            part.text
+            for item in response.output
+            if isinstance(item, ResponseOutputMessage)
+            for part in item.content
+            if isinstance(part, ResponseOutputText)
+        ]
+        if texts:
+            context.context.last_output = "".join(texts)
+
+
+def _problems(output: str) -> str:
+    """What was wrong with the answer, without echoing the answer itself."""
+    try:
+        AgentVerdict.model_validate_json(output)
+    except ValidationError as invalid:
+        return "; ".join(
+            f"{'.'.join(str(part) for part in e['loc']) or 'answer'}: {e['msg']}"
+            for e in invalid.errors()[:5]
+        )
+    return "it did not match the schema"
+
+
+async def second_stage(
+    items: Sequence[FirstStage], stage: AgentStage, settings: Settings
+) -> list[tuple[ModerationVerdict | None, ReviewRequested | None]]:
+    """The agent's verdict (and review request) for every post stage 1 sent to it.
+
+    Each result is (agent verdict, review): the verdict is None when the agent gave none (the
+    post then goes to review on stage 1's verdict, with the fallback's reason).
+    """
+    if not items:
+        return []
+    tasks = [asyncio.create_task(stage.judge(i.post, i.verdict.scores, i.screen)) for i in items]
+    _, late = await asyncio.wait(tasks, timeout=settings.agent.batch_deadline_seconds)
+    for task in late:
+        task.cancel()
+    await asyncio.gather(*late, return_exceptions=True)
+    results: list[tuple[ModerationVerdict | None, ReviewRequested | None]] = []
+    for item, task in zip(items, tasks, strict=True):
+        if task.cancelled():
+            results.append(_fallback(item, AgentFallback("batch_deadline")))
+            continue
+        error = task.exception()
+        if isinstance(error, AgentFallback):
+            results.append(_fallback(item, error))
+        elif error is not None:
+            logger.error(
+                "agent stage failed unexpectedly for %s", item.post.post_id, exc_info=error
+            )
+            results.append(_fallback(item, AgentFallback(type(error).__name__, str(error))))
+        else:
+            results.append(_agent_verdict(item, task.result(), stage.model_name, settings))
+    return results
+
+
+def _fallback(
+    item: FirstStage, fallback: AgentFallback
+) -> tuple[ModerationVerdict | None, ReviewRequested | None]:
+    AGENT_FALLBACKS.labels(reason=fallback.reason).inc()
+    logger.warning("post %s to review: agent unavailable (%s)", item.post.post_id, fallback)
+    reason = f"agent unavailable ({fallback.reason}); stage 1: {item.outcome.reason}"
+    return None, _review_request(item.verdict, reason, item.outcome.priority, item.screen)
+
+
+def _agent_verdict(
+    item: FirstStage, judgement: AgentJudgement, model_name: str, settings: Settings
+) -> tuple[ModerationVerdict | None, ReviewRequested | None]:
+    answer = judgement.answer
+    combined, outcome = combine(item.verdict.scores, answer, item.screen, settings)
+    AGENT_RUNS.labels(decision=outcome.decision.value).inc()
+    verdict = ModerationVerdict(
+        post_id=item.post.post_id,
+        decision=outcome.decision,
+        scores=combined,
+        primary_category=outcome.primary_category,
+        confidence=outcome.confidence,
+        stage=Stage.AGENT,
+        model_version=model_name,
+        policy_version=settings.models.policy_version,
+        rationale=f"{answer.rationale} [agent: {answer.decision.value}; {outcome.reason}]",
+        policy_sections=answer.policy_sections,
+        signals=item.verdict.signals,
+        latency_ms=latency_ms(item.post.submitted_at),
+    )
+    review = (
+        _review_request(verdict, outcome.reason, outcome.priority, item.screen)
+        if outcome.decision is Decision.REVIEW
+        else None
+    )
+    return verdict, review

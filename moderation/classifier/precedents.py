@@ -1,0 +1,114 @@
+"""What the classifier agent may look up: an author's recent verdicts and similar past decisions.
+
+Read-only. The database-backed `SqlDecisionLog` goes through `crud`; precedents are the recent
+human decisions most similar to the post (character n-gram cosine, robust to spelling tricks),
+ranked in memory over a pool that is refreshed at most every `POOL_TTL_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from sklearn.feature_extraction.text import HashingVectorizer  # type: ignore[import-untyped]
+
+from moderation.db import crud
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+POOL_TTL_SECONDS = 30.0
+MIN_SIMILARITY = 0.2
+
+
+@dataclass(frozen=True)
+class Precedent:
+    post_id: str
+    text: str
+    label: str
+    decision: str
+    note: str | None
+    similarity: float
+
+
+class DecisionLog(Protocol):
+    """The agent's read-only view of the decision log."""
+
+    async def author_verdicts(
+        self, author_id: str, *, limit: int, exclude_post_id: str
+    ) -> list[crud.AuthorVerdict]: ...
+
+    async def precedents(self, text: str, *, limit: int) -> list[Precedent]: ...
+
+
+_VECTORIZER = HashingVectorizer(
+    analyzer="char_wb", ngram_range=(3, 5), n_features=2**18, alternate_sign=False, norm="l2"
+)
+
+
+def rank_precedents(
+    text: str, decisions: Sequence[crud.HumanDecision], *, limit: int, matrix: Any = None
+) -> list[Precedent]:
+    """The `limit` decisions most similar to `text` (cosine ≥ MIN_SIMILARITY), best first."""
+    if not decisions:
+        return []
+    pool = matrix if matrix is not None else _VECTORIZER.transform([d.text for d in decisions])
+    similarities = np.asarray((pool @ _VECTORIZER.transform([text]).T).todense()).ravel()
+    best = np.argsort(-similarities, kind="stable")[:limit]
+    return [
+        Precedent(
+            post_id=decisions[i].post_id,
+            text=decisions[i].text,
+            label=decisions[i].label,
+            decision=decisions[i].decision,
+            note=decisions[i].note,
+            similarity=round(float(similarities[i]), 3),
+        )
+        for i in best
+        if similarities[i] >= MIN_SIMILARITY
+    ]
+
+
+class SqlDecisionLog:
+    """The decision log in the read model (PostgreSQL, or SQLite in the demo)."""
+
+    def __init__(self, engine: Engine, *, pool_size: int) -> None:
+        self.engine = engine
+        self.pool_size = pool_size
+        self._pool: tuple[float, list[crud.HumanDecision], Any] | None = None
+        self._pool_lock = asyncio.Lock()
+
+    async def author_verdicts(
+        self, author_id: str, *, limit: int, exclude_post_id: str
+    ) -> list[crud.AuthorVerdict]:
+        from sqlmodel import Session
+
+        def query() -> list[crud.AuthorVerdict]:
+            with Session(self.engine) as session:
+                return crud.list_author_verdicts(
+                    session, author_id=author_id, limit=limit, exclude_post_id=exclude_post_id
+                )
+
+        return await asyncio.to_thread(query)
+
+    async def precedents(self, text: str, *, limit: int) -> list[Precedent]:
+        decisions, matrix = await self._decision_pool()
+        return rank_precedents(text, decisions, limit=limit, matrix=matrix)
+
+    async def _decision_pool(self) -> tuple[list[crud.HumanDecision], Any]:
+        async with self._pool_lock:
+            if self._pool is None or time.monotonic() - self._pool[0] > POOL_TTL_SECONDS:
+                decisions = await asyncio.to_thread(self._load_decisions)
+                matrix = _VECTORIZER.transform([d.text for d in decisions]) if decisions else None
+                self._pool = (time.monotonic(), decisions, matrix)
+            return self._pool[1], self._pool[2]
+
+    def _load_decisions(self) -> list[crud.HumanDecision]:
+        from sqlmodel import Session
+
+        with Session(self.engine) as session:
+            return crud.list_human_decisions(session, limit=self.pool_size)

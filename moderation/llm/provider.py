@@ -1,0 +1,119 @@
+"""The agents' model provider: Chat Completions on any OpenAI-compatible endpoint, metered.
+
+vLLM in production, the local llama.cpp adapter in tests (``settings.llm.base_url``). Chat
+Completions rather than the Responses API because neither vLLM nor llama.cpp implements the
+latter fully. Retries belong to the Agents SDK's runner (`retry_settings`): the OpenAI client
+itself never retries, so every attempt is one metered call and the backoff is ours to set.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any
+
+import openai
+from agents import (
+    Model,
+    ModelProvider,
+    ModelResponse,
+    ModelRetryBackoffSettings,
+    ModelRetrySettings,
+    OpenAIChatCompletionsModel,
+    RetryDecision,
+    RetryPolicyContext,
+    retry_policies,
+)
+from prometheus_client import Counter, Histogram
+
+from moderation.settings import AgentSettings, LLMSettings
+
+LLM_CALLS = Counter(
+    "moderation_llm_calls_total", "model calls (one per attempt) by outcome", ["outcome"]
+)
+LLM_CALL_SECONDS = Histogram(
+    "moderation_llm_call_seconds",
+    "duration of one model call",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120),
+)
+LLM_RETRIES = Counter("moderation_llm_retries_total", "model calls retried, by cause", ["cause"])
+
+RETRYABLE_STATUSES = (408, 409, 429, 500, 502, 503, 504)
+
+
+def error_kind(error: BaseException) -> str:
+    """A short, bounded label for a failed call (metrics and fallback reasons)."""
+    if isinstance(error, openai.APITimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(error, openai.APIConnectionError):
+        return "connection"
+    if isinstance(error, openai.APIStatusError):
+        return f"http_{error.status_code}"
+    return type(error).__name__
+
+
+class MeteredChatModel(OpenAIChatCompletionsModel):
+    """Chat Completions with a metric per call: count by outcome and latency."""
+
+    async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        started = time.perf_counter()
+        try:
+            response = await super().get_response(*args, **kwargs)
+        except BaseException as error:
+            LLM_CALLS.labels(outcome=error_kind(error)).inc()
+            raise
+        finally:
+            LLM_CALL_SECONDS.observe(time.perf_counter() - started)
+        LLM_CALLS.labels(outcome="ok").inc()
+        return response
+
+
+class ChatCompletionsProvider(ModelProvider):
+    """Every agent runs on one OpenAI-compatible endpoint; a name selects the model or adapter."""
+
+    def __init__(self, client: openai.AsyncOpenAI, default_model: str) -> None:
+        self.client = client
+        self.default_model = default_model
+
+    def get_model(self, model_name: str | None) -> Model:
+        return MeteredChatModel(model=model_name or self.default_model, openai_client=self.client)
+
+
+def create_client(llm: LLMSettings) -> openai.AsyncOpenAI:
+    """The OpenAI client of a service (created once, closed at shutdown)."""
+    return openai.AsyncOpenAI(
+        base_url=llm.base_url,
+        api_key=llm.api_key.get_secret_value(),
+        timeout=llm.timeout_seconds,
+        max_retries=0,  # the runner retries (retry_settings), so each attempt is metered
+    )
+
+
+_RETRYABLE = retry_policies.any(
+    retry_policies.provider_suggested(),
+    retry_policies.network_error(),
+    retry_policies.http_status(RETRYABLE_STATUSES),
+)
+
+
+async def _counted_retry_policy(context: RetryPolicyContext) -> bool | RetryDecision:
+    decision = _RETRYABLE(context)
+    if inspect.isawaitable(decision):
+        decision = await decision
+    if decision if isinstance(decision, bool) else decision.retry:
+        LLM_RETRIES.labels(cause=error_kind(context.error)).inc()
+    return decision
+
+
+def retry_settings(agent: AgentSettings) -> ModelRetrySettings:
+    """Exponential backoff with jitter on 408/409/429/5xx, timeouts and connection errors."""
+    return ModelRetrySettings(
+        max_retries=agent.max_attempts - 1,
+        backoff=ModelRetryBackoffSettings(
+            initial_delay=agent.backoff_initial_seconds,
+            max_delay=agent.backoff_max_seconds,
+            multiplier=2.0,
+            jitter=True,
+        ),
+        policy=_counted_retry_policy,
+    )

@@ -1,0 +1,50 @@
+"""A circuit breaker: after N consecutive failures, stop calling a dependency for a while.
+
+Closed → (N failures in a row) → open: `allow()` is False until `reset_seconds` pass → half-open:
+one trial call is let through; its success closes the breaker, its failure opens it again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        *,
+        failures: int,
+        reset_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.threshold = failures
+        self.reset_seconds = reset_seconds
+        self.clock = clock
+        self.consecutive_failures = 0
+        self.opened_at: float | None = None
+        self._trial_in_flight = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened_at is not None
+
+    def allow(self) -> bool:
+        """May a call go through now? (In half-open state, only one trial at a time.)"""
+        if self.opened_at is None:
+            return True
+        if self.clock() - self.opened_at < self.reset_seconds or self._trial_in_flight:
+            return False
+        self._trial_in_flight = True
+        return True
+
+    def record_success(self) -> None:
+        self.consecutive_failures = 0
+        self.opened_at = None
+        self._trial_in_flight = False
+
+    def record_failure(self) -> None:
+        self.consecutive_failures += 1
+        self._trial_in_flight = False
+        if self.opened_at is not None or self.consecutive_failures >= self.threshold:
+            self.opened_at = self.clock()
