@@ -456,36 +456,55 @@ class CounterSnapshot:
         )
 
 
+def _mean_ms(latencies_ms: Sequence[float]) -> float:
+    return round(sum(latencies_ms) / len(latencies_ms), 2) if latencies_ms else 0.0
+
+
 def agent_performance(
     *,
-    runs: int,
+    posts: int,
     wall_seconds: float,
-    run_seconds: Sequence[float],
+    answered_seconds: Sequence[float],
+    failed_seconds: Sequence[float],
     before: CounterSnapshot,
     after: CounterSnapshot,
 ) -> dict[str, Any]:
-    """Throughput over the phase's wall time, latency per run, model and tool calls per run."""
+    """Throughput over the phase's wall time, latency per run, model and tool calls per run.
+
+    `posts` went through the agent stage (fallbacks included); `answered_seconds` and
+    `failed_seconds` are the durations of the runs that gave a verdict and of those that started
+    but gave none (timeout, errors, invalid output). Circuit-open fallbacks start no run.
+    Throughput and latency are the answered runs'; the Agents SDK counts tool calls only for
+    answered runs, model calls for every run.
+    """
     llm_calls = counter_delta(before.llm_calls, after.llm_calls)
     tool_calls = counter_delta(before.tool_calls, after.tool_calls)
-    latencies_ms = [seconds * 1000 for seconds in run_seconds]
+    answered = len(answered_seconds)
+    started = answered + len(failed_seconds)
+    answered_ms = [seconds * 1000 for seconds in answered_seconds]
+    failed_ms = [seconds * 1000 for seconds in failed_seconds]
 
-    def per_run(total: float) -> float | None:
-        return round(total / runs, 2) if runs else None
+    def rate(count: int, per: float) -> float:
+        return round(per * count / wall_seconds, 4 if per == 1 else 2) if wall_seconds else 0.0
+
+    def ratio(total: float, count: int) -> float | None:
+        return round(total / count, 2) if count else None
 
     return {
-        "runs": runs,
+        "posts": posts,
+        "runs_started": started,
+        "runs_answered": answered,
+        "runs_failed": len(failed_seconds),
         "wall_seconds": round(wall_seconds, 3),
-        "runs_per_second": round(runs / wall_seconds, 4) if wall_seconds else 0.0,
-        "runs_per_minute": round(60 * runs / wall_seconds, 2) if wall_seconds else 0.0,
-        "timed_runs": len(latencies_ms),
-        "latency_ms": {
-            "mean": round(sum(latencies_ms) / len(latencies_ms), 2) if latencies_ms else 0.0,
-            **latency_percentiles(latencies_ms),
-        },
+        "answered_per_second": rate(answered, 1),
+        "answered_per_minute": rate(answered, 60),
+        "posts_per_minute": rate(posts, 60),
+        "latency_ms": {"mean": _mean_ms(answered_ms), **latency_percentiles(answered_ms)},
+        "failed_run_ms": {"mean": _mean_ms(failed_ms), "max": max(failed_ms, default=0.0)},
         "llm_calls": llm_calls,
-        "llm_calls_per_run": per_run(sum(llm_calls.values())),
+        "llm_calls_per_started_run": ratio(sum(llm_calls.values()), started),
         "tool_calls": tool_calls,
-        "tool_calls_per_run": per_run(sum(tool_calls.values())),
+        "tool_calls_per_answered_run": ratio(sum(tool_calls.values()), answered),
         "repairs": round(after.repairs - before.repairs),
     }
 
@@ -493,22 +512,26 @@ def agent_performance(
 class TimedAgentStage(AgentStage):
     """The agent stage, timing each run from the moment it holds a slot until it ends.
 
-    Waiting for a slot is left out (a chunk holds more posts than slots); a run that fails,
-    times out or is cancelled is timed too. Circuit-open fallbacks never start a run.
+    Waiting for a slot is left out (a chunk holds more posts than slots). Runs that fail, time
+    out or are cancelled are timed apart from those that answer.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.run_seconds: list[float] = []
+        self.answered_seconds: list[float] = []
+        self.failed_seconds: list[float] = []
 
     async def _run(
         self, post: PostSubmitted, stage1_scores: Mapping[Category, float], screen: InjectionScreen
     ) -> tuple[AgentVerdict, tuple[str, ...], bool]:
         started = time.perf_counter()
         try:
-            return await super()._run(post, stage1_scores, screen)
-        finally:
-            self.run_seconds.append(time.perf_counter() - started)
+            answer = await super()._run(post, stage1_scores, screen)
+        except BaseException:
+            self.failed_seconds.append(time.perf_counter() - started)
+            raise
+        self.answered_seconds.append(time.perf_counter() - started)
+        return answer
 
 
 @dataclass
@@ -536,9 +559,10 @@ async def _run_agent_phase(
             phase.results.extend(await second_stage(part, stage, settings))
             progress.advance(task, len(part))
     phase.performance = agent_performance(
-        runs=len(items),
+        posts=len(items),
         wall_seconds=time.perf_counter() - started,
-        run_seconds=stage.run_seconds,
+        answered_seconds=stage.answered_seconds,
+        failed_seconds=stage.failed_seconds,
         before=before,
         after=CounterSnapshot.take(),
     )
@@ -646,6 +670,12 @@ def run_agent_bench(
             "[yellow]the local llama.cpp server calls tools reliably only with "
             "MODERATION_AGENT__TOOL_CHOICE=required[/yellow]"
         )
+    if _is_local_llm(settings) and settings.agent.concurrency > 1:
+        console.print(
+            "[yellow]the local llama.cpp server answers one request at a time: with "
+            f"concurrency {settings.agent.concurrency} runs queue behind each other and may time "
+            "out (MODERATION_AGENT__CONCURRENCY=1 measures one run at a time)[/yellow]"
+        )
     # PostgreSQL for the agent's tools (the decision log); the local LLM server if it is the
     # configured endpoint.
     stack.up(settings, ["postgres", "llm"] if _is_local_llm(settings) else ["postgres"])
@@ -733,15 +763,16 @@ def render_agent(result: dict[str, Any], console: Console) -> None:
         )  # fmt: skip
     console.print(table)
     perf = Table(title="agent runs")
-    for column in ("set", "runs", "runs/min", "mean ms", "p50 ms", "p95 ms", "LLM calls/run",
-                   "tool calls/run"):  # fmt: skip
+    for column in ("set", "posts", "answered", "failed", "answered/min", "mean ms", "p50 ms",
+                   "p95 ms", "LLM calls/run", "tool calls/answer"):  # fmt: skip
         perf.add_column(column)
     for name, key in (("gold sample", "cascade"), ("injection", "injection")):
         p = result[key]["agent_performance"]
         lat = p["latency_ms"]
-        perf.add_row(name, str(p["runs"]), f"{p['runs_per_minute']:.2f}", str(lat["mean"]),
-                     str(lat["p50"]), str(lat["p95"]), str(p["llm_calls_per_run"]),
-                     str(p["tool_calls_per_run"]))  # fmt: skip
+        perf.add_row(name, str(p["posts"]), str(p["runs_answered"]), str(p["runs_failed"]),
+                     f"{p['answered_per_minute']:.2f}", str(lat["mean"]), str(lat["p50"]),
+                     str(lat["p95"]), str(p["llm_calls_per_started_run"]),
+                     str(p["tool_calls_per_answered_run"]))  # fmt: skip
     console.print(perf)
     injection = result["injection"]
     style = "green" if injection["ended_as_allow"] == 0 else "bold red"

@@ -58,7 +58,7 @@ def llm_endpoint_answers(settings: Settings) -> bool:
     """Is an OpenAI-compatible endpoint serving at `settings.llm.base_url`?"""
     from moderation.stack.runtime import http_ok
 
-    return http_ok(settings.llm.base_url.rstrip("/") + "/models", timeout=1.0)
+    return http_ok(settings.llm.base_url.rstrip("/") + "/models", timeout=5.0)
 
 
 async def push_samples(
@@ -122,7 +122,11 @@ def run_demo(settings: Settings, *, samples: Path, console: Console) -> None:
             "starts one): uncertain posts go to human review"
         )
     started = time.perf_counter()
-    post_ids = asyncio.run(push_samples(settings, engine, posts, use_agent=use_agent))
+    waiting = f"classifying {len(posts)} posts" + (
+        " (the agent takes seconds a post on a CPU)" if use_agent else ""
+    )
+    with console.status(waiting):
+        post_ids = asyncio.run(push_samples(settings, engine, posts, use_agent=use_agent))
     elapsed = time.perf_counter() - started
 
     table = Table(

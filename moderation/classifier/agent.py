@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -210,46 +210,53 @@ def _not_called_yet(name: str) -> Any:
     return enabled
 
 
+UNAVAILABLE = "the decision log is not available"
+
+
+async def _look_up(
+    context: RunContextWrapper[AgentContext],
+    tool: str,
+    fetch: Callable[[AgentContext, DecisionLog], Awaitable[list[dict[str, Any]]]],
+    nothing: str,
+) -> str:
+    """Run a read-only lookup for a tool; a failing log is reported to the model, not raised."""
+    run = context.context
+    run.tool_calls.append(tool)
+    if run.decisions is None:
+        return UNAVAILABLE
+    try:
+        rows = await fetch(run, run.decisions)
+    except Exception as error:  # noqa: BLE001 - advisory: the agent goes on without it
+        logger.warning("%s lookup failed: %s", tool, error)
+        return UNAVAILABLE
+    return json.dumps(rows) if rows else nothing
+
+
 @function_tool(is_enabled=_not_called_yet("author_recent_verdicts"))
 async def author_recent_verdicts(context: RunContextWrapper[AgentContext]) -> str:
     """The most recent verdicts on other posts by this post's author, newest first."""
-    run = context.context
-    run.tool_calls.append("author_recent_verdicts")
-    if run.decisions is None:
-        return "the decision log is not available"
-    try:
-        verdicts = await run.decisions.author_verdicts(
+
+    async def fetch(run: AgentContext, log: DecisionLog) -> list[dict[str, Any]]:
+        verdicts = await log.author_verdicts(
             run.post.author_id, limit=run.author_history, exclude_post_id=run.post.post_id
         )
-    except Exception as error:  # noqa: BLE001 - advisory: the agent goes on without history
-        logger.warning("author history lookup failed: %s", error)
-        return "the decision log is not available"
-    if not verdicts:
-        return "no earlier verdicts for this author"
-    return json.dumps(
-        [
+        return [
             {"stage": v.stage, "decision": v.decision, "category": v.primary_category}
             for v in verdicts
         ]
+
+    return await _look_up(
+        context, "author_recent_verdicts", fetch, "no earlier verdicts for this author"
     )
 
 
 @function_tool(is_enabled=_not_called_yet("similar_precedents"))
 async def similar_precedents(context: RunContextWrapper[AgentContext]) -> str:
     """Past decisions of human moderators on the posts most similar to this one."""
-    run = context.context
-    run.tool_calls.append("similar_precedents")
-    if run.decisions is None:
-        return "the decision log is not available"
-    try:
-        precedents = await run.decisions.precedents(run.post.text, limit=run.precedents)
-    except Exception as error:  # noqa: BLE001 - advisory: the agent goes on without precedents
-        logger.warning("precedent lookup failed: %s", error)
-        return "the decision log is not available"
-    if not precedents:
-        return "no similar decided posts"
-    return json.dumps(
-        [
+
+    async def fetch(run: AgentContext, log: DecisionLog) -> list[dict[str, Any]]:
+        precedents = await log.precedents(run.post.text, limit=run.precedents)
+        return [
             {
                 "similarity": p.similarity,
                 "label": p.label,
@@ -258,7 +265,8 @@ async def similar_precedents(context: RunContextWrapper[AgentContext]) -> str:
             }
             for p in precedents
         ]
-    )
+
+    return await _look_up(context, "similar_precedents", fetch, "no similar decided posts")
 
 
 # --- the agent -------------------------------------------------------------------------------

@@ -209,6 +209,8 @@ class LLMServer:
             "--n_threads_batch", threads,
             "--host", "127.0.0.1",
             "--port", str(self.llm.server_port),
+            # By default a new request cuts a streaming one short; the agents run concurrently.
+            "--interrupt_requests", "False",
         ]  # fmt: skip
 
     def _warm_up(self) -> None:

@@ -10,7 +10,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import Engine
 
+from moderation.db.engine import create_tables, make_engine
 from moderation.settings import Settings, get_settings
 from moderation.stack.dapr import DaprRuntime
 from moderation.stack.kafka import KafkaBroker
@@ -57,6 +59,15 @@ def llm(settings: Settings) -> LLMServer:
     server.install()
     server.start()
     return server
+
+
+@pytest.fixture(scope="module")
+def read_model(settings: Settings, postgres: PostgresCluster) -> Iterator[Engine]:
+    """An engine on the read model (tables created), one per test module."""
+    engine = make_engine(settings)
+    create_tables(engine)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 Passes requests through to the real server, or answers them itself with the failure a test
 switches on: HTTP 500, HTTP 429 (with Retry-After), or a 200 whose message is JSON that does not
-match the verdict schema. It counts the chat requests it saw, so a test can check the retries.
+match the verdict schema. When the real server is gone it answers 502, as a reverse proxy does.
+It counts the chat requests it saw, so a test can check the retries.
 """
 
 from __future__ import annotations
@@ -83,12 +84,18 @@ class FaultProxy:
                     )
                 if mode == "garbage":
                     return JSONResponse(_completion(GARBAGE_CONTENT))
-            upstream = await client.request(
-                request.method,
-                f"{self.upstream}/{path}",
-                content=body,
-                headers={"content-type": request.headers.get("content-type", "application/json")},
-            )
+            try:
+                upstream = await client.request(
+                    request.method,
+                    f"{self.upstream}/{path}",
+                    content=body,
+                    headers={
+                        "content-type": request.headers.get("content-type", "application/json")
+                    },
+                )
+            except httpx.TransportError as error:
+                # What a reverse proxy (an ingress, nginx) answers for a server that is gone.
+                return JSONResponse({"error": {"message": f"upstream: {error}"}}, status_code=502)
             return Response(
                 upstream.content,
                 status_code=upstream.status_code,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from moderation.settings import PROJECT_ROOT, Settings
 from moderation.stack.kafka import KafkaBroker
+from moderation.stack.llm import LLMServer
 from moderation.stack.postgres import PostgresCluster
 from moderation.taxonomy import CATEGORIES
 
@@ -53,12 +55,15 @@ def test_dataset_build_script_writes_its_splits() -> None:
 
 
 @pytest.mark.timeout(900)
-def test_demo_prints_a_verdict_for_every_sample() -> None:
+def test_demo_prints_a_verdict_for_every_sample(llm: LLMServer, settings: Settings) -> None:
+    """With the local LLM up, the demo sends its uncertain samples to the classifier agent."""
     result = moderation("demo")
     assert result.returncode == 0, result.stderr[-3000:]
     samples = [line for line in SAMPLES.read_text().splitlines() if line.strip()]
     assert f"{len(samples)} posts through the worker and recorder handlers" in result.stdout
     assert "missing" not in result.stdout
+    assert f"classifier agent: {settings.llm.model}" in result.stdout
+    assert re.search(r"│ agent\s+│", result.stdout), "no row decided at the agent stage"
     for decision in ("allow", "remove", "review"):
         assert decision in result.stdout
 

@@ -12,7 +12,6 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from moderation.db import crud
-from moderation.db.engine import create_tables, make_engine
 from moderation.events import PostSubmitted
 from moderation.settings import Settings
 from moderation.stack.kafka import KafkaBroker, delete_topics, ensure_topics
@@ -46,14 +45,6 @@ def services(pipeline_settings: Settings, postgres: PostgresCluster) -> Iterator
     running.start("recorder", "worker", timeout=600)
     yield running
     running.stop("worker", "recorder")
-
-
-@pytest.fixture(scope="module")
-def read_model(settings: Settings, postgres: PostgresCluster) -> Iterator[Engine]:
-    engine = make_engine(settings)
-    create_tables(engine)
-    yield engine
-    engine.dispose()
 
 
 def model_verdict_counts(engine: Engine, post_ids: list[str]) -> dict[str, int]:

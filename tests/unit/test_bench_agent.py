@@ -243,16 +243,34 @@ def test_agent_performance_throughput_latency_and_calls_per_run() -> None:
     )
 
     perf = agent_performance(
-        runs=4, wall_seconds=20.0, run_seconds=[2.0, 4.0, 6.0, 8.0], before=before, after=after
+        posts=6,
+        wall_seconds=20.0,
+        answered_seconds=[2.0, 4.0, 6.0, 8.0],
+        failed_seconds=[60.0],
+        before=before,
+        after=after,
     )
 
-    assert perf["runs_per_second"] == 0.2 and perf["runs_per_minute"] == 12.0
+    assert (perf["runs_started"], perf["runs_answered"], perf["runs_failed"]) == (5, 4, 1)
+    assert perf["answered_per_second"] == 0.2 and perf["answered_per_minute"] == 12.0
+    assert perf["posts_per_minute"] == 18.0
     assert perf["latency_ms"]["mean"] == 5000.0
     assert perf["latency_ms"]["p50"] == 6000.0 and perf["latency_ms"]["max"] == 8000.0
-    assert perf["llm_calls"] == {"ok": 6, "timeout": 2} and perf["llm_calls_per_run"] == 2.0
-    assert perf["tool_calls_per_run"] == 1.5 and perf["repairs"] == 1
-    empty = agent_performance(runs=0, wall_seconds=0.0, run_seconds=[], before=after, after=after)
-    assert empty["runs_per_second"] == 0.0 and empty["llm_calls_per_run"] is None
+    assert perf["failed_run_ms"] == {"mean": 60000.0, "max": 60000.0}
+    assert perf["llm_calls"] == {"ok": 6, "timeout": 2}
+    assert perf["llm_calls_per_started_run"] == 1.6
+    assert perf["tool_calls_per_answered_run"] == 1.5 and perf["repairs"] == 1
+
+
+def test_agent_performance_with_no_run_answered() -> None:
+    snapshot = CounterSnapshot(llm_calls={}, tool_calls={}, repairs=0.0)
+    perf = agent_performance(
+        posts=3, wall_seconds=0.0, answered_seconds=[], failed_seconds=[],
+        before=snapshot, after=snapshot,
+    )  # fmt: skip
+    assert perf["answered_per_second"] == 0.0 and perf["latency_ms"]["p50"] == 0.0
+    assert perf["llm_calls_per_started_run"] is None
+    assert perf["tool_calls_per_answered_run"] is None
 
 
 def test_only_the_local_adapter_counts_as_the_local_llm() -> None:
@@ -317,6 +335,7 @@ def test_run_agent_bench_end_to_end_with_a_scripted_agent(
 
     assert started_components == [["postgres", "llm"]]
     assert "tool_choice=required" in output.getvalue()
+    assert "one request at a time" not in output.getvalue()  # concurrency 1: no hint
     cascade = result["cascade"]
     assert cascade["posts"] == 5
     assert cascade["stage1"] == {"decided": {"allow": 1, "remove": 1, "review": 0}, "to_agent": 3}
@@ -330,7 +349,8 @@ def test_run_agent_bench_end_to_end_with_a_scripted_agent(
         "share": 1.0,
     }
     performance = cascade["agent_performance"]
-    assert performance["runs"] == 2 and performance["timed_runs"] == 2
+    assert performance["posts"] == 2
+    assert (performance["runs_answered"], performance["runs_failed"]) == (1, 1)
     assert performance["latency_ms"]["max"] >= performance["latency_ms"]["p50"] > 0
 
     injection = result["injection"]

@@ -71,6 +71,15 @@ class BackendUploads:
         return {item.trace_id for item in self.items if isinstance(item, Trace)}
 
 
+@pytest.fixture
+def uploads(tracer_provider: TracerProvider, monkeypatch: pytest.MonkeyPatch) -> BackendUploads:
+    """Uploads recorded, not sent; `configure_agent_tracing` mirrors to the test's provider."""
+    monkeypatch.setattr(
+        tracing, "OpenTelemetryProcessor", lambda: OpenTelemetryProcessor(tracer_provider)
+    )
+    return BackendUploads(monkeypatch)
+
+
 def by_name(exporter: InMemorySpanExporter) -> dict[str, ReadableSpan]:
     spans = exporter.get_finished_spans()
     named = {span.name: span for span in spans}
@@ -179,15 +188,8 @@ async def test_concurrent_runs_keep_their_own_parents(
 
 
 def test_without_upload_nothing_reaches_openai(
-    sdk_provider: DefaultTraceProvider,
-    tracer_provider: TracerProvider,
-    exporter: InMemorySpanExporter,
-    monkeypatch: pytest.MonkeyPatch,
+    sdk_provider: DefaultTraceProvider, exporter: InMemorySpanExporter, uploads: BackendUploads
 ) -> None:
-    uploads = BackendUploads(monkeypatch)
-    monkeypatch.setattr(
-        tracing, "OpenTelemetryProcessor", lambda: OpenTelemetryProcessor(tracer_provider)
-    )
 
     configure_agent_tracing(upload_to_openai=False)
     configure_agent_tracing(upload_to_openai=False)
@@ -204,15 +206,8 @@ def test_without_upload_nothing_reaches_openai(
 
 
 def test_with_upload_the_openai_exporter_stays(
-    sdk_provider: DefaultTraceProvider,
-    tracer_provider: TracerProvider,
-    exporter: InMemorySpanExporter,
-    monkeypatch: pytest.MonkeyPatch,
+    sdk_provider: DefaultTraceProvider, exporter: InMemorySpanExporter, uploads: BackendUploads
 ) -> None:
-    uploads = BackendUploads(monkeypatch)
-    monkeypatch.setattr(
-        tracing, "OpenTelemetryProcessor", lambda: OpenTelemetryProcessor(tracer_provider)
-    )
 
     configure_agent_tracing(upload_to_openai=False)
     configure_agent_tracing(upload_to_openai=True)
