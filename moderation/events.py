@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from moderation.taxonomy import Category, Decision, Stage
 
@@ -93,21 +93,52 @@ class ReviewPriority(StrEnum):
     URGENT = "urgent"
 
 
+def review_id_for(post_id: str, appeal: int = 0) -> str:
+    """The id of a post's review (and of its workflow instance); appeals get their own."""
+    return f"review-{post_id}" if appeal == 0 else f"review-{post_id}-appeal-{appeal}"
+
+
 class ReviewRequested(Event):
     """`review.requested` (HumanReviewRequired): a post that needs a moderator."""
 
+    review_id: str = Field(
+        default="",
+        max_length=128,
+        description="the review and its workflow instance; `review-<post_id>` when empty",
+    )
     reason: str = Field(examples=["uncertain: no category passed its threshold"])
     priority: ReviewPriority = ReviewPriority.NORMAL
     verdict: ModerationVerdict = Field(description="the automated verdict being reviewed")
+    appeal_of: str | None = Field(
+        default=None, description="event_id of the human decision this review appeals"
+    )
+
+    @model_validator(mode="after")
+    def _default_review_id(self) -> ReviewRequested:
+        if not self.review_id:
+            object.__setattr__(self, "review_id", review_id_for(self.post_id))
+        return self
+
+
+class ReviewEscalated(Event):
+    """`review.escalated`: a review passed its SLA undecided; its priority went up."""
+
+    review_id: str = Field(max_length=128)
+    priority: ReviewPriority
+    reason: str
 
 
 class ReviewDecided(Event):
     """`review.decisions` (HumanDecisionMade): a moderator's decision."""
 
+    review_id: str = Field(default="", max_length=128)
     label: Category
     decision: Decision
     moderator_id: str = Field(min_length=1)
     note: str | None = Field(default=None, max_length=2_000)
+    overrode: Decision | None = Field(
+        default=None, description="the automated decision this one replaced"
+    )
 
 
 class DeadLetter(BaseModel):

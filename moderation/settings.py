@@ -29,10 +29,17 @@ class TopicSettings(BaseModel):
     verdicts: str = "moderation.verdicts"
     review_requested: str = "review.requested"
     review_decisions: str = "review.decisions"
+    review_escalated: str = "review.escalated"
     dlq_suffix: str = ".dlq"
 
     def main_topics(self) -> list[str]:
-        return [self.posts_submitted, self.verdicts, self.review_requested, self.review_decisions]
+        return [
+            self.posts_submitted,
+            self.verdicts,
+            self.review_requested,
+            self.review_decisions,
+            self.review_escalated,
+        ]
 
     def all_topics(self) -> list[str]:
         """Every topic the system uses, dead-letter topics included."""

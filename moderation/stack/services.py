@@ -54,6 +54,7 @@ def service_env(settings: Settings) -> dict[str, str]:
         "MODERATION_KAFKA__TOPICS__VERDICTS": topics.verdicts,
         "MODERATION_KAFKA__TOPICS__REVIEW_REQUESTED": topics.review_requested,
         "MODERATION_KAFKA__TOPICS__REVIEW_DECISIONS": topics.review_decisions,
+        "MODERATION_KAFKA__TOPICS__REVIEW_ESCALATED": topics.review_escalated,
         "MODERATION_WORKER__CLASSIFIER_GROUP": settings.worker.classifier_group,
         "MODERATION_WORKER__RECORDER_GROUP": settings.worker.recorder_group,
         "MODERATION_AGENT__ENABLED": str(settings.agent.enabled).lower(),
