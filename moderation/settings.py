@@ -235,6 +235,32 @@ class WorkerSettings(BaseModel):
     )
 
 
+class ReviewSettings(BaseModel):
+    """Human review: the review service (a Dapr app), its workflow and the review API."""
+
+    service_port: int = Field(default=8003, description="the review service's app port (daprd)")
+    sla_seconds: float = Field(
+        default=3_600.0, gt=0, description="undecided this long after creation: escalate"
+    )
+    urgent_sla_seconds: float = Field(
+        default=900.0, gt=0, description="the SLA of urgent reviews (sexual_minors, appeals)"
+    )
+    claim_seconds: float = Field(
+        default=300.0, gt=0, description="how long a moderator's claim on a review holds"
+    )
+    decision_event: str = Field(default="decision", description="the workflow's external event")
+
+
+class DashboardSettings(BaseModel):
+    """The moderators' Streamlit dashboard (`hitl_dashboard/`)."""
+
+    api_url: str = Field(default="http://127.0.0.1:8000", description="the review API it calls")
+    port: int = 8501
+    session_minutes: float = Field(
+        default=30.0, gt=0, description="idle time after which a moderator must sign in again"
+    )
+
+
 class ModelStoreSettings(BaseModel):
     artifact_dir: Path = Field(
         default=PROJECT_ROOT / ".models",
@@ -274,6 +300,8 @@ class Settings(BaseSettings):
     agent: AgentSettings = AgentSettings()
     api: ApiSettings = ApiSettings()
     worker: WorkerSettings = WorkerSettings()
+    review: ReviewSettings = ReviewSettings()
+    dashboard: DashboardSettings = DashboardSettings()
     models: ModelStoreSettings = ModelStoreSettings()
     stack: StackSettings = StackSettings()
 
