@@ -312,6 +312,20 @@ def fallback_reason(review: ReviewRequested | None) -> str:
     return review.reason[len(FALLBACK_PREFIX) :].split(")", 1)[0] or "unknown"
 
 
+REVIEW_REASON_KINDS = (
+    ("agent decided", "disagreement"),  # the agent's decision against its combined scores
+    ("possible prompt injection", "injection_never_allowed"),
+    ("always-review", "always_review"),
+    ("uncertain", "uncertain"),  # the combined scores passed no threshold
+)
+
+
+def review_reason_kind(reason: str) -> str:
+    """Why an agent verdict still needs a human, as a short label (see `cascade.combine`)."""
+    return next((kind for prefix, kind in REVIEW_REASON_KINDS if reason.startswith(prefix)),
+                "other")  # fmt: skip
+
+
 def final_outcomes(first: Sequence[FirstStage], second: Sequence[AgentResult]) -> list[str]:
     """The final decision of every post of `first`, in order.
 
@@ -345,12 +359,18 @@ def tally_cascade(first: Sequence[FirstStage], second: Sequence[AgentResult]) ->
     """Per stage: what it decided, what it passed on, the agent's fallbacks; and the end result.
 
     `second` as for `final_outcomes`. Stage 1's `review` are the posts it sent straight to a
-    human; the agent's `review` are its verdicts that need one (fallbacks are counted apart).
+    human; the agent's `review` are its verdicts that need one, counted by `review_reasons`
+    (fallbacks are counted apart).
     """
     outcomes = final_outcomes(first, second)
     sent = [item for item in first if item.to_agent]
     verdicts = [verdict for verdict, _ in second if verdict is not None]
     fallbacks = Counter(fallback_reason(review) for verdict, review in second if verdict is None)
+    review_reasons = Counter(
+        review_reason_kind(review.reason)
+        for verdict, review in second
+        if verdict is not None and review is not None
+    )
     final = _by_decision(outcomes) | {"not_run": outcomes.count("not_run")}
     return {
         "posts": len(first),
@@ -365,6 +385,7 @@ def tally_cascade(first: Sequence[FirstStage], second: Sequence[AgentResult]) ->
             "run": len(second),
             "not_run": len(sent) - len(second),
             "decided": _by_decision([verdict.decision.value for verdict in verdicts]),
+            "review_reasons": dict(sorted(review_reasons.items())),
             "fallbacks": dict(sorted(fallbacks.items())),
             "fallbacks_total": sum(fallbacks.values()),
         },
@@ -500,7 +521,10 @@ def agent_performance(
         "answered_per_minute": rate(answered, 60),
         "posts_per_minute": rate(posts, 60),
         "latency_ms": {"mean": _mean_ms(answered_ms), **latency_percentiles(answered_ms)},
-        "failed_run_ms": {"mean": _mean_ms(failed_ms), "max": max(failed_ms, default=0.0)},
+        "failed_run_ms": {
+            "mean": _mean_ms(failed_ms),
+            "max": round(max(failed_ms, default=0.0), 2),
+        },
         "llm_calls": llm_calls,
         "llm_calls_per_started_run": ratio(sum(llm_calls.values()), started),
         "tool_calls": tool_calls,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -210,6 +212,32 @@ def worker() -> None:
     from moderation.classifier.worker import run_worker
 
     run_worker()
+
+
+@app.command("review-service")
+def review_service() -> None:
+    """Run the review service (a Dapr app: one durable workflow per review)."""
+    from moderation.review.service import run_review_service
+
+    run_review_service()
+
+
+@app.command("dashboard")
+def dashboard() -> None:
+    """Run the moderators' Streamlit dashboard (settings: MODERATION_DASHBOARD__*)."""
+    settings = get_settings()
+    app_file = PROJECT_ROOT / "hitl_dashboard" / "app.py"
+    # Streamlit owns its process (signals, server): hand this one over to it.
+    os.execv(  # noqa: S606 - our own interpreter and app
+        sys.executable,
+        [
+            sys.executable, "-m", "streamlit", "run", str(app_file),
+            "--server.port", str(settings.dashboard.port),
+            "--server.address", settings.worker.service_host,
+            "--server.headless", "true",
+            "--browser.gatherUsageStats", "false",
+        ],
+    )  # fmt: skip
 
 
 @app.command("demo")

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from faststream.kafka import KafkaBroker, TestKafkaBroker
+from faststream.kafka import KafkaBroker, KafkaRouter, TestKafkaBroker
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine
@@ -25,8 +25,9 @@ from sqlmodel import Session
 from moderation.classifier import worker
 from moderation.db import crud
 from moderation.db.engine import make_engine
-from moderation.events import PostSubmitted
+from moderation.events import PostSubmitted, ReviewRequested
 from moderation.recorder import Recorder, RecorderState
+from moderation.review.activities import CollectingSink, ReviewActivities
 from moderation.settings import Settings
 
 DECISION_STYLE = {"allow": "green", "remove": "red", "review": "yellow"}
@@ -79,12 +80,25 @@ async def push_samples(
             await close_agent()
 
 
+def review_tasks_router(settings: Settings, engine: Engine) -> KafkaRouter:
+    """The review workflow's first step, without Dapr: the same activity creates each task."""
+    activities = ReviewActivities(engine, CollectingSink(), settings)
+    router = KafkaRouter()
+
+    @router.subscriber(settings.kafka.topics.review_requested, group_id="demo-review-service")
+    async def create_review_task(request: ReviewRequested) -> None:
+        await asyncio.to_thread(activities.create_task, request)
+
+    return router
+
+
 async def _publish_samples(
     settings: Settings, engine: Engine, samples: list[dict[str, Any]]
 ) -> list[str]:
     broker = KafkaBroker()
     broker.include_router(worker.router)
     broker.include_router(Recorder(settings, state=RecorderState(engine=engine)).router)
+    broker.include_router(review_tasks_router(settings, engine))
     post_ids = []
     async with TestKafkaBroker(broker) as in_memory:
         for sample in samples:
@@ -163,7 +177,8 @@ def run_demo(settings: Settings, *, samples: Path, console: Console) -> None:
         f"{summary}. Read model: {settings.db.url}"
     )
     console.print(
-        "[dim]`review` posts wait for a moderator (the review workflow arrives with the HITL "
-        "issue); run the real stack with `make stack-up` and the services with `moderation api`, "
-        "`moderation worker`, `moderation recorder`.[/dim]"
+        "[dim]`review` posts wait for a moderator, each with its review task and SLA (the same "
+        "activity the Dapr workflow runs). Run the real stack with `make stack-up`, the services "
+        "with `moderation api`, `moderation worker`, `moderation recorder`, `moderation "
+        "review-service` (next to its daprd), and decide in `moderation dashboard`.[/dim]"
     )

@@ -243,7 +243,7 @@ class ReviewSettings(BaseModel):
         default=3_600.0, gt=0, description="undecided this long after creation: escalate"
     )
     urgent_sla_seconds: float = Field(
-        default=900.0, gt=0, description="the SLA of urgent reviews (sexual_minors, appeals)"
+        default=900.0, gt=0, description="the SLA of urgent reviews (possible sexual_minors)"
     )
     claim_seconds: float = Field(
         default=300.0, gt=0, description="how long a moderator's claim on a review holds"

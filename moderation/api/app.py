@@ -14,9 +14,10 @@ from sqlalchemy import Engine
 from moderation.api.deps import ApiState
 from moderation.api.metrics import ApiMetrics
 from moderation.api.publisher import KafkaPublisher, Publisher
-from moderation.api.routes import health, posts
+from moderation.api.routes import health, posts, reviews
 from moderation.api.routes.errors import install_error_handlers
 from moderation.api.routes.submit_lane import SubmitFastLane
+from moderation.api.workflows import DaprReviewWorkflows, ReviewWorkflows
 from moderation.db.engine import create_tables, make_engine
 from moderation.settings import Settings
 
@@ -25,21 +26,28 @@ log = logging.getLogger(__name__)
 DESCRIPTION = """\
 Submit posts for moderation. A post is accepted (202) only once Kafka acknowledged it with
 `acks=all`; when Kafka cannot acknowledge in time the answer is 503 with `Retry-After`.
+Moderators work the human review queue under `/v1/reviews` (scope `moderate`).
 Authenticate with `Authorization: Bearer <api key>` or `X-API-Key`.
 """
 
 
 def create_app(
-    settings: Settings, *, publisher: Publisher | None = None, engine: Engine | None = None
+    settings: Settings,
+    *,
+    publisher: Publisher | None = None,
+    engine: Engine | None = None,
+    workflows: ReviewWorkflows | None = None,
 ) -> FastAPI:
     """Build the API.
 
     Args:
-        settings: the settings tree (`api`, `kafka`, `db` are used).
+        settings: the settings tree (`api`, `kafka`, `db`, `dapr`, `review` are used).
         publisher: where events go; default an idempotent Kafka producer. The app starts and
             closes it in its lifespan either way.
         engine: the read-model database; default one from `settings.db.url`, which the app
             then also disposes of.
+        workflows: where decisions go; default the review service's Dapr sidecar. The app
+            closes it in its lifespan either way.
     """
     metrics = ApiMetrics()
 
@@ -52,12 +60,19 @@ def create_app(
             settings.kafka.bootstrap_servers, timeout=settings.api.publish_timeout_seconds
         )
         await broker.start()
+        gateway = workflows or DaprReviewWorkflows.from_settings(settings)
         app.state.api = ApiState(
-            settings=settings, engine=db_engine, publisher=broker, metrics=metrics
+            settings=settings,
+            engine=db_engine,
+            publisher=broker,
+            metrics=metrics,
+            workflows=gateway,
         )
+        reviews.preload_in_background()
         try:
             yield
         finally:
+            await gateway.close()
             await broker.close()
             if own_engine:
                 db_engine.dispose()
@@ -72,6 +87,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(SubmitFastLane)
     app.include_router(posts.router)
+    app.include_router(reviews.router)
     app.include_router(health.router)
     _document_security(app)
     return app

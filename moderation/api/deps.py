@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -21,7 +21,11 @@ from moderation.api.security import (
     lookup_key,
     presented_key,
 )
+from moderation.api.workflows import ReviewWorkflows
 from moderation.settings import Settings
+
+if TYPE_CHECKING:
+    from moderation.classifier.precedents import DecisionLog
 
 
 @dataclass
@@ -32,7 +36,10 @@ class ApiState:
     engine: Engine
     publisher: Publisher
     metrics: ApiMetrics
+    workflows: ReviewWorkflows
     key_cache: KeyCache = field(default_factory=KeyCache)
+    # Past human decisions for precedents; created on first use (the ranking imports sklearn).
+    decision_log: DecisionLog | None = None
 
 
 async def get_state(request: Request) -> ApiState:
@@ -115,3 +122,12 @@ def require(scope: Scope) -> Callable[[Request], Coroutine[Any, Any, Principal]]
 
 SubmitKey = Annotated[Principal, Depends(require(Scope.SUBMIT))]
 ReadKey = Annotated[Principal, Depends(require(Scope.READ))]
+ModerateKey = Annotated[Principal, Depends(require(Scope.MODERATE))]
+
+
+async def get_workflows(state: StateDep) -> ReviewWorkflows:
+    """The gateway to the review workflows (override it with `app.dependency_overrides`)."""
+    return state.workflows
+
+
+WorkflowsDep = Annotated[ReviewWorkflows, Depends(get_workflows)]

@@ -5,17 +5,27 @@ writes SQL against the read model. Every write function commits its own transact
 
 Projections of the Kafka topics (`record_*`) are idempotent: each is an
 `INSERT ... ON CONFLICT DO NOTHING` on the event's natural key (posts.id, verdicts
-(post_id, stage, model_version), reviews.post_id, decisions.event_id), so a redelivered event is
-harmless. `record_events` writes a whole consumer batch with one round trip per table.
+(post_id, stage, model_version), reviews.review_id, decisions.event_id), so a redelivered event is
+harmless. `record_events` writes a whole consumer batch with one round trip per table. A review
+row is an upsert on `review_id` shared by two writers: the recorder's projection of
+`review.requested` and the review workflow's `create_review_task`, which also sets the SLA
+(whichever comes first inserts; neither overwrites what the other or a moderator changed).
 
 Post status is *derived*, never set by an event directly: in the same transaction as the facts
 of a batch, the status of every post the batch touched is recomputed from the rows present:
 
-1. `decided` when a human decision (or a `human`-stage verdict) exists; decisions are
-   append-only, so a decided post never moves back;
-2. else the most authoritative automated verdict (an `agent` verdict over a `model` one; the
+1. `in_review` while an *appeal* review of the post is open (not decided): an appeal reopens a
+   decided post until a moderator decides it again;
+2. else `decided` when a human decision (or a `human`-stage verdict) exists; decisions are
+   append-only, so only an appeal moves a decided post (back to `in_review`, then `decided`);
+3. else the most authoritative automated verdict (an `agent` verdict over a `model` one; the
    latest among equals) maps allow → `allowed`, remove → `removed`, review → `in_review`;
-3. else `in_review` when a review was requested, else `pending`.
+4. else `in_review` when a review was requested, else `pending`.
+
+A decision closes the review it names (`decisions.review_id`; a decision event without one, from
+before appeals existed, names the post's first review `review-<post_id>`). The review API marks a
+review decided the moment a moderator decides (before the workflow records the decision), and the
+post's status is refreshed with it.
 
 Because the status is a function of the rows and not of the arrival order, events may arrive in
 any order: a verdict recorded before its post (different topics, different partitions) simply
@@ -33,7 +43,8 @@ import hmac
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
@@ -64,7 +75,9 @@ from moderation.events import (
     ModerationVerdict,
     PostSubmitted,
     ReviewDecided,
+    ReviewPriority,
     ReviewRequested,
+    review_id_for,
     utc_now,
 )
 from moderation.taxonomy import Decision as VerdictDecision
@@ -243,7 +256,9 @@ def _verdict_row(event: ModerationVerdict, now: datetime) -> dict[str, Any]:
 
 def _review_row(event: ReviewRequested, now: datetime) -> dict[str, Any]:
     return {
+        "review_id": event.review_id,
         "post_id": event.post_id,
+        "appeal_of": event.appeal_of,
         "status": ReviewStatus.PENDING,
         "priority": event.priority.value,
         "reason": event.reason,
@@ -253,14 +268,21 @@ def _review_row(event: ReviewRequested, now: datetime) -> dict[str, Any]:
     }
 
 
+def _decision_review_id(event: ReviewDecided) -> str:
+    # Decisions from before review ids existed decided the post's one review.
+    return event.review_id or review_id_for(event.post_id)
+
+
 def _decision_row(event: ReviewDecided) -> dict[str, Any]:
     return {
         "event_id": event.event_id,
+        "review_id": _decision_review_id(event),
         "post_id": event.post_id,
         "label": event.label.value,
         "decision": event.decision.value,
         "moderator_id": event.moderator_id,
         "note": event.note,
+        "overrode": event.overrode.value if event.overrode is not None else None,
         "decided_at": _utc(event.occurred_at),
     }
 
@@ -290,7 +312,7 @@ def record_events(session: Session, *, events: Sequence[Event]) -> RecordResult:
             key = (event.post_id, event.stage.value, event.model_version)
             kind, row = "verdicts", _verdict_row(event, now)
         elif isinstance(event, ReviewRequested):
-            kind, key, row = "reviews", event.post_id, _review_row(event, now)
+            kind, key, row = "reviews", event.review_id, _review_row(event, now)
         elif isinstance(event, ReviewDecided):
             kind, key, row = "decisions", event.event_id, _decision_row(event)
         else:
@@ -306,7 +328,7 @@ def record_events(session: Session, *, events: Sequence[Event]) -> RecordResult:
             list(keyed["verdicts"].values()),
             ["post_id", "stage", "model_version"],
         ),
-        "reviews": _insert_ignore(session, REVIEWS, list(keyed["reviews"].values()), ["post_id"]),
+        "reviews": _insert_ignore(session, REVIEWS, list(keyed["reviews"].values()), ["review_id"]),
         "decisions": _insert_ignore(
             session, DECISIONS, list(keyed["decisions"].values()), ["event_id"]
         ),
@@ -316,8 +338,9 @@ def record_events(session: Session, *, events: Sequence[Event]) -> RecordResult:
         for kind in ("verdicts", "reviews", "decisions")
         for row in keyed[kind].values()
     }
-    decided = sorted(
-        {row["post_id"] for kind in ("reviews", "decisions") for row in keyed[kind].values()}
+    # Reviews that may have to close: the ones recorded now, and the ones decided now.
+    closing = sorted(
+        {row["review_id"] for kind in ("reviews", "decisions") for row in keyed[kind].values()}
     )
     posts = list(keyed["posts"].values())
     if _dialect(session) == "postgresql":
@@ -325,11 +348,11 @@ def record_events(session: Session, *, events: Sequence[Event]) -> RecordResult:
         # New posts get their derived status as they are inserted (no second write): only
         # posts that existed before need the recompute.
         inserted["posts"] = _insert_ignore(session, POSTS, posts, ["id"], derive_status=True)
-        _refresh_derived_status(session, post_ids=sorted(facts), review_post_ids=decided)
+        _refresh_derived_status(session, post_ids=sorted(facts), review_ids=closing)
     else:
         inserted["posts"] = _insert_ignore(session, POSTS, posts, ["id"])
         touched = sorted(facts | {row["id"] for row in posts})
-        _refresh_derived_status(session, post_ids=touched, review_post_ids=decided)
+        _refresh_derived_status(session, post_ids=touched, review_ids=closing)
     session.commit()
     return RecordResult(received=received, inserted=inserted)
 
@@ -370,8 +393,19 @@ def _derived_post_status(posts: sa.FromClause) -> sa.ColumnElement[Any]:
             REVIEWS.alias("any_review"),
         )
     )
+    appeal = REVIEWS.alias("open_appeal")
+    has_open_appeal = (
+        sa.exists()
+        .where(
+            appeal.c.post_id == posts.c.id,
+            appeal.c.appeal_of.is_not(None),
+            appeal.c.status != ReviewStatus.DECIDED,
+        )
+        .correlate(posts)
+    )
     # Cheap existence probes first: the sorted verdict lookup runs only when there is one.
     return sa.case(
+        (has_open_appeal, _status_literal(PostStatus.IN_REVIEW)),
         (has_decision, _status_literal(PostStatus.DECIDED)),
         (has_verdict, top_verdict),
         (has_review, _status_literal(PostStatus.IN_REVIEW)),
@@ -379,11 +413,14 @@ def _derived_post_status(posts: sa.FromClause) -> sa.ColumnElement[Any]:
     )
 
 
-def _in_post_ids(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[bool]:
+def _in_ids(
+    column: sa.ColumnElement[Any], dialect: str, name: str = "post_ids"
+) -> sa.ColumnElement[bool]:
+    """`column IN (:name)` with a list parameter `name`."""
     if dialect == "postgresql":
         # One array parameter: a statement psycopg caches, whatever the number of ids.
-        return column == sa.any_(sa.bindparam("post_ids", type_=postgresql.ARRAY(sa.Text())))
-    return column.in_(sa.bindparam("post_ids", expanding=True))
+        return column == sa.any_(sa.bindparam(name, type_=postgresql.ARRAY(sa.Text())))
+    return column.in_(sa.bindparam(name, expanding=True))
 
 
 @lru_cache(maxsize=4)
@@ -392,7 +429,7 @@ def _post_status_update(dialect: str) -> sa.Update:
     scoped = POSTS.alias("p")
     derived = (
         sa.select(scoped.c.id, _derived_post_status(scoped).label("status"))
-        .where(_in_post_ids(scoped.c.id, dialect))
+        .where(_in_ids(scoped.c.id, dialect))
         .subquery("derived")
     )
     return (
@@ -404,16 +441,31 @@ def _post_status_update(dialect: str) -> sa.Update:
 
 @lru_cache(maxsize=4)
 def _review_decided_update(dialect: str) -> sa.Update:
-    """Close (status decided) the reviews of posts that have a human decision."""
+    """Close (status decided) the reviews that a recorded human decision names."""
     decision = DECISIONS.alias("d")
+
+    def latest(column: sa.ColumnElement[Any]) -> sa.ScalarSelect[Any]:
+        return (
+            sa.select(column)
+            .where(decision.c.review_id == REVIEWS.c.review_id)
+            .order_by(decision.c.decided_at.desc(), decision.c.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+
     return (
         sa.update(REVIEWS)
         .where(
-            _in_post_ids(REVIEWS.c.post_id, dialect),
+            _in_ids(REVIEWS.c.review_id, dialect, "review_ids"),
             REVIEWS.c.status != ReviewStatus.DECIDED,
-            sa.exists().where(decision.c.post_id == REVIEWS.c.post_id),
+            sa.exists().where(decision.c.review_id == REVIEWS.c.review_id),
         )
-        .values(status=ReviewStatus.DECIDED, updated_at=sa.bindparam("now"))
+        .values(
+            status=ReviewStatus.DECIDED,
+            decided_at=latest(decision.c.decided_at),
+            decided_by=latest(decision.c.moderator_id),
+            updated_at=sa.bindparam("now"),
+        )
     )
 
 
@@ -427,18 +479,17 @@ def _lock_status_recompute(session: Session) -> None:
 
 
 def _refresh_derived_status(
-    session: Session, *, post_ids: Sequence[str], review_post_ids: Sequence[str] = ()
+    session: Session, *, post_ids: Sequence[str], review_ids: Sequence[str] = ()
 ) -> None:
-    """Recompute posts.status (and close decided reviews) for these posts (caller commits)."""
-    if not post_ids and not review_post_ids:
-        return
+    """Close the decided ones of `review_ids`, then recompute posts.status (caller commits)."""
     dialect = _dialect(session)
+    # Reviews first: an appeal that closes changes its post's status.
+    for chunk in _chunks(review_ids):
+        session.exec(
+            _review_decided_update(dialect), params={"review_ids": list(chunk), "now": utc_now()}
+        )
     for chunk in _chunks(post_ids):
         session.exec(_post_status_update(dialect), params={"post_ids": list(chunk)})
-    for chunk in _chunks(review_post_ids):
-        session.exec(
-            _review_decided_update(dialect), params={"post_ids": list(chunk), "now": utc_now()}
-        )
 
 
 def _record_one(session: Session, event: Event, kind: str) -> bool:
@@ -456,7 +507,7 @@ def record_verdict(session: Session, *, event: ModerationVerdict) -> bool:
 
 
 def record_review_requested(session: Session, *, event: ReviewRequested) -> bool:
-    """Open a pending review for the post; returns False when one already exists."""
+    """Open a pending review (`event.review_id`); returns False when it already exists."""
     return _record_one(session, event, "reviews")
 
 
@@ -489,7 +540,11 @@ def get_post_trail(session: Session, *, post_id: str) -> PostTrail:
         .where(Verdict.post_id == post_id)
         .order_by(col(Verdict.occurred_at), col(Verdict.id))
     ).all()
-    reviews = session.exec(select(Review).where(Review.post_id == post_id)).all()
+    reviews = session.exec(
+        select(Review)
+        .where(Review.post_id == post_id)
+        .order_by(col(Review.created_at), col(Review.id))
+    ).all()
     decisions = session.exec(
         select(Decision)
         .where(Decision.post_id == post_id)
@@ -655,6 +710,731 @@ def list_human_decisions(session: Session, *, limit: int) -> list[HumanDecision]
         .limit(limit)
     )
     return [HumanDecision(*row) for row in session.execute(statement).all()]
+
+
+# --- reviews: the moderators' queue ------------------------------------------------------------
+#
+# A review's stored `status` is what the last write set; a claim also runs out with time. Every
+# read therefore reports the *effective* status at `now` (`effective_review_status`): decided;
+# else claimed while a claim is live; else escalated once escalated; else pending. Writes that
+# take or release a review are single conditional UPDATEs, so two moderators racing for a review
+# (or a decision) get exactly one winner on PostgreSQL and SQLite alike.
+
+# Queue order, most urgent first.
+PRIORITY_ORDER: tuple[ReviewPriority, ...] = (
+    ReviewPriority.URGENT,
+    ReviewPriority.HIGH,
+    ReviewPriority.NORMAL,
+    ReviewPriority.LOW,
+)
+_NEXT_PRIORITY = {
+    ReviewPriority.LOW.value: ReviewPriority.NORMAL.value,
+    ReviewPriority.NORMAL.value: ReviewPriority.HIGH.value,
+    ReviewPriority.HIGH.value: ReviewPriority.URGENT.value,
+}
+# Automated verdicts only, most authoritative first (as for the derived post status).
+_AUTOMATED_STAGES = (Stage.AGENT.value, Stage.MODEL.value)
+AUDIT_ENTITY_REVIEW = "review"
+
+
+def _priority_rank(column: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
+    ranks = {priority.value: rank for rank, priority in enumerate(PRIORITY_ORDER)}
+    return sa.case(ranks, value=column, else_=len(PRIORITY_ORDER))
+
+
+def _live_claim(now: datetime) -> sa.ColumnElement[bool]:
+    return sa.and_(REVIEWS.c.claimed_by.is_not(None), REVIEWS.c.claim_expires_at > _utc(now))
+
+
+def effective_review_status(now: datetime) -> sa.ColumnElement[str]:
+    """SQL for a review's status at `now`: decided, claimed (live claim), escalated, pending."""
+    return sa.case(
+        (REVIEWS.c.status == ReviewStatus.DECIDED, ReviewStatus.DECIDED.value),
+        (_live_claim(now), ReviewStatus.CLAIMED.value),
+        (REVIEWS.c.escalated_at.is_not(None), ReviewStatus.ESCALATED.value),
+        else_=ReviewStatus.PENDING.value,
+    )
+
+
+def _open_status(now: datetime) -> sa.ColumnElement[Any]:
+    """What an undecided review's stored status should say at `now`."""
+    return sa.case(
+        (_live_claim(now), ReviewStatus.CLAIMED.value),
+        (REVIEWS.c.escalated_at.is_not(None), ReviewStatus.ESCALATED.value),
+        else_=ReviewStatus.PENDING.value,
+    )
+
+
+def _claimable_by(moderator: str, now: datetime) -> sa.ColumnElement[bool]:
+    """Undecided, and unclaimed, or its claim ran out, or `moderator` holds it (extends it)."""
+    return sa.and_(
+        REVIEWS.c.status != ReviewStatus.DECIDED,
+        sa.or_(
+            REVIEWS.c.claimed_by.is_(None),
+            REVIEWS.c.claim_expires_at.is_(None),
+            REVIEWS.c.claim_expires_at <= _utc(now),
+            REVIEWS.c.claimed_by == moderator,
+        ),
+    )
+
+
+class ReviewView(NamedTuple):
+    """A review as moderators see it: its row, its status at the time of reading, its post and
+    the automated verdict it reviews (the post or verdict may not be recorded yet)."""
+
+    review: Review
+    status: ReviewStatus
+    text: str | None
+    author_id: str | None
+    verdict: Verdict | None
+
+
+def _automated_verdict_order() -> list[sa.ColumnElement[Any]]:
+    stage_rank = sa.case((col(Verdict.stage) == Stage.AGENT.value, 0), else_=1)
+    return [stage_rank, col(Verdict.occurred_at).desc(), col(Verdict.id).desc()]
+
+
+def latest_automated_verdicts(session: Session, *, post_ids: Sequence[str]) -> dict[str, Verdict]:
+    """post_id → its most authoritative automated verdict (agent over model, latest first)."""
+    found: dict[str, Verdict] = {}
+    for chunk in _chunks(list(dict.fromkeys(post_ids))):
+        rows = session.exec(
+            select(Verdict)
+            .where(
+                col(Verdict.post_id).in_(list(chunk)),
+                col(Verdict.stage).in_(_AUTOMATED_STAGES),
+            )
+            .order_by(col(Verdict.post_id), *_automated_verdict_order())
+        ).all()
+        for verdict in rows:
+            found.setdefault(verdict.post_id, verdict)
+    return found
+
+
+def latest_automated_verdict(session: Session, *, post_id: str) -> Verdict | None:
+    """The post's most authoritative automated verdict (what a human decision overrides)."""
+    return latest_automated_verdicts(session, post_ids=[post_id]).get(post_id)
+
+
+def _review_query(now: datetime) -> sa.Select[Review, str, str, str]:
+    return sa.select(
+        Review,
+        effective_review_status(now).label("effective_status"),
+        col(Post.text),
+        col(Post.author_id),
+    ).outerjoin(Post, col(Post.id) == col(Review.post_id))
+
+
+def _views(session: Session, rows: Sequence[Any]) -> list[ReviewView]:
+    verdicts = latest_automated_verdicts(session, post_ids=[row[0].post_id for row in rows])
+    return [
+        ReviewView(review, ReviewStatus(status), text, author_id, verdicts.get(review.post_id))
+        for review, status, text, author_id in rows
+    ]
+
+
+def list_reviews(
+    session: Session,
+    *,
+    now: datetime,
+    status: ReviewStatus | str | None = None,
+    category: str | None = None,
+    priority: ReviewPriority | str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[ReviewView], int]:
+    """A page of the queue, most urgent priority first, oldest first within a priority.
+
+    Args:
+        now: the time the effective status (and the `status` filter) refers to.
+        status: only reviews whose effective status is this.
+        category: only reviews of this category.
+        priority: only reviews of this priority.
+        limit: the page size.
+        offset: reviews skipped before the page.
+
+    Returns:
+        The page and the number of reviews that match the filters.
+    """
+    filters: list[sa.ColumnElement[bool]] = []
+    if status is not None:
+        filters.append(effective_review_status(now) == ReviewStatus(status).value)
+    if category is not None:
+        filters.append(REVIEWS.c.category == category)
+    if priority is not None:
+        filters.append(REVIEWS.c.priority == ReviewPriority(priority).value)
+    statement = (
+        _review_query(now)
+        .where(*filters)
+        .order_by(
+            _priority_rank(REVIEWS.c.priority), REVIEWS.c.created_at.asc(), REVIEWS.c.id.asc()
+        )
+        .limit(limit)
+        .offset(offset)
+    )
+    rows = session.execute(statement).all()
+    total = session.execute(sa.select(sa.func.count()).select_from(REVIEWS).where(*filters))
+    return _views(session, rows), int(total.scalar_one())
+
+
+def get_review(session: Session, *, review_id: str, now: datetime) -> ReviewView | None:
+    """The review with its effective status at `now`, or None."""
+    row = session.execute(
+        _review_query(now)
+        .where(REVIEWS.c.review_id == review_id)
+        .execution_options(populate_existing=True)
+    ).first()
+    return _views(session, [row])[0] if row is not None else None
+
+
+def _verdict_summary(verdict: Verdict | None) -> dict[str, Any] | None:
+    if verdict is None:
+        return None
+    return {
+        "event_id": verdict.event_id,
+        "stage": verdict.stage,
+        "decision": verdict.decision,
+        "primary_category": verdict.primary_category,
+        "confidence": verdict.confidence,
+        "model_version": verdict.model_version,
+        "policy_version": verdict.policy_version,
+    }
+
+
+def _review_state(view: ReviewView) -> dict[str, Any]:
+    review = view.review
+    return {
+        "status": view.status.value,
+        "priority": review.priority,
+        "claimed_by": review.claimed_by,
+        "claim_expires_at": review.claim_expires_at,
+        "decided_by": review.decided_by,
+        "decided_at": review.decided_at,
+    }
+
+
+def _add_audit(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    entity: str,
+    entity_id: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    at: datetime | None = None,
+) -> AuditLog:
+    """Add an audit entry to the session's transaction (the caller commits)."""
+    entry = AuditLog(
+        actor=actor,
+        action=action,
+        entity=entity,
+        entity_id=entity_id,
+        before=to_jsonable_python(before),
+        after=to_jsonable_python(after),
+        at=_utc(at) if at is not None else utc_now(),
+    )
+    session.add(entry)
+    return entry
+
+
+def _audit_review(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    before: ReviewView,
+    after: dict[str, Any],
+    at: datetime,
+) -> None:
+    verdict = before.verdict
+    _add_audit(
+        session,
+        actor=actor,
+        action=action,
+        entity=AUDIT_ENTITY_REVIEW,
+        entity_id=before.review.review_id,
+        before=_review_state(before),
+        after={
+            **after,
+            "post_id": before.review.post_id,
+            "automated_verdict": _verdict_summary(verdict),
+            "policy_version": verdict.policy_version if verdict is not None else None,
+        },
+        at=at,
+    )
+
+
+def _refresh_post_status(session: Session, *, post_id: str) -> None:
+    """Recompute one post's derived status after a review changed (caller commits)."""
+    if _dialect(session) == "postgresql":
+        _lock_status_recompute(session)
+    _refresh_derived_status(session, post_ids=[post_id])
+
+
+def claim_review(
+    session: Session, *, review_id: str, moderator: str, now: datetime, claim_seconds: float
+) -> ReviewView | None:
+    """Claim a review for `moderator` until `now + claim_seconds` (audited as `review.claim`).
+
+    One conditional UPDATE: it succeeds when the review is undecided and unclaimed, or its
+    claim ran out, or `moderator` already holds it (the claim is then extended).
+
+    Returns:
+        The claimed review, or None when it does not exist, is decided or someone else holds
+        a live claim (`get_review` tells which).
+    """
+    now = _utc(now)
+    before = get_review(session, review_id=review_id, now=now)
+    if before is None:
+        return None
+    expires = now + timedelta(seconds=claim_seconds)
+    claimed = session.execute(
+        sa.update(REVIEWS)
+        .where(REVIEWS.c.review_id == review_id, _claimable_by(moderator, now))
+        .values(
+            claimed_by=moderator,
+            claim_expires_at=expires,
+            status=ReviewStatus.CLAIMED,
+            updated_at=now,
+        )
+        .returning(REVIEWS.c.id)
+    ).first()
+    if claimed is None:
+        session.rollback()
+        return None
+    after = {"status": ReviewStatus.CLAIMED.value, "claimed_by": moderator}
+    _audit_review(
+        session,
+        actor=moderator,
+        action="review.claim",
+        before=before,
+        after={**after, "claim_expires_at": expires, "priority": before.review.priority},
+        at=now,
+    )
+    session.commit()
+    return get_review(session, review_id=review_id, now=now)
+
+
+def claim_next(
+    session: Session,
+    *,
+    moderator: str,
+    now: datetime,
+    claim_seconds: float,
+    category: str | None = None,
+    attempts: int = 5,
+) -> ReviewView | None:
+    """Claim the most urgent, oldest review `moderator` may claim (its own claim included).
+
+    Returns:
+        The claimed review, or None when nothing is claimable.
+    """
+    now = _utc(now)
+    filters = [_claimable_by(moderator, now)]
+    if category is not None:
+        filters.append(REVIEWS.c.category == category)
+    candidates = (
+        sa.select(REVIEWS.c.review_id)
+        .where(*filters)
+        .order_by(
+            _priority_rank(REVIEWS.c.priority), REVIEWS.c.created_at.asc(), REVIEWS.c.id.asc()
+        )
+    )
+    skipped: set[str] = set()
+    for _ in range(attempts):
+        statement = candidates
+        if skipped:
+            statement = statement.where(REVIEWS.c.review_id.not_in(sorted(skipped)))
+        review_id = session.execute(statement.limit(1)).scalar_one_or_none()
+        session.commit()  # end the read: the claim below is its own conditional write
+        if review_id is None:
+            return None
+        claimed = claim_review(
+            session,
+            review_id=review_id,
+            moderator=moderator,
+            now=now,
+            claim_seconds=claim_seconds,
+        )
+        if claimed is not None:
+            return claimed
+        skipped.add(review_id)  # another moderator was faster: take the next one
+    return None
+
+
+class DecisionStart(StrEnum):
+    """What `begin_decision` did."""
+
+    STARTED = "started"
+    NOT_FOUND = "not_found"
+    ALREADY_DECIDED = "already_decided"
+    NOT_CLAIMER = "not_claimer"
+
+
+def begin_decision(session: Session, *, decision: ReviewDecided, is_admin: bool) -> DecisionStart:
+    """Mark the review decided before the workflow records `decision` (audited `review.decide`).
+
+    One conditional UPDATE: only an undecided review, and only by the moderator who claimed it
+    (an admin may decide any undecided review), so a second decision finds it decided.
+    `decided_at` is the decision's `occurred_at`, which `revert_decision` matches on.
+    """
+    review_id = decision.review_id
+    moderator = decision.moderator_id
+    at = _utc(decision.occurred_at)
+    before = get_review(session, review_id=review_id, now=at)
+    if before is None:
+        return DecisionStart.NOT_FOUND
+    conditions = [REVIEWS.c.review_id == review_id, REVIEWS.c.status != ReviewStatus.DECIDED]
+    if not is_admin:
+        conditions.append(REVIEWS.c.claimed_by == moderator)
+    started = session.execute(
+        sa.update(REVIEWS)
+        .where(*conditions)
+        .values(status=ReviewStatus.DECIDED, decided_at=at, decided_by=moderator, updated_at=at)
+        .returning(REVIEWS.c.id)
+    ).first()
+    if started is None:
+        session.rollback()
+        current = get_review(session, review_id=review_id, now=at)
+        if current is None:
+            return DecisionStart.NOT_FOUND
+        if current.status is ReviewStatus.DECIDED:
+            return DecisionStart.ALREADY_DECIDED
+        return DecisionStart.NOT_CLAIMER
+    _audit_review(
+        session,
+        actor=moderator,
+        action="review.decide",
+        before=before,
+        after={
+            "status": ReviewStatus.DECIDED.value,
+            "decided_by": moderator,
+            "decision_event_id": decision.event_id,
+            "label": decision.label.value,
+            "decision": decision.decision.value,
+            "note": decision.note,
+            "overrode": decision.overrode.value if decision.overrode is not None else None,
+            "as_admin": is_admin and before.review.claimed_by != moderator,
+        },
+        at=at,
+    )
+    _refresh_post_status(session, post_id=before.review.post_id)
+    session.commit()
+    return DecisionStart.STARTED
+
+
+def revert_decision(session: Session, *, decision: ReviewDecided, reason: str) -> bool:
+    """Undo `begin_decision` when the workflow could not be told (audited `review.decide.revert`).
+
+    Only that attempt is undone (same moderator and time), and never once the decision was
+    recorded. The review goes back to claimed (a live claim), escalated or pending.
+
+    Returns:
+        Whether the review was reopened.
+    """
+    at = _utc(decision.occurred_at)
+    now = max(at, utc_now())
+    recorded = sa.exists().where(DECISIONS.c.review_id == REVIEWS.c.review_id)
+    reopened = session.execute(
+        sa.update(REVIEWS)
+        .where(
+            REVIEWS.c.review_id == decision.review_id,
+            REVIEWS.c.status == ReviewStatus.DECIDED,
+            REVIEWS.c.decided_by == decision.moderator_id,
+            REVIEWS.c.decided_at == at,
+            ~recorded,
+        )
+        .values(status=_open_status(now), decided_at=None, decided_by=None, updated_at=now)
+        .returning(REVIEWS.c.post_id)
+    ).first()
+    if reopened is None:
+        session.rollback()
+        return False
+    _add_audit(
+        session,
+        actor=decision.moderator_id,
+        action="review.decide.revert",
+        entity=AUDIT_ENTITY_REVIEW,
+        entity_id=decision.review_id,
+        before={"status": ReviewStatus.DECIDED.value, "decision_event_id": decision.event_id},
+        after={"reason": reason},
+        at=now,
+    )
+    _refresh_post_status(session, post_id=reopened.post_id)
+    session.commit()
+    return True
+
+
+def create_review_task(session: Session, *, event: ReviewRequested, sla_due_at: datetime) -> Review:
+    """The review workflow's first activity: the review row of `event`, with its SLA.
+
+    Idempotent: the row is inserted if neither the recorder nor an earlier attempt did, and
+    `sla_due_at` is set only when it is not set yet.
+    """
+    record_events(session, events=[event])
+    session.execute(
+        sa.update(REVIEWS)
+        .where(REVIEWS.c.review_id == event.review_id, REVIEWS.c.sla_due_at.is_(None))
+        .values(sla_due_at=_utc(sla_due_at), updated_at=utc_now())
+    )
+    session.commit()
+    return session.exec(
+        select(Review)
+        .where(Review.review_id == event.review_id)
+        .execution_options(populate_existing=True)
+    ).one()
+
+
+def escalate_review(
+    session: Session, *, review_id: str, now: datetime, reason: str = "sla expired"
+) -> str | None:
+    """Raise an undecided review's priority one step (urgent stays urgent) and mark it escalated.
+
+    A live claim is kept (its status stays claimed); audited as `review.escalate`.
+
+    Returns:
+        The new priority, or None when the review does not exist or is decided.
+    """
+    now = _utc(now)
+    before = get_review(session, review_id=review_id, now=now)
+    if before is None:
+        return None
+    raised = sa.case(_NEXT_PRIORITY, value=REVIEWS.c.priority, else_=ReviewPriority.URGENT.value)
+    row = session.execute(
+        sa.update(REVIEWS)
+        .where(REVIEWS.c.review_id == review_id, REVIEWS.c.status != ReviewStatus.DECIDED)
+        .values(
+            priority=raised,
+            escalated_at=now,
+            status=sa.case(
+                (_live_claim(now), ReviewStatus.CLAIMED.value),
+                else_=ReviewStatus.ESCALATED.value,
+            ),
+            updated_at=now,
+        )
+        .returning(REVIEWS.c.priority)
+    ).first()
+    if row is None:
+        session.rollback()
+        return None
+    priority = str(row.priority)
+    _audit_review(
+        session,
+        actor="review-workflow",
+        action="review.escalate",
+        before=before,
+        after={"priority": priority, "escalated_at": now, "reason": reason},
+        at=now,
+    )
+    session.commit()
+    return priority
+
+
+def record_human_decision(session: Session, *, event: ReviewDecided) -> bool:
+    """The review workflow's persist activity: record the decision, close its review.
+
+    Idempotent on the decision's event id (the recorder projects the same event).
+
+    Returns:
+        Whether the decision was new.
+    """
+    return record_events(session, events=[event]).inserted["decisions"] == 1
+
+
+class ReviewStats(NamedTuple):
+    """The queue at a glance, as Bluesky Ozone's queue statistics."""
+
+    pending: int
+    escalated: int
+    claimed: int
+    inbound_24h: int
+    actioned_24h: int
+    action_rate: float | None
+    avg_handling_seconds: float | None
+
+
+def review_stats(session: Session, *, now: datetime) -> ReviewStats:
+    """Queue counts at `now` and the last 24 hours' flow.
+
+    `pending`, `escalated` and `claimed` count undecided reviews by effective status (they do
+    not overlap). `inbound_24h`: reviews created in the window; `actioned_24h`: reviews decided
+    in it; `action_rate`: the share of the window's recorded human decisions that remove;
+    `avg_handling_seconds`: mean of decided_at - created_at over the window's decided reviews.
+    Rates are None when there is nothing to average.
+    """
+    now = _utc(now)
+    since = now - timedelta(hours=24)
+    status = effective_review_status(now)
+    counts = dict(
+        session.execute(
+            sa.select(status, sa.func.count())
+            .where(REVIEWS.c.status != ReviewStatus.DECIDED)
+            .group_by(status)
+        ).all()
+    )
+    inbound = session.execute(
+        sa.select(sa.func.count()).select_from(REVIEWS).where(REVIEWS.c.created_at >= since)
+    ).scalar_one()
+    handled = session.execute(
+        sa.select(REVIEWS.c.created_at, REVIEWS.c.decided_at).where(
+            REVIEWS.c.status == ReviewStatus.DECIDED, REVIEWS.c.decided_at >= since
+        )
+    ).all()
+    decided, removed = session.execute(
+        sa.select(
+            sa.func.count(),
+            sa.func.coalesce(
+                sa.func.sum(sa.case((DECISIONS.c.decision == VerdictDecision.REMOVE.value, 1))),
+                0,
+            ),
+        ).where(DECISIONS.c.decided_at >= since)
+    ).one()
+    # Times come back aware from the column type: subtract in Python, portable across backends.
+    durations = [
+        (_utc(decided_at) - _utc(created_at)).total_seconds() for created_at, decided_at in handled
+    ]
+    return ReviewStats(
+        pending=int(counts.get(ReviewStatus.PENDING.value, 0)),
+        escalated=int(counts.get(ReviewStatus.ESCALATED.value, 0)),
+        claimed=int(counts.get(ReviewStatus.CLAIMED.value, 0)),
+        inbound_24h=int(inbound),
+        actioned_24h=len(handled),
+        action_rate=round(int(removed) / int(decided), 4) if decided else None,
+        avg_handling_seconds=round(sum(durations) / len(durations), 3) if durations else None,
+    )
+
+
+class DecisionLogRow(NamedTuple):
+    """One line of the decision log export."""
+
+    decided_at: datetime
+    review_id: str
+    post_id: str
+    label: str
+    decision: str
+    moderator: str
+    note: str | None
+    overrode: str | None
+    policy_version: str | None
+
+
+def decision_log(session: Session, *, limit: int) -> list[DecisionLogRow]:
+    """The latest `limit` human decisions, newest first, with the policy version in force
+    (that of the automated verdict the decision reviewed)."""
+    verdict = VERDICTS.alias("v")
+    stage_rank = sa.case((verdict.c.stage == Stage.AGENT.value, 0), else_=1)
+    policy_version = (
+        sa.select(verdict.c.policy_version)
+        .where(verdict.c.post_id == DECISIONS.c.post_id, verdict.c.stage.in_(_AUTOMATED_STAGES))
+        .order_by(stage_rank, verdict.c.occurred_at.desc(), verdict.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    statement = (
+        sa.select(
+            DECISIONS.c.decided_at,
+            DECISIONS.c.review_id,
+            DECISIONS.c.post_id,
+            DECISIONS.c.label,
+            DECISIONS.c.decision,
+            DECISIONS.c.moderator_id,
+            DECISIONS.c.note,
+            DECISIONS.c.overrode,
+            policy_version,
+        )
+        .order_by(DECISIONS.c.decided_at.desc(), DECISIONS.c.id.desc())
+        .limit(limit)
+    )
+    return [DecisionLogRow(*row) for row in session.execute(statement).all()]
+
+
+def latest_decision(session: Session, *, post_id: str) -> Decision | None:
+    """The post's most recent human decision, or None."""
+    return session.exec(
+        select(Decision)
+        .where(Decision.post_id == post_id)
+        .order_by(col(Decision.decided_at).desc(), col(Decision.id).desc())
+    ).first()
+
+
+def open_appeal_for(session: Session, *, post_id: str) -> Review | None:
+    """The post's undecided appeal review, or None."""
+    return session.exec(
+        select(Review).where(
+            Review.post_id == post_id,
+            col(Review.appeal_of).is_not(None),
+            Review.status != ReviewStatus.DECIDED,
+        )
+    ).first()
+
+
+def count_appeals(session: Session, *, post_id: str) -> int:
+    """How many appeal reviews the post has had (the next is `review_id_for(post_id, n + 1)`)."""
+    statement = (
+        select(sa.func.count())
+        .select_from(Review)
+        .where(Review.post_id == post_id, col(Review.appeal_of).is_not(None))
+    )
+    return int(session.exec(statement).one())
+
+
+def record_appeal(session: Session, *, event: ReviewRequested, actor: str) -> bool:
+    """Record an appeal's review at once (the recorder projects the same event later) and audit
+    it as `review.appeal`, naming the decision appealed.
+
+    Returns:
+        Whether the review was new.
+    """
+    appealed = (
+        session.exec(select(Decision).where(Decision.event_id == event.appeal_of)).first()
+        if event.appeal_of is not None
+        else None
+    )
+    new = record_review_requested(session, event=event)
+    verdict = latest_automated_verdict(session, post_id=event.post_id)
+    _add_audit(
+        session,
+        actor=actor,
+        action="review.appeal",
+        entity=AUDIT_ENTITY_REVIEW,
+        entity_id=event.review_id,
+        before=(
+            {
+                "decision_event_id": appealed.event_id,
+                "review_id": appealed.review_id,
+                "label": appealed.label,
+                "decision": appealed.decision,
+                "moderator": appealed.moderator_id,
+            }
+            if appealed is not None
+            else None
+        ),
+        after={
+            "post_id": event.post_id,
+            "status": ReviewStatus.PENDING.value,
+            "priority": event.priority.value,
+            "reason": event.reason,
+            "appeal_of": event.appeal_of,
+            "automated_verdict": _verdict_summary(verdict),
+            "policy_version": verdict.policy_version if verdict is not None else None,
+        },
+        at=event.occurred_at,
+    )
+    session.commit()
+    return new
+
+
+def list_audit(
+    session: Session, *, entity: str | None = None, entity_id: str | None = None
+) -> list[AuditLog]:
+    """Audit entries (optionally of one entity), oldest first."""
+    statement = select(AuditLog)
+    if entity is not None:
+        statement = statement.where(AuditLog.entity == entity)
+    if entity_id is not None:
+        statement = statement.where(AuditLog.entity_id == entity_id)
+    return list(session.exec(statement.order_by(col(AuditLog.at), col(AuditLog.id))).all())
 
 
 # --- API keys ----------------------------------------------------------------------------------
@@ -855,15 +1635,15 @@ def append_audit(
     after: dict[str, Any] | None,
 ) -> AuditLog:
     """Append one audit entry (who, what, on which entity, the state before and after)."""
-    entry = AuditLog(
+    entry = _add_audit(
+        session,
         actor=actor,
         action=action,
         entity=entity,
         entity_id=entity_id,
-        before=to_jsonable_python(before),
-        after=to_jsonable_python(after),
+        before=before,
+        after=after,
     )
-    session.add(entry)
     session.commit()
     session.refresh(entry)
     return entry

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event, func, inspect, select, text
 from sqlmodel import SQLModel, create_engine
 
 from moderation.db import models  # noqa: F401 - registers the tables on SQLModel.metadata
@@ -28,5 +28,90 @@ def make_engine(settings: Settings, *, url: str | None = None) -> Engine:
 
 
 def create_tables(engine: Engine) -> None:
-    """Create missing tables (idempotent). Migrations arrive when the schema first changes."""
+    """Create missing tables (idempotent), after upgrading tables of an older schema in place."""
+    upgrade_schema(engine)
     SQLModel.metadata.create_all(engine)
+
+
+# Names "the schema upgrade" among PostgreSQL advisory locks: one process upgrades at a time.
+_UPGRADE_LOCK_KEY = 0x6D6F645F7570  # "mod_up"
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Bring tables created by an earlier release to the current schema (idempotent).
+
+    `create_all` creates missing tables but never alters existing ones, and the stack's
+    PostgreSQL keeps its data between runs. Each step checks whether it is needed, so this is
+    cheap on an up-to-date database and safe when several services start at once.
+
+    1. Review ids (issue 5): `reviews` gains `review_id` (unique; `review-<post_id>` for
+       existing rows), `appeal_of`, `escalated_at`, `decided_at`, `decided_by`, and `post_id`
+       is no longer unique (appeals add reviews of the same post); `decisions` gains
+       `review_id` and `overrode`.
+    """
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(select(func.pg_advisory_xact_lock(_UPGRADE_LOCK_KEY)))
+        inspector = inspect(connection)
+        tables = set(inspector.get_table_names())
+        if "reviews" in tables and not _has_column(connection, "reviews", "review_id"):
+            _add_review_ids(connection)
+        if "decisions" in tables and not _has_column(connection, "decisions", "review_id"):
+            _add_decision_review_ids(connection)
+
+
+def _has_column(connection: Connection, table: str, column: str) -> bool:
+    return column in {info["name"] for info in inspect(connection).get_columns(table)}
+
+
+def _column_type(connection: Connection, table: str, column: str) -> str:
+    return str(SQLModel.metadata.tables[table].c[column].type.compile(dialect=connection.dialect))
+
+
+def _add_review_ids(connection: Connection) -> None:
+    reviews = SQLModel.metadata.tables["reviews"]
+    if connection.dialect.name != "postgresql":
+        # SQLite cannot drop a column's UNIQUE constraint: rebuild the table with the new schema.
+        old = "reviews_before_review_ids"
+        connection.execute(text(f"ALTER TABLE reviews RENAME TO {old}"))
+        for index in inspect(connection).get_indexes(old):
+            if index["name"]:
+                connection.execute(text(f'DROP INDEX "{index["name"]}"'))
+        reviews.create(connection)
+        columns = [info["name"] for info in inspect(connection).get_columns(old)]
+        kept = ", ".join(name for name in columns if name in reviews.c)
+        connection.execute(
+            text(
+                f"INSERT INTO reviews ({kept}, review_id) "
+                f"SELECT {kept}, 'review-' || post_id FROM {old}"
+            )
+        )
+        connection.execute(text(f"DROP TABLE {old}"))
+        return
+    for name in ("appeal_of", "escalated_at", "decided_at", "decided_by", "review_id"):
+        if not _has_column(connection, "reviews", name):
+            kind = _column_type(connection, "reviews", name)
+            connection.execute(text(f"ALTER TABLE reviews ADD COLUMN {name} {kind}"))
+    connection.execute(text("UPDATE reviews SET review_id = 'review-' || post_id"))
+    connection.execute(text("ALTER TABLE reviews ALTER COLUMN review_id SET NOT NULL"))
+    for constraint in inspect(connection).get_unique_constraints("reviews"):
+        if constraint["column_names"] == ["post_id"] and constraint["name"]:
+            connection.execute(text(f'ALTER TABLE reviews DROP CONSTRAINT "{constraint["name"]}"'))
+    connection.execute(
+        text("ALTER TABLE reviews ADD CONSTRAINT reviews_review_id_key UNIQUE (review_id)")
+    )
+    connection.execute(text("CREATE INDEX IF NOT EXISTS ix_reviews_post_id ON reviews (post_id)"))
+
+
+def _add_decision_review_ids(connection: Connection) -> None:
+    review_id = _column_type(connection, "decisions", "review_id")
+    connection.execute(
+        text(f"ALTER TABLE decisions ADD COLUMN review_id {review_id} NOT NULL DEFAULT ''")
+    )
+    connection.execute(text("UPDATE decisions SET review_id = 'review-' || post_id"))
+    if not _has_column(connection, "decisions", "overrode"):
+        overrode = _column_type(connection, "decisions", "overrode")
+        connection.execute(text(f"ALTER TABLE decisions ADD COLUMN overrode {overrode}"))
+    connection.execute(
+        text("CREATE INDEX IF NOT EXISTS ix_decisions_review_id ON decisions (review_id)")
+    )

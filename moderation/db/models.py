@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import ConfigDict
 from sqlalchemy import JSON, Column, DateTime, Dialect, Enum, TypeDecorator, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from moderation.events import utc_now
+from moderation.taxonomy import Category
 
 
 class AwareDateTime(TypeDecorator[datetime]):
@@ -99,10 +101,20 @@ class ReviewStatus(StrEnum):
 
 
 class Review(SQLModel, table=True):
+    """A human review task: one per review id (a post's first review, then one per appeal).
+
+    `status` is what the last write set; a claim also expires with time, which the crud reads
+    take into account (`crud.effective_review_status`).
+    """
+
     __tablename__ = "reviews"
 
     id: int | None = Field(default=None, primary_key=True)
-    post_id: str = Field(unique=True, max_length=64)
+    review_id: str = Field(unique=True, max_length=128)
+    post_id: str = Field(index=True, max_length=64)
+    appeal_of: str | None = Field(
+        default=None, max_length=64, description="event_id of the human decision appealed"
+    )
     status: ReviewStatus = Field(
         default=ReviewStatus.PENDING, sa_column=_enum_column(ReviewStatus, index=True)
     )
@@ -112,6 +124,9 @@ class Review(SQLModel, table=True):
     claimed_by: str | None = None
     claim_expires_at: datetime | None = Field(default=None, sa_column=_aware(nullable=True))
     sla_due_at: datetime | None = Field(default=None, sa_column=_aware(nullable=True))
+    escalated_at: datetime | None = Field(default=None, sa_column=_aware(nullable=True))
+    decided_at: datetime | None = Field(default=None, sa_column=_aware(nullable=True))
+    decided_by: str | None = None
     created_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
     updated_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
 
@@ -123,11 +138,15 @@ class Decision(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(unique=True, max_length=64)
+    review_id: str = Field(default="", max_length=128, index=True)
     post_id: str = Field(index=True, max_length=64)
     label: str = Field(max_length=32)
     decision: str = Field(max_length=16)
     moderator_id: str
     note: str | None = None
+    overrode: str | None = Field(
+        default=None, max_length=16, description="the automated decision this one replaced"
+    )
     decided_at: datetime = Field(sa_column=_aware())
 
 
@@ -202,3 +221,120 @@ class IdempotencyKey(SQLModel, table=True):
     post_id: str = Field(max_length=64)
     published: bool = False
     created_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
+
+
+# --- API shapes of the review tables (the Create / Public family) ------------------------------
+
+
+class SuggestionPublic(SQLModel):
+    """The automated verdict a review is about: what the models suggested."""
+
+    stage: str
+    decision: str
+    primary_category: str
+    confidence: float
+    scores: dict[str, float]
+    rationale: str | None
+    model_version: str
+    policy_version: str
+    policy_sections: list[str] = Field(default_factory=list)
+    signals: list[str] = Field(default_factory=list)
+
+
+class PrecedentPublic(SQLModel):
+    """A similar past human decision (char n-gram cosine similarity)."""
+
+    post_id: str
+    text: str
+    label: str
+    decision: str
+    note: str | None
+    similarity: float
+
+
+class ReviewPublic(SQLModel):
+    """A review as the moderators' API shows it.
+
+    `status` is the effective status at the time of the request: a claim that ran out no
+    longer counts as claimed.
+    """
+
+    review_id: str
+    post_id: str
+    text: str | None = Field(description="the post (null while it is not recorded yet)")
+    author_id: str | None
+    status: ReviewStatus
+    priority: str = Field(description="urgent, high, normal or low")
+    reason: str
+    category: str
+    claimed_by: str | None
+    claim_expires_at: datetime | None
+    sla_due_at: datetime | None
+    escalated_at: datetime | None
+    decided_at: datetime | None
+    decided_by: str | None
+    created_at: datetime
+    appeal_of: str | None = Field(description="event_id of the decision this review appeals")
+    suggestion: SuggestionPublic | None
+    policy_section: str | None = Field(description="the policy text for `category`")
+    precedents: list[PrecedentPublic] = Field(description="up to 3 similar past decisions")
+
+
+class ReviewsPublic(SQLModel):
+    """A page of the review queue and how many reviews match the filters."""
+
+    items: list[ReviewPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class DecisionCreate(SQLModel):
+    """A moderator's decision on a claimed review."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    label: Category = Field(description="the category the post falls in (safe when allowed)")
+    decision: Literal["allow", "remove"]
+    note: str | None = Field(default=None, max_length=2_000)
+
+
+class DecisionAccepted(SQLModel):
+    """The decision was handed to the review's workflow, which records and publishes it."""
+
+    review_id: str
+    event_id: str = Field(description="the ReviewDecided event's id")
+    status: Literal["accepted"] = "accepted"
+
+
+class ReviewStatsPublic(SQLModel):
+    """Queue statistics, as Bluesky Ozone's (`crud.review_stats` defines each number)."""
+
+    pending: int = Field(description="undecided, unclaimed, not escalated")
+    escalated: int = Field(description="undecided, unclaimed, escalated past their SLA")
+    claimed: int = Field(description="undecided with a live claim")
+    inbound_24h: int = Field(description="reviews created in the last 24 hours")
+    actioned_24h: int = Field(description="reviews decided in the last 24 hours")
+    action_rate: float | None = Field(
+        description="share of the last 24 hours' decisions that removed the post"
+    )
+    avg_handling_seconds: float | None = Field(
+        description="mean time from review creation to decision, last 24 hours"
+    )
+
+
+class AppealCreate(SQLModel):
+    """Why the submitter disputes a moderator's decision."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    reason: str = Field(min_length=1, max_length=2_000)
+
+
+class AppealAccepted(SQLModel):
+    """The appeal is in Kafka: a high-priority review of the post, linked to the decision."""
+
+    review_id: str
+    post_id: str
+    appeal_of: str
+    status: Literal["accepted"] = "accepted"

@@ -216,11 +216,16 @@ class DaprRuntime:
         )  # fmt: skip
         self.start_sidecar()
 
-    def start_sidecar(self) -> None:
-        """Start the review service's daprd (tests restart it to prove workflows are durable)."""
+    def start_sidecar(self, *, app_port: int | None = None) -> None:
+        """Start the review service's daprd (tests restart it to prove workflows are durable).
+
+        With `app_port`, daprd talks to the review service there (pub/sub deliveries); without,
+        it serves only the building blocks (the stack's default: the service may not run).
+        """
         if self.daprd.running():
             return
         d = self.dapr
+        app = {"app-port": app_port, "app-channel-address": LOOPBACK} if app_port else {}
         ensure_ports_free(f"daprd ({d.app_id})", [d.http_port, d.grpc_port, d.metrics_port])
         self._write_secrets()
         self.daprd.argv = [
@@ -239,17 +244,24 @@ class DaprRuntime:
                     "resources-path": COMPONENTS_DIR,
                     "config": CONFIG_FILE,
                     "log-level": "info",
+                    **app,
                 }
             ),
         ]
         self.daprd.env = self.sidecar_env()
         with step(f"dapr: start daprd for {d.app_id} (http {d.http_port}, grpc {d.grpc_port})"):
             self.daprd.start()
-            wait_for_process(self.daprd, f"daprd ({d.app_id})", self.sidecar_healthy, 120)
+            # With an app, /healthz waits for the app; the building blocks are ready before that.
+            ready = self.sidecar_outbound_ready if app_port else self.sidecar_healthy
+            wait_for_process(self.daprd, f"daprd ({d.app_id})", ready, 120)
 
     def sidecar_healthy(self) -> bool:
         """daprd's /v1.0/healthz answers 204 once components and actors are ready."""
         return http_ok(f"{self.dapr.http_endpoint}/v1.0/healthz", statuses=(204,))
+
+    def sidecar_outbound_ready(self) -> bool:
+        """/v1.0/healthz/outbound: components and building blocks ready (app or not)."""
+        return http_ok(f"{self.dapr.http_endpoint}/v1.0/healthz/outbound", statuses=(204,))
 
     def stop_sidecar(self, *, crash: bool = False) -> None:
         if crash:

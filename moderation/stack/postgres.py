@@ -15,6 +15,7 @@ from moderation.settings import Settings
 from moderation.stack.component import ComponentStatus
 from moderation.stack.runtime import (
     StackError,
+    apt_install,
     ensure_ports_free,
     pid_alive,
     rss_mib,
@@ -51,16 +52,7 @@ class PostgresCluster:
     def install(self) -> None:
         if _server_bin_dir() is not None:
             return
-        if os.geteuid() != 0:
-            raise StackError(
-                f"PostgreSQL is not installed: run `sudo apt-get install {DEBIAN_PACKAGE}`"
-            )
-        with step(f"postgres: apt-get install {DEBIAN_PACKAGE}"):
-            env = {"DEBIAN_FRONTEND": "noninteractive"}
-            run(["apt-get", "update", "-q"], "apt-get update", env=env)
-            run(
-                ["apt-get", "install", "-y", "-q", DEBIAN_PACKAGE], "installing PostgreSQL", env=env
-            )
+        apt_install(DEBIAN_PACKAGE, "postgres")
         if _server_bin_dir() is None:
             raise StackError("PostgreSQL was installed but its server binary was not found")
 

@@ -309,3 +309,19 @@ def run(
         tail = "\n".join(output.splitlines()[-30:])
         raise StackError(f"{what} failed (exit {result.returncode}):\n{tail}")
     return output
+
+
+def apt_install(package: str, component: str) -> None:
+    """Install a Debian package (as root; otherwise say which command to run)."""
+    if os.geteuid() != 0:
+        raise StackError(
+            f"{component}: {package} is not installed: run `sudo apt-get install {package}`"
+        )
+    with step(f"{component}: apt-get install {package}"):
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        run(["apt-get", "update", "-q"], "apt-get update", env=env)
+        run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", package],
+            f"installing {package}",
+            env=env,
+        )

@@ -1,4 +1,4 @@
-"""The pipeline's own services as local processes: api, classifier worker, recorder.
+"""The pipeline's own services as local processes: api, classifier worker, recorder, review.
 
 Used by the integration tests and `moderation bench`: each runs as `moderation <service>` from the
 project's venv, is ready when its `/readyz` answers 200, and can be stopped or killed (SIGKILL)
@@ -67,6 +67,7 @@ class ServiceSpec:
     name: str
     command: str
     port: int
+    ready_path: str = "/readyz"
 
 
 def service_specs(settings: Settings) -> dict[str, ServiceSpec]:
@@ -76,6 +77,8 @@ def service_specs(settings: Settings) -> dict[str, ServiceSpec]:
             ServiceSpec("api", "api", settings.api.port),
             ServiceSpec("worker", "worker", settings.worker.classifier_health_port),
             ServiceSpec("recorder", "recorder", settings.worker.recorder_health_port),
+            ServiceSpec("review", "review-service", settings.review.service_port),
+            ServiceSpec("dashboard", "dashboard", settings.dashboard.port, "/_stcore/health"),
         )
     }
 
@@ -99,7 +102,8 @@ class PipelineServices:
         }
 
     def ready(self, name: str) -> bool:
-        return http_ok(f"http://127.0.0.1:{self.specs[name].port}/readyz")
+        spec = self.specs[name]
+        return http_ok(f"http://127.0.0.1:{spec.port}{spec.ready_path}")
 
     def start(self, *names: str, timeout: float = 300.0) -> None:
         """Start services (idempotent) and wait until each is ready."""

@@ -91,10 +91,12 @@ def stage1(*texts: str, settings: Settings | None = None) -> list[FirstStage]:
     return first_stage(posts, KeywordScorer(), settings or Settings(), agent_enabled=True)
 
 
-def agent_verdict(item: FirstStage, decision: Decision) -> AgentResult:
+def agent_verdict(
+    item: FirstStage, decision: Decision, reason: str = "uncertain: safe at 0.60, spam at 0.30"
+) -> AgentResult:
     verdict = item.verdict.model_copy(update={"decision": decision, "stage": Stage.AGENT})
     review = (
-        ReviewRequested(post_id=item.post.post_id, reason="agent: unsure", verdict=verdict)
+        ReviewRequested(post_id=item.post.post_id, reason=reason, verdict=verdict)
         if decision is Decision.REVIEW
         else None
     )
@@ -147,6 +149,7 @@ def test_tally_counts_each_stage_fallbacks_and_posts_sent_to_humans() -> None:
         "run": 5,
         "not_run": 1,
         "decided": {"allow": 1, "remove": 1, "review": 1},
+        "review_reasons": {"uncertain": 1},
         "fallbacks": {"timeout": 2},
         "fallbacks_total": 2,
     }
@@ -165,6 +168,24 @@ def test_stage1_reviews_count_as_sent_to_humans() -> None:
     assert tally["stage1"]["decided"]["review"] == 2
     assert tally["agent"]["sent"] == 0
     assert tally["sent_to_humans"] == 2
+
+
+def test_review_reasons_are_grouped_by_kind() -> None:
+    first = stage1("unsure a", "unsure b", "unsure c", "unsure d")
+    second = [
+        agent_verdict(first[0], Decision.REVIEW, "agent decided allow but the combined scores "
+                      "support remove (spam at 0.90)"),
+        agent_verdict(first[1], Decision.REVIEW, "possible prompt injection (fake-system): never "
+                      "allowed without a human"),
+        agent_verdict(first[2], Decision.REVIEW, "always-review category self_harm at 0.40"),
+        agent_verdict(first[3], Decision.REVIEW, "something new"),
+    ]  # fmt: skip
+    assert tally_cascade(first, second)["agent"]["review_reasons"] == {
+        "always_review": 1,
+        "disagreement": 1,
+        "injection_never_allowed": 1,
+        "other": 1,
+    }
 
 
 def test_final_outcomes_follow_stage_order_and_refuse_extra_results() -> None:

@@ -1,4 +1,4 @@
-"""The crud module on SQLite: idempotent projections, derived status, keys, registry, audit."""
+"""The crud module on SQLite: projections, derived status, reviews, keys, registry, audit."""
 
 from __future__ import annotations
 
@@ -12,7 +12,15 @@ from sqlmodel import Session, select
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
 from moderation.db.models import ApiKey, ModelStatus, PostStatus, ReviewStatus
-from moderation.events import ModerationVerdict, PostSubmitted, ReviewDecided, ReviewRequested
+from moderation.events import (
+    ModerationVerdict,
+    PostSubmitted,
+    ReviewDecided,
+    ReviewPriority,
+    ReviewRequested,
+    review_id_for,
+    utc_now,
+)
 from moderation.settings import Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
 
@@ -414,3 +422,253 @@ def test_benchmark_progress_reads_count_an_authors_verdicts(session: Session) ->
     _, submitted, recorded = timings[0]
     assert submitted.tzinfo is not None and recorded >= submitted
     assert crud.count_author_verdicts(session, author_id="u1", stage=Stage.AGENT) == 0
+
+
+# --- reviews: appeals, claims, decisions, escalation, the schema upgrade ------------------------
+
+
+def appeal(post_id: str, number: int, appeal_of: str) -> ReviewRequested:
+    return ReviewRequested(
+        review_id=review_id_for(post_id, number),
+        post_id=post_id,
+        reason="appeal",
+        priority=ReviewPriority.HIGH,
+        verdict=verdict(post_id, Decision.REVIEW),
+        appeal_of=appeal_of,
+    )
+
+
+def decided_review(post_id: str, review_id: str, at: datetime = T0) -> ReviewDecided:
+    return ReviewDecided(
+        review_id=review_id,
+        post_id=post_id,
+        label=Category.SPAM,
+        decision=Decision.ALLOW,
+        moderator_id="mod-2",
+        occurred_at=at,
+    )
+
+
+def review_status(session: Session, review_id: str) -> ReviewStatus:
+    view = crud.get_review(session, review_id=review_id, now=utc_now())
+    assert view is not None
+    return view.status
+
+
+def test_an_open_appeal_puts_a_decided_post_back_in_review(session: Session) -> None:
+    first = decided("p1")
+    crud.record_events(session, events=[post("p1"), verdict("p1", Decision.REVIEW), review("p1")])
+    crud.record_review_decided(session, event=first)
+    assert status(session, "p1") is PostStatus.DECIDED
+
+    assert crud.record_review_requested(session, event=appeal("p1", 1, first.event_id)) is True
+    assert status(session, "p1") is PostStatus.IN_REVIEW
+    # The earlier decision does not close the appeal: it closes only the review it names.
+    assert review_status(session, "review-p1-appeal-1") is ReviewStatus.PENDING
+    assert review_status(session, "review-p1") is ReviewStatus.DECIDED
+    open_appeal = crud.open_appeal_for(session, post_id="p1")
+    assert open_appeal is not None and open_appeal.appeal_of == first.event_id
+
+    second = decided_review("p1", "review-p1-appeal-1", at=utc_now())
+    crud.record_human_decision(session, event=second)
+    assert status(session, "p1") is PostStatus.DECIDED
+    assert review_status(session, "review-p1-appeal-1") is ReviewStatus.DECIDED
+    assert crud.open_appeal_for(session, post_id="p1") is None
+    assert crud.count_appeals(session, post_id="p1") == 1
+    latest = crud.latest_decision(session, post_id="p1")
+    assert latest is not None and latest.review_id == "review-p1-appeal-1"
+
+
+def test_the_api_deciding_an_appeal_refreshes_the_post_status(session: Session) -> None:
+    first = decided("p1")
+    crud.record_events(session, events=[post("p1"), review("p1"), first])
+    crud.record_review_requested(session, event=appeal("p1", 1, first.event_id))
+    crud.claim_review(
+        session, review_id="review-p1-appeal-1", moderator="mod-2", now=T0, claim_seconds=60
+    )
+    decision = decided_review("p1", "review-p1-appeal-1", at=T0 + timedelta(seconds=10))
+
+    assert crud.begin_decision(session, decision=decision, is_admin=False) is (
+        crud.DecisionStart.STARTED
+    )
+    assert status(session, "p1") is PostStatus.DECIDED  # the first decision stands meanwhile
+
+    assert crud.revert_decision(session, decision=decision, reason="dapr down") is True
+    assert status(session, "p1") is PostStatus.IN_REVIEW
+
+
+def test_begin_decision_tells_why_it_did_not_start(session: Session) -> None:
+    crud.record_events(session, events=[post("p1"), review("p1")])
+    by_mod = decided_review("p1", "review-p1")
+    missing = decided_review("p1", "review-nope")
+
+    assert crud.begin_decision(session, decision=missing, is_admin=True) is (
+        crud.DecisionStart.NOT_FOUND
+    )
+    assert crud.begin_decision(session, decision=by_mod, is_admin=False) is (
+        crud.DecisionStart.NOT_CLAIMER
+    )
+    assert crud.begin_decision(session, decision=by_mod, is_admin=True) is (
+        crud.DecisionStart.STARTED
+    )
+    assert crud.begin_decision(session, decision=by_mod, is_admin=True) is (
+        crud.DecisionStart.ALREADY_DECIDED
+    )
+
+
+def test_revert_undoes_only_that_attempt_and_never_a_recorded_decision(session: Session) -> None:
+    crud.record_events(session, events=[post("p1"), review("p1")])
+    crud.claim_review(session, review_id="review-p1", moderator="mod-2", now=T0, claim_seconds=60)
+    attempt = decided_review("p1", "review-p1", at=T0 + timedelta(seconds=1))
+    other = decided_review("p1", "review-p1", at=T0 + timedelta(seconds=2))
+    crud.begin_decision(session, decision=attempt, is_admin=False)
+
+    assert crud.revert_decision(session, decision=other, reason="not this one") is False
+    crud.record_human_decision(session, event=attempt)  # the workflow recorded it after all
+    assert crud.revert_decision(session, decision=attempt, reason="too late") is False
+    assert review_status(session, "review-p1") is ReviewStatus.DECIDED
+
+
+def test_a_reverted_claimless_decision_goes_back_to_pending_or_escalated(
+    session: Session,
+) -> None:
+    crud.record_events(session, events=[post("p1"), review("p1")])
+    crud.escalate_review(session, review_id="review-p1", now=T0)
+    attempt = decided_review("p1", "review-p1", at=utc_now())
+    crud.begin_decision(session, decision=attempt, is_admin=True)
+
+    assert crud.revert_decision(session, decision=attempt, reason="dapr down") is True
+    assert review_status(session, "review-p1") is ReviewStatus.ESCALATED
+
+
+def test_escalation_raises_the_priority_one_step_until_decided(session: Session) -> None:
+    crud.record_events(session, events=[post("p1"), review("p1")])
+    crud.claim_review(session, review_id="review-p1", moderator="m", now=T0, claim_seconds=60)
+
+    steps = [crud.escalate_review(session, review_id="review-p1", now=T0) for _ in range(3)]
+
+    assert steps == ["high", "urgent", "urgent"]
+    view = crud.get_review(session, review_id="review-p1", now=T0)
+    assert view is not None and view.status is ReviewStatus.CLAIMED  # the claim holds
+    later = crud.get_review(session, review_id="review-p1", now=T0 + timedelta(minutes=5))
+    assert later is not None and later.status is ReviewStatus.ESCALATED
+    crud.record_human_decision(session, event=decided_review("p1", "review-p1"))
+    assert crud.escalate_review(session, review_id="review-p1", now=T0) is None
+    assert crud.escalate_review(session, review_id="review-nope", now=T0) is None
+    actions = [entry.action for entry in crud.list_audit(session, entity_id="review-p1")]
+    assert actions == ["review.claim", "review.escalate", "review.escalate", "review.escalate"]
+
+
+def test_create_review_task_is_idempotent_and_sets_the_sla_once(session: Session) -> None:
+    request = review("p1")
+    crud.record_review_requested(session, event=request)  # the recorder was first
+
+    first = crud.create_review_task(session, event=request, sla_due_at=T0)
+    again = crud.create_review_task(session, event=request, sla_due_at=T0 + timedelta(hours=1))
+
+    assert first.review_id == again.review_id == "review-p1"
+    assert first.sla_due_at == again.sla_due_at == T0
+    assert crud.list_reviews(session, now=T0)[1] == 1
+
+
+def test_record_human_decision_is_idempotent_and_closes_its_review(session: Session) -> None:
+    crud.record_events(session, events=[post("p1"), review("p1")])
+    decision = decided_review("p1", "review-p1", at=T0)
+
+    assert crud.record_human_decision(session, event=decision) is True
+    assert crud.record_human_decision(session, event=decision) is False
+    view = crud.get_review(session, review_id="review-p1", now=T0)
+    assert view is not None
+    assert (view.status, view.review.decided_by, view.review.decided_at) == (
+        ReviewStatus.DECIDED,
+        "mod-2",
+        T0,
+    )
+
+
+def test_claims_are_exclusive_until_they_lapse(session: Session) -> None:
+    crud.record_events(session, events=[post("p1"), review("p1")])
+
+    def claim(moderator: str, at: datetime) -> crud.ReviewView | None:
+        return crud.claim_review(
+            session, review_id="review-p1", moderator=moderator, now=at, claim_seconds=60
+        )
+
+    assert claim("a", T0) is not None
+    assert claim("b", T0 + timedelta(seconds=59)) is None
+    extended = claim("a", T0 + timedelta(seconds=30))
+    assert extended is not None and extended.review.claim_expires_at == T0 + timedelta(seconds=90)
+    assert claim("b", T0 + timedelta(seconds=89)) is None
+    taken = claim("b", T0 + timedelta(seconds=90))
+    assert taken is not None and taken.review.claimed_by == "b"
+    assert claim("c", T0) is None  # b's claim is live at that time
+    assert (
+        crud.claim_review(session, review_id="nope", moderator="a", now=T0, claim_seconds=60)
+        is None
+    )
+
+
+def test_old_decision_events_without_review_ids_close_the_first_review(session: Session) -> None:
+    legacy = ReviewDecided(
+        post_id="p1", label=Category.SPAM, decision=Decision.REMOVE, moderator_id="m"
+    )
+    assert legacy.review_id == ""
+    crud.record_events(session, events=[post("p1"), review("p1"), legacy])
+
+    [row] = crud.get_post_trail(session, post_id="p1").decisions
+    assert row.review_id == "review-p1"
+    assert review_status(session, "review-p1") is ReviewStatus.DECIDED
+
+
+def test_the_automated_verdict_is_the_agents_over_the_models(session: Session) -> None:
+    crud.record_events(
+        session,
+        events=[
+            verdict("p1", Decision.REVIEW, at=T0 + timedelta(minutes=1)),
+            verdict("p1", Decision.ALLOW, stage=Stage.AGENT, model_version="agent-1", at=T0),
+            verdict("p1", Decision.REMOVE, stage=Stage.HUMAN, model_version="mod", at=T0),
+            verdict("p2", Decision.REMOVE),
+        ],
+    )
+
+    found = crud.latest_automated_verdicts(session, post_ids=["p1", "p2", "p3"])
+
+    assert {post_id: v.stage for post_id, v in found.items()} == {"p1": "agent", "p2": "model"}
+    assert crud.latest_automated_verdict(session, post_id="p3") is None
+
+
+def test_upgrade_schema_brings_an_old_review_table_up_to_date(tmp_path: Path) -> None:
+    engine = make_engine(Settings(), url=f"sqlite:///{tmp_path / 'old.db'}")
+    old_schema = [
+        """CREATE TABLE reviews (id INTEGER PRIMARY KEY, post_id VARCHAR(64) NOT NULL UNIQUE,
+        status VARCHAR(16) NOT NULL, priority VARCHAR(16) NOT NULL, reason VARCHAR NOT NULL,
+        category VARCHAR(32) NOT NULL, claimed_by VARCHAR, claim_expires_at DATETIME,
+        sla_due_at DATETIME, created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL)""",
+        "CREATE INDEX ix_reviews_status ON reviews (status)",
+        "CREATE INDEX ix_reviews_priority ON reviews (priority)",
+        "CREATE INDEX ix_reviews_category ON reviews (category)",
+        """CREATE TABLE decisions (id INTEGER PRIMARY KEY, event_id VARCHAR(64) NOT NULL UNIQUE,
+        post_id VARCHAR(64) NOT NULL, label VARCHAR(32) NOT NULL, decision VARCHAR(16) NOT NULL,
+        moderator_id VARCHAR NOT NULL, note VARCHAR, decided_at DATETIME NOT NULL)""",
+        """INSERT INTO reviews VALUES (1, 'p1', 'decided', 'normal', 'uncertain', 'spam', NULL,
+        NULL, NULL, '2026-11-21 12:00:00.000000', '2026-11-21 12:00:00.000000')""",
+        """INSERT INTO decisions VALUES (1, 'e1', 'p1', 'spam', 'remove', 'm', NULL,
+        '2026-11-21 12:05:00.000000')""",
+    ]
+    with engine.begin() as connection:
+        for statement in old_schema:
+            connection.exec_driver_sql(statement)
+
+    create_tables(engine)
+    create_tables(engine)  # idempotent
+
+    with Session(engine) as session:
+        [old] = crud.get_post_trail(session, post_id="p1").reviews
+        assert (old.review_id, old.status, old.created_at) == ("review-p1", "decided", T0)
+        [decision] = crud.get_post_trail(session, post_id="p1").decisions
+        assert (decision.review_id, decision.overrode) == ("review-p1", None)
+        # post_id is no longer unique: an appeal of the same post gets its own review.
+        assert crud.record_review_requested(session, event=appeal("p1", 1, "e1")) is True
+        assert crud.record_review_requested(session, event=appeal("p1", 1, "e1")) is False
+        assert crud.count_appeals(session, post_id="p1") == 1
+    engine.dispose()

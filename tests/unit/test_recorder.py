@@ -25,7 +25,9 @@ from moderation.events import (
     ModerationVerdict,
     PostSubmitted,
     ReviewDecided,
+    ReviewPriority,
     ReviewRequested,
+    review_id_for,
 )
 from moderation.recorder import Recorder, RetryPolicy, create_app, create_broker
 from moderation.settings import DatabaseSettings, Settings
@@ -111,6 +113,44 @@ async def test_events_of_every_topic_land_and_status_is_derived(
     assert len(p2.reviews) == 1 and [d.event_id for d in p2.decisions] == [decision.event_id]
     for publisher in recorder.dead_letter_publishers.values():
         publisher.mock.assert_not_called()
+
+
+async def test_an_appeal_is_a_second_review_of_the_same_post(
+    recorder: Recorder, broker: KafkaBroker
+) -> None:
+    topics = recorder.settings.kafka.topics
+    first = ReviewRequested(post_id="p1", reason="unsure", verdict=make_verdict("p1"))
+    decision = ReviewDecided(
+        review_id=first.review_id,
+        post_id="p1",
+        label=Category.SPAM,
+        decision=Decision.REMOVE,
+        moderator_id="m1",
+        overrode=Decision.REVIEW,
+    )
+    appeal = ReviewRequested(
+        review_id=review_id_for("p1", 1),
+        post_id="p1",
+        reason="appeal: not spam",
+        priority=ReviewPriority.HIGH,
+        verdict=make_verdict("p1"),
+        appeal_of=decision.event_id,
+    )
+    await broker.publish(payload(make_post("p1")), topic=topics.posts_submitted, key=b"p1")
+    await broker.publish(payload(first), topic=topics.review_requested, key=b"p1")
+    await broker.publish(payload(decision), topic=topics.review_decisions, key=b"p1")
+    for _ in range(2):  # a redelivered appeal is the same review
+        await broker.publish(payload(appeal), topic=topics.review_requested, key=b"p1")
+
+    with session_for(recorder) as session:
+        trail = crud.get_post_trail(session, post_id="p1")
+    assert trail.post is not None and trail.post.status is PostStatus.IN_REVIEW
+    assert [(r.review_id, r.status, r.appeal_of) for r in trail.reviews] == [
+        ("review-p1", "decided", None),
+        ("review-p1-appeal-1", "pending", decision.event_id),
+    ]
+    [recorded] = trail.decisions
+    assert (recorded.review_id, recorded.overrode) == ("review-p1", "review")
 
 
 async def test_duplicates_are_harmless(recorder: Recorder, broker: KafkaBroker) -> None:

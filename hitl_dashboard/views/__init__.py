@@ -1,0 +1,1 @@
+"""Page scripts for `st.navigation`: each runs its page module's `render()`."""

@@ -1,0 +1,1 @@
+"""Human review: the review service (a Dapr app), its workflow and activities."""
