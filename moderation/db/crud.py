@@ -847,7 +847,8 @@ def list_reviews(
 
     Args:
         now: the time the effective status (and the `status` filter) refers to.
-        status: only reviews whose effective status is this.
+        status: only reviews whose effective status is this; by default the open queue
+            (every status but decided).
         category: only reviews of this category.
         priority: only reviews of this priority.
         limit: the page size.
@@ -859,6 +860,8 @@ def list_reviews(
     filters: list[sa.ColumnElement[bool]] = []
     if status is not None:
         filters.append(effective_review_status(now) == ReviewStatus(status).value)
+    else:
+        filters.append(REVIEWS.c.status != ReviewStatus.DECIDED.value)
     if category is not None:
         filters.append(REVIEWS.c.category == category)
     if priority is not None:

@@ -194,10 +194,12 @@ async def test_uncertain_posts_get_an_agent_verdict_and_the_agent_uses_its_tools
     # (the fallback under test below); the others carry the agent's verdict.
     verdicts = [verdict for verdict, _ in found.values() if verdict is not None]
     assert verdicts, "no post got an agent verdict"
-    for _, review in found.values():
-        assert review is None or review.reason.startswith(
-            ("agent unavailable (invalid_output)", "agent decided", "uncertain", "possible")
-        ), review.reason
+    for verdict, review in found.values():
+        # A review next to an agent verdict is the combination's call (uncertain, always-review
+        # category, disagreement); without one, only the tiny model's invalid JSON is expected.
+        assert verdict is not None or (
+            review is not None and review.reason.startswith("agent unavailable (invalid_output)")
+        ), review
     for verdict in verdicts:
         assert verdict.model_version == cascade_settings.llm.model
         assert verdict.policy_version == cascade_settings.models.policy_version

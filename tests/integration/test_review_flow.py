@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 import uuid
@@ -42,6 +43,7 @@ pytestmark = pytest.mark.integration
 
 SLA_SECONDS = 6
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+OPEN_REVIEWS = re.compile(r"(\d+) review\(s\) open")
 
 
 @pytest.fixture(scope="module")
@@ -353,14 +355,12 @@ def test_review_endpoints_refuse_missing_and_insufficient_keys(
             assert submitter.request(method, path).status_code == 403, path
 
 
-def undecided_on_screen(page: Page) -> int:
-    """Pending + escalated, as the dashboard's queue metrics show them."""
-    total = 0
-    for label in ("Pending", "Escalated"):
-        metric = page.locator('[data-testid="stMetric"]', has_text=label).first
-        value = metric.locator('[data-testid="stMetricValue"]').inner_text()
-        total += int(value.strip().replace(",", ""))
-    return total
+def open_reviews_on_screen(page: Page) -> int:
+    """The number of undecided reviews the queue browser reports ("N review(s) open")."""
+    caption = page.get_by_text(OPEN_REVIEWS).first.inner_text()
+    found = OPEN_REVIEWS.search(caption)
+    assert found is not None, caption
+    return int(found.group(1))
 
 
 @pytest.mark.timeout(600)
@@ -383,11 +383,15 @@ async def test_dashboard_in_a_real_browser_signs_in_claims_and_decides_with_the_
         )
     await asyncio.to_thread(services.start, "dashboard")
     screenshot = ARTIFACTS / "dashboard-queue.png"
-    await asyncio.to_thread(drive_dashboard, review_settings, chromium, key, screenshot)
+    await asyncio.to_thread(
+        drive_dashboard, review_settings, chromium, key, review_ids[0], screenshot
+    )
     assert screenshot.stat().st_size > 0
 
 
-def drive_dashboard(settings: Settings, chromium: Path, key: str, screenshot: Path) -> None:
+def drive_dashboard(
+    settings: Settings, chromium: Path, key: str, review_id: str, screenshot: Path
+) -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(chromium), headless=True, args=["--no-sandbox"]
@@ -395,7 +399,7 @@ def drive_dashboard(settings: Settings, chromium: Path, key: str, screenshot: Pa
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(60_000)
         try:
-            decide_with_the_keyboard(settings, page, key, screenshot)
+            decide_with_the_keyboard(settings, page, key, review_id, screenshot)
         except Exception:
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "dashboard-failure.png"), full_page=True)
@@ -404,27 +408,35 @@ def drive_dashboard(settings: Settings, chromium: Path, key: str, screenshot: Pa
             browser.close()
 
 
-def decide_with_the_keyboard(settings: Settings, page: Page, key: str, screenshot: Path) -> None:
+def decide_with_the_keyboard(
+    settings: Settings, page: Page, key: str, review_id: str, screenshot: Path
+) -> None:
+    """Claim this test's review by id (the shared read model also holds reviews of other test
+    modules, whose topics no review service consumes: they have no workflow to decide), decide
+    it with the keyboard, and watch the queue shrink."""
     page.goto(f"http://127.0.0.1:{settings.dashboard.port}/")
     page.locator(".st-key-hitl_sign_in_key input").fill(key)
     page.locator(".st-key-sign_in button").click()
     page.locator('[data-testid="stMetric"]', has_text="Pending").wait_for()
-    before = undecided_on_screen(page)
+    page.locator(".st-key-hitl_show_queue label").click()
+    page.get_by_text(OPEN_REVIEWS).first.wait_for()
+    before = open_reviews_on_screen(page)
 
-    # Focus the page (a metric, not an input) so the keys reach the shortcuts.
-    page.locator('[data-testid="stMetric"]').first.click()
-    page.keyboard.press("n")  # claim next
-    page.locator('[data-testid="hitl-post"]').wait_for()
+    page.locator(".st-key-hitl_claim_id input").fill(review_id)
+    page.locator(".st-key-claim_by_id button").click()
+    page.get_by_text(f"Review {review_id}").first.wait_for()
     # Streamlit streams the page: the decision form and its `r` script come after the post.
     page.locator(".st-key-decide_remove button").first.wait_for()
     page.wait_for_function("() => window.__hitlRemoveShortcut === true")
+    # Focus the page (a metric, not an input) so the keys reach the shortcuts.
+    page.locator('[data-testid="stMetric"]').first.click()
     page.keyboard.press("r")  # remove (the label defaults to the suggested violation)
     # The chosen decision's button turns primary once Streamlit has rerun with it.
     page.locator('.st-key-decide_remove [data-testid="stBaseButton-primary"]').first.wait_for()
     page.keyboard.press("n")  # submit & next
     page.get_by_text("Decision recorded").first.wait_for()
     deadline = time.monotonic() + 60
-    while undecided_on_screen(page) >= before:
+    while open_reviews_on_screen(page) >= before:
         assert time.monotonic() < deadline, "the queue did not shrink"
         page.wait_for_timeout(500)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
