@@ -69,17 +69,21 @@ class QueueStats(_ApiModel):
     avg_handling_seconds: float | None = None
 
 
-class Suggestion(_ApiModel):
-    """The latest automated verdict on the post under review."""
+class Verdict(_ApiModel):
+    """An automated verdict: a stage's decision on a post, its scores and versions."""
 
     stage: str
     decision: str
     primary_category: str
     confidence: float
     scores: dict[str, float] = Field(default_factory=dict)
-    rationale: str | None = None
     model_version: str | None = None
     policy_version: str | None = None
+    rationale: str | None = None
+
+
+class Suggestion(Verdict):
+    """The latest automated verdict on the post under review."""
 
 
 class Precedent(_ApiModel):
@@ -125,17 +129,9 @@ class DecisionAccepted(_ApiModel):
     status: str = "accepted"
 
 
-class TrailVerdict(_ApiModel):
+class TrailVerdict(Verdict):
     """A stage's verdict in a post's trail."""
 
-    stage: str
-    decision: str
-    primary_category: str
-    confidence: float
-    scores: dict[str, float] = Field(default_factory=dict)
-    model_version: str | None = None
-    policy_version: str | None = None
-    rationale: str | None = None
     occurred_at: datetime | None = None
 
 

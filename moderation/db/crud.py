@@ -916,31 +916,6 @@ def _review_state(view: ReviewView) -> dict[str, Any]:
     }
 
 
-def _add_audit(
-    session: Session,
-    *,
-    actor: str,
-    action: str,
-    entity: str,
-    entity_id: str,
-    before: dict[str, Any] | None,
-    after: dict[str, Any] | None,
-    at: datetime | None = None,
-) -> AuditLog:
-    """Add an audit entry to the session's transaction (the caller commits)."""
-    entry = AuditLog(
-        actor=actor,
-        action=action,
-        entity=entity,
-        entity_id=entity_id,
-        before=to_jsonable_python(before),
-        after=to_jsonable_python(after),
-        at=_utc(at) if at is not None else utc_now(),
-    )
-    session.add(entry)
-    return entry
-
-
 def _audit_review(
     session: Session,
     *,
@@ -951,7 +926,7 @@ def _audit_review(
     at: datetime,
 ) -> None:
     verdict = before.verdict
-    _add_audit(
+    append_audit(
         session,
         actor=actor,
         action=action,
@@ -965,6 +940,7 @@ def _audit_review(
             "policy_version": verdict.policy_version if verdict is not None else None,
         },
         at=at,
+        commit=False,
     )
 
 
@@ -1154,7 +1130,7 @@ def revert_decision(session: Session, *, decision: ReviewDecided, reason: str) -
     if reopened is None:
         session.rollback()
         return False
-    _add_audit(
+    append_audit(
         session,
         actor=decision.moderator_id,
         action="review.decide.revert",
@@ -1163,6 +1139,7 @@ def revert_decision(session: Session, *, decision: ReviewDecided, reason: str) -
         before={"status": ReviewStatus.DECIDED.value, "decision_event_id": decision.event_id},
         after={"reason": reason},
         at=now,
+        commit=False,
     )
     _refresh_post_status(session, post_id=reopened.post_id)
     session.commit()
@@ -1396,7 +1373,7 @@ def record_appeal(session: Session, *, event: ReviewRequested, actor: str) -> bo
     )
     new = record_review_requested(session, event=event)
     verdict = latest_automated_verdict(session, post_id=event.post_id)
-    _add_audit(
+    append_audit(
         session,
         actor=actor,
         action="review.appeal",
@@ -1423,6 +1400,7 @@ def record_appeal(session: Session, *, event: ReviewRequested, actor: str) -> bo
             "policy_version": verdict.policy_version if verdict is not None else None,
         },
         at=event.occurred_at,
+        commit=False,
     )
     session.commit()
     return new
@@ -1636,19 +1614,26 @@ def append_audit(
     entity_id: str,
     before: dict[str, Any] | None,
     after: dict[str, Any] | None,
+    at: datetime | None = None,
+    commit: bool = True,
 ) -> AuditLog:
-    """Append one audit entry (who, what, on which entity, the state before and after)."""
-    entry = _add_audit(
-        session,
+    """Append one audit entry (who, what, on which entity, the state before and after).
+
+    With `commit=False` the entry joins the session's transaction and the caller commits.
+    """
+    entry = AuditLog(
         actor=actor,
         action=action,
         entity=entity,
         entity_id=entity_id,
-        before=before,
-        after=after,
+        before=to_jsonable_python(before),
+        after=to_jsonable_python(after),
+        at=_utc(at) if at is not None else utc_now(),
     )
-    session.commit()
-    session.refresh(entry)
+    session.add(entry)
+    if commit:
+        session.commit()
+        session.refresh(entry)
     return entry
 
 

@@ -7,7 +7,7 @@ import json
 import socket
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,30 +25,12 @@ from moderation.api.loadgen import measure_ingest
 from moderation.api.publisher import InMemoryPublisher, KafkaPublisher, PublishUnavailable
 from moderation.api.routes.submit_lane import SubmitFastLane
 from moderation.db import crud
-from moderation.db.engine import create_tables, make_engine
+from moderation.db.engine import make_engine
 from moderation.events import ModerationVerdict, PostSubmitted
 from moderation.settings import Settings, get_settings
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
 
 TOPIC = "posts.submitted"
-
-
-@pytest.fixture
-def settings() -> Settings:
-    return Settings()
-
-
-@pytest.fixture
-def engine(tmp_path: Path, settings: Settings) -> Iterator[Engine]:
-    engine = make_engine(settings, url=f"sqlite:///{tmp_path / 'api.db'}")
-    create_tables(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def publisher() -> InMemoryPublisher:
-    return InMemoryPublisher()
 
 
 @pytest.fixture(params=["fast-lane", "fastapi-route"])
@@ -64,14 +46,6 @@ def app(
         lane: object = SubmitFastLane
         app.user_middleware = [m for m in app.user_middleware if m.cls is not lane]
     return app
-
-
-@pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
-            yield http
 
 
 def make_key(engine: Engine, *scopes: str, name: str = "tester") -> str:

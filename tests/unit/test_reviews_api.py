@@ -6,9 +6,7 @@ import asyncio
 import csv
 import io
 import threading
-from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +22,6 @@ from moderation.api.publisher import InMemoryPublisher
 from moderation.api.workflows import DaprReviewWorkflows, WorkflowUnavailable
 from moderation.classifier.agent import load_policy
 from moderation.db import crud
-from moderation.db.engine import create_tables, make_engine
 from moderation.db.models import PostStatus, ReviewStatus
 from moderation.events import (
     ModerationVerdict,
@@ -58,24 +55,6 @@ class FakeWorkflows:
 
 
 @pytest.fixture
-def settings() -> Settings:
-    return Settings()
-
-
-@pytest.fixture
-def engine(tmp_path: Path, settings: Settings) -> Iterator[Engine]:
-    engine = make_engine(settings, url=f"sqlite:///{tmp_path / 'reviews.db'}")
-    create_tables(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def publisher() -> InMemoryPublisher:
-    return InMemoryPublisher()
-
-
-@pytest.fixture
 def workflows() -> FakeWorkflows:
     return FakeWorkflows()
 
@@ -88,14 +67,6 @@ def app(
     # The way a test (or another deployment) swaps the Dapr gateway.
     app.dependency_overrides[get_workflows] = lambda: workflows
     return app
-
-
-@pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
-            yield http
 
 
 def make_key(engine: Engine, *scopes: str, name: str) -> dict[str, str]:

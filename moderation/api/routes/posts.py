@@ -302,6 +302,10 @@ BATCH_SCHEMA: dict[str, Any] = {
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"description": "Kafka did not acknowledge in time; retry after a while"}
 }
+SUBMIT_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing, unknown or revoked API key"},
+    403: {"description": "the key lacks the `submit` scope"},
+}
 
 
 def _too_long(text: str, limit: int) -> str:
@@ -371,8 +375,7 @@ def _accepted(post_id: str, *, replayed: bool = False) -> Response:
     openapi_extra={**_json_body(POST_SCHEMA), "parameters": [IDEMPOTENCY_HEADER]},
     responses={
         400: {"description": "malformed JSON"},
-        401: {"description": "missing, unknown or revoked API key"},
-        403: {"description": "the key lacks the `submit` scope"},
+        **SUBMIT_AUTH_ERRORS,
         415: {"description": "the body is not application/json"},
         422: {"description": "a field is missing or out of its limits"},
         **UNAVAILABLE,
@@ -433,8 +436,7 @@ async def accept_post(
     openapi_extra=_json_body(BATCH_SCHEMA),
     responses={
         400: {"description": "malformed JSON, or an Idempotency-Key header (use external_id)"},
-        401: {"description": "missing, unknown or revoked API key"},
-        403: {"description": "the key lacks the `submit` scope"},
+        **SUBMIT_AUTH_ERRORS,
         413: {"description": "more posts than `api.max_batch`"},
         415: {"description": "the body is not application/json"},
         422: {"description": "the envelope is invalid, or every post is"},
@@ -737,8 +739,7 @@ def _record_appeal(engine: Engine, request: ReviewRequested, actor: str) -> None
     response_model=AppealAccepted,
     summary="Appeal a moderator's decision on a post",
     responses={
-        401: {"description": "missing, unknown or revoked API key"},
-        403: {"description": "the key lacks the `submit` scope"},
+        **SUBMIT_AUTH_ERRORS,
         404: {"description": "no such post"},
         409: {"description": "no human decision yet, or an appeal is already open"},
         422: {"description": "the reason is missing or longer than 2,000 characters"},

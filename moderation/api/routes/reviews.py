@@ -174,6 +174,12 @@ async def public_reviews(state: ApiState, views: Sequence[crud.ReviewView]) -> l
     return items
 
 
+async def public_review(state: ApiState, view: crud.ReviewView) -> ReviewPublic:
+    """The API shape of one review."""
+    [item] = await public_reviews(state, [view])
+    return item
+
+
 # --- database calls (blocking: run in the thread pool) ----------------------------------------
 
 
@@ -308,8 +314,7 @@ async def claim_next_review(
     view = await run_in_threadpool(_claim_next, state.engine, principal.name, seconds, category)
     if view is None:
         return Response(status_code=204)
-    [item] = await public_reviews(state, [view])
-    return item
+    return await public_review(state, view)
 
 
 @router.get(
@@ -323,8 +328,7 @@ async def get_review(review_id: str, state: StateDep, _principal: ModerateKey) -
     view = await run_in_threadpool(_get, state.engine, review_id)
     if view is None:
         raise _not_found(review_id)
-    [item] = await public_reviews(state, [view])
-    return item
+    return await public_review(state, view)
 
 
 @router.post(
@@ -341,8 +345,7 @@ async def claim_review(review_id: str, state: StateDep, principal: ModerateKey) 
     """Claim it for `review.claim_seconds`; two moderators racing get one 200 and one 409."""
     seconds = state.settings.review.claim_seconds
     view = await run_in_threadpool(_claim, state.engine, review_id, principal.name, seconds)
-    [item] = await public_reviews(state, [view])
-    return item
+    return await public_review(state, view)
 
 
 def _overrode(verdict: Verdict | None) -> VerdictDecision | None:
