@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 POLICY_DIR = PROJECT_ROOT / "data" / "policy"
 AGENT_NAME = "moderation-classifier"
-TOOL_NAMES = ("author_recent_verdicts", "similar_precedents")
 _HEADING = re.compile(r"^## (\w+)\s*$", re.MULTILINE)
 _DELIMITER = re.compile(r"<(/?)(post)", re.IGNORECASE)
 

@@ -226,7 +226,6 @@ class AgentJudgement:
     answer: AgentVerdict
     tool_calls: tuple[str, ...]
     repaired: bool
-    seconds: float
 
 
 class AgentStage:
@@ -264,34 +263,37 @@ class AgentStage:
         async with self.slots:
             if not self.breaker.allow():
                 raise AgentFallback("circuit_open", "the LLM failed repeatedly; retrying later")
-            AGENT_BREAKER_OPEN.set(0)
             AGENT_IN_FLIGHT.inc()
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(self.settings.agent.timeout_seconds):
                     answer, calls, repaired = await self._run(post, stage1_scores, screen)
             except (TimeoutError, openai.APIError, ConnectionError) as error:
-                self._failed()
+                self._settle(failed=True)
                 raise AgentFallback(error_kind(error), str(error)[:200]) from error
             except ModelBehaviorError as error:
-                self.breaker.record_success()  # the endpoint answered; the answer was unusable
+                self._settle(failed=False)  # the endpoint answered; the answer was unusable
                 raise AgentFallback("invalid_output", str(error)[:200]) from error
             except MaxTurnsExceeded as error:
-                self.breaker.record_success()
+                self._settle(failed=False)
                 raise AgentFallback("max_turns", str(error)[:200]) from error
             except AgentsException as error:
-                self._failed()
+                self._settle(failed=True)
                 raise AgentFallback(type(error).__name__, str(error)[:200]) from error
             finally:
                 AGENT_IN_FLIGHT.dec()
                 AGENT_RUN_SECONDS.observe(time.perf_counter() - started)
-            self.breaker.record_success()
+            self._settle(failed=False)
             for call in calls:
                 AGENT_TOOL_CALLS.labels(tool=call).inc()
-            return AgentJudgement(answer, calls, repaired, time.perf_counter() - started)
+            return AgentJudgement(answer, calls, repaired)
 
-    def _failed(self) -> None:
-        self.breaker.record_failure()
+    def _settle(self, *, failed: bool) -> None:
+        """Tell the breaker how the run went; the gauge follows the breaker's state."""
+        if failed:
+            self.breaker.record_failure()
+        else:
+            self.breaker.record_success()
         AGENT_BREAKER_OPEN.set(1 if self.breaker.is_open else 0)
 
     async def _run(

@@ -53,13 +53,7 @@ class DaprSink:
         self.client = DaprClient(f"127.0.0.1:{settings.dapr.grpc_port}")
 
     def publish(self, topic: str, event: Event) -> None:
-        self.client.publish_event(
-            pubsub_name=self.settings.dapr.pubsub_name,
-            topic_name=topic,
-            data=event.model_dump_json(),
-            data_content_type="application/json",
-            publish_metadata={"rawPayload": "true", "partitionKey": event.post_id},
-        )
+        self.publish_raw(topic, event.model_dump_json(), event.post_id)
 
     def publish_raw(self, topic: str, payload: str, key: str | None) -> None:
         metadata = {"rawPayload": "true"} | ({"partitionKey": key} if key else {})

@@ -3,11 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from moderation.events import PostSubmitted
 from moderation.settings import Settings
+from moderation.taxonomy import VIOLATING
+
+# Thresholds no fast-model score can pass: stage 1 decides nothing, every post is uncertain.
+STAGE_ONE_DECIDES_NOTHING = {
+    "MODERATION_THRESHOLDS__ALLOW": "1.0",
+    "MODERATION_THRESHOLDS__REMOVE": json.dumps(dict.fromkeys([c.value for c in VIOLATING], 1.01)),
+}
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `condition` until it returns something truthy, and return that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout:.0f}s")
 
 
 async def produce(settings: Settings, posts: list[PostSubmitted]) -> None:

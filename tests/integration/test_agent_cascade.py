@@ -12,7 +12,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -28,9 +28,9 @@ from moderation.stack.kafka import KafkaBroker, delete_topics, ensure_topics
 from moderation.stack.llm import LLMServer
 from moderation.stack.postgres import PostgresCluster
 from moderation.stack.services import PipelineServices, isolated_settings
-from moderation.taxonomy import VIOLATING, Category, Decision, Stage
+from moderation.taxonomy import Category, Decision, Stage
 from tests.integration.llm_faults import FaultProxy
-from tests.integration.streams import produce
+from tests.integration.streams import STAGE_ONE_DECIDES_NOTHING, produce, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -58,14 +58,12 @@ def proxy(settings: Settings, llm: LLMServer) -> Iterator[FaultProxy]:
 def services(
     cascade_settings: Settings, proxy: FaultProxy, postgres: PostgresCluster
 ) -> Iterator[PipelineServices]:
-    unreachable = json.dumps(dict.fromkeys([c.value for c in VIOLATING], 1.01))
     running = PipelineServices(
         cascade_settings,
         extra_env={
             "MODERATION_LLM__BASE_URL": proxy.base_url,
-            # No stage-1 score can pass these: every post is uncertain and goes to the agent.
-            "MODERATION_THRESHOLDS__ALLOW": "1.0",
-            "MODERATION_THRESHOLDS__REMOVE": unreachable,
+            # Every post is uncertain and goes to the agent.
+            **STAGE_ONE_DECIDES_NOTHING,
             "MODERATION_AGENT__MAX_ATTEMPTS": str(MAX_ATTEMPTS),
             "MODERATION_AGENT__BACKOFF_INITIAL_SECONDS": "0.2",
             "MODERATION_AGENT__BACKOFF_MAX_SECONDS": "1",
@@ -126,14 +124,6 @@ def wait_for_outcomes(
             return found
         time.sleep(0.5)
     raise AssertionError(f"{len(found)} of {len(post_ids)} posts settled in {timeout:.0f}s")
-
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout:.0f}s")
-        time.sleep(0.1)
 
 
 def stage1_decisions(engine: Engine, post_ids: list[str]) -> dict[str, str]:
@@ -263,7 +253,9 @@ async def test_llm_server_stopped_mid_run_sends_posts_to_review_and_loses_none(
     batch = posts(f"down-{unique}", [f"Selling my old bike, number {i}" for i in range(4)], "d1")
     seen_before = proxy.set_mode("pass")
     await produce(cascade_settings, batch)
-    await asyncio.to_thread(wait_for, lambda: proxy.chat_requests > seen_before, 120)
+    await asyncio.to_thread(
+        wait_for, lambda: proxy.chat_requests > seen_before, 120, "the agent's first call"
+    )
     server.adapter.stop()  # the endpoint the agent talks to goes away mid-run
     try:
         found = await asyncio.to_thread(

@@ -36,8 +36,7 @@ from moderation.stack.dapr import DaprRuntime
 from moderation.stack.kafka import KafkaBroker, delete_topics, ensure_topics
 from moderation.stack.postgres import PostgresCluster
 from moderation.stack.services import PipelineServices, isolated_settings
-from moderation.taxonomy import VIOLATING
-from tests.integration.streams import produce
+from tests.integration.streams import STAGE_ONE_DECIDES_NOTHING, produce, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -59,14 +58,12 @@ def services(
     review_settings: Settings, dapr: DaprRuntime, postgres: PostgresCluster
 ) -> Iterator[PipelineServices]:
     """The review service with its daprd delivering `review.requested` to it."""
-    unreachable = json.dumps(dict.fromkeys([c.value for c in VIOLATING], 1.01))
     running = PipelineServices(
         review_settings,
         extra_env={
             # Stage 1 decides nothing and there is no agent: every post becomes a review.
             "MODERATION_AGENT__ENABLED": "false",
-            "MODERATION_THRESHOLDS__ALLOW": "1.0",
-            "MODERATION_THRESHOLDS__REMOVE": unreachable,
+            **STAGE_ONE_DECIDES_NOTHING,
             "MODERATION_REVIEW__SLA_SECONDS": str(SLA_SECONDS),
         },
     )
@@ -103,16 +100,6 @@ def api(settings: Settings, key: str | None = None) -> httpx.Client:
     )
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"{what}: not within {timeout:.0f}s")
-
-
 def review_row(engine: Engine, review_id: str) -> Review | None:
     with Session(engine) as session:
         return session.exec(select(Review).where(col(Review.review_id) == review_id)).first()
@@ -124,10 +111,15 @@ def review_task_created(engine: Engine, review_id: str) -> Review | None:
     return row if row is not None and row.sla_due_at is not None else None
 
 
-async def submit(settings: Settings, text: str) -> str:
+async def submit_review(settings: Settings, engine: Engine, text: str) -> Review:
+    """Submit a post (stage 1 sends it to review) and wait for its review task."""
     post = PostSubmitted(post_id=uuid.uuid4().hex, text=text, author_id="hitl-author")
     await produce(settings, [post])
-    return review_id_for(post.post_id)
+    review_id = review_id_for(post.post_id)
+    task: Review = await asyncio.to_thread(
+        wait_for, partial(review_task_created, engine, review_id), 120, "review task"
+    )
+    return task
 
 
 async def consume_until(
@@ -176,10 +168,10 @@ async def test_a_review_is_claimed_decided_recorded_and_published(
     read_model: Engine,
     moderators: dict[str, str],
 ) -> None:
-    review_id = await submit(review_settings, "Cheap watches, message me for the link")
-    await asyncio.to_thread(
-        wait_for, lambda: review_task_created(read_model, review_id), 120, "review task"
+    review = await submit_review(
+        review_settings, read_model, "Cheap watches, message me for the link"
     )
+    review_id = review.review_id
 
     response = await asyncio.to_thread(decide, review_settings, moderators["mod-a"], review_id)
     assert response.status_code == 202, response.text
@@ -222,10 +214,8 @@ async def test_an_appeal_reopens_a_decided_post_as_a_new_high_priority_review(
     read_model: Engine,
     moderators: dict[str, str],
 ) -> None:
-    review_id = await submit(review_settings, "Follow my page for free followers")
-    await asyncio.to_thread(
-        wait_for, partial(review_task_created, read_model, review_id), 120, "review task"
-    )
+    review = await submit_review(review_settings, read_model, "Follow my page for free followers")
+    review_id = review.review_id
     response = await asyncio.to_thread(decide, review_settings, moderators["mod-a"], review_id)
     assert response.status_code == 202, response.text
     decision_event = response.json()["event_id"]
@@ -257,10 +247,8 @@ async def test_an_appeal_reopens_a_decided_post_as_a_new_high_priority_review(
 async def test_sla_timer_escalates_an_undecided_review(
     services: PipelineServices, review_settings: Settings, read_model: Engine
 ) -> None:
-    review_id = await submit(review_settings, "Is this link legit? bit.example/x")
-    created = await asyncio.to_thread(
-        wait_for, lambda: review_task_created(read_model, review_id), 120, "review task"
-    )
+    created = await submit_review(review_settings, read_model, "Is this link legit? bit.example/x")
+    review_id = created.review_id
 
     escalated = await consume_until(
         review_settings,
@@ -283,10 +271,10 @@ async def test_review_service_and_daprd_killed_mid_wait_the_same_workflow_comple
     read_model: Engine,
     moderators: dict[str, str],
 ) -> None:
-    review_id = await submit(review_settings, "Selling concert tickets cheap, DM me")
-    await asyncio.to_thread(
-        wait_for, lambda: review_task_created(read_model, review_id), 120, "review task"
+    review = await submit_review(
+        review_settings, read_model, "Selling concert tickets cheap, DM me"
     )
+    review_id = review.review_id
     assert workflow_status(review_settings, review_id) == WorkflowStatus.RUNNING
 
     # Both die without a graceful shutdown while the workflow waits for the decision.
@@ -315,10 +303,10 @@ async def test_two_moderators_racing_for_one_item_exactly_one_wins(
     read_model: Engine,
     moderators: dict[str, str],
 ) -> None:
-    review_id = await submit(review_settings, "Win a prize, reply with your bank details")
-    await asyncio.to_thread(
-        wait_for, lambda: review_task_created(read_model, review_id), 120, "review task"
+    review = await submit_review(
+        review_settings, read_model, "Win a prize, reply with your bank details"
     )
+    review_id = review.review_id
     start = threading.Barrier(2)
     codes: dict[str, int] = {}
 
@@ -376,15 +364,14 @@ async def test_dashboard_in_a_real_browser_signs_in_claims_and_decides_with_the_
         key, _ = crud.create_api_key(
             session, name=f"browser-{uuid.uuid4().hex[:6]}", scopes=["moderate", "read"]
         )
-    review_ids = [await submit(review_settings, f"Limited offer number {i}!") for i in range(2)]
-    for review_id in review_ids:
-        await asyncio.to_thread(
-            wait_for, partial(review_task_created, read_model, review_id), 120, "review task"
-        )
+    reviews = [
+        await submit_review(review_settings, read_model, f"Limited offer number {i}!")
+        for i in range(2)
+    ]
     await asyncio.to_thread(services.start, "dashboard")
     screenshot = ARTIFACTS / "dashboard-queue.png"
     await asyncio.to_thread(
-        drive_dashboard, review_settings, chromium, key, review_ids[0], screenshot
+        drive_dashboard, review_settings, chromium, key, reviews[0].review_id, screenshot
     )
     assert screenshot.stat().st_size > 0
 
