@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import grpc  # type: ignore[import-untyped]  # grpcio ships no type information
 
+from moderation.review.instances import read_workflow_state
 from moderation.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class DaprReviewWorkflows:
 
     def _raise(self, review_id: str, payload: dict[str, Any]) -> None:
         client = self._workflow_client()
-        state = client.get_workflow_state(review_id, fetch_payloads=False)
+        state = read_workflow_state(client, review_id)
         if state is None:
             raise WorkflowUnavailable(f"the workflow of review '{review_id}' is not running yet")
         status = getattr(state.runtime_status, "name", str(state.runtime_status))

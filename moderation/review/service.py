@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from moderation.db.engine import create_tables, make_engine
 from moderation.events import DeadLetter, Event, ReviewRequested, utc_now
 from moderation.review.activities import ReviewActivities
+from moderation.review.instances import read_workflow_state
 from moderation.review.workflow import WORKFLOW_NAME, build_runtime, workflow_input
 from moderation.settings import Settings, get_settings
 
@@ -157,7 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _start_workflow(client: DaprWorkflowClient, event: ReviewRequested, settings: Settings) -> None:
     """Schedule the review's workflow unless it exists (idempotent on the review id)."""
-    if client.get_workflow_state(event.review_id, fetch_payloads=False) is not None:
+    if read_workflow_state(client, event.review_id) is not None:
         DUPLICATES.inc()
         return
     try:
@@ -166,7 +167,7 @@ def _start_workflow(client: DaprWorkflowClient, event: ReviewRequested, settings
         )
     except Exception:
         # Two deliveries raced: the other one scheduled it.
-        if client.get_workflow_state(event.review_id, fetch_payloads=False) is None:
+        if read_workflow_state(client, event.review_id) is None:
             raise
         DUPLICATES.inc()
         return

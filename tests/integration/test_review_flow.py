@@ -30,6 +30,7 @@ from sqlmodel import Session, col, select
 from moderation.db import crud
 from moderation.db.models import Decision, Review
 from moderation.events import PostSubmitted, review_id_for
+from moderation.review.instances import read_workflow_state
 from moderation.settings import PROJECT_ROOT, Settings
 from moderation.stack.browser import ensure_chromium
 from moderation.stack.dapr import DaprRuntime
@@ -147,7 +148,7 @@ async def consume_until(
 def workflow_status(settings: Settings, instance_id: str) -> WorkflowStatus | None:
     client = DaprWorkflowClient(host="127.0.0.1", port=str(settings.dapr.grpc_port))
     try:
-        state = client.get_workflow_state(instance_id, fetch_payloads=False)
+        state = read_workflow_state(client, instance_id)
         return state.runtime_status if state else None
     finally:
         client.close()
