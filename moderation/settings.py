@@ -267,6 +267,74 @@ class ModelStoreSettings(BaseModel):
         description="artifact store of trained models (ignored by git)",
     )
     policy_version: str = "v1"
+    reload_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="how often workers poll the registry for a newly promoted champion",
+    )
+
+
+class LoraSettings(BaseModel):
+    """Fine-tuning the agent's model with LoRA (`jobs/lora.py`; the `[train]` extra)."""
+
+    enabled: bool = Field(
+        default=False,
+        description="train, evaluate and register an adapter each night (needs a GPU to be quick)",
+    )
+    base_model: str | None = Field(
+        default=None,
+        description="Hugging Face model id or directory; None: the local SmolLM2 GGUF",
+    )
+    admin_url: str | None = Field(
+        default=None,
+        description="vLLM server for /v1/load_lora_adapter; None: llm.base_url without /v1",
+    )
+    adapter_dir: Path = Field(
+        default=PROJECT_ROOT / ".models" / "lora",
+        description="where adapters are written; vLLM must see the same path",
+    )
+    rank: int = 8
+    alpha: int = 16
+    learning_rate: float = 5e-4
+    max_steps: int = 200
+    batch_size: int = 2
+    max_examples: int = 2_000
+    held_out_fraction: float = Field(default=0.2, gt=0, lt=1)
+
+
+class NightlySettings(BaseModel):
+    """The nightly feedback loop (`moderation nightly`, `jobs/`)."""
+
+    output_dir: Path = Field(
+        default=PROJECT_ROOT / ".nightly",
+        description="reports and Parquet training snapshots (ignored by git)",
+    )
+    schedule: str = Field(
+        default="0 0 3 * * *",
+        description="Dapr Jobs schedule of the local stack (6-field cron, seconds first)",
+    )
+    min_new_decisions: int = Field(
+        default=20, description="fewer new human decisions than this: report only, no retrain"
+    )
+    time_split_fraction: float = Field(
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="newest share of human decisions held out to evaluate (never trained on)",
+    )
+    tolerance: float = Field(
+        default=0.02,
+        ge=0,
+        description="largest F1 drop on any category the challenger may have and still win",
+    )
+    min_gain: float = Field(
+        default=0.005, ge=0, description="overall score the challenger must add to be promoted"
+    )
+    min_category_support: int = Field(
+        default=10, description="categories with fewer examples in a split are not compared"
+    )
+    hardest_examples: int = 20
+    lora: LoraSettings = LoraSettings()
 
 
 class StackSettings(BaseModel):
@@ -303,6 +371,7 @@ class Settings(BaseSettings):
     review: ReviewSettings = ReviewSettings()
     dashboard: DashboardSettings = DashboardSettings()
     models: ModelStoreSettings = ModelStoreSettings()
+    nightly: NightlySettings = NightlySettings()
     stack: StackSettings = StackSettings()
 
     @model_validator(mode="after")

@@ -1,0 +1,1 @@
+"""The nightly feedback loop (`moderation nightly`): see `jobs/README.md`."""
