@@ -12,7 +12,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help venv check lint typecheck unit test demo bench stack-up stack-down stack-status clean
+.PHONY: help venv check lint typecheck unit test demo bench nightly stack-up stack-down stack-status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -38,6 +38,7 @@ check: lint typecheck unit ## ruff + mypy (strict) + unit tests
 
 stack-up: venv ## install (cached) and start Kafka, PostgreSQL, Dapr and the LLM server
 	$(BIN)/moderation stack up
+	$(BIN)/moderation schedule-nightly
 
 stack-down: venv ## stop every component of the local stack
 	$(BIN)/moderation stack down
@@ -56,6 +57,9 @@ test: venv ## the whole suite against the real local stack (brought up and down 
 
 demo: venv ## embedded mode: the main job on embedded defaults
 	$(BIN)/moderation demo
+
+nightly: venv ## one nightly run (aggregate, retrain, evaluate, promote) on the stack's database
+	$(BIN)/moderation nightly
 
 bench: venv ## throughput and latency against the local stack (JSON in bench-results/)
 	$(BIN)/moderation bench

@@ -240,6 +240,45 @@ def dashboard() -> None:
     )  # fmt: skip
 
 
+@app.command("nightly")
+def nightly(
+    lora: Annotated[
+        bool | None,
+        typer.Option(
+            "--lora/--no-lora",
+            help="fine-tune the agent's model with LoRA [MODERATION_NIGHTLY__LORA__ENABLED]",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
+) -> None:
+    """The nightly feedback loop: aggregate decisions, retrain, evaluate, promote, report."""
+    from jobs.nightly import run_nightly
+
+    try:
+        result = run_nightly(get_settings(), lora=lora, progress=not as_json)
+    except Exception as error:  # noqa: BLE001 - recorded in job_runs; exit 1 for the scheduler
+        raise _fail(error) from None
+    if as_json:
+        typer.echo(json.dumps(result.__dict__, default=str))
+
+
+@app.command("schedule-nightly")
+def schedule_nightly() -> None:
+    """Register the nightly job with the Dapr Jobs API (the stack's daprd must run)."""
+    from jobs.schedule import JOB_NAME
+    from jobs.schedule import schedule_nightly as schedule
+
+    settings = get_settings()
+    try:
+        schedule(settings)
+    except Exception as error:  # noqa: BLE001 - the message says what daprd answered
+        raise _fail(error) from None
+    stdout.print(
+        f"[green]✓[/green] Dapr job {JOB_NAME!r} scheduled ({settings.nightly.schedule!r}); "
+        f"it triggers the review service's /job/{JOB_NAME}"
+    )
+
+
 @app.command("demo")
 def demo(
     samples: Annotated[

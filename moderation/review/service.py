@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import ValidationError
 
+from jobs.schedule import job_router
 from moderation.db.engine import create_tables, make_engine
 from moderation.events import DeadLetter, Event, ReviewRequested, utc_now
 from moderation.review.activities import ReviewActivities
@@ -110,6 +111,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine.dispose()
 
     app = FastAPI(title="review service", lifespan=lifespan)
+    # The stack's Dapr app also receives the triggers of the local nightly schedule.
+    app.include_router(job_router(run_settings))
 
     @app.get("/dapr/subscribe")
     def subscribe() -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from moderation.settings import Settings
 from moderation.stack.component import ComponentStatus
@@ -143,13 +144,24 @@ class PostgresCluster:
         )
 
     def _ensure_databases(self) -> None:
-        with step("postgres: ensure databases"), self._connect() as conn:
+        with step("postgres: ensure databases"):
             for database in (self.db.name, self.db.dapr_state_name):
-                exists = conn.execute(
-                    "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
-                ).fetchone()
-                if exists is None:
-                    conn.execute(f'CREATE DATABASE "{database}"')  # name comes from settings
+                self.create_database(database)
+
+    def create_database(self, name: str) -> None:
+        """Create the database `name` unless it exists (tests isolate a registry this way)."""
+        with self._connect() as conn:
+            query = "SELECT 1 FROM pg_database WHERE datname = %s"
+            exists = conn.execute(query, (name,)).fetchone()
+            if exists is None:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    def drop_database(self, name: str) -> None:
+        """Drop the database `name` if it exists, closing its connections."""
+        with self._connect() as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
     def stop(self) -> None:
         if self._pid() is None:
