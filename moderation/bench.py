@@ -546,11 +546,15 @@ class TimedAgentStage(AgentStage):
         self.failed_seconds: list[float] = []
 
     async def _run(
-        self, post: PostSubmitted, stage1_scores: Mapping[Category, float], screen: InjectionScreen
+        self,
+        post: PostSubmitted,
+        stage1_scores: Mapping[Category, float],
+        screen: InjectionScreen,
+        model_name: str,
     ) -> tuple[AgentVerdict, tuple[str, ...], bool]:
         started = time.perf_counter()
         try:
-            answer = await super()._run(post, stage1_scores, screen)
+            answer = await super()._run(post, stage1_scores, screen, model_name)
         except BaseException:
             self.failed_seconds.append(time.perf_counter() - started)
             raise

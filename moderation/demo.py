@@ -22,7 +22,7 @@ from rich.table import Table
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from moderation.classifier import worker
+from moderation.classifier import registry_watch, worker
 from moderation.db import crud
 from moderation.db.engine import make_engine
 from moderation.events import PostSubmitted, ReviewRequested
@@ -124,7 +124,7 @@ def run_demo(settings: Settings, *, samples: Path, console: Console) -> None:
     model = ensure_fast_model(settings, progress=True)
     worker.state.scorer = model
     engine = make_engine(settings)
-    worker.register_champion(engine, model, settings)
+    registry_watch.register_champion(engine, model, settings)
 
     posts = load_samples(samples)
     use_agent = settings.agent.enabled and llm_endpoint_answers(settings)

@@ -226,6 +226,7 @@ class AgentJudgement:
     answer: AgentVerdict
     tool_calls: tuple[str, ...]
     repaired: bool
+    model_name: str  # the served model (base or LoRA adapter) this run used
 
 
 class AgentStage:
@@ -244,7 +245,10 @@ class AgentStage:
         self.settings = settings
         self.decisions = decisions
         self.agent = agent or build_agent(settings)
-        self.model_name = str(self.agent.model or settings.llm.model)
+        self.base_model_name = str(self.agent.model or settings.llm.model)
+        # The served name runs use: the registry watch switches it to a promoted LoRA adapter
+        # (vLLM selects adapters by name) and back; each run keeps the name it started with.
+        self.model_name = self.base_model_name
         self.slots = asyncio.Semaphore(settings.agent.concurrency)
         self.breaker = CircuitBreaker(
             failures=settings.agent.breaker_failures,
@@ -265,9 +269,12 @@ class AgentStage:
                 raise AgentFallback("circuit_open", "the LLM failed repeatedly; retrying later")
             AGENT_IN_FLIGHT.inc()
             started = time.perf_counter()
+            model_name = self.model_name
             try:
                 async with asyncio.timeout(self.settings.agent.timeout_seconds):
-                    answer, calls, repaired = await self._run(post, stage1_scores, screen)
+                    answer, calls, repaired = await self._run(
+                        post, stage1_scores, screen, model_name
+                    )
             except (TimeoutError, openai.APIError, ConnectionError) as error:
                 self._settle(failed=True)
                 raise AgentFallback(error_kind(error), str(error)[:200]) from error
@@ -286,7 +293,7 @@ class AgentStage:
             self._settle(failed=False)
             for call in calls:
                 AGENT_TOOL_CALLS.labels(tool=call).inc()
-            return AgentJudgement(answer, calls, repaired)
+            return AgentJudgement(answer, calls, repaired, model_name)
 
     def _settle(self, *, failed: bool) -> None:
         """Tell the breaker how the run went; the gauge follows the breaker's state."""
@@ -297,7 +304,11 @@ class AgentStage:
         AGENT_BREAKER_OPEN.set(1 if self.breaker.is_open else 0)
 
     async def _run(
-        self, post: PostSubmitted, stage1_scores: Mapping[Category, float], screen: InjectionScreen
+        self,
+        post: PostSubmitted,
+        stage1_scores: Mapping[Category, float],
+        screen: InjectionScreen,
+        model_name: str,
     ) -> tuple[AgentVerdict, tuple[str, ...], bool]:
         context = AgentContext(
             post=post,
@@ -308,7 +319,7 @@ class AgentStage:
         message = render_post(post, stage1_scores, screen)
         repaired = False
         try:
-            result = await self._runner(message, context)
+            result = await self._runner(message, context, model_name)
         except ModelBehaviorError:
             output = context.last_output
             # One repair attempt: the same post, told what was wrong (tools already used stay off).
@@ -318,18 +329,19 @@ class AgentStage:
                 {"role": "user", "content": message},
                 {"role": "user", "content": REPAIR_PROMPT.format(problems=_problems(output))},
             ]
-            result = await self._runner(repair, context)
+            result = await self._runner(repair, context, model_name)
         answer = result.final_output_as(AgentVerdict, raise_if_incorrect_type=True)
         return answer, tuple(context.tool_calls), repaired
 
     async def _runner(
-        self, run_input: str | list[TResponseInputItem], context: AgentContext
+        self, run_input: str | list[TResponseInputItem], context: AgentContext, model_name: str
     ) -> Any:
         return await Runner.run(
             self.agent,
             run_input,
             context=context,
-            run_config=self.run_config,
+            # The run config's model overrides the agent's: the provider resolves the name.
+            run_config=replace(self.run_config, model=model_name),
             max_turns=self.settings.agent.max_turns,
             hooks=_KeepLastOutput(),
         )
@@ -393,7 +405,7 @@ async def second_stage(
             )
             results.append(_fallback(item, AgentFallback(type(error).__name__, str(error))))
         else:
-            results.append(_agent_verdict(item, task.result(), stage.model_name, settings))
+            results.append(_agent_verdict(item, task.result(), settings))
     return results
 
 
@@ -407,7 +419,7 @@ def _fallback(
 
 
 def _agent_verdict(
-    item: FirstStage, judgement: AgentJudgement, model_name: str, settings: Settings
+    item: FirstStage, judgement: AgentJudgement, settings: Settings
 ) -> tuple[ModerationVerdict | None, ReviewRequested | None]:
     answer = judgement.answer
     combined, outcome = combine(item.verdict.scores, answer, item.screen, settings)
@@ -419,7 +431,7 @@ def _agent_verdict(
         primary_category=outcome.primary_category,
         confidence=outcome.confidence,
         stage=Stage.AGENT,
-        model_version=model_name,
+        model_version=judgement.model_name,
         policy_version=settings.models.policy_version,
         rationale=f"{answer.rationale} [agent: {answer.decision.value}; {outcome.reason}]",
         policy_sections=answer.policy_sections,

@@ -6,6 +6,9 @@ committed only after every verdict of the batch is acknowledged by Kafka (FastSt
 `NACK_ON_ERROR`: an exception rewinds the batch and it is redelivered; duplicates are harmless
 because the recorder upserts on (post_id, stage, model_version)). A message that cannot be
 parsed goes to `posts.submitted.dlq` with its error and the rest of the batch goes on.
+
+The models served follow the registry without a restart (`moderation.classifier.registry_watch`):
+the fast champion is swapped in between batches, and the agent switches to a promoted LoRA adapter.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any
 
 from faststream import AckPolicy, Context
 from faststream.asgi import AsgiFastStream
@@ -25,14 +30,10 @@ from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
 from moderation.classifier.cascade import AgentStage, Scorer, first_stage, second_stage
+from moderation.classifier.registry_watch import RegistryWatch
 from moderation.events import DeadLetter, PostSubmitted
 from moderation.service import asgi_service, batch_records, serve
 from moderation.settings import Settings, get_settings
-
-if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
-    from moderation.classifier.fast_model import FastModel
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ BATCH_SECONDS = Histogram("moderation_worker_batch_seconds", "time to score and 
 
 @dataclass
 class WorkerState:
+    # Replaced whole when the registry promotes a model; a batch keeps the one it started with.
     scorer: Scorer | None = None
     # None: no agent (disabled, or not configured in the demo); uncertain posts go to review.
     agent: AgentStage | None = None
@@ -134,51 +136,6 @@ async def _publish(publisher: Any, event: Any, key: bytes | None) -> asyncio.Fut
     return future
 
 
-background: set[asyncio.Task[None]] = set()
-
-
-def register_champion(engine: Engine, model: FastModel, run_settings: Settings) -> None:
-    """Record `model` in the registry as the fast-model champion (the one being served)."""
-    from sqlmodel import Session
-
-    from moderation.db import crud
-    from moderation.db.engine import create_tables
-    from moderation.db.models import ModelStatus
-
-    create_tables(engine)
-    with Session(engine) as session:
-        crud.register_model_version(
-            session,
-            kind="fast",
-            version=model.version,
-            artifact_uri=str(run_settings.models.artifact_dir / "fast" / model.version),
-            metrics=model.metrics,
-            status=ModelStatus.CHAMPION,
-        )
-
-
-async def _register_in_registry(model: FastModel) -> None:
-    """Register the served model, retried until the DB answers (scoring does not wait)."""
-    from moderation.db.engine import make_engine
-
-    def register() -> None:
-        engine = make_engine(settings)
-        try:
-            register_champion(engine, model, settings)
-        finally:
-            engine.dispose()
-
-    delay = 1.0
-    while True:
-        try:
-            await asyncio.to_thread(register)
-            return
-        except Exception as error:  # noqa: BLE001 - retried; the error is logged each time
-            logger.warning("model registry not reachable (%s); retrying in %.0fs", error, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-
-
 async def _model_loaded() -> bool:
     return state.scorer is not None
 
@@ -218,29 +175,26 @@ def create_agent_stage(run_settings: Settings) -> tuple[AgentStage, Callable[[],
     return stage, close
 
 
-def create_app(scorer: Scorer | None = None) -> AsgiFastStream:
-    """The worker service; the fast model is loaded (trained on first use) at start-up."""
-    closers: list[Callable[[], Awaitable[None]]] = []
+def create_app() -> AsgiFastStream:
+    """The worker service: serves the registry's champions and follows their promotions."""
+    resources = AsyncExitStack()  # closed in reverse: the watch stops before the engine goes
 
     async def start_agent() -> None:
         if settings.agent.enabled and state.agent is None:
             state.agent, close = create_agent_stage(settings)
-            closers.append(close)
+            resources.push_async_callback(close)
             logger.info("classifier agent on %s (%s)", settings.llm.base_url, settings.llm.model)
 
-    async def stop_agent() -> None:
-        for close in closers:
-            await close()
+    async def start_models() -> None:
+        from moderation.classifier.fast_model import ensure_fast_model
+        from moderation.db.engine import make_engine
 
-    async def load_model() -> None:
-        if state.scorer is None and scorer is not None:
-            state.scorer = scorer
-        elif state.scorer is None:
-            from moderation.classifier.fast_model import ensure_fast_model
-
-            model = await asyncio.to_thread(ensure_fast_model, settings)
-            state.scorer = model
-            background.add(asyncio.create_task(_register_in_registry(model)))
+        engine = make_engine(settings)
+        resources.callback(engine.dispose)
+        watch = RegistryWatch(state, engine, settings)
+        # After the agent: the first registry read also sets the agent's model name.
+        await watch.start(partial(ensure_fast_model, settings))
+        resources.push_async_callback(watch.stop)
         logger.info("classifier worker scoring with %s", state.scorer and state.scorer.version)
 
     return asgi_service(
@@ -248,8 +202,8 @@ def create_app(scorer: Scorer | None = None) -> AsgiFastStream:
         title="classifier worker",
         description="Scores posts.submitted with the fast model; publishes verdicts and reviews.",
         readiness=[("model", _model_loaded)],
-        on_startup=[load_model, start_agent],
-        on_shutdown=[stop_agent],
+        on_startup=[start_agent, start_models],
+        on_shutdown=[resources.aclose],
     )
 
 

@@ -24,6 +24,8 @@ def make_engine(settings: Settings, *, url: str | None = None) -> Engine:
         pool_size=settings.db.pool_size,
         max_overflow=settings.db.pool_overflow,
         pool_pre_ping=True,
+        # An unreachable host (not one that refuses) would otherwise stall for the OS's timeout.
+        connect_args={"connect_timeout": 5},
     )
 
 
