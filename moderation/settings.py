@@ -337,6 +337,21 @@ class NightlySettings(BaseModel):
     lora: LoraSettings = LoraSettings()
 
 
+class TracingSettings(BaseModel):
+    """OpenTelemetry traces of the services (the Agents SDK's spans included)."""
+
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/gRPC collector, e.g. http://127.0.0.1:4317 (daprd's Configuration "
+        "sends its spans there too); None: no export",
+    )
+    file: Path | None = Field(
+        default=None,
+        description="also write finished spans as JSON lines to this file ({service} expands)",
+    )
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+
+
 class StackSettings(BaseModel):
     """Where the local stack keeps its downloads, builds and runtime state."""
 
@@ -372,6 +387,7 @@ class Settings(BaseSettings):
     dashboard: DashboardSettings = DashboardSettings()
     models: ModelStoreSettings = ModelStoreSettings()
     nightly: NightlySettings = NightlySettings()
+    tracing: TracingSettings = TracingSettings()
     stack: StackSettings = StackSettings()
 
     @model_validator(mode="after")

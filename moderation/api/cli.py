@@ -54,7 +54,9 @@ def create(
 def run_api(settings: Settings) -> None:
     """Serve the API with uvicorn in this process (one worker) until SIGTERM/SIGINT."""
     from moderation.api.app import create_app
+    from moderation.telemetry import configure_tracing
 
+    configure_tracing("api", settings)
     app = create_app(settings)
     # Everything imported so far lives as long as the process: keep it out of the collector's
     # full passes, which otherwise rescan it while the API allocates per request.

@@ -17,6 +17,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
+from moderation.telemetry import kafka_headers
+
 log = logging.getLogger(__name__)
 
 # A record as the publisher sees it: (key, value), both already serialized.
@@ -196,7 +198,8 @@ class KafkaPublisher:
         try:
             async with asyncio.timeout(self.timeout):
                 producer = await self._ensure_producer()
-                future = await producer.send(topic, value=value, key=key)
+                # The request's trace context travels in the record's headers.
+                future = await producer.send(topic, value=value, key=key, headers=kafka_headers())
                 await future
         except TimeoutError as error:
             await self._trip_if_unreachable(producer)
@@ -226,9 +229,10 @@ class KafkaPublisher:
                 by_partition: dict[int, list[int]] = defaultdict(list)
                 for index, (key, _value) in enumerate(records):
                     by_partition[_PARTITIONER(key, partitions, partitions)].append(index)
+                headers = kafka_headers()  # one trace context for the whole request
                 for partition, indices in by_partition.items():
                     for future, members in await _send_batches(
-                        producer, topic, partition, records, indices
+                        producer, topic, partition, records, indices, headers
                     ):
                         pending.append((future, members))
                         sent.update(members)
@@ -266,7 +270,12 @@ class KafkaPublisher:
 
 
 async def _send_batches(
-    producer: Any, topic: str, partition: int, records: Sequence[Record], indices: list[int]
+    producer: Any,
+    topic: str,
+    partition: int,
+    records: Sequence[Record],
+    indices: list[int],
+    headers: list[tuple[str, bytes]],
 ) -> list[tuple[asyncio.Future[Any], list[int]]]:
     """Append the records to record batches (a new one when full) and submit each."""
     submitted: list[tuple[asyncio.Future[Any], list[int]]] = []
@@ -274,12 +283,12 @@ async def _send_batches(
     members: list[int] = []
     for index in indices:
         key, value = records[index]
-        if builder.append(key=key, value=value, timestamp=None) is None:
+        if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
             # Full. An empty builder always takes its first record, whatever its size.
             future = await producer.send_batch(builder, topic, partition=partition)
             submitted.append((future, members))
             builder, members = producer.create_batch(), []
-            builder.append(key=key, value=value, timestamp=None)
+            builder.append(key=key, value=value, timestamp=None, headers=headers)
         members.append(index)
     if members:
         future = await producer.send_batch(builder, topic, partition=partition)

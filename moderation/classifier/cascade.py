@@ -21,10 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import openai
@@ -41,6 +41,7 @@ from agents import (
     TResponseInputItem,
 )
 from openai.types.responses import ResponseOutputMessage, ResponseOutputText
+from opentelemetry import context as otel_context
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from moderation.classifier.precedents import DecisionLog
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 AGENT_RUNS = Counter("moderation_agent_runs_total", "agent runs by final decision", ["decision"])
 AGENT_FALLBACKS = Counter(
@@ -377,16 +379,29 @@ def _problems(output: str) -> str:
 
 
 async def second_stage(
-    items: Sequence[FirstStage], stage: AgentStage, settings: Settings
+    items: Sequence[FirstStage],
+    stage: AgentStage,
+    settings: Settings,
+    *,
+    contexts: Mapping[str, otel_context.Context] | None = None,
 ) -> list[tuple[ModerationVerdict | None, ReviewRequested | None]]:
     """The agent's verdict (and review request) for every post stage 1 sent to it.
 
     Each result is (agent verdict, review): the verdict is None when the agent gave none (the
-    post then goes to review on stage 1's verdict, with the fallback's reason).
+    post then goes to review on stage 1's verdict, with the fallback's reason). `contexts`
+    holds each post's trace context (by post id): its run's spans join the post's trace.
     """
     if not items:
         return []
-    tasks = [asyncio.create_task(stage.judge(i.post, i.verdict.scores, i.screen)) for i in items]
+    contexts = contexts or {}
+    tasks = [
+        asyncio.create_task(
+            _in_context(
+                contexts.get(i.post.post_id), stage.judge(i.post, i.verdict.scores, i.screen)
+            )
+        )
+        for i in items
+    ]
     _, late = await asyncio.wait(tasks, timeout=settings.agent.batch_deadline_seconds)
     for task in late:
         task.cancel()
@@ -407,6 +422,17 @@ async def second_stage(
         else:
             results.append(_agent_verdict(item, task.result(), settings))
     return results
+
+
+async def _in_context(context: otel_context.Context | None, work: Awaitable[T]) -> T:
+    """Await `work` with `context` attached (each task has its own copy of the contextvars)."""
+    if context is None:
+        return await work
+    token = otel_context.attach(context)
+    try:
+        return await work
+    finally:
+        otel_context.detach(token)
 
 
 def _fallback(

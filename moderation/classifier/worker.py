@@ -16,17 +16,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+from aiokafka import TopicPartition
 from faststream import AckPolicy, Context
 from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker, KafkaRouter
 from faststream.kafka.message import KafkaMessage
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from moderation.classifier.cascade import AgentStage, Scorer, first_stage, second_stage
@@ -34,13 +36,26 @@ from moderation.classifier.registry_watch import RegistryWatch
 from moderation.events import DeadLetter, PostSubmitted
 from moderation.service import asgi_service, batch_records, serve
 from moderation.settings import Settings, get_settings
+from moderation.telemetry import PostTraces, configure_tracing
 
 logger = logging.getLogger(__name__)
+JSON_HEADERS = {"content-type": "application/json"}
 
 POSTS_SCORED = Counter(
     "moderation_worker_posts_total",
-    "posts decided, by the stage that decided",
-    ["stage", "decision"],
+    "posts decided, by the stage that decided, its decision and primary category",
+    ["stage", "decision", "category"],
+)
+SUBMIT_TO_VERDICT = Histogram(
+    "moderation_worker_submit_to_verdict_seconds",
+    "from the post's submission to its verdict leaving the worker, by stage",
+    ["stage"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+CONSUMER_LAG = Gauge(
+    "moderation_worker_consumer_lag",
+    "records of posts.submitted not yet consumed, per partition (at the last batch)",
+    ["partition"],
 )
 DEAD_LETTERS = Counter("moderation_worker_dead_letters_total", "messages sent to the DLQ")
 BATCH_SECONDS = Histogram("moderation_worker_batch_seconds", "time to score and publish a batch")
@@ -82,11 +97,14 @@ async def handle_posts_submitted(message: KafkaMessage = Context("message")) -> 
     if scorer is None:
         raise RuntimeError("the classifier worker has no model loaded")
     records = batch_records(message.raw_message)
+    _record_lag(message, records)
     posts: list[PostSubmitted] = []
+    traces = PostTraces(JSON_HEADERS)
     pending: list[asyncio.Future[Any] | None] = []
     for record in records:
         try:
             posts.append(PostSubmitted.model_validate_json(record.value or b""))
+            traces.start(posts[-1].post_id, record.headers)
         except ValidationError as error:
             DEAD_LETTERS.inc()
             pending.append(
@@ -103,34 +121,72 @@ async def handle_posts_submitted(message: KafkaMessage = Context("message")) -> 
     stage1 = first_stage(posts, scorer, settings, agent_enabled=agent is not None)
     # Stage 1's verdicts leave before the agent runs: the clear cases do not wait for it.
     for result in stage1:
-        pending.append(await _publish(verdict_publisher, result.verdict, result.verdict.key()))
+        post_id = result.post.post_id
+        headers = traces.headers(post_id)
+        verdict = result.verdict
+        pending.append(await _publish(verdict_publisher, verdict, verdict.key(), headers))
         if result.review is not None:
-            pending.append(await _publish(review_publisher, result.review, result.review.key()))
+            review = result.review
+            pending.append(await _publish(review_publisher, review, review.key(), headers))
         if not result.to_agent:
-            POSTS_SCORED.labels(stage="model", decision=result.verdict.decision.value).inc()
+            _count(result.post, "model", verdict.decision.value, verdict.primary_category.value)
+            traces.end(post_id, decided_by="model")
     uncertain = [result for result in stage1 if result.to_agent]
     if agent is not None and uncertain:
-        for verdict, review in await second_stage(uncertain, agent, settings):
-            if verdict is not None:
-                pending.append(await _publish(verdict_publisher, verdict, verdict.key()))
-            if review is not None:
-                pending.append(await _publish(review_publisher, review, review.key()))
-            decided = verdict.decision.value if verdict is not None else "review"
-            POSTS_SCORED.labels(stage="agent", decision=decided).inc()
+        judged = await second_stage(uncertain, agent, settings, contexts=traces.contexts())
+        for item, (agent_verdict, agent_review) in zip(uncertain, judged, strict=True):
+            post_id = item.post.post_id
+            headers = traces.headers(post_id)
+            if agent_verdict is not None:
+                key = agent_verdict.key()
+                pending.append(await _publish(verdict_publisher, agent_verdict, key, headers))
+                decision, category = agent_verdict.decision, agent_verdict.primary_category
+                _count(item.post, "agent", decision.value, category.value)
+            if agent_review is not None:
+                key = agent_review.key()
+                pending.append(await _publish(review_publisher, agent_review, key, headers))
+                if agent_verdict is None:  # a fallback: the post went to review
+                    _count(item.post, "agent", "review", item.verdict.primary_category.value)
+            traces.end(post_id, decided_by="agent")
+    traces.end_all()
     # Commit (by returning) only once Kafka acknowledged every verdict of the batch.
     await asyncio.gather(*(ack for ack in pending if ack is not None))
     BATCH_SECONDS.observe(time.perf_counter() - started)
 
 
-async def _publish(publisher: Any, event: Any, key: bytes | None) -> asyncio.Future[Any] | None:
+def _count(post: PostSubmitted, stage: str, decision: str, category: str) -> None:
+    POSTS_SCORED.labels(stage=stage, decision=decision, category=category).inc()
+    elapsed = (datetime.now(UTC) - post.submitted_at).total_seconds()
+    SUBMIT_TO_VERDICT.labels(stage=stage).observe(max(0.0, elapsed))
+
+
+def _record_lag(message: KafkaMessage, records: Sequence[Any]) -> None:
+    """Lag per partition: the partition's high watermark minus the batch's next offset."""
+    consumer = getattr(message, "consumer", None)
+    highwater = getattr(consumer, "highwater", None)
+    if highwater is None:
+        return  # the in-memory test broker has no consumer
+    last: dict[Any, int] = {}
+    for record in records:
+        last[TopicPartition(record.topic, record.partition)] = record.offset
+    for partition, offset in last.items():
+        watermark = highwater(partition)
+        if watermark is not None:
+            CONSUMER_LAG.labels(partition=str(partition.partition)).set(watermark - offset - 1)
+
+
+async def _publish(
+    publisher: Any, event: Any, key: bytes | None, headers: dict[str, str] | None = None
+) -> asyncio.Future[Any] | None:
     """Hand the event to the producer without waiting; the caller awaits all acks at once.
 
-    Returns the ack future (None from the in-memory test broker, which confirms at once).
+    `headers` carry the post's trace context. Returns the ack future (None from the in-memory
+    test broker, which confirms at once).
     """
     future: asyncio.Future[Any] | None = await publisher.publish(
         event.model_dump_json().encode(),
         key=key,
-        headers={"content-type": "application/json"},
+        headers=headers or JSON_HEADERS,
         no_confirm=True,
     )
     return future
@@ -209,6 +265,7 @@ def create_app() -> AsgiFastStream:
 
 def run_worker() -> None:
     """`moderation worker`: serve the worker until stopped."""
+    configure_tracing("worker", settings)
     serve(
         create_app(),
         host=settings.worker.service_host,

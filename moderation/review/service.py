@@ -34,6 +34,7 @@ from moderation.review.activities import ReviewActivities
 from moderation.review.instances import read_workflow_state
 from moderation.review.workflow import WORKFLOW_NAME, build_runtime, workflow_input
 from moderation.settings import Settings, get_settings
+from moderation.telemetry import carrier_of, configure_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +134,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except ValidationError as error:
             await asyncio.to_thread(_dead_letter, state["sink"], topics, payload, error)
             return JSONResponse({"status": "SUCCESS"})  # handled: it is in the dead-letter topic
+        # daprd passes the trace context of the delivery in the HTTP headers.
+        trace = carrier_of(request.headers)
         try:
-            await asyncio.to_thread(_start_workflow, state["client"], event, run_settings)
+            await asyncio.to_thread(_start_workflow, state["client"], event, run_settings, trace)
         except Exception as error:  # noqa: BLE001 - Dapr redelivers; the error is logged
             logger.warning(
                 "could not schedule %s (%s); Dapr will redeliver", event.review_id, error
@@ -159,14 +162,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _start_workflow(client: DaprWorkflowClient, event: ReviewRequested, settings: Settings) -> None:
+def _start_workflow(
+    client: DaprWorkflowClient,
+    event: ReviewRequested,
+    settings: Settings,
+    trace: dict[str, str] | None = None,
+) -> None:
     """Schedule the review's workflow unless it exists (idempotent on the review id)."""
     if read_workflow_state(client, event.review_id) is not None:
         DUPLICATES.inc()
         return
     try:
         client.schedule_new_workflow(
-            WORKFLOW_NAME, input=workflow_input(event, settings), instance_id=event.review_id
+            WORKFLOW_NAME,
+            input=workflow_input(event, settings, trace),
+            instance_id=event.review_id,
         )
     except Exception:
         # Two deliveries raced: the other one scheduled it.
@@ -197,6 +207,7 @@ def _dead_letter(sink: DaprSink, topics: Any, payload: bytes, error: ValidationE
 def run_review_service() -> None:
     """`moderation review-service`: serve until stopped."""
     settings = get_settings()
+    configure_tracing("review-service", settings)
     uvicorn.run(
         create_app(settings),
         host=settings.worker.service_host,

@@ -25,6 +25,7 @@ from dapr.ext.workflow import (
 from moderation.events import ReviewDecided, ReviewRequested
 from moderation.review.activities import ReviewActivities
 from moderation.settings import Settings
+from moderation.telemetry import span_in
 
 WORKFLOW_NAME = "review"
 CREATE_TASK = "create_review_task"
@@ -37,6 +38,7 @@ def review_workflow(
 ) -> Generator[Any, Any, dict[str, Any]]:
     """The orchestration (deterministic: every effect is an activity, every wait durable)."""
     task = yield ctx.call_activity(CREATE_TASK, input=request)
+    trace = request.get("trace") or {}
     event_name = str(request["decision_event"])
     escalations = 0
     while True:
@@ -46,10 +48,17 @@ def review_workflow(
         if winner is sla:
             escalations += 1
             yield ctx.call_activity(
-                ESCALATE, input={"review_id": task["review_id"], "post_id": request["post_id"]}
+                ESCALATE,
+                input={
+                    "review_id": task["review_id"],
+                    "post_id": request["post_id"],
+                    "trace": trace,
+                },
             )
             continue
-        outcome = yield ctx.call_activity(PERSIST_DECISION, input=decision.get_result())
+        outcome = yield ctx.call_activity(
+            PERSIST_DECISION, input={"decision": decision.get_result(), "trace": trace}
+        )
         if outcome["recorded"]:
             return {
                 "review_id": task["review_id"],
@@ -59,9 +68,15 @@ def review_workflow(
         # An invalid decision was refused (the API validates first): keep waiting for one.
 
 
-def workflow_input(request: ReviewRequested, settings: Settings) -> dict[str, Any]:
-    """What the workflow is scheduled with: the request, plus the decision event's name."""
-    return request.model_dump(mode="json") | {"decision_event": settings.review.decision_event}
+def workflow_input(
+    request: ReviewRequested, settings: Settings, trace: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """What the workflow is scheduled with: the request, the decision event's name, and the
+    post's trace context (its activities' spans join the post's trace)."""
+    return request.model_dump(mode="json") | {
+        "decision_event": settings.review.decision_event,
+        "trace": trace or {},
+    }
 
 
 def build_runtime(settings: Settings, activities: ReviewActivities) -> WorkflowRuntime:
@@ -69,15 +84,18 @@ def build_runtime(settings: Settings, activities: ReviewActivities) -> WorkflowR
     runtime = WorkflowRuntime(host="127.0.0.1", port=str(settings.dapr.grpc_port))
 
     def create_review_task(ctx: WorkflowActivityContext, request: dict[str, Any]) -> dict[str, Any]:
-        fields = {k: v for k, v in request.items() if k != "decision_event"}
-        created = activities.create_task(ReviewRequested.model_validate(fields))
+        fields = {k: v for k, v in request.items() if k not in {"decision_event", "trace"}}
+        with span_in("review: create task", request.get("trace"), review_id=ctx.workflow_id):
+            created = activities.create_task(ReviewRequested.model_validate(fields))
         return {"review_id": created.review_id, "sla_seconds": created.sla_seconds}
 
-    def escalate_review(ctx: WorkflowActivityContext, target: dict[str, str]) -> str | None:
-        return activities.escalate(target["review_id"], target["post_id"])
+    def escalate_review(ctx: WorkflowActivityContext, target: dict[str, Any]) -> str | None:
+        with span_in("review: escalate", target.get("trace"), review_id=target["review_id"]):
+            return activities.escalate(target["review_id"], target["post_id"])
 
-    def persist_decision(ctx: WorkflowActivityContext, payload: Any) -> dict[str, Any]:
-        outcome = activities.persist_decision(ReviewDecided.model_validate(payload))
+    def persist_decision(ctx: WorkflowActivityContext, payload: dict[str, Any]) -> dict[str, Any]:
+        with span_in("review: persist decision", payload.get("trace"), review_id=ctx.workflow_id):
+            outcome = activities.persist_decision(ReviewDecided.model_validate(payload["decision"]))
         return {"recorded": outcome.recorded, "reason": outcome.reason}
 
     runtime.register_workflow(review_workflow, name=WORKFLOW_NAME)

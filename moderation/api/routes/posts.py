@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from opentelemetry.trace import SpanKind
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -54,6 +55,7 @@ from moderation.events import (
     review_id_for,
 )
 from moderation.taxonomy import Category, Decision, Stage
+from moderation.telemetry import tracer
 
 router = APIRouter(prefix="/v1", tags=["posts"])
 
@@ -417,7 +419,11 @@ async def accept_post(
     topic = state.settings.kafka.topics.posts_submitted
     started = time.perf_counter()
     try:
-        await state.publisher.publish(topic, event.key(), event.model_dump_json().encode())
+        # The post's trace starts here; the publisher puts its context into the Kafka headers.
+        with tracer().start_as_current_span(
+            "submit post", kind=SpanKind.PRODUCER, attributes={"moderation.post_id": post_id}
+        ):
+            await state.publisher.publish(topic, event.key(), event.model_dump_json().encode())
     except PublishUnavailable as error:
         metrics.unavailable.labels("single", "kafka").inc()
         return unavailable_response(str(error))
@@ -472,7 +478,10 @@ async def submit_batch(request: Request, principal: SubmitKey) -> Response:
         event = _event(post, results[index]["post_id"], event_id=event_id)
         records.append((event.key(), event.model_dump_json().encode()))
     started = time.perf_counter()
-    outcomes = await state.publisher.publish_many(topic, records) if records else []
+    with tracer().start_as_current_span(
+        "submit posts", kind=SpanKind.PRODUCER, attributes={"moderation.posts": len(records)}
+    ):
+        outcomes = await state.publisher.publish_many(topic, records) if records else []
     metrics.latency_batch.observe(time.perf_counter() - started)
 
     published_keys: list[str] = []
