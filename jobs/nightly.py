@@ -271,7 +271,8 @@ def render_models(retraining: Retraining) -> str:
         f"- Challenger: `{retraining.challenger.version}`, trained on "
         f"{len(retraining.training.train):,} records ({retraining.training.human_trained:,} "
         f"human labels; {retraining.training.human_held_out:,} newest held out as the time split)",
-        f"- Training snapshot: `{retraining.snapshot.path.name}` ({retraining.snapshot.rows:,} rows)",
+        f"- Training snapshot: `{retraining.snapshot.path.name}` "
+        f"({retraining.snapshot.rows:,} rows)",
         f"- Decision: **{'promoted' if retraining.decision.promote else 'not promoted'}** — "
         + "; ".join(retraining.decision.reasons),
         "",

