@@ -6,6 +6,7 @@ Environment variables use the prefix ``MODERATION_`` and ``__`` between sections
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -105,9 +106,18 @@ class LLMSettings(BaseModel):
     trace_upload: bool = Field(default=False, description="upload Agents SDK traces to OpenAI")
 
 
+def _env_secret(name: str) -> SecretStr | None:
+    value = os.environ.get(name)
+    return SecretStr(value) if value else None
+
+
 class DaprSettings(BaseModel):
     version: str = Field(default="1.18.2", description="runtime built from the Go module proxy")
     app_id: str = "review-service"
+    host: str = Field(
+        default="127.0.0.1",
+        description="where the review service's daprd listens (its container name in compose)",
+    )
     http_port: int = 3500
     grpc_port: int = 50001
     metrics_port: int = 9091
@@ -122,14 +132,25 @@ class DaprSettings(BaseModel):
     pubsub_name: str = "kafka-pubsub"
     statestore_name: str = "statestore"
     secretstore_name: str = "localsecretstore"
+    # Dapr's own variable names are the fallback, so a sidecar-injected or mounted token works.
+    api_token: SecretStr | None = Field(
+        default_factory=lambda: _env_secret("DAPR_API_TOKEN"),
+        description="sent to daprd as `dapr-api-token` (daprd started with DAPR_API_TOKEN "
+        "requires it); default: the DAPR_API_TOKEN variable; the local stack generates one",
+    )
+    app_token: SecretStr | None = Field(
+        default_factory=lambda: _env_secret("APP_API_TOKEN"),
+        description="what daprd sends the review service as `dapr-api-token` (daprd's "
+        "APP_API_TOKEN); the service refuses Dapr calls without it; default: APP_API_TOKEN",
+    )
 
     @property
     def grpc_endpoint(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
     @property
     def http_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
 
 class ThresholdSettings(BaseModel):
@@ -212,6 +233,43 @@ class ApiSettings(BaseModel):
     max_text_chars: int = 10_000
     publish_timeout_seconds: float = Field(
         default=5.0, description="how long a request waits for Kafka's ack before answering 503"
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1, description="largest request body but a batch's (413 above)"
+    )
+    max_batch_body_bytes: int = Field(
+        default=64 * 1_048_576,
+        ge=1,
+        description="largest body of POST /v1/posts:batch: fits 1,000 posts of 10,000 characters "
+        "even when JSON escapes each character (6 bytes)",
+    )
+    rate_limit_per_minute: int = Field(
+        default=60_000,
+        ge=0,
+        description="posts one API key may submit per minute, per API replica (a batch costs "
+        "its posts); 0: no limit",
+    )
+    rate_limit_burst: int = Field(
+        default=2_000, ge=1, description="posts a key may submit at once (at least max_batch)"
+    )
+    request_rate_limit_per_minute: int = Field(
+        default=3_000,
+        ge=0,
+        description="other requests one API key may make per minute (trails, review API); "
+        "0: no limit",
+    )
+    request_rate_limit_burst: int = Field(default=600, ge=1)
+    auth_failure_limit_per_minute: int = Field(
+        default=60,
+        ge=0,
+        description="failed key checks per client address per minute; past them, unknown keys "
+        "from that address get 429 without a database lookup; 0: no limit",
+    )
+    auth_failure_burst: int = Field(default=30, ge=1)
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description='browser origins allowed to call the API, e.g. ["https://mod.example"]; '
+        "empty: no CORS headers at all",
     )
 
 

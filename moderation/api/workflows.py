@@ -70,9 +70,9 @@ class DaprReviewWorkflows:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DaprReviewWorkflows:
-        """The gateway to the local sidecar of the review service."""
+        """The gateway to the review service's sidecar (`MODERATION_DAPR__HOST`)."""
         return cls(
-            host="127.0.0.1",
+            host=settings.dapr.host,
             port=settings.dapr.grpc_port,
             event_name=settings.review.decision_event,
         )

@@ -1,0 +1,726 @@
+"""Offline checks of the containers: docker/*.Dockerfile, .dockerignore, docker-compose.yaml.
+
+Docker cannot run here, so nothing is built or started. What is checked without it: hadolint on
+every Dockerfile; the compose file against the Compose Specification schema (vendored from
+compose-go, see tests/data/README.md); and what the files must keep: non-root multi-stage images
+on pinned bases, pinned images everywhere, healthchecks, secrets only from the environment or
+secret files, and the ports, versions and names of the settings. `tests/integration/
+test_containers.py` loads the compose file with compose-go itself (`docker compose config`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped]  # no types-jsonschema in the dev group
+import pytest
+import yaml
+
+from moderation.api.workflows import DaprReviewWorkflows
+from moderation.settings import DaprSettings, DatabaseSettings, Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+COMPOSE_FILE = ROOT / "docker-compose.yaml"
+SCHEMA_FILE = ROOT / "tests" / "data" / "compose-spec.json"
+HADOLINT = Path(sys.executable).parent / "hadolint"
+DOCKERFILES = {
+    "service": DOCKER / "service.Dockerfile",
+    "dashboard": DOCKER / "dashboard.Dockerfile",
+    "nightly": DOCKER / "nightly.Dockerfile",
+}
+# The build contexts' images (docker-compose.yaml builds them; never pulled).
+LOCAL_IMAGES = {
+    "moderation-service:local",
+    "moderation-dashboard:local",
+    "moderation-nightly:local",
+}
+# Images with neither a shell nor an HTTP client (distroless / a bare binary): a container
+# healthcheck cannot run in them. The Dapr ones show through the review service's /readyz; the
+# collector is best effort (spans are dropped while it is down).
+NO_PROBE_TOOL = {
+    "placement": "daprio/placement",
+    "scheduler": "daprio/scheduler",
+    "review-dapr": "daprio/daprd",
+    "otel-collector": "otel/opentelemetry-collector-contrib",
+}
+SECRET_NAME = re.compile(r"(?i)(password|passwd|secret|api[_-]?key|token|credential)")
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined and comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        pending = f"{pending} {stripped}" if pending else stripped
+        if pending.endswith("\\"):
+            pending = pending[:-1].rstrip()
+            continue
+        keyword, _, arguments = pending.partition(" ")
+        instructions.append((keyword.upper(), arguments.strip()))
+        pending = ""
+    return instructions
+
+
+def stages(path: Path) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """(base image, stage name, instructions) for each FROM of a Dockerfile."""
+    result: list[tuple[str, str, list[tuple[str, str]]]] = []
+    for keyword, arguments in dockerfile_instructions(path):
+        if keyword == "FROM":
+            words = arguments.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else ""
+            result.append((words[0], name, []))
+        elif result:
+            result[-1][2].append((keyword, arguments))
+    return result
+
+
+def image_tag(image: str) -> str:
+    """The tag of `repository[:tag]` (a registry port is not a tag); '' without one."""
+    last = image.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else ""
+
+
+def env_values(instructions: list[tuple[str, str]]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for keyword, arguments in instructions:
+        if keyword == "ENV":
+            for item in shlex.split(arguments):
+                name, _, value = item.partition("=")
+                values[name] = value
+    return values
+
+
+def load_compose(path: Path = COMPOSE_FILE) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(path.read_text())
+    return document
+
+
+def schema_errors(document: dict[str, Any]) -> list[str]:
+    schema = json.loads(SCHEMA_FILE.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    return [
+        f"{'.'.join(map(str, error.absolute_path))}: {error.message}"
+        for error in validator.iter_errors(document)
+    ]
+
+
+def command_flags(command: list[str]) -> dict[str, str]:
+    """`["./daprd", "--app-id", "x", ...]` -> {"app-id": "x", ...} (every flag takes a value)."""
+    flags = command[1:]
+    assert len(flags) % 2 == 0, command
+    return {
+        name.removeprefix("--"): value for name, value in zip(flags[::2], flags[1::2], strict=True)
+    }
+
+
+def probe_port(service: dict[str, Any]) -> int:
+    """The port of the URL a service's healthcheck asks."""
+    match = re.search(r"http://127\.0\.0\.1:(\d+)/", " ".join(service["healthcheck"]["test"]))
+    assert match, service["healthcheck"]
+    return int(match.group(1))
+
+
+def depends_on(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    dependencies: dict[str, dict[str, Any]] = service.get("depends_on", {})
+    return dependencies
+
+
+def walk(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Every (dotted path, scalar) of a parsed YAML document."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from walk(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from walk(value, f"{path}[{index}]")
+    else:
+        yield path, node
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose()
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    result: dict[str, dict[str, Any]] = compose["services"]
+    return result
+
+
+@pytest.fixture(scope="module")
+def settings() -> Settings:
+    return Settings()
+
+
+# --- Dockerfiles ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_hadolint_passes(name: str) -> None:
+    result = subprocess.run(  # noqa: S603 - fixed argv
+        [str(HADOLINT), "--config", str(ROOT / ".hadolint.yaml"), str(DOCKERFILES[name])],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_fails_on_a_warning(tmp_path: Path) -> None:
+    """The threshold really bites: an unpinned base image is a warning (DL3007), so a failure."""
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text("FROM python:latest\nUSER 10001\n")
+    result = subprocess.run(  # noqa: S603 - fixed argv
+        [str(HADOLINT), "--config", str(ROOT / ".hadolint.yaml"), str(dockerfile)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "DL3007" in result.stdout
+
+
+def test_the_docker_folder_has_the_three_images() -> None:
+    assert sorted(DOCKER.glob("*.Dockerfile")) == sorted(DOCKERFILES.values())
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_dockerfile_is_multi_stage_on_pinned_bases(name: str) -> None:
+    built = stages(DOCKERFILES[name])
+    assert len(built) >= 2
+    names = {stage_name for _, stage_name, _ in built}
+    for base, _, _ in built:
+        if base in names:
+            continue  # a stage of this file
+        assert image_tag(base), f"{name}: FROM {base} has no tag"
+        assert image_tag(base) != "latest", f"{name}: FROM {base}"
+    # The venv links to the builder's interpreter: the runtime must have the same one.
+    assert built[0][0] == built[-1][0] == "python:3.11-slim-bookworm"
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_dockerfile_runs_as_a_non_root_user(name: str) -> None:
+    runtime = stages(DOCKERFILES[name])[-1][2]
+    users = [arguments for keyword, arguments in runtime if keyword == "USER"]
+    assert users, f"{name}: the runtime stage sets no USER"
+    # Numeric, so that Kubernetes' runAsNonRoot can verify it; 10001 as in k8s/.
+    assert users[-1] == "10001:10001"
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_dockerfile_installs_the_lock_with_the_makefiles_uv(name: str) -> None:
+    text = DOCKERFILES[name].read_text()
+    uv_version = re.search(r"^UV_VERSION\s*:=\s*(\S+)", (ROOT / "Makefile").read_text(), re.M)
+    assert uv_version is not None
+    assert f"pip install --no-cache-dir uv=={uv_version.group(1)}\n" in text
+    syncs = re.findall(r"uv sync [^\n]*", text)
+    assert len(syncs) == 2  # dependencies, then the project
+    extra = " --extra train" if name == "nightly" else ""
+    assert syncs[0] == f"uv sync --locked --no-dev{extra} --no-install-project"
+    assert syncs[1] == f"uv sync --locked --no-dev{extra}"
+    assert "--extra vllm" not in text  # deployment-only; vLLM has its own image
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_runtime_stage_copies_only_the_venv_and_the_code(name: str) -> None:
+    runtime = stages(DOCKERFILES[name])[-1][2]
+    copies = [arguments.split() for keyword, arguments in runtime if keyword == "COPY"]
+    from_stages = {words[0].removeprefix("--from=") for words in copies if "--from" in words[0]}
+    assert from_stages <= {"builder", "dataset"}
+    sources = {words[0] for words in copies if not words[0].startswith("--")}
+    assert sources <= {"moderation", "hitl_dashboard", "jobs", "data", "pyproject.toml"}
+    env = env_values(runtime)
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert env["PATH"].startswith("/app/.venv/bin:")
+    for variable in env:
+        assert not SECRET_NAME.search(variable), f"{name}: ENV {variable} in an image"
+    assert not [a for k, a in dockerfile_instructions(DOCKERFILES[name]) if k == "ARG"]
+
+
+def test_entrypoints_and_commands() -> None:
+    expected = {"service": '["--help"]', "dashboard": '["dashboard"]', "nightly": '["nightly"]'}
+    for name, path in DOCKERFILES.items():
+        runtime = stages(path)[-1][2]
+        assert ("ENTRYPOINT", '["moderation"]') in runtime
+        assert [a for k, a in runtime if k == "CMD"] == [expected[name]]
+
+
+def test_only_the_dashboard_image_has_a_healthcheck() -> None:
+    """One port per image only for the dashboard; the service image's port depends on its
+    command (compose probes each service) and the nightly job is a one-shot."""
+    for name, path in DOCKERFILES.items():
+        checks = [a for k, a in stages(path)[-1][2] if k == "HEALTHCHECK"]
+        if name == "dashboard":
+            assert len(checks) == 1 and "http://127.0.0.1:8501/_stcore/health" in checks[0]
+        else:
+            assert checks == []
+
+
+@pytest.mark.parametrize("name", ["service", "nightly"])
+def test_images_carry_the_data_and_the_built_dataset(name: str) -> None:
+    runtime = stages(DOCKERFILES[name])[-1][2]
+    copies = [arguments for keyword, arguments in runtime if keyword == "COPY"]
+    assert "data ./data" in copies  # data/policy/ is read by the agent at run time
+    cache = env_values(runtime)["MODERATION_STACK__CACHE_DIR"]
+    assert f"--from=dataset {cache} {cache}" in copies
+    dataset = [s for s in stages(DOCKERFILES[name]) if s[1] == "dataset"][0]
+    assert env_values(dataset[2])["MODERATION_STACK__CACHE_DIR"] == cache
+    assert any("data/build_dataset.py" in a for k, a in dataset[2] if k == "RUN")
+
+
+def test_dockerignore_is_an_allowlist_of_what_the_dockerfiles_copy() -> None:
+    lines = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines[0] == "*"
+    included = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    copied = set()
+    for path in DOCKERFILES.values():
+        for keyword, arguments in dockerfile_instructions(path):
+            words = arguments.split()
+            if keyword == "COPY" and not words[0].startswith("--from"):
+                copied.update(words[:-1])
+    assert included == copied
+    for never in (
+        ".git",
+        ".venv",
+        ".stack",
+        ".models",
+        ".nightly",
+        ".secrets",
+        "tests",
+        "test-artifacts",
+        "bench-results",
+        "k8s",
+        "scripts",
+        "components",
+    ):
+        assert never not in included
+    assert "**/__pycache__" in lines  # not even from the allowed folders
+
+
+# --- docker-compose.yaml: schema -----------------------------------------------------------------
+
+
+def test_compose_file_matches_the_compose_specification(compose: dict[str, Any]) -> None:
+    assert schema_errors(compose) == []
+
+
+def test_schema_check_catches_a_typo() -> None:
+    broken = load_compose()
+    broken["services"]["api"]["healtcheck"] = broken["services"]["api"].pop("healthcheck")
+    errors = schema_errors(broken)
+    assert len(errors) == 1
+    assert errors[0].startswith("services.api:") and "'healtcheck' was unexpected" in errors[0]
+
+
+def test_schema_check_catches_a_wrong_type() -> None:
+    broken = load_compose()
+    broken["services"]["api"]["ports"] = "8000:8000"  # must be a list
+    assert schema_errors(broken)
+
+
+# --- docker-compose.yaml: structure --------------------------------------------------------------
+
+
+def test_every_image_is_pinned(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        image = service.get("image", "")
+        assert image_tag(image) not in ("", "latest"), f"{name}: image {image!r}"
+        if "build" in service:
+            assert image in LOCAL_IMAGES, name
+            assert (ROOT / service["build"]["dockerfile"]).is_file()
+
+
+def test_images_follow_the_settings_and_the_lock(
+    services: dict[str, dict[str, Any]], settings: Settings
+) -> None:
+    assert services["kafka"]["image"] == f"apache/kafka:{settings.kafka.version}"
+    for name, image in (("placement", "placement"), ("scheduler", "scheduler")):
+        assert services[name]["image"] == f"daprio/{image}:{settings.dapr.version}"
+    assert services["review-dapr"]["image"] == f"daprio/daprd:{settings.dapr.version}"
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    (vllm_pin,) = extras["vllm"]
+    assert services["vllm"]["image"] == f"vllm/vllm-openai:v{vllm_pin.split('==')[1]}"
+    assert services["postgres"]["image"] == "postgres:15"
+
+
+def test_long_running_services_have_healthchecks(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        if service.get("restart") == "no":
+            continue  # one-shot
+        if name in NO_PROBE_TOOL:
+            assert service["image"].startswith(NO_PROBE_TOOL[name] + ":")
+            assert "ports" not in service
+            continue
+        assert "healthcheck" in service, f"{name} has no healthcheck"
+    for name, service in services.items():
+        if "ports" in service:
+            assert "healthcheck" in service, f"{name} publishes a port without a healthcheck"
+
+
+def test_published_ports_are_loopback_only(services: dict[str, dict[str, Any]]) -> None:
+    published = {name: s["ports"] for name, s in services.items() if "ports" in s}
+    assert published == {
+        "api": ["127.0.0.1:8000:8000"],
+        "dashboard": ["127.0.0.1:8501:8501"],
+        "prometheus": ["127.0.0.1:9090:9090"],
+    }
+
+
+def test_dependencies_exist_and_wait_for_what_they_can(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in services.items():
+        for dependency, condition in depends_on(service).items():
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            target = services[dependency]
+            if condition["condition"] == "service_healthy":
+                assert "healthcheck" in target, f"{name} waits for {dependency}'s health"
+            elif condition["condition"] == "service_completed_successfully":
+                assert target.get("restart") == "no"
+            else:
+                assert condition["condition"] == "service_started"
+        network_mode = service.get("network_mode", "")
+        if network_mode.startswith("service:"):
+            assert network_mode.removeprefix("service:") in depends_on(service)
+
+
+def test_the_services_run_their_command_and_probe_its_port(
+    services: dict[str, dict[str, Any]], settings: Settings
+) -> None:
+    ports = {
+        "api": ("api", settings.api.port),
+        "worker": ("worker", settings.worker.classifier_health_port),
+        "recorder": ("recorder", settings.worker.recorder_health_port),
+        "review": ("review-service", settings.review.service_port),
+        "dashboard": ("dashboard", settings.dashboard.port),
+    }
+    for name, (command, port) in ports.items():
+        assert services[name]["command"] == [command]
+        assert probe_port(services[name]) == port
+        path = "/_stcore/health" if name == "dashboard" else "/readyz"
+        assert path in " ".join(services[name]["healthcheck"]["test"])
+
+
+def test_vllm_runs_only_under_the_gpu_profile(services: dict[str, dict[str, Any]]) -> None:
+    gpu = {name for name, s in services.items() if "gpu" in s.get("profiles", [])}
+    assert gpu == {"vllm"}
+    assert services["vllm"]["profiles"] == ["gpu"]
+    for name, service in services.items():
+        assert "vllm" not in depends_on(service), f"{name} cannot start without a GPU"
+        devices = service.get("deploy", {}).get("resources", {}).get("reservations", {})
+        if name != "vllm":
+            assert "devices" not in devices, name
+    (device,) = services["vllm"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+
+
+def test_vllm_serves_lora_adapters_the_nightly_writes(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    vllm, nightly = services["vllm"], services["nightly"]
+    assert vllm["entrypoint"] == ["vllm", "serve"]
+    command = vllm["command"]
+    for flag in ("--enable-lora", "--enable-auto-tool-choice"):
+        assert flag in command
+    assert command[command.index("--served-model-name") + 1] == "moderation-base"
+    assert command[command.index("--tool-call-parser") + 1] == "hermes"
+    assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    # The adapters' base model is the served model; the key comes from the environment.
+    base_model = nightly["environment"]["MODERATION_NIGHTLY__LORA__BASE_MODEL"]
+    assert command[0] == base_model
+    assert nightly["environment"]["MODERATION_LLM__MODEL"] == "moderation-base"
+    assert nightly["environment"]["MODERATION_NIGHTLY__LORA__ADMIN_URL"] == "http://vllm:8000"
+    # Both mount the models volume where the image puts the adapters.
+    adapter_dir = env_values(stages(DOCKERFILES["nightly"])[-1][2])[
+        "MODERATION_NIGHTLY__LORA__ADAPTER_DIR"
+    ]
+    assert "models:/models" in nightly["volumes"]
+    assert "models:/models:ro" in vllm["volumes"]
+    assert adapter_dir.startswith("/models/")
+
+
+def test_nightly_is_a_one_shot_job(services: dict[str, dict[str, Any]]) -> None:
+    nightly = services["nightly"]
+    assert nightly["profiles"] == ["jobs"]
+    assert nightly["restart"] == "no"
+    assert nightly["command"] == ["nightly"]
+    assert nightly["build"]["dockerfile"] == "docker/nightly.Dockerfile"
+    jobs = {name for name, s in services.items() if "jobs" in s.get("profiles", [])}
+    assert jobs == {"nightly"}
+
+
+def test_models_volume_is_where_the_images_keep_models(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in ("service", "nightly"):
+        env = env_values(stages(DOCKERFILES[name])[-1][2])
+        assert env["MODERATION_MODELS__ARTIFACT_DIR"] == "/models"
+    # The worker serves what the nightly (or the review service's Dapr job) promotes.
+    for name in ("worker", "review", "nightly"):
+        assert "models:/models" in services[name]["volumes"], name
+
+
+# --- secrets -------------------------------------------------------------------------------------
+
+
+def container_files() -> list[Path]:
+    files = [COMPOSE_FILE, ROOT / ".dockerignore", ROOT / ".hadolint.yaml"]
+    files += [p for p in sorted(DOCKER.rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
+    return files
+
+
+def test_no_secret_literal_in_any_container_file() -> None:
+    from moderation.settings import DEV_DB_PASSWORD, DEV_LLM_API_KEY
+
+    for path in container_files():
+        text = path.read_text()
+        for literal in (DEV_DB_PASSWORD, DEV_LLM_API_KEY):
+            assert literal not in text, f"{path.name} contains a development secret"
+        # A secret variable may be required (`${X:?...}`) but never defaulted (`${X:-...}`).
+        for match in re.finditer(r"\$\{(\w+)(:?[-?])?", text):
+            if SECRET_NAME.search(match.group(1)):
+                assert match.group(2) == ":?", f"{path.name}: {match.group(0)}"
+
+
+def test_compose_secrets_come_from_the_environment_or_files(
+    compose: dict[str, Any],
+) -> None:
+    declared = set(compose["secrets"])
+    for path, value in walk(compose["services"]):
+        key = re.sub(r"\[\d+\]$", "", path.rsplit(".", 1)[-1])
+        if key == "secrets":  # a service's reference to a declared secret, by name
+            assert value in declared, path
+            continue
+        if not SECRET_NAME.search(key) or not isinstance(value, str):
+            continue
+        required = re.fullmatch(r"\$\{\w+:\?[^}]+\}", value)
+        from_secret = value.startswith("/run/secrets/")
+        assert required or from_secret, f"{path} = {value!r}"
+    assert compose["secrets"] == {
+        "db_password": {"environment": "MODERATION_DB__PASSWORD"},
+        "dapr_secrets": {"file": "./.secrets/dapr-secrets.json"},
+    }
+    assert ".secrets/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_the_dashboard_gets_no_secret(services: dict[str, dict[str, Any]]) -> None:
+    assert set(services["dashboard"]["environment"]) == {"MODERATION_DASHBOARD__API_URL"}
+    assert "secrets" not in services["dashboard"]
+
+
+# --- PostgreSQL, Kafka, Dapr, Prometheus ---------------------------------------------------------
+
+
+def test_postgres_matches_the_settings(
+    services: dict[str, dict[str, Any]], settings: Settings
+) -> None:
+    postgres = services["postgres"]
+    env = postgres["environment"]
+    assert env["POSTGRES_USER"] == settings.db.user
+    assert env["POSTGRES_DB"] == settings.db.name
+    assert env["POSTGRES_PASSWORD_FILE"] == "/run/secrets/db_password"
+    assert postgres["secrets"] == ["db_password"]
+    init = (DOCKER / "postgres" / "init" / "10-dapr-state.sql").read_text()
+    assert f"CREATE DATABASE {settings.db.dapr_state_name};" in init
+    assert "./docker/postgres/init:/docker-entrypoint-initdb.d:ro" in postgres["volumes"]
+    app_env = services["api"]["environment"]
+    assert (app_env["MODERATION_DB__HOST"], app_env["MODERATION_DB__PORT"]) == ("postgres", "5432")
+
+
+def test_kafka_matches_the_settings(
+    services: dict[str, dict[str, Any]], settings: Settings
+) -> None:
+    env = services["kafka"]["environment"]
+    assert env["KAFKA_NUM_PARTITIONS"] == str(settings.kafka.partitions)
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert env["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
+    # The topics are created from the settings by the project's own function.
+    assert "ensure_topics(get_settings())" in services["topics"]["entrypoint"][-1]
+    assert services["topics"]["restart"] == "no"
+    for name in ("api", "worker", "recorder", "review"):
+        assert depends_on(services[name])["topics"] == {
+            "condition": "service_completed_successfully"
+        }
+
+
+def test_daprd_runs_next_to_the_review_service(
+    services: dict[str, dict[str, Any]], settings: Settings
+) -> None:
+    daprd = services["review-dapr"]
+    assert daprd["network_mode"] == "service:review"
+    flags = command_flags(daprd["command"])
+    assert daprd["command"][0] == "./daprd"
+    assert flags["app-id"] == settings.dapr.app_id
+    assert flags["app-port"] == str(settings.review.service_port)
+    assert flags["dapr-http-port"] == str(settings.dapr.http_port)
+    assert flags["dapr-grpc-port"] == str(settings.dapr.grpc_port)
+    assert flags["metrics-port"] == str(settings.dapr.metrics_port)
+    assert flags["placement-host-address"] == f"placement:{settings.dapr.placement_port}"
+    assert flags["scheduler-host-address"] == f"scheduler:{settings.dapr.scheduler_port}"
+    assert flags["resources-path"] == "/components"
+    assert "./components:/components:ro" in daprd["volumes"]
+    assert f"./docker/dapr/configuration.yaml:{flags['config']}:ro" in daprd["volumes"]
+    # The api reaches that daprd through the review container.
+    assert services["api"]["environment"]["MODERATION_DAPR__HOST"] == "review"
+
+
+def test_components_get_every_env_ref_they_read(services: dict[str, dict[str, Any]]) -> None:
+    env_refs = {
+        item["envRef"]
+        for path in sorted((ROOT / "components").glob("*.yaml"))
+        for item in (yaml.safe_load(path.read_text()).get("spec", {}).get("metadata") or [])
+        if "envRef" in item
+    }
+    daprd = services["review-dapr"]
+    assert set(daprd["environment"]) == env_refs | {"DAPR_API_TOKEN"}
+    secrets_file = daprd["environment"]["MODERATION_DAPR_SECRETS_FILE"]
+    assert secrets_file == "/run/secrets/dapr_secrets" and daprd["secrets"] == ["dapr_secrets"]
+    assert daprd["environment"]["MODERATION_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+
+
+def test_dapr_configuration_differs_only_in_where_traces_go(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    local = yaml.safe_load((ROOT / "components" / "configuration.yaml").read_text())
+    compose = yaml.safe_load((DOCKER / "dapr" / "configuration.yaml").read_text())
+    endpoint = compose["spec"]["tracing"]["otel"].pop("endpointAddress")
+    local["spec"]["tracing"]["otel"].pop("endpointAddress")
+    assert compose == local
+    host, port = endpoint.split(":")
+    assert host in services
+    collector = yaml.safe_load((DOCKER / "otel-collector.yaml").read_text())
+    assert collector["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"] == f"0.0.0.0:{port}"
+    assert services["api"]["environment"]["MODERATION_TRACING__OTLP_ENDPOINT"] == (
+        f"http://{host}:{port}"
+    )
+    pipeline = collector["service"]["pipelines"]["traces"]
+    for kind in ("receivers", "processors", "exporters"):
+        assert set(pipeline[kind]) <= set(collector[kind])
+
+
+def test_dapr_control_plane_ports_follow_the_settings(
+    services: dict[str, dict[str, Any]], settings: Settings
+) -> None:
+    d = settings.dapr
+    placement = command_flags(services["placement"]["command"])
+    assert placement == {
+        "port": str(d.placement_port),
+        "healthz-port": str(d.placement_healthz_port),
+        "metrics-port": str(d.placement_metrics_port),
+    }
+    scheduler = command_flags(services["scheduler"]["command"])
+    assert scheduler["port"] == str(d.scheduler_port)
+    assert scheduler["metrics-port"] == str(d.scheduler_metrics_port)
+    assert scheduler["override-broadcast-host-port"] == f"scheduler:{d.scheduler_port}"
+    assert scheduler["etcd-data-dir"].startswith("/var/lock/")
+    assert "scheduler-data:/var/lock" in services["scheduler"]["volumes"]
+
+
+def test_prometheus_scrapes_every_metrics_port(
+    services: dict[str, dict[str, Any]], settings: Settings
+) -> None:
+    config = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    # Each service serves /metrics on the port its healthcheck probes.
+    expected = {f"{name}:{probe_port(services[name])}" for name in ("api", "worker", "recorder")}
+    expected.add(f"review:{probe_port(services['review'])}")
+    daprd = command_flags(services["review-dapr"]["command"])
+    expected.add(f"review:{daprd['metrics-port']}")  # daprd lives in review's network namespace
+    for name in ("placement", "scheduler"):
+        expected.add(f"{name}:{command_flags(services[name]['command'])['metrics-port']}")
+    expected.add("localhost:9090")
+    assert targets == expected
+    assert daprd["metrics-port"] == str(settings.dapr.metrics_port)
+    mount = "./docker/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
+    assert mount in services["prometheus"]["volumes"]
+
+
+# --- the Dapr secrets file and the api's sidecar address -----------------------------------------
+
+
+def load_dapr_secrets_module() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dapr_secrets", DOCKER / "dapr_secrets.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dapr_secrets_file_is_what_the_statestore_reads(tmp_path: Path) -> None:
+    module = load_dapr_secrets_module()
+    output = module.write_secrets("s3cret-for-tests", tmp_path / ".secrets" / "dapr.json")
+    statestore = yaml.safe_load((ROOT / "components" / "statestore-postgresql.yaml").read_text())
+    (connection,) = [m for m in statestore["spec"]["metadata"] if m["name"] == "connectionString"]
+    key = connection["secretKeyRef"]["key"]
+    written = json.loads(output.read_text())
+    # The same string the local stack writes, for the compose stack's PostgreSQL.
+    db = DatabaseSettings(host="postgres", port=5432, password="s3cret-for-tests")  # type: ignore[arg-type]
+    assert written == {key: db.libpq_dsn(db.dapr_state_name)}
+    assert output.stat().st_mode & 0o777 == 0o644
+    assert output.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_dapr_secrets_quotes_a_password_libpq_would_split() -> None:
+    module = load_dapr_secrets_module()
+    assert module.libpq_value("plain") == "plain"
+    assert module.libpq_value("two words") == "'two words'"
+    assert module.libpq_value("it's\\") == "'it\\'s\\\\'"
+    assert module.libpq_value("") == "''"
+
+
+def test_dapr_secrets_match_the_compose_database(services: dict[str, dict[str, Any]]) -> None:
+    module = load_dapr_secrets_module()
+    env = services["postgres"]["environment"]
+    assert (module.HOST, module.USER) == ("postgres", env["POSTGRES_USER"])
+    assert module.DATABASE == Settings().db.dapr_state_name
+    secret_file = load_compose()["secrets"]["dapr_secrets"]["file"]
+    assert module.OUTPUT == (ROOT / secret_file).resolve()
+
+
+def test_the_api_reaches_the_review_sidecar_at_the_configured_host() -> None:
+    """In compose the sidecar is in the review container, not on the api's loopback."""
+    default = DaprReviewWorkflows.from_settings(Settings())
+    assert (default.host, default.port) == ("127.0.0.1", 50001)
+    composed = DaprReviewWorkflows.from_settings(Settings(dapr=DaprSettings(host="review")))
+    assert (composed.host, composed.port) == ("review", 50001)
+    assert DaprSettings(host="review").grpc_endpoint == "review:50001"
+
+
+def test_daprd_api_token_is_shared_by_its_clients(services: dict[str, dict[str, Any]]) -> None:
+    """daprd listens beyond loopback, so it requires a token: the api and the review service
+    (the Dapr SDK reads DAPR_API_TOKEN) get the same one, from the environment."""
+    token = services["review-dapr"]["environment"]["DAPR_API_TOKEN"]
+    assert token.startswith("${MODERATION_DAPR__API_TOKEN:?")
+    for name in ("api", "review"):
+        assert services[name]["environment"]["DAPR_API_TOKEN"] == token
+    holders = {n for n, s in services.items() if "DAPR_API_TOKEN" in s.get("environment", {})}
+    assert holders == {"api", "review", "review-dapr"}
