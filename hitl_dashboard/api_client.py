@@ -7,6 +7,7 @@ History tables show whatever the API adds.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -170,6 +171,138 @@ class PostTrail(_ApiModel):
     decisions: list[TrailDecision] = Field(default_factory=list)
 
 
+class MetricsWindow(_ApiModel):
+    """The period a metrics overview covers (whole buckets, the first may start earlier)."""
+
+    since: datetime
+    until: datetime
+    hours: float
+    bucket_minutes: int
+
+
+class ThroughputBucket(_ApiModel):
+    """What flowed through in one time bucket."""
+
+    start: datetime
+    posts: int = 0
+    verdicts: dict[str, int] = Field(default_factory=dict, description="by stage")
+    decisions: int = 0
+    sent_to_humans: int = 0
+    share_to_humans: float | None = None
+
+
+class LatencyPercentiles(_ApiModel):
+    """p50/p95/p99 of a stage's latency `measure` in a bucket (`start`) or the whole window."""
+
+    start: datetime | None = None
+    stage: str
+    measure: str
+    count: int = 0
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+class LatencySample(_ApiModel):
+    """Which verdicts the percentiles were computed on."""
+
+    rows: int = 0
+    cap: int = 0
+    truncated: bool = False
+    oldest: datetime | None = None
+
+
+class DecisionCount(_ApiModel):
+    stage: str
+    decision: str
+    count: int
+
+
+class CategoryCount(_ApiModel):
+    stage: str
+    category: str
+    count: int
+
+
+class HumanShare(_ApiModel):
+    posts: int = 0
+    sent_to_humans: int = 0
+    share: float | None = None
+
+
+class Agreement(_ApiModel):
+    """The model's and the agent's category against the human label."""
+
+    label: str
+    decisions: int = 0
+    model_compared: int = 0
+    model_agreed: int = 0
+    model_agreement: float | None = None
+    agent_compared: int = 0
+    agent_agreed: int = 0
+    agent_agreement: float | None = None
+
+
+class ModeratorLoad(_ApiModel):
+    moderator: str
+    decided: int = 0
+    mean_handling_seconds: float | None = None
+    mean_time_to_decision_seconds: float | None = None
+
+
+class QueueMetrics(QueueStats):
+    """The queue stats, the oldest waiting review and the load per moderator."""
+
+    oldest_pending_at: datetime | None = None
+    oldest_pending_age_seconds: float | None = None
+    moderators: list[ModeratorLoad] = Field(default_factory=list)
+
+
+class ModelVersionScores(_ApiModel):
+    """A registered model version and its scores (None when its metrics lack them)."""
+
+    kind: str
+    version: str
+    status: str
+    created_at: datetime
+    gold_macro_f1: float | None = None
+    time_split_macro_f1: float | None = None
+    validation_macro_f1: float | None = None
+    eval_loss: float | None = None
+    promoted: bool | None = None
+    run_id: int | None = None
+
+
+class JobRunSummary(_ApiModel):
+    id: int
+    job: str
+    status: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    duration_seconds: float | None = None
+    counts: dict[str, Any] = Field(default_factory=dict)
+    promoted: bool | None = None
+    error: str | None = None
+
+
+class MetricsOverview(_ApiModel):
+    """`GET /v1/metrics/overview`: everything the Metrics page plots."""
+
+    window: MetricsWindow
+    throughput: list[ThroughputBucket] = Field(default_factory=list)
+    latency: list[LatencyPercentiles] = Field(default_factory=list)
+    latency_window: list[LatencyPercentiles] = Field(default_factory=list)
+    latency_sample: LatencySample = Field(default_factory=LatencySample)
+    decision_mix: list[DecisionCount] = Field(default_factory=list)
+    category_mix: list[CategoryCount] = Field(default_factory=list)
+    to_humans: HumanShare = Field(default_factory=HumanShare)
+    agreement: list[Agreement] = Field(default_factory=list)
+    agreement_total: Agreement | None = None
+    queue: QueueMetrics = Field(default_factory=QueueMetrics)
+    model_versions: list[ModelVersionScores] = Field(default_factory=list)
+    job_runs: list[JobRunSummary] = Field(default_factory=list)
+
+
 class ReviewApi(Protocol):
     """What the pages need from the review API (the real client, or a fake in tests)."""
 
@@ -199,6 +332,13 @@ class ReviewApi(Protocol):
 
     def decision_log_csv(self) -> bytes: ...
 
+    def metrics_overview(self, *, hours: float, bucket_minutes: int) -> MetricsOverview: ...
+
+    @property
+    def cache_key(self) -> str:
+        """Names the key without revealing it: results cached under it stay with that key."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -219,6 +359,12 @@ class ApiClient:
             timeout=timeout,
             transport=transport,
         )
+        self._cache_key = hashlib.sha256(api_key.encode()).hexdigest()
+
+    @property
+    def cache_key(self) -> str:
+        """SHA-256 of the API key: what a cache of this key's answers is keyed by."""
+        return self._cache_key
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -330,6 +476,16 @@ class ApiClient:
     def decision_log_csv(self) -> bytes:
         """The decision log as CSV, exactly as the API serves it."""
         return self._request("GET", "/v1/decisions.csv").content
+
+    def metrics_overview(self, *, hours: float, bucket_minutes: int) -> MetricsOverview:
+        """Throughput, latency, mixes, agreement, queue and models over the last `hours`."""
+        response = self._request(
+            "GET",
+            "/v1/metrics/overview",
+            params={"hours": f"{hours:g}", "bucket_minutes": bucket_minutes},
+            meanings={404: "this review API has no metrics endpoint (an older version?)"},
+        )
+        return MetricsOverview.model_validate_json(response.content)
 
 
 def _segment(value: str) -> str:

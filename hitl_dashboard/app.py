@@ -1,7 +1,7 @@
 """Entry point: `streamlit run hitl_dashboard/app.py`.
 
 Anonymous visitors get a navigation with the sign-in page alone, so any other URL lands there;
-a signed-in moderator gets Queue and History. Every rerun first expires an idle session.
+a signed-in moderator gets Queue, History and Metrics. Every rerun first expires an idle session.
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ if signed_in:
                 title="History",
                 icon=":material/history:",
                 url_path="history",
+            ),
+            st.Page(
+                VIEWS / "metrics.py",
+                title="Metrics",
+                icon=":material/monitoring:",
+                url_path="metrics",
             ),
         ]
     )

@@ -1,4 +1,5 @@
-"""The moderator's session: API key and client in `st.session_state` only, idle expiry.
+"""The moderator's session: API key and client in `st.session_state` only; it ends after
+`MODERATION_DASHBOARD__SESSION_MINUTES` idle, and in any case `MAX_SESSION_HOURS` after sign-in.
 
 Plain functions over a mutable mapping (Streamlit passes `st.session_state`, tests may pass a
 dict) so the rules are testable without a running app. The API client is made by a factory
@@ -8,7 +9,7 @@ that tests replace by putting their own under `CLIENT_FACTORY` in the session st
 from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import streamlit as st
@@ -26,6 +27,9 @@ LAST_ACTIVITY = "hitl_last_activity"
 NOTICE = "hitl_sign_in_notice"
 # Everything a page keeps per session starts with this, so signing out forgets all of it.
 PAGE_STATE_PREFIX = "hitl_"
+# A working day: a key left signed in on a shared screen does not outlive the shift, even in use.
+MAX_SESSION_HOURS = 12.0
+MAX_SESSION_SECONDS = MAX_SESSION_HOURS * 3600.0
 
 
 @dataclass
@@ -38,10 +42,19 @@ class Activity:
 
     last: float
     ended: bool = False
+    started: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.started = self.last
+
+    def too_old(self, now: float) -> bool:
+        """Whether the session passed its absolute lifetime (`MAX_SESSION_HOURS`)."""
+        return now - self.started > MAX_SESSION_SECONDS
 
     def expired(self, now: float, idle_limit: float) -> bool:
-        """Whether the session ended or stayed idle longer than `idle_limit` seconds."""
-        return self.ended or now - self.last > idle_limit
+        """Whether the session ended, stayed idle longer than `idle_limit` seconds, or is older
+        than `MAX_SESSION_HOURS`."""
+        return self.ended or now - self.last > idle_limit or self.too_old(now)
 
 
 def default_client_factory(api_url: str, api_key: str) -> ReviewApi:
@@ -110,12 +123,14 @@ def refresh(state: State, *, now: float, idle_limit: float) -> bool:
         return False
     activity = state.get(LAST_ACTIVITY)
     if not isinstance(activity, Activity) or activity.expired(now, idle_limit):
-        minutes = idle_limit / 60
-        sign_out(
-            state,
-            notice=f"Your session expired after {minutes:g} minutes without activity; "
-            "sign in again.",
-        )
+        if isinstance(activity, Activity) and activity.too_old(now):
+            notice = f"Your session reached its {MAX_SESSION_HOURS:g}-hour limit; sign in again."
+        else:
+            notice = (
+                f"Your session expired after {idle_limit / 60:g} minutes without activity; "
+                "sign in again."
+            )
+        sign_out(state, notice=notice)
         return False
     activity.last = now
     return True

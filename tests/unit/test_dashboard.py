@@ -277,7 +277,7 @@ def test_anonymous_visitor_sees_only_sign_in(api: FakeReviewApi) -> None:
     assert api.requests == []
 
 
-@pytest.mark.parametrize("page", ["views/queue.py", "views/history.py"])
+@pytest.mark.parametrize("page", ["views/queue.py", "views/history.py", "views/metrics.py"])
 def test_every_page_shows_sign_in_without_a_session(api: FakeReviewApi, page: str) -> None:
     app = signed_in(api)
     app.switch_page(page)
@@ -291,7 +291,7 @@ def test_every_page_shows_sign_in_without_a_session(api: FakeReviewApi, page: st
     assert len(api.requests) == before
 
 
-@pytest.mark.parametrize("page", ["queue.py", "history.py"])
+@pytest.mark.parametrize("page", ["queue.py", "history.py", "metrics.py"])
 def test_page_scripts_refuse_to_render_without_a_session(api: FakeReviewApi, page: str) -> None:
     app = AppTest.from_file(APP.parent / "views" / page, default_timeout=30)
     app.session_state[session.CLIENT_FACTORY] = api.factory
@@ -353,6 +353,22 @@ def test_idle_session_expires_and_asks_to_sign_in_again(api: FakeReviewApi) -> N
     assert titles(app) == ["Moderation review: sign in"]
     (warning,) = app.warning
     assert "expired" in warning.value and "sign in again" in warning.value
+    assert api.clients[-1]._http.is_closed
+
+
+def test_a_session_in_use_still_ends_at_its_absolute_lifetime(api: FakeReviewApi) -> None:
+    app = signed_in(api)
+    activity = app.session_state[session.LAST_ACTIVITY]
+    activity.started = time.monotonic() - session.MAX_SESSION_SECONDS + 60
+    app.run()
+    assert titles(app) == ["Review queue"]  # a minute short of the limit: still in
+
+    activity.started = time.monotonic() - session.MAX_SESSION_SECONDS - 1
+    app.run()  # active a moment ago, but signed in too long ago
+
+    assert titles(app) == ["Moderation review: sign in"]
+    (warning,) = app.warning
+    assert "12-hour limit" in warning.value and "sign in again" in warning.value
     assert api.clients[-1]._http.is_closed
 
 

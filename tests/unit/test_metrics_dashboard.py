@@ -1,0 +1,461 @@
+"""The dashboard's Metrics page under Streamlit's AppTest, against canned API answers.
+
+The fake review API of `test_dashboard.py` (behind the real `ApiClient`) also serves
+`GET /v1/metrics/overview` here, from a canned body, and records the query of every call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+from streamlit.testing.v1 import AppTest
+
+from hitl_dashboard import metrics_page
+from hitl_dashboard.api_client import MetricsOverview
+from tests.unit.test_dashboard import GOOD_KEY, FakeReviewApi, new_app, signed_in, titles
+
+OVERVIEW_PATH = "/v1/metrics/overview"
+BOB_KEY = "mod-key-bob"
+
+
+def bucket(hour: int, posts: int, model: int, agent: int, decisions: int, sent: int) -> Any:
+    return {
+        "start": f"2026-11-21T{hour:02d}:00:00Z",
+        "posts": posts,
+        "verdicts": {"model": model, "agent": agent},
+        "decisions": decisions,
+        "sent_to_humans": sent,
+        "share_to_humans": round(sent / posts, 4) if posts else None,
+    }
+
+
+def percentiles(hour: int | None, stage: str, measure: str, p50: float) -> dict[str, Any]:
+    return {
+        "start": None if hour is None else f"2026-11-21T{hour:02d}:00:00Z",
+        "stage": stage,
+        "measure": measure,
+        "count": 4,
+        "p50_ms": p50,
+        "p95_ms": p50 * 2,
+        "p99_ms": p50 * 3,
+    }
+
+
+def agreement(label: str, decisions: int, model: int, agent: int) -> dict[str, Any]:
+    return {
+        "label": label,
+        "decisions": decisions,
+        "model_compared": decisions,
+        "model_agreed": model,
+        "model_agreement": model / decisions,
+        "agent_compared": decisions,
+        "agent_agreed": agent,
+        "agent_agreement": agent / decisions,
+    }
+
+
+def busy_overview() -> dict[str, Any]:
+    """What `GET /v1/metrics/overview` answers after a busy day."""
+    return {
+        "window": {
+            "since": "2026-11-21T10:00:00Z",
+            "until": "2026-11-21T11:30:00Z",
+            "hours": 24,
+            "bucket_minutes": 60,
+        },
+        "throughput": [bucket(10, 4, 4, 1, 0, 2), bucket(11, 6, 6, 2, 3, 3)],
+        "latency": [
+            percentiles(10, "model", "verdict", 10.0),
+            percentiles(11, "model", "verdict", 12.0),
+            percentiles(10, "agent", "end_to_end", 900.0),
+        ],
+        "latency_window": [
+            percentiles(None, "model", "verdict", 11.0),
+            percentiles(None, "agent", "end_to_end", 900.0),
+        ],
+        "latency_sample": {"rows": 13, "cap": 50000, "truncated": False, "oldest": None},
+        "decision_mix": [
+            {"stage": "model", "decision": "allow", "count": 5},
+            {"stage": "model", "decision": "review", "count": 5},
+            {"stage": "agent", "decision": "review", "count": 3},
+            {"stage": "human", "decision": "remove", "count": 3},
+        ],
+        "category_mix": [
+            {"stage": "model", "category": "safe", "count": 5},
+            {"stage": "model", "category": "spam", "count": 5},
+            {"stage": "agent", "category": "spam", "count": 3},
+            {"stage": "human", "category": "spam", "count": 3},
+        ],
+        "to_humans": {"posts": 10, "sent_to_humans": 5, "share": 0.5},
+        "agreement": [agreement("spam", 3, 2, 3)],
+        "agreement_total": agreement("all", 3, 2, 3),
+        "queue": {
+            "pending": 4,
+            "escalated": 1,
+            "claimed": 2,
+            "inbound_24h": 5,
+            "actioned_24h": 3,
+            "action_rate": 1.0,
+            "avg_handling_seconds": 600.0,
+            "oldest_pending_at": "2026-11-21T09:20:00Z",
+            "oldest_pending_age_seconds": 7800.0,
+            "moderators": [
+                {
+                    "moderator": "alice",
+                    "decided": 2,
+                    "mean_handling_seconds": 90.0,
+                    "mean_time_to_decision_seconds": 600.0,
+                },
+                {
+                    "moderator": "bob",
+                    "decided": 1,
+                    "mean_handling_seconds": None,
+                    "mean_time_to_decision_seconds": 300.0,
+                },
+            ],
+        },
+        "model_versions": [
+            {
+                "kind": "fast",
+                "version": "fast-base",
+                "status": "retired",
+                "created_at": "2026-11-01T00:00:00Z",
+                "gold_macro_f1": None,
+                "time_split_macro_f1": None,
+                "validation_macro_f1": 0.61,
+                "eval_loss": None,
+                "promoted": None,
+                "run_id": None,
+            },
+            {
+                "kind": "fast",
+                "version": "fast-n1",
+                "status": "champion",
+                "created_at": "2026-11-20T02:00:00Z",
+                "gold_macro_f1": 0.64,
+                "time_split_macro_f1": 0.58,
+                "validation_macro_f1": None,
+                "eval_loss": None,
+                "promoted": True,
+                "run_id": 3,
+            },
+        ],
+        "job_runs": [
+            {
+                "id": 3,
+                "job": "nightly",
+                "status": "succeeded",
+                "started_at": "2026-11-20T02:00:00Z",
+                "finished_at": "2026-11-20T02:05:00Z",
+                "duration_seconds": 300.0,
+                "counts": {"decisions_in_window": 40},
+                "promoted": True,
+                "error": None,
+            }
+        ],
+    }
+
+
+def empty_overview() -> dict[str, Any]:
+    """A fresh install: empty buckets and nothing else."""
+    return {
+        "window": {
+            "since": "2026-11-21T10:00:00Z",
+            "until": "2026-11-21T11:30:00Z",
+            "hours": 24,
+            "bucket_minutes": 60,
+        },
+        "throughput": [bucket(10, 0, 0, 0, 0, 0), bucket(11, 0, 0, 0, 0, 0)],
+        "latency": [],
+        "latency_window": [],
+        "latency_sample": {"rows": 0, "cap": 50000, "truncated": False, "oldest": None},
+        "decision_mix": [],
+        "category_mix": [],
+        "to_humans": {"posts": 0, "sent_to_humans": 0, "share": None},
+        "agreement": [],
+        "agreement_total": agreement("all", 1, 0, 0) | {"decisions": 0},
+        "queue": {"pending": 0, "escalated": 0, "claimed": 0, "moderators": []},
+        "model_versions": [],
+        "job_runs": [],
+    }
+
+
+@dataclass
+class MetricsApi(FakeReviewApi):
+    """The fake review API, also serving the metrics overview."""
+
+    overview: dict[str, Any] = field(default_factory=busy_overview)
+    queries: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+
+    def _route(self, method: str, path: str, request: httpx.Request) -> httpx.Response:
+        if (method, path) == ("GET", OVERVIEW_PATH):
+            key = request.headers["Authorization"].removeprefix("Bearer ")
+            self.queries.append((key, dict(request.url.params)))
+            return httpx.Response(200, json=self.overview)
+        return super()._route(method, path, request)
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache() -> Iterator[None]:
+    # Streamlit's cache lives in the process, shared by every AppTest run: start each test cold.
+    metrics_page.load_overview.clear()
+    yield
+    metrics_page.load_overview.clear()
+
+
+@pytest.fixture
+def api() -> MetricsApi:
+    return MetricsApi(keys={GOOD_KEY, BOB_KEY})
+
+
+def metrics_app(api: MetricsApi) -> AppTest:
+    app = signed_in(api)
+    app.switch_page("views/metrics.py").run()
+    assert not app.exception, app.exception
+    return app
+
+
+def charts(app: AppTest) -> list[pd.DataFrame]:
+    """The data of every chart on the page, in page order."""
+    return [
+        convert_arrow_bytes_to_pandas_df(chart.proto.datasets[0].data.data)
+        for chart in app.get("vega_lite_chart")
+    ]
+
+
+def series(chart: pd.DataFrame) -> dict[str, list[Any]]:
+    """A built-in chart's data (Streamlit draws it in long form) back as series by name."""
+    color = next(c for c in chart.columns if c.startswith("color"))
+    value = next(c for c in chart.columns if c.startswith("value"))
+    return {str(name): group[value].tolist() for name, group in chart.groupby(color, sort=False)}
+
+
+def metric(app: AppTest, label: str) -> str:
+    return next(m.value for m in app.metric if m.label == label)
+
+
+def rows(element: Any) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = element.value.to_dict("records")
+    return records
+
+
+# --- the page -----------------------------------------------------------------------------------
+
+
+def test_metrics_page_draws_every_section(api: MetricsApi) -> None:
+    app = metrics_app(api)
+
+    assert titles(app) == ["Metrics"]
+    assert [s.value for s in app.subheader] == [
+        "Throughput",
+        "Latency",
+        "Decisions and categories",
+        "Sent to humans",
+        "Model vs human agreement",
+        "Review queue",
+        "Model versions",
+        "Nightly runs",
+    ]
+    assert not app.error and not app.info
+    assert api.queries == [(GOOD_KEY, {"hours": "24", "bucket_minutes": "60"})]
+    # Throughput, latency, decisions, categories, share, agreement, handling, model scores.
+    assert len(app.get("vega_lite_chart")) == 8
+    assert metric(app, "Share to humans") == "50%"
+    assert metric(app, "Model agrees") == "67%"
+    assert metric(app, "Agent agrees") == "100%"
+    assert (metric(app, "Pending"), metric(app, "Escalated"), metric(app, "Claimed")) == (
+        "4",
+        "1",
+        "2",
+    )
+    assert metric(app, "Oldest waiting") == "2 h 10 min"
+    latency, moderators, models, jobs = app.dataframe
+    assert [(r["stage"], r["measure"], r["p99 ms"]) for r in rows(latency)] == [
+        ("model", "verdict latency", 33.0),
+        ("agent", "end to end", 2700.0),
+    ]
+    assert [r["version"] for r in rows(models)] == ["fast-n1", "fast-base"]  # newest first
+    assert rows(jobs)[0]["counts"] == "decisions_in_window 40"
+    assert moderators.value["decided"].to_dict() == {"alice": 2, "bob": 1}
+
+
+def test_the_charts_plot_the_api_numbers(api: MetricsApi) -> None:
+    app = metrics_app(api)
+
+    throughput, latency, decisions, *_, handling, scores = charts(app)
+
+    assert series(throughput) == {
+        "posts": [4, 6],
+        "model verdicts": [4, 6],
+        "agent verdicts": [1, 2],
+        "human decisions": [0, 3],
+    }
+    assert series(latency) == {"p50": [10.0, 12.0], "p95": [20.0, 24.0], "p99": [30.0, 36.0]}
+    assert series(decisions)["review"] == [5, 3, 0]  # model, agent, human
+    assert handling["moderator"].tolist() == ["alice", "bob"]
+    assert sorted(zip(scores["version"], scores["score"], scores["value"], strict=True)) == [
+        ("fast-base", "validation macro F1", 0.61),
+        ("fast-n1", "gold macro F1", 0.64),
+        ("fast-n1", "time-split macro F1", 0.58),
+    ]
+
+
+def test_latency_series_can_be_switched(api: MetricsApi) -> None:
+    app = metrics_app(api)
+    choice = app.selectbox(key=metrics_page.LATENCY_SERIES)
+    assert choice.options == ["model · verdict latency", "agent · end to end"]
+
+    choice.set_value("agent · end to end").run()
+
+    assert series(charts(app)[1]) == {"p50": [900.0], "p95": [1800.0], "p99": [2700.0]}
+    assert len(api.queries) == 1  # the cached answer served the rerun
+
+
+def test_a_chosen_latency_series_that_disappears_falls_back_to_the_first(
+    api: MetricsApi,
+) -> None:
+    app = metrics_app(api)
+    app.selectbox(key=metrics_page.LATENCY_SERIES).set_value("agent · end to end").run()
+    api.overview["latency"] = api.overview["latency"][:2]
+    api.overview["latency_window"] = api.overview["latency_window"][:1]  # no agent any more
+
+    app.button(key=metrics_page.REFRESH).click().run()
+
+    assert not app.exception
+    assert app.selectbox(key=metrics_page.LATENCY_SERIES).value == "model · verdict latency"
+    assert series(charts(app)[1])["p50"] == [10.0, 12.0]
+
+
+def test_window_selector_fetches_each_window_once_and_refresh_refetches(api: MetricsApi) -> None:
+    app = metrics_app(api)
+
+    app.segmented_control(key=metrics_page.WINDOW).set_value("1 h").run()
+    app.segmented_control(key=metrics_page.WINDOW).set_value("7 d").run()
+    app.segmented_control(key=metrics_page.WINDOW).set_value("24 h").run()
+    app.run()
+
+    assert [query for _, query in api.queries] == [
+        {"hours": "24", "bucket_minutes": "60"},
+        {"hours": "1", "bucket_minutes": "5"},
+        {"hours": "168", "bucket_minutes": "360"},
+    ]
+    app.button(key=metrics_page.REFRESH).click().run()
+    assert api.queries[-1] == (GOOD_KEY, {"hours": "24", "bucket_minutes": "60"})
+    assert len(api.queries) == 4
+    assert not app.exception
+
+
+def test_the_cache_never_serves_one_key_what_another_fetched(api: MetricsApi) -> None:
+    metrics_app(api)
+    bob = new_app(api).run()
+    bob.text_input(key="hitl_sign_in_key").input(BOB_KEY)
+    bob.button(key="sign_in").click().run()
+
+    bob.switch_page("views/metrics.py").run()
+
+    assert [key for key, _ in api.queries] == [GOOD_KEY, BOB_KEY]
+    metrics_app(api)  # alice again, within the cache time: her own cached answer
+    assert len(api.queries) == 2
+
+
+def test_an_empty_read_model_renders_clean_empty_states() -> None:
+    api = MetricsApi(overview=empty_overview())
+
+    app = metrics_app(api)
+
+    assert not app.error
+    assert not app.get("vega_lite_chart") and not app.dataframe
+    assert [i.value for i in app.info] == [
+        "Nothing was submitted, classified or decided in this window yet.",
+        "No verdicts in this window yet: no latency to show.",
+        "No verdicts or decisions in this window yet.",
+        "No posts in this window yet.",
+        "No human decisions in this window yet: nothing to compare.",
+        "No review was decided in this window yet.",
+        "No model registered yet.",
+        "No job has run yet.",
+    ]
+    assert metric(app, "Share to humans") == "–"
+    assert metric(app, "Oldest waiting") == "–"
+
+
+def test_an_api_error_is_a_message_not_a_traceback(api: MetricsApi) -> None:
+    api.failures[("GET", OVERVIEW_PATH)] = (503, "database unreachable")
+
+    app = metrics_app(api)
+
+    assert [e.value for e in app.error] == [
+        "Metrics unavailable: the review service is unavailable, try again shortly "
+        "(database unreachable)."
+    ]
+    assert not app.subheader
+    del api.failures[("GET", OVERVIEW_PATH)]
+    app.run()  # errors are not cached: the next run asks again
+    assert not app.error and len(app.subheader) == 8
+
+
+def test_an_api_without_the_endpoint_says_so(api: MetricsApi) -> None:
+    api.failures[("GET", OVERVIEW_PATH)] = (404, "no such endpoint: GET /v1/metrics/overview")
+
+    app = metrics_app(api)
+
+    (error,) = app.error
+    assert error.value.startswith(
+        "Metrics unavailable: this review API has no metrics endpoint (an older version?)"
+    )
+
+
+def test_a_revoked_key_on_the_metrics_page_signs_out(api: MetricsApi) -> None:
+    app = metrics_app(api)
+    api.keys.clear()
+    app.button(key=metrics_page.REFRESH).click().run()
+
+    assert titles(app) == ["Moderation review: sign in"]
+    assert "not authorized" in app.warning[0].value
+
+
+# --- the frames ---------------------------------------------------------------------------------
+
+
+def test_frames_pivot_the_mixes_in_stage_and_taxonomy_order() -> None:
+    overview = MetricsOverview.model_validate(busy_overview())
+
+    decisions = metrics_page.decision_frame(overview)
+    categories = metrics_page.category_frame(overview)
+
+    assert list(decisions.index) == ["model", "agent", "human"]
+    assert decisions.loc["model"].to_dict() == {"allow": 5, "remove": 0, "review": 5}
+    assert list(categories.index) == ["safe", "spam"]
+    assert list(categories.columns) == ["model", "agent", "human"]
+    assert categories.loc["spam"].to_dict() == {"model": 5, "agent": 3, "human": 3}
+    moderators = metrics_page.moderator_frame(overview)
+    assert moderators.loc["alice"].to_dict() == {
+        "handling (min)": 1.5,
+        "time to decision (min)": 10.0,
+        "decided": 2,
+    }
+    assert moderators["handling (min)"].isna().tolist() == [False, True]  # bob: no claim
+    assert metrics_page.throughput_frame(overview).loc[:, "posts"].tolist() == [4, 6]
+    assert metrics_page.share_frame(overview)["share to humans"].tolist() == [0.5, 0.5]
+
+
+def test_frames_of_an_empty_overview_are_empty() -> None:
+    overview = MetricsOverview.model_validate(empty_overview())
+
+    assert not metrics_page.has_traffic(overview)
+    assert metrics_page.latency_series(overview) == {}
+    for frame in (
+        metrics_page.decision_frame(overview),
+        metrics_page.category_frame(overview),
+        metrics_page.share_frame(overview),
+        metrics_page.agreement_frame(overview),
+        metrics_page.moderator_frame(overview),
+        metrics_page.model_score_frame(overview),
+    ):
+        assert frame.empty
