@@ -2098,19 +2098,24 @@ def moderator_load(
     return sorted(load, key=lambda row: (-row.decided, row.moderator))
 
 
+def oldest_waiting_review(session: Session, *, now: datetime) -> datetime | None:
+    """When the oldest review waiting for a moderator (pending or escalated) was created."""
+    status = effective_review_status(_utc(now))
+    oldest = session.execute(
+        sa.select(sa.func.min(REVIEWS.c.created_at)).where(
+            status.in_([ReviewStatus.PENDING.value, ReviewStatus.ESCALATED.value])
+        )
+    ).scalar_one()
+    return _utc(oldest) if oldest is not None else None
+
+
 def queue_metrics(
     session: Session, *, now: datetime, window: MetricsWindow, row_cap: int = METRICS_ROW_CAP
 ) -> QueueMetricsPublic:
     """`review_stats` at `now`, the oldest review waiting for a moderator, and the window's
     load per moderator."""
     now = _utc(now)
-    status = effective_review_status(now)
-    oldest = session.execute(
-        sa.select(sa.func.min(REVIEWS.c.created_at)).where(
-            status.in_([ReviewStatus.PENDING.value, ReviewStatus.ESCALATED.value])
-        )
-    ).scalar_one()
-    oldest_at = _utc(oldest) if oldest is not None else None
+    oldest_at = oldest_waiting_review(session, now=now)
     return QueueMetricsPublic(
         **review_stats(session, now=now)._asdict(),
         oldest_pending_at=oldest_at,
