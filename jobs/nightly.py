@@ -35,9 +35,10 @@ from jobs.retrain import (
 )
 from jobs.snapshot import Snapshot, write_snapshot
 from moderation.classifier.fast_model import FastModel, ensure_fast_model, train_fast_model
+from moderation.classifier.registry_watch import register_champion
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
-from moderation.db.models import JobRun, ModelStatus
+from moderation.db.models import JobRun
 from moderation.events import utc_now
 from moderation.settings import Settings
 from moderation.stack.runtime import console, step
@@ -160,15 +161,7 @@ def champion_model(settings: Settings, engine: Engine) -> FastModel:
     if champion is not None:
         return FastModel.load(Path(champion.artifact_uri))
     model = ensure_fast_model(settings, progress=True)
-    with Session(engine) as session:
-        crud.register_model_version(
-            session,
-            kind=FAST,
-            version=model.version,
-            artifact_uri=str(settings.models.artifact_dir / FAST / model.version),
-            metrics=model.metrics,
-            status=ModelStatus.CHAMPION,
-        )
+    register_champion(engine, model, settings)
     return model
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 from fastapi import APIRouter, HTTPException
 
+from moderation.review.dapr_tokens import api_token_headers
 from moderation.settings import PROJECT_ROOT, Settings
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,12 @@ def schedule_nightly(
         body["dueTime"] = due_time
     else:
         body["schedule"] = settings.nightly.schedule
-    response = httpx.post(f"{settings.dapr.http_endpoint}/{JOBS_API}/{name}", json=body, timeout=10)
+    response = httpx.post(
+        f"{settings.dapr.http_endpoint}/{JOBS_API}/{name}",
+        json=body,
+        headers=api_token_headers(settings),
+        timeout=10,
+    )
     if response.status_code >= 300:
         raise RuntimeError(
             f"daprd refused the job {name!r}: HTTP {response.status_code} {response.text[:300]}"

@@ -220,7 +220,14 @@ def run_bench(
     console.print("[bold]1/4 fast model throughput[/bold]")
     result["model"] = measure_model(settings, model_posts)
 
-    services = PipelineServices(run_settings)
+    # One key sends everything here: the per-key rate limits would measure themselves.
+    services = PipelineServices(
+        run_settings,
+        extra_env={
+            "MODERATION_API__RATE_LIMIT_PER_MINUTE": "0",
+            "MODERATION_API__REQUEST_RATE_LIMIT_PER_MINUTE": "0",
+        },
+    )
     try:
         services.start("recorder", "worker", "api", timeout=600)
         console.print(f"[bold]2-3/4 end to end: {rate} posts/s offered, then saturation[/bold]")

@@ -16,6 +16,7 @@ from moderation import stack
 from moderation.api.cli import app as api_keys_app
 from moderation.settings import PROJECT_ROOT, get_settings
 from moderation.stack.component import ComponentStatus
+from moderation.stack.dapr import with_stack_tokens
 from moderation.stack.runtime import StackError
 
 app = typer.Typer(help="Event-driven content moderation.", no_args_is_help=True)
@@ -114,7 +115,7 @@ def api() -> None:
     """Run the ingest API (FastAPI) on `MODERATION_API__HOST`:`MODERATION_API__PORT`."""
     from moderation.api.cli import run_api
 
-    run_api(get_settings())
+    run_api(with_stack_tokens(get_settings()))
 
 
 @app.command("recorder")
@@ -219,7 +220,7 @@ def review_service() -> None:
     """Run the review service (a Dapr app: one durable workflow per review)."""
     from moderation.review.service import run_review_service
 
-    run_review_service()
+    run_review_service(with_stack_tokens(get_settings()))
 
 
 @app.command("dashboard")
@@ -268,7 +269,7 @@ def schedule_nightly() -> None:
     from jobs.schedule import JOB_NAME
     from jobs.schedule import schedule_nightly as schedule
 
-    settings = get_settings()
+    settings = with_stack_tokens(get_settings())
     try:
         schedule(settings)
     except Exception as error:  # noqa: BLE001 - the message says what daprd answered

@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from moderation.api.limits import ApiLimits
 from moderation.api.metrics import ApiMetrics
 from moderation.api.publisher import Publisher
 from moderation.api.security import (
@@ -37,6 +38,7 @@ class ApiState:
     publisher: Publisher
     metrics: ApiMetrics
     workflows: ReviewWorkflows
+    limits: ApiLimits
     key_cache: KeyCache = field(default_factory=KeyCache)
     # Past human decisions for precedents; created on first use (the ranking imports sklearn).
     decision_log: DecisionLog | None = None
@@ -65,30 +67,54 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 async def authenticate(
-    state: ApiState, headers: Mapping[str, str], scope: Scope | None = None
+    state: ApiState,
+    headers: Mapping[str, str],
+    scope: Scope | None = None,
+    *,
+    client: str | None = None,
 ) -> Principal:
-    """The API key in `headers` (`Authorization: Bearer` or `X-API-Key`), cached briefly.
+    """The API key in `headers` (`Authorization: Bearer` or `X-API-Key`), cached briefly, with
+    the request charged to the key's rate limit (`limits.py`): one post for `submit` requests
+    (a batch charges its other posts itself), one request otherwise.
 
     Shared by the dependencies below and by the submit fast lane (`routes/submit_lane.py`).
+    `client` is the caller's address, whose failed key checks are limited.
 
     Raises:
-        AuthError: 401 when the key is missing, unknown or revoked; 403 when it lacks `scope`.
+        AuthError: 401 when the key is missing, unknown or revoked; 403 when it lacks `scope`;
+            429 over the key's rate limit, or for an unverified key from a client that failed
+            too many key checks.
     """
     key = presented_key(headers.get("authorization"), headers.get("x-api-key"))
+    limits = state.limits
+    address = client or "unknown"
     cache = state.key_cache
     digest = cache.digest(key)
     hit, principal = cache.get(digest)
     if not hit:
+        # Only lookups are refused: a key known valid still works from a noisy address.
+        limits.check_auth_failures(address)
         principal = await run_in_threadpool(lookup_key, state.engine, key)
         cache.put(digest, principal)
     if principal is None:
+        limits.auth_failures.spend(address)
         raise AuthError(401, "invalid API key: unknown or revoked")
     if scope is not None and not principal.allows(scope):
         granted = ", ".join(sorted(principal.scopes)) or "none"
         raise AuthError(
             403, f"API key '{principal.name}' lacks scope '{scope}' (it has: {granted})"
         )
+    if scope is Scope.SUBMIT:
+        limits.charge_posts(principal.key_id, principal.name, 1)
+    else:
+        limits.charge_request(principal.key_id, principal.name)
     return principal
+
+
+def client_address(request: Request) -> str | None:
+    """The caller's address as the server saw it (behind a proxy: see uvicorn's
+    `--forwarded-allow-ips`, without which every client is the proxy)."""
+    return request.client.host if request.client is not None else None
 
 
 async def current_key(request: Request) -> Principal:
@@ -101,7 +127,9 @@ async def current_key(request: Request) -> Principal:
     Raises:
         AuthError: 401 when the key is missing, unknown or revoked.
     """
-    return await authenticate(request.app.state.api, request.headers)
+    return await authenticate(
+        request.app.state.api, request.headers, client=client_address(request)
+    )
 
 
 CurrentKey = Annotated[Principal, Depends(current_key)]
@@ -115,7 +143,9 @@ def require(scope: Scope) -> Callable[[Request], Coroutine[Any, Any, Principal]]
     """
 
     async def check(request: Request) -> Principal:
-        return await authenticate(request.app.state.api, request.headers, scope)
+        return await authenticate(
+            request.app.state.api, request.headers, scope, client=client_address(request)
+        )
 
     return check
 

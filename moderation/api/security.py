@@ -32,12 +32,14 @@ class Scope(StrEnum):
 
 
 class AuthError(Exception):
-    """Authentication or authorization failed; `status` is 401 or 403."""
+    """Refused at the key check: 401 (no valid key), 403 (a scope is missing) or 429 (over a rate
+    limit, see `limits.py`; `retry_after` is then the whole seconds to wait)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)

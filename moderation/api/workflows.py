@@ -13,7 +13,9 @@ import threading
 from typing import Any, Protocol
 
 import grpc  # type: ignore[import-untyped]  # grpcio ships no type information
+from pydantic import SecretStr
 
+from moderation.review.dapr_tokens import send_api_token
 from moderation.review.instances import read_workflow_state
 from moderation.settings import Settings
 
@@ -60,11 +62,13 @@ class DaprReviewWorkflows:
         port: int,
         event_name: str,
         timeout: float = RAISE_TIMEOUT_SECONDS,
+        api_token: SecretStr | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.event_name = event_name
         self.timeout = timeout
+        self.api_token = api_token
         self._client: Any = None
         self._lock = threading.Lock()
 
@@ -75,6 +79,7 @@ class DaprReviewWorkflows:
             host=settings.dapr.host,
             port=settings.dapr.grpc_port,
             event_name=settings.review.decision_event,
+            api_token=settings.dapr.api_token,
         )
 
     def _workflow_client(self) -> Any:
@@ -83,6 +88,7 @@ class DaprReviewWorkflows:
             if self._client is None:
                 from dapr.ext.workflow import DaprWorkflowClient
 
+                send_api_token(self.api_token)  # the SDK reads it when the client is made
                 self._client = DaprWorkflowClient(host=self.host, port=str(self.port))
             return self._client
 

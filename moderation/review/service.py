@@ -24,14 +24,16 @@ from dapr.clients import DaprClient
 from dapr.ext.workflow import DaprWorkflowClient
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
 from pydantic import ValidationError
 
 from jobs.schedule import job_router
 from moderation.db.engine import create_tables, make_engine
 from moderation.events import DeadLetter, Event, ReviewRequested, utc_now
 from moderation.review.activities import ReviewActivities
+from moderation.review.dapr_tokens import AppTokenGuard, use_api_token
 from moderation.review.instances import read_workflow_state
+from moderation.review.queue_metrics import ReviewQueueCollector
 from moderation.review.workflow import WORKFLOW_NAME, build_runtime, workflow_input
 from moderation.settings import Settings, get_settings
 from moderation.telemetry import carrier_of, configure_tracing
@@ -87,17 +89,29 @@ def delivered_payload(body: bytes) -> bytes:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The review service; only daprd (with `dapr.app_token`) may call it, probes excepted.
+
+    Raises:
+        ValueError: no app token outside development (anyone who reaches the port could then
+            start reviews or the nightly job).
+    """
     run_settings = settings or get_settings()
     topics = run_settings.kafka.topics
     state: dict[str, Any] = {}
+    app_token = run_settings.dapr.app_token
+    if app_token is None and run_settings.environment != "development":
+        raise ValueError("MODERATION_DAPR__APP_TOKEN (or APP_API_TOKEN) must be set")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        use_api_token(run_settings)  # before the first SDK client
         engine = make_engine(run_settings)
         await asyncio.to_thread(create_tables, engine)
         sink = DaprSink(run_settings)
         runtime = build_runtime(run_settings, ReviewActivities(engine, sink, run_settings))
         runtime.start()
+        queue_metrics = ReviewQueueCollector(engine)
+        REGISTRY.register(queue_metrics)
         state["runtime"] = runtime
         state["sink"] = sink
         state["client"] = DaprWorkflowClient(
@@ -106,12 +120,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            REGISTRY.unregister(queue_metrics)
             runtime.shutdown()
             state["client"].close()
             sink.close()
             engine.dispose()
 
     app = FastAPI(title="review service", lifespan=lifespan)
+    if app_token is not None:
+        app.add_middleware(AppTokenGuard, token=app_token)
+    else:
+        logger.warning("no Dapr app token: anyone who reaches the port may call the Dapr routes")
     # The stack's Dapr app also receives the triggers of the local nightly schedule.
     app.include_router(job_router(run_settings))
 
@@ -204,9 +223,9 @@ def _dead_letter(sink: DaprSink, topics: Any, payload: bytes, error: ValidationE
     sink.publish_raw(topics.review_requested + topics.dlq_suffix, letter.model_dump_json(), None)
 
 
-def run_review_service() -> None:
+def run_review_service(settings: Settings | None = None) -> None:
     """`moderation review-service`: serve until stopped."""
-    settings = get_settings()
+    settings = settings or get_settings()
     configure_tracing("review-service", settings)
     uvicorn.run(
         create_app(settings),

@@ -9,11 +9,15 @@ here, and dapr's go.sum was itself verified when the dapr module was downloaded)
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import shutil
 import subprocess
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+
+from pydantic import SecretStr
 
 from moderation.settings import PROJECT_ROOT, Settings
 from moderation.stack.component import ComponentStatus
@@ -36,6 +40,52 @@ CONFIG_FILE = COMPONENTS_DIR / "configuration.yaml"
 BINARIES = ("daprd", "placement", "scheduler")
 BUILD_PACKAGE = "github.com/dapr/dapr"
 LOOPBACK = "127.0.0.1"
+
+
+def _stack_token(path: Path) -> str:
+    """The token in `path`, generated there first (256 random bits, created with mode 0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        token = path.read_text().strip()
+        if token:
+            return token
+        descriptor = os.open(path, os.O_WRONLY | os.O_TRUNC)  # left empty by a crash
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(token)
+    return token
+
+
+def stack_tokens(settings: Settings) -> dict[str, str]:
+    """Dapr's token variables for the local stack's daprd and every process talking to it.
+
+    `DAPR_API_TOKEN` (daprd then requires it on its API) and `APP_API_TOKEN` (daprd sends it
+    to the app): the settings' tokens when set, otherwise tokens generated once into the stack's
+    state dir (`<state_dir>/dapr/*-token`, 0600, ignored by git), so that daprd, the services
+    the stack starts and the commands run next to it agree without any configuration.
+    """
+    directory = settings.stack.state_dir / "dapr"
+    api, app = settings.dapr.api_token, settings.dapr.app_token
+    return {
+        "DAPR_API_TOKEN": api.get_secret_value() if api else _stack_token(directory / "api-token"),
+        "APP_API_TOKEN": app.get_secret_value() if app else _stack_token(directory / "app-token"),
+    }
+
+
+def with_stack_tokens(settings: Settings) -> Settings:
+    """In development, `settings` with the local stack's Dapr tokens where none is set."""
+    if settings.environment != "development":
+        return settings
+    tokens = stack_tokens(settings)
+    dapr = settings.dapr.model_copy(
+        update={
+            "api_token": SecretStr(tokens["DAPR_API_TOKEN"]),
+            "app_token": SecretStr(tokens["APP_API_TOKEN"]),
+        }
+    )
+    return settings.model_copy(update={"dapr": dapr})
 
 
 def binary_version(path: Path) -> str | None:
@@ -248,7 +298,8 @@ class DaprRuntime:
                 }
             ),
         ]
-        self.daprd.env = self.sidecar_env()
+        # daprd reads its two tokens from the environment (self-hosted mode).
+        self.daprd.env = self.sidecar_env() | stack_tokens(self.settings)
         with step(f"dapr: start daprd for {d.app_id} (http {d.http_port}, grpc {d.grpc_port})"):
             self.daprd.start()
             # With an app, /healthz waits for the app; the building blocks are ready before that.

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from moderation.settings import PROJECT_ROOT, Settings
+from moderation.stack.dapr import stack_tokens
 from moderation.stack.runtime import (
     ManagedProcess,
     ensure_ports_free,
@@ -47,9 +48,10 @@ def isolated_settings(settings: Settings, run: str) -> Settings:
 
 
 def service_env(settings: Settings) -> dict[str, str]:
-    """Environment that gives service processes the topics, groups and agent of `settings`."""
+    """Environment that gives service processes the topics, groups and agent of `settings`,
+    and the local daprd's tokens (`DAPR_API_TOKEN`, `APP_API_TOKEN`)."""
     topics = settings.kafka.topics
-    return {
+    return stack_tokens(settings) | {
         "MODERATION_KAFKA__TOPICS__POSTS_SUBMITTED": topics.posts_submitted,
         "MODERATION_KAFKA__TOPICS__VERDICTS": topics.verdicts,
         "MODERATION_KAFKA__TOPICS__REVIEW_REQUESTED": topics.review_requested,

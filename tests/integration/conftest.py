@@ -13,8 +13,9 @@ import pytest
 from sqlalchemy import Engine
 
 from moderation.db.engine import create_tables, make_engine
+from moderation.review.dapr_tokens import use_api_token
 from moderation.settings import Settings, get_settings
-from moderation.stack.dapr import DaprRuntime
+from moderation.stack.dapr import DaprRuntime, with_stack_tokens
 from moderation.stack.kafka import KafkaBroker
 from moderation.stack.llm import LLMServer
 from moderation.stack.postgres import PostgresCluster
@@ -22,7 +23,11 @@ from moderation.stack.postgres import PostgresCluster
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    return get_settings()
+    """The settings, with the local daprd's tokens; in-process Dapr SDK clients send its API
+    token (daprd refuses calls without it)."""
+    with_tokens = with_stack_tokens(get_settings())
+    use_api_token(with_tokens)
+    return with_tokens
 
 
 @pytest.fixture(scope="session")

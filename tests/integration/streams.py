@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from moderation.events import PostSubmitted
 from moderation.settings import Settings
+from moderation.stack.dapr import DaprRuntime
+from moderation.stack.kafka import delete_topics, ensure_topics
+from moderation.stack.services import PipelineServices, isolated_settings
 from moderation.taxonomy import VIOLATING
 
 # Thresholds no fast-model score can pass: stage 1 decides nothing, every post is uncertain.
@@ -49,3 +54,35 @@ async def produce(settings: Settings, posts: list[PostSubmitted]) -> None:
         await asyncio.gather(*sends)
     finally:
         await producer.stop()
+
+
+@contextmanager
+def topics_of_their_own(settings: Settings, prefix: str) -> Iterator[Settings]:
+    """`settings` with topics and consumer groups of their own, created now, deleted after."""
+    isolated = isolated_settings(settings, f"{prefix}-{uuid.uuid4().hex[:8]}")
+    asyncio.run(ensure_topics(isolated))
+    try:
+        yield isolated
+    finally:
+        asyncio.run(delete_topics(isolated))
+
+
+@contextmanager
+def running_services(
+    services: PipelineServices, *names: str, dapr: DaprRuntime | None = None
+) -> Iterator[PipelineServices]:
+    """Start `names`; with `dapr`, first give the review service its daprd (app port set).
+
+    Afterwards the services stop and the stack's own daprd (no app port) is back.
+    """
+    if dapr is not None:
+        dapr.stop_sidecar()
+        dapr.start_sidecar(app_port=services.settings.review.service_port)
+    services.start(*names, timeout=600)
+    try:
+        yield services
+    finally:
+        services.stop("dashboard", *reversed(names))
+        if dapr is not None:
+            dapr.stop_sidecar()
+            dapr.start_sidecar()

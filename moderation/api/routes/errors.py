@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -19,6 +20,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from moderation.api.security import AuthError
 
 RETRY_AFTER_SECONDS = 5
+
+
+class FieldError(BaseModel):
+    """One invalid field of a request."""
+
+    field: str = Field(examples=["text"])
+    message: str = Field(examples=["must not be empty"])
+    type: str | None = Field(default=None, description="pydantic's error type, when known")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of `/v1`; some add fields (a batch's per-post `results`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    detail: str = Field(description="what is wrong, as a sentence")
+    errors: list[FieldError] | None = Field(default=None, description="per invalid field")
 
 
 class ApiError(Exception):
@@ -161,9 +179,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def api_error_response(exc: ApiError | AuthError) -> JSONResponse:
-    """The response for a refused request (401 carries `WWW-Authenticate`)."""
+    """The response for a refused request (401 carries `WWW-Authenticate`, 429 `Retry-After`)."""
     if isinstance(exc, AuthError):
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(exc.retry_after)
         return json_error(exc.status, exc.message, headers=headers)
     return json_error(exc.status, exc.message, errors=exc.errors)
 

@@ -443,7 +443,7 @@ async def accept_post(
     responses={
         400: {"description": "malformed JSON, or an Idempotency-Key header (use external_id)"},
         **SUBMIT_AUTH_ERRORS,
-        413: {"description": "more posts than `api.max_batch`"},
+        413: {"description": "more posts than `api.max_batch`, or a larger body than allowed"},
         415: {"description": "the body is not application/json"},
         422: {"description": "the envelope is invalid, or every post is"},
         503: {"description": "some valid posts were not acknowledged; resend those only"},
@@ -464,6 +464,9 @@ async def submit_batch(request: Request, principal: SubmitKey) -> Response:
     state: ApiState = request.app.state.api
     limit = state.settings.api.max_batch
     count, valid, results = await _read_batch(request, limit, state.settings.api.max_text_chars)
+    # The request paid for one post on arrival (`deps.authenticate`); a batch pays for each post.
+    if count > 1:
+        state.limits.charge_posts(principal.key_id, principal.name, count - 1)
     metrics = state.metrics
     metrics.batch_size.observe(count)
     rejected = count - len(valid)

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 router = APIRouter(prefix="/v1", tags=["reviews"])
 
 PRECEDENTS_SHOWN = 3
+# Far past any queue, and inside the databases' 64-bit OFFSET (beyond it a query fails: a 500).
+MAX_OFFSET = 1_000_000_000
 PRECEDENT_POOL = 500
 CSV_COLUMNS = (
     "decided_at",
@@ -278,7 +280,7 @@ async def list_reviews(
     category: Category | None = None,
     priority: ReviewPriority | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ReviewsPublic:
     """A page of reviews matching the filters, and how many match in all."""
     views, total = await run_in_threadpool(

@@ -46,7 +46,9 @@ class SubmitFastLane:
         }
         response: Response
         try:
-            principal = await authenticate(state, headers, KeyScope.SUBMIT)
+            client = scope.get("client")
+            address = client[0] if client else None
+            principal = await authenticate(state, headers, KeyScope.SUBMIT, client=address)
             body = await _read_body(receive)
             response = await accept_post(state, principal, headers, body)
         except (ApiError, AuthError) as error:
