@@ -32,6 +32,7 @@ SECRET_ENV = {
     "MODERATION_DB__PASSWORD": "test-only-db",
     "MODERATION_LLM__API_KEY": "test-only-llm",
     "MODERATION_DAPR__API_TOKEN": "test-only-token",
+    "MODERATION_DAPR__APP_TOKEN": "test-only-app-token",
 }
 
 

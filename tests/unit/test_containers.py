@@ -594,7 +594,7 @@ def test_components_get_every_env_ref_they_read(services: dict[str, dict[str, An
         if "envRef" in item
     }
     daprd = services["review-dapr"]
-    assert set(daprd["environment"]) == env_refs | {"DAPR_API_TOKEN"}
+    assert set(daprd["environment"]) == env_refs | {"DAPR_API_TOKEN", "APP_API_TOKEN"}
     secrets_file = daprd["environment"]["MODERATION_DAPR_SECRETS_FILE"]
     assert secrets_file == "/run/secrets/dapr_secrets" and daprd["secrets"] == ["dapr_secrets"]
     assert daprd["environment"]["MODERATION_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
