@@ -24,13 +24,19 @@ from moderation.db import crud
 from moderation.db.models import Review, Verdict
 from moderation.events import PostSubmitted, ReviewDecided
 from moderation.settings import Settings
-from moderation.stack.kafka import KafkaBroker, delete_topics, ensure_topics
+from moderation.stack.kafka import KafkaBroker
 from moderation.stack.llm import LLMServer
 from moderation.stack.postgres import PostgresCluster
-from moderation.stack.services import PipelineServices, isolated_settings
+from moderation.stack.services import PipelineServices
 from moderation.taxonomy import Category, Decision, Stage
 from tests.integration.llm_faults import FaultProxy
-from tests.integration.streams import STAGE_ONE_DECIDES_NOTHING, produce, wait_for
+from tests.integration.streams import (
+    STAGE_ONE_DECIDES_NOTHING,
+    produce,
+    running_services,
+    topics_of_their_own,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -40,10 +46,8 @@ MAX_ATTEMPTS = 3
 
 @pytest.fixture(scope="module")
 def cascade_settings(settings: Settings, kafka: KafkaBroker) -> Iterator[Settings]:
-    isolated = isolated_settings(settings, f"agent-{time.monotonic_ns() % 10**8}")
-    asyncio.run(ensure_topics(isolated))
-    yield isolated
-    asyncio.run(delete_topics(isolated))
+    with topics_of_their_own(settings, "agent") as isolated:
+        yield isolated
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +82,8 @@ def services(
             "MODERATION_AGENT__BREAKER_FAILURES": "1000",
         },
     )
-    running.start("recorder", "worker", timeout=600)
-    yield running
-    running.stop("worker", "recorder")
+    with running_services(running, "recorder", "worker"):
+        yield running
 
 
 def outcomes(

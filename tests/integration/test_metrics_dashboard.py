@@ -23,10 +23,10 @@ from moderation.db import crud
 from moderation.events import PostSubmitted
 from moderation.settings import PROJECT_ROOT, Settings
 from moderation.stack.browser import ensure_chromium
-from moderation.stack.kafka import KafkaBroker, delete_topics, ensure_topics
+from moderation.stack.kafka import KafkaBroker
 from moderation.stack.postgres import PostgresCluster
-from moderation.stack.services import PipelineServices, isolated_settings
-from tests.integration.streams import produce, wait_for
+from moderation.stack.services import PipelineServices
+from tests.integration.streams import produce, running_services, topics_of_their_own, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -46,19 +46,16 @@ MIN_CHARTS = 5
 
 @pytest.fixture(scope="module")
 def metrics_settings(settings: Settings, kafka: KafkaBroker) -> Iterator[Settings]:
-    isolated = isolated_settings(settings, f"metrics-{uuid.uuid4().hex[:8]}")
-    asyncio.run(ensure_topics(isolated))
-    yield isolated
-    asyncio.run(delete_topics(isolated))
+    with topics_of_their_own(settings, "metrics") as isolated:
+        yield isolated
 
 
 @pytest.fixture(scope="module")
 def services(metrics_settings: Settings, postgres: PostgresCluster) -> Iterator[PipelineServices]:
     """The pipeline without the review service (no decision is made here) and without the agent."""
     running = PipelineServices(metrics_settings, extra_env={"MODERATION_AGENT__ENABLED": "false"})
-    running.start("recorder", "worker", "api", timeout=600)
-    yield running
-    running.stop("dashboard", "api", "worker", "recorder")
+    with running_services(running, "recorder", "worker", "api"):
+        yield running
 
 
 def model_verdicts(engine: Engine, post_ids: list[str]) -> bool:

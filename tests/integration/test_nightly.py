@@ -36,7 +36,7 @@ from moderation.stack.kafka import KafkaBroker, delete_topics, ensure_topics
 from moderation.stack.postgres import PostgresCluster
 from moderation.stack.services import PipelineServices, isolated_settings
 from tests.drift_posts import lookalike_safe, scam_wave
-from tests.integration.streams import STAGE_ONE_DECIDES_NOTHING, produce, wait_for
+from tests.integration.streams import STAGE_ONE_DECIDES_NOTHING, produce, running_services, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -92,13 +92,8 @@ def services(
             "MODERATION_NIGHTLY__OUTPUT_DIR": str(drift_settings.nightly.output_dir),
         },
     )
-    dapr.stop_sidecar()
-    dapr.start_sidecar(app_port=drift_settings.review.service_port)
-    running.start("recorder", "worker", "api", "review", timeout=600)
-    yield running
-    running.stop("review", "api", "worker", "recorder")
-    dapr.stop_sidecar()
-    dapr.start_sidecar()
+    with running_services(running, "recorder", "worker", "api", "review", dapr=dapr):
+        yield running
 
 
 def champion_version(engine: Engine) -> str | None:

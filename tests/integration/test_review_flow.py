@@ -34,10 +34,16 @@ from moderation.review.instances import read_workflow_state
 from moderation.settings import PROJECT_ROOT, Settings
 from moderation.stack.browser import ensure_chromium
 from moderation.stack.dapr import DaprRuntime
-from moderation.stack.kafka import KafkaBroker, delete_topics, ensure_topics
+from moderation.stack.kafka import KafkaBroker
 from moderation.stack.postgres import PostgresCluster
-from moderation.stack.services import PipelineServices, isolated_settings
-from tests.integration.streams import STAGE_ONE_DECIDES_NOTHING, produce, wait_for
+from moderation.stack.services import PipelineServices
+from tests.integration.streams import (
+    STAGE_ONE_DECIDES_NOTHING,
+    produce,
+    running_services,
+    topics_of_their_own,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -48,10 +54,8 @@ OPEN_REVIEWS = re.compile(r"(\d+) review\(s\) open")
 
 @pytest.fixture(scope="module")
 def review_settings(settings: Settings, kafka: KafkaBroker) -> Iterator[Settings]:
-    isolated = isolated_settings(settings, f"hitl-{uuid.uuid4().hex[:8]}")
-    asyncio.run(ensure_topics(isolated))
-    yield isolated
-    asyncio.run(delete_topics(isolated))
+    with topics_of_their_own(settings, "hitl") as isolated:
+        yield isolated
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +72,8 @@ def services(
             "MODERATION_REVIEW__SLA_SECONDS": str(SLA_SECONDS),
         },
     )
-    dapr.stop_sidecar()
-    dapr.start_sidecar(app_port=review_settings.review.service_port)
-    running.start("recorder", "worker", "api", "review", timeout=600)
-    yield running
-    running.stop("dashboard", "review", "api", "worker", "recorder")
-    dapr.stop_sidecar()
-    dapr.start_sidecar()
+    with running_services(running, "recorder", "worker", "api", "review", dapr=dapr):
+        yield running
 
 
 @pytest.fixture(scope="module")

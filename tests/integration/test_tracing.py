@@ -21,21 +21,24 @@ from sqlmodel import Session
 from moderation.db import crud
 from moderation.settings import Settings
 from moderation.stack.dapr import DaprRuntime
-from moderation.stack.kafka import KafkaBroker, delete_topics, ensure_topics
+from moderation.stack.kafka import KafkaBroker
 from moderation.stack.llm import LLMServer
 from moderation.stack.postgres import PostgresCluster
-from moderation.stack.services import PipelineServices, isolated_settings
-from tests.integration.streams import STAGE_ONE_DECIDES_NOTHING, wait_for
+from moderation.stack.services import PipelineServices
+from tests.integration.streams import (
+    STAGE_ONE_DECIDES_NOTHING,
+    running_services,
+    topics_of_their_own,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def traced_settings(settings: Settings, kafka: KafkaBroker) -> Iterator[Settings]:
-    isolated = isolated_settings(settings, f"trace-{uuid.uuid4().hex[:8]}")
-    asyncio.run(ensure_topics(isolated))
-    yield isolated
-    asyncio.run(delete_topics(isolated))
+    with topics_of_their_own(settings, "trace") as isolated:
+        yield isolated
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +66,8 @@ def services(
             "MODERATION_TRACING__FILE": str(spans_dir / "{service}.jsonl"),
         },
     )
-    dapr.stop_sidecar()
-    dapr.start_sidecar(app_port=traced_settings.review.service_port)
-    running.start("recorder", "worker", "api", "review", timeout=600)
-    yield running
-    running.stop("review", "api", "worker", "recorder")
-    dapr.stop_sidecar()
-    dapr.start_sidecar()
+    with running_services(running, "recorder", "worker", "api", "review", dapr=dapr):
+        yield running
 
 
 def read_spans(directory: Path) -> list[dict[str, Any]]:
