@@ -27,7 +27,7 @@ import pandas as pd
 
 from jobs.feedback import latest_per_post
 from moderation.classifier.dataset import dedup_key
-from moderation.evaluation import EvalReport, evaluate
+from moderation.evaluation import EvalReport, score_probabilities
 from moderation.settings import NightlySettings
 from moderation.taxonomy import CATEGORIES
 
@@ -167,10 +167,12 @@ def score_splits(
     for name, records in splits.items():
         if not records:
             continue
-        texts = [str(record["text"]) for record in records]
-        predicted = [CATEGORIES[i].value for i in model.predict_proba(texts).argmax(axis=1)]
+        # One model call per split: the report and the per-post outcomes share it.
+        probabilities = model.predict_proba([str(record["text"]) for record in records])
+        report = score_probabilities(probabilities, records, model_version=model.version)
+        predicted = [CATEGORIES[i].value for i in probabilities.argmax(axis=1)]
         labels = [str(record["label"]) for record in records]
-        scores[name] = SplitScore.of(evaluate(model, records), labels, predicted)
+        scores[name] = SplitScore.of(report, labels, predicted)
     return scores
 
 

@@ -77,8 +77,9 @@ class EvalReport(BaseModel):
     confusion_matrix: list[list[int]] = Field(
         description="rows: labels, columns: argmax predictions, both in `categories` order"
     )
-    throughput_posts_per_second: float = Field(
-        description="predict_proba over the dataset, batches of 500, one process"
+    throughput_posts_per_second: float | None = Field(
+        description="predict_proba over the dataset, batches of 500, one process "
+        "(None where only the scores were asked for)"
     )
 
 
@@ -138,12 +139,28 @@ def evaluate(model: ProbabilisticModel, records: Sequence[Mapping[str, str]]) ->
     if not records:
         raise ValueError("no records to evaluate")
     texts = [str(record["text"]) for record in records]
+    report = score_probabilities(
+        model.predict_proba(texts), records, model_version=getattr(model, "version", None)
+    )
+    report.throughput_posts_per_second = round(measure_throughput(model, texts), 1)
+    return report
+
+
+def score_probabilities(
+    probabilities: npt.ArrayLike,
+    records: Sequence[Mapping[str, str]],
+    *,
+    model_version: str | None,
+) -> EvalReport:
+    """The report of `evaluate` from probabilities already computed (no throughput)."""
+    if not records:
+        raise ValueError("no records to evaluate")
     labels = np.array([CATEGORIES.index(Category(record["label"])) for record in records])
-    probabilities = np.asarray(model.predict_proba(texts), dtype=np.float64)
-    if probabilities.shape != (len(texts), len(CATEGORIES)):
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.shape != (len(records), len(CATEGORIES)):
         raise ValueError(
             f"predict_proba returned shape {probabilities.shape}, "
-            f"expected ({len(texts)}, {len(CATEGORIES)})"
+            f"expected ({len(records)}, {len(CATEGORIES)})"
         )
     predictions = probabilities.argmax(axis=1)
     size = len(CATEGORIES)
@@ -177,8 +194,8 @@ def evaluate(model: ProbabilisticModel, records: Sequence[Mapping[str, str]]) ->
     flagged_recall = _ratio(true_positives, int(flagged_true.sum()))
 
     return EvalReport(
-        model_version=getattr(model, "version", None),
-        posts=len(texts),
+        model_version=model_version,
+        posts=len(records),
         per_category=per_category,
         macro_f1=float(np.mean(f1_scores)) if f1_scores else None,
         accuracy=float(np.mean(predictions == labels)),
@@ -191,7 +208,7 @@ def evaluate(model: ProbabilisticModel, records: Sequence[Mapping[str, str]]) ->
             support_safe=int((~flagged_true).sum()),
         ),
         confusion_matrix=confusion.tolist(),
-        throughput_posts_per_second=round(measure_throughput(model, texts), 1),
+        throughput_posts_per_second=None,
     )
 
 
@@ -271,4 +288,6 @@ def render_report(report: EvalReport, console: Console) -> None:
     for category, row in zip(report.categories, report.confusion_matrix, strict=True):
         matrix.add_row(category.value, *(str(count) if count else "·" for count in row))
     console.print(matrix)
-    console.print(f"throughput: {report.throughput_posts_per_second:,.0f} posts/s (predict_proba)")
+    if report.throughput_posts_per_second is not None:
+        speed = report.throughput_posts_per_second
+        console.print(f"throughput: {speed:,.0f} posts/s (predict_proba)")

@@ -18,6 +18,7 @@ from moderation.evaluation import (
     evaluate,
     load_jsonl_dataset,
     render_report,
+    score_probabilities,
 )
 from moderation.taxonomy import CATEGORIES, Category
 
@@ -101,6 +102,7 @@ def test_confusion_matrix_rows_are_labels_columns_predictions(report: EvalReport
     assert matrix[index(HT), index(HT)] == 1
     assert matrix[index(HA), index(HT)] == 1
     assert matrix.sum() == 6
+    assert report.throughput_posts_per_second is not None
     assert report.throughput_posts_per_second > 0
 
 
@@ -172,3 +174,16 @@ def test_empty_dataset_is_refused(tmp_path: Path) -> None:
     path.write_text("\n")
     with pytest.raises(ValueError, match="no records"):
         load_jsonl_dataset(path)
+
+
+def test_scores_from_probabilities_match_evaluate_without_a_throughput(
+    report: EvalReport,
+) -> None:
+    model = TableModel({text: row for text, (_, row) in EXAMPLE.items()})
+    records = [{"text": text, "label": label.value} for text, (label, _) in EXAMPLE.items()]
+    probabilities = model.predict_proba([record["text"] for record in records])
+    scored = score_probabilities(probabilities, records, model_version=model.version)
+    assert scored.throughput_posts_per_second is None
+    assert scored.model_dump(exclude={"throughput_posts_per_second"}) == report.model_dump(
+        exclude={"throughput_posts_per_second"}
+    )
