@@ -146,3 +146,22 @@ async def test_uncertain_posts_go_to_the_agent_and_get_a_second_verdict(
     assert review.post_id == "p3" and review.verdict.stage is Stage.AGENT
     assert review.verdict.scores[Category.SPAM] == pytest.approx(0.753)
     assert len(model.requests) == 1
+
+
+def test_consumer_lag_is_the_high_watermark_past_the_batch() -> None:
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+
+    from moderation.classifier.worker import CONSUMER_LAG, _record_lag
+
+    watermarks = {TopicPartition("posts", 0): 120, TopicPartition("posts", 1): 7}
+    message = SimpleNamespace(consumer=SimpleNamespace(highwater=watermarks.get))
+    records = [
+        SimpleNamespace(topic="posts", partition=0, offset=98),
+        SimpleNamespace(topic="posts", partition=0, offset=99),
+        SimpleNamespace(topic="posts", partition=1, offset=6),
+    ]
+    _record_lag(message, records)  # type: ignore[arg-type]
+    assert CONSUMER_LAG.labels(partition="0")._value.get() == 20  # offsets 100..119 wait
+    assert CONSUMER_LAG.labels(partition="1")._value.get() == 0
