@@ -283,6 +283,14 @@ class WorkerSettings(BaseModel):
         default=20, ge=1, description="how long a consumer waits to fill a batch (latency bound)"
     )
     linger_ms: int = Field(default=10, ge=0, description="producer batching delay")
+    stage1_budget_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "stage 1's time for one batch (it runs off the event loop); posts not screened in "
+            "time are never allowed on the model's word"
+        ),
+    )
     recorder_max_batch: int = Field(
         default=5_000,
         ge=1,

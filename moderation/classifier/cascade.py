@@ -52,7 +52,7 @@ from moderation.classifier.agent import (
     render_post,
 )
 from moderation.classifier.decide import Outcome, decide
-from moderation.classifier.injection import InjectionScreen, screen_post
+from moderation.classifier.injection import CLEAN, InjectionScreen, screen_post
 from moderation.events import ModerationVerdict, PostSubmitted, ReviewPriority, ReviewRequested
 from moderation.events import utc_now as _utc_now
 from moderation.llm.provider import error_kind
@@ -84,6 +84,10 @@ AGENT_IN_FLIGHT = Gauge("moderation_agent_runs_in_flight", "agent runs holding a
 AGENT_BREAKER_OPEN = Gauge("moderation_agent_breaker_open", "1 while the LLM breaker is open")
 INJECTION_FLAGGED = Counter(
     "moderation_injection_flagged_total", "posts flagged by the prompt-injection screen"
+)
+STAGE1_UNSCREENED = Counter(
+    "moderation_stage1_unscreened_total",
+    "posts whose batch ran out of stage 1's time budget before they were screened",
 )
 
 REPAIR_PROMPT = (
@@ -120,9 +124,18 @@ class FirstStage:
 
 
 def first_stage(
-    posts: Sequence[PostSubmitted], scorer: Scorer, settings: Settings, *, agent_enabled: bool
+    posts: Sequence[PostSubmitted],
+    scorer: Scorer,
+    settings: Settings,
+    *,
+    agent_enabled: bool,
+    deadline: float | None = None,
 ) -> list[FirstStage]:
-    """Score a batch with one model call, screen each post and decide the clear cases."""
+    """Score a batch with one model call, screen each post and decide the clear cases.
+
+    `deadline` (a `time.monotonic()` value) bounds the batch: posts still unscreened when it
+    passes keep their scores but are not allowed on the model's word (they go on as uncertain).
+    """
     if not posts:
         return []
     # Rounded and converted for the whole batch at once (per-value float() calls add up).
@@ -130,17 +143,23 @@ def first_stage(
     results: list[FirstStage] = []
     for post, row in zip(posts, rows, strict=True):
         scores = dict(zip(CATEGORIES, row, strict=True))
-        screen = screen_post(post.text)
         outcome = decide(scores, settings.thresholds)
+        if deadline is not None and time.monotonic() > deadline:
+            STAGE1_UNSCREENED.inc()
+            screen = CLEAN
+            withheld = "allow withheld: stage 1's time budget ran out before the injection screen"
+        else:
+            screen = screen_post(post.text)
+            withheld = "allow withheld: possible prompt injection" if screen.flagged else ""
         if screen.flagged:
             INJECTION_FLAGGED.inc()
-            if outcome.decision is Decision.ALLOW:
-                outcome = replace(
-                    outcome,
-                    decision=Decision.REVIEW,
-                    uncertain=True,
-                    reason=f"{outcome.reason}; allow withheld: possible prompt injection",
-                )
+        if withheld and outcome.decision is Decision.ALLOW:
+            outcome = replace(
+                outcome,
+                decision=Decision.REVIEW,
+                uncertain=True,
+                reason=f"{outcome.reason}; {withheld}",
+            )
         to_agent = outcome.uncertain and agent_enabled
         verdict = ModerationVerdict(
             post_id=post.post_id,

@@ -121,8 +121,17 @@ def sexual_minors_signal(text: str) -> float:
     word_starts = [m.start() for m in _WORD.finditer(text)]
     minor_words = [bisect.bisect_left(word_starts, offset) for offset in minors]
     sexual_words = [bisect.bisect_left(word_starts, offset) for offset in sexual]
-    nearest = min(abs(m - s) for m in minor_words for s in sexual_words)
-    return SIGNAL_NEAR if nearest <= NEAR_WORDS else SIGNAL_SAME_POST
+    near = any(_has_neighbour(sexual_words, word) for word in minor_words)
+    return SIGNAL_NEAR if near else SIGNAL_SAME_POST
+
+
+def _has_neighbour(sorted_words: list[int], word: int) -> bool:
+    """Whether a word index within `NEAR_WORDS` of `word` is in the sorted list.
+
+    A bisection, not a scan of every pair: a post of thousands of terms stays linear-ish.
+    """
+    at = bisect.bisect_left(sorted_words, word - NEAR_WORDS)
+    return at < len(sorted_words) and sorted_words[at] <= word + NEAR_WORDS
 
 
 # --- self_harm intent: a lexicon safety net under the learned score ------------------------------

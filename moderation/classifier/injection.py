@@ -119,9 +119,42 @@ def _untag(match: re.Match[str]) -> str:
     return "".join(chr(ord(char) - 0xE0000) for char in match.group())
 
 
+# NFKC can turn one character into up to 18 (U+FDFA) and casefolding one into 3, so the text the
+# rules read is capped: the work per post stays linear in a bounded length. Text cut by the cap
+# was built to grow under normalisation, which is itself obfuscation.
+MAX_SCREENED_CHARS = 20_000
+# Text that needs NFKC is normalised this many characters at a time, and no further than the
+# cap: normalising all of 10,000 U+FDFA would cost ~65 ms and 180,000 characters.
+_NFKC_CHUNK = 1_000
+# Nothing composes with the character before an ASCII character or whitespace: a safe cut.
+_SAFE_CUT = re.compile(r"[\x00-\x7f\s][^\x00-\x7f\s]*\Z")
+
+
+def _nfkc(text: str) -> str:
+    """NFKC of the text, or of as much of it as yields `MAX_SCREENED_CHARS` characters."""
+    if unicodedata.is_normalized("NFKC", text):
+        return text
+    parts: list[str] = []
+    produced = 0
+    start = 0
+    while start < len(text) and produced <= MAX_SCREENED_CHARS:
+        end = start + _NFKC_CHUNK
+        if end < len(text):
+            # Cut before the last safe character of the chunk (when it has one); a long run with
+            # no ASCII at all is cut where it is, at worst leaving one pair uncomposed.
+            cut = _SAFE_CUT.search(text, start + 1, end)
+            if cut is not None:
+                end = cut.start()
+        part = unicodedata.normalize("NFKC", text[start:end])
+        parts.append(part)
+        produced += len(part)
+        start = end
+    return "".join(parts)
+
+
 def _visible(text: str) -> str:
-    """NFKC, tag characters decoded, other invisible characters dropped."""
-    text = unicodedata.normalize("NFKC", text)
+    """NFKC (bounded, see `_nfkc`), tag characters decoded, other invisible characters dropped."""
+    text = _nfkc(text)
     if _TAG.search(text):
         text = _TAG.sub(_untag, text)
     if _INVISIBLE.search(text):
@@ -147,7 +180,10 @@ _HOMOGLYPHS = {
 }  # fmt: skip
 _HOMOGLYPH_TABLE = str.maketrans(_HOMOGLYPHS)
 _HOMOGLYPH_CHARS = "".join(_HOMOGLYPHS)
-_HOMOGLYPH_WORD = re.compile(rf"\w*[{_HOMOGLYPH_CHARS}]\w*")
+# Found with a one-character class and mapped word by word: a `\w*[...]\w*` pattern would
+# backtrack over every position of a long word (quadratic: seconds for one 10,000-letter word).
+_HOMOGLYPH_CHAR = re.compile(f"[{_HOMOGLYPH_CHARS}]")
+_WORD_RUN = re.compile(r"\w+")
 _LATIN_OR_HOMOGLYPH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_" + _HOMOGLYPH_CHARS)
 
 
@@ -196,7 +232,7 @@ def _casefold(text: str) -> str:
 def _map_homoglyph_word(match: re.Match[str]) -> str:
     word = match.group()
     # A word of Latin letters and look-alikes only: the look-alikes are disguise.
-    if all(char in _LATIN_OR_HOMOGLYPH for char in word):
+    if _LATIN_OR_HOMOGLYPH.issuperset(word) and _HOMOGLYPH_CHAR.search(word):
         return word.translate(_HOMOGLYPH_TABLE)
     return word
 
@@ -207,8 +243,8 @@ def _fold(visible: str) -> str:
         # The common case: nothing to fold but case.
         return visible.casefold()
     folded = _fold_case(visible)
-    if _HOMOGLYPH_WORD.search(folded):
-        folded = _HOMOGLYPH_WORD.sub(_map_homoglyph_word, folded)
+    if _HOMOGLYPH_CHAR.search(folded):
+        folded = _WORD_RUN.sub(_map_homoglyph_word, folded)
     return folded
 
 
@@ -828,7 +864,6 @@ _CHAR_RULES = tuple(rule for rule in _RULES if not rule.anchors)
 _CHAR_RULES_HINT = re.compile(
     "|".join(re.escape(char) for rule in _CHAR_RULES for char in rule.chars)
 )
-_WORD = re.compile(r"\w+")
 # ASCII punctuation to spaces: splitting the result gives the same words as `_WORD` on ASCII text
 # in half the time (bytes.translate is a table lookup per byte).
 _ASCII_PUNCTUATION = b"".join(
@@ -841,7 +876,7 @@ def _words(normalised: str) -> list[str]:
     """The words (`\\w+` runs) of the text."""
     if normalised.isascii():
         return normalised.encode().translate(_PUNCTUATION_TO_SPACE).decode().split()
-    return _WORD.findall(normalised)
+    return _WORD_RUN.findall(normalised)
 
 
 # --------------------------------------------------------------------------------------------
@@ -995,10 +1030,13 @@ def _blobs(raw: str) -> Iterator[tuple[str, str]]:
 
 def _screen(text: str, depth: int) -> set[str]:
     visible = text if text.isascii() else _visible(text)
-    folded = _fold(visible)
-    normalised = _collapse(folded)
+    folded = _fold(visible[:MAX_SCREENED_CHARS])
+    grown = len(visible) > MAX_SCREENED_CHARS or len(folded) > MAX_SCREENED_CHARS
+    normalised = _collapse(folded[:MAX_SCREENED_CHARS])
     words = _words(normalised)
     signals = _match(normalised, words)
+    if grown:
+        signals.add(OBFUSCATION)
 
     if not text.isascii():
         # Normalisation was needed when the raw text alone misses a technique.
@@ -1036,7 +1074,7 @@ def _screen(text: str, depth: int) -> set[str]:
             signals |= inner
             signals.add(ENCODED_PAYLOAD)
 
-    for kind, blob in islice(_blobs(visible), _MAX_BLOBS):
+    for kind, blob in islice(_blobs(visible[:MAX_SCREENED_CHARS]), _MAX_BLOBS):
         decoded_blob = _decode_blob(kind, blob)
         if decoded_blob is None:
             continue
@@ -1055,7 +1093,9 @@ def screen_post(text: str) -> InjectionScreen:
     Runs on every post of the stream: precompiled regexes over a normalised copy of the text,
     decoding only candidate blobs. Returns `CLEAN` for the vast majority of posts.
     """
-    signals = _screen(text, 0)
+    signals = _screen(text[:MAX_SCREENED_CHARS], 0)
+    if len(text) > MAX_SCREENED_CHARS:
+        signals.add(OBFUSCATION)  # posts are at most 10,000 characters: this one was not checked
     if not signals:
         return CLEAN
     return InjectionScreen(signals=tuple(sorted(signals)))

@@ -118,7 +118,16 @@ async def handle_posts_submitted(message: KafkaMessage = Context("message")) -> 
             )
 
     agent = state.agent
-    stage1 = first_stage(posts, scorer, settings, agent_enabled=agent is not None)
+    # Off the event loop, within a time budget: the loop also answers /healthz and keeps the
+    # consumer's heartbeats, so no batch of hostile posts may hold it.
+    stage1 = await asyncio.to_thread(
+        first_stage,
+        posts,
+        scorer,
+        settings,
+        agent_enabled=agent is not None,
+        deadline=time.monotonic() + settings.worker.stage1_budget_seconds,
+    )
     # Stage 1's verdicts leave before the agent runs: the clear cases do not wait for it.
     for result in stage1:
         post_id = result.post.post_id

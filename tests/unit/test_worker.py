@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -100,6 +102,36 @@ async def test_poison_message_goes_to_the_dead_letter_topic_and_others_go_on(
     assert "text" in dead[1].error  # the missing field is named
     assert all(d.source_topic == topic for d in dead)
     assert verdict_posts == ["p10"]
+
+
+async def test_stage_one_runs_off_the_event_loop(kafka_broker: KafkaBroker) -> None:
+    """The loop answers /healthz and heartbeats while stage 1 works on a batch."""
+    loop_ran = threading.Event()
+
+    class WaitsForTheLoop(ScriptedModel):
+        def predict_proba(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
+            # Run on the event loop itself, this would wait for a callback that cannot run.
+            assert loop_ran.wait(timeout=5), "stage 1 blocked the event loop"
+            return super().predict_proba(texts)
+
+    async def mark_the_loop_free() -> None:
+        await asyncio.sleep(0.05)
+        loop_ran.set()
+
+    worker.state.scorer = WaitsForTheLoop()
+    topic = worker.topics.posts_submitted
+    try:
+        async with TestKafkaBroker(kafka_broker) as broker:
+            marker = asyncio.create_task(mark_the_loop_free())
+            await broker.publish(payload("p1", "hello friends"), topic=topic, key=b"p1")
+            await marker
+            verdicts = [
+                ModerationVerdict.model_validate(call.args[0])
+                for call in worker.verdict_publisher.mock.call_args_list
+            ]
+    finally:
+        worker.state.scorer = None
+    assert [(v.post_id, v.decision) for v in verdicts] == [("p1", Decision.ALLOW)]
 
 
 def test_classify_batch_uses_one_model_call() -> None:
