@@ -1,24 +1,36 @@
-"""Write the Dapr secrets file of the compose stack: `python3 docker/dapr_secrets.py`.
+"""Write the secrets files of the compose stack: `python3 docker/dapr_secrets.py`.
 
 The review service's daprd reads its secrets with the `secretstores.local.file` component of
 `components/` (a JSON file; `MODERATION_DAPR_SECRETS_FILE`). Compose mounts this file as the
 secret `dapr_secrets`; it is built here from `MODERATION_DB__PASSWORD`, so the password is typed
 once and written nowhere in the repository. Standard library only: runs with any python3.
 
-The folder is private to you (0700); the file is 0644 because compose bind-mounts it as it is
-and daprd runs as its own non-root user in the container.
+Kafka requires SASL/SCRAM (issue 11, "forged events"): each principal of
+`moderation/kafka_auth.py` (and `nightly`, which may do nothing) gets a random password in
+`.secrets/kafka/<principal>`, generated once and kept, mounted as the compose secret
+`kafka_<principal>`: the broker formats its storage with all of them, each service gets only its
+own, and daprd's is in the JSON file (`kafka-sasl-password`, components/pubsub-kafka.yaml).
+
+The folders are private to you (0700); the files are 0644 because compose bind-mounts them as
+they are and the containers run as their own non-root users.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 from pathlib import Path
 
 OUTPUT = Path(__file__).resolve().parent.parent / ".secrets" / "dapr-secrets.json"
+KAFKA_DIR = OUTPUT.parent / "kafka"
 # The statestore component's secretKeyRef (components/statestore-postgresql.yaml).
 SECRET_KEY = "dapr-state-connection-string"
+# The pub/sub component's saslPassword (components/pubsub-kafka.yaml): the `review` principal's.
+KAFKA_SECRET_KEY = "kafka-sasl-password"
+# moderation/kafka_auth.py PRINCIPALS, and `nightly`: no ACL, it only lets the job's settings load.
+KAFKA_PRINCIPALS = ("admin", "api", "worker", "recorder", "review", "nightly")
 # The compose stack's PostgreSQL (docker-compose.yaml: the postgres service and its init script).
 HOST, PORT, USER, DATABASE = "postgres", 5432, "moderation", "dapr_state"
 
@@ -37,13 +49,31 @@ def connection_string(password: str) -> str:
     )
 
 
-def write_secrets(password: str, output: Path = OUTPUT) -> Path:
-    output.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    output.parent.chmod(0o700)
-    staging = output.with_suffix(".tmp")
-    staging.write_text(json.dumps({SECRET_KEY: connection_string(password)}, indent=2) + "\n")
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    staging = path.with_suffix(".tmp")
+    staging.write_text(text)
     staging.chmod(0o644)
-    staging.replace(output)
+    staging.replace(path)
+
+
+def kafka_passwords(directory: Path = KAFKA_DIR) -> dict[str, str]:
+    """Each principal's password: kept when written before, else generated (URL-safe)."""
+    passwords: dict[str, str] = {}
+    for principal in KAFKA_PRINCIPALS:
+        path = directory / principal
+        if not path.is_file() or not path.read_text().strip():
+            _write(path, secrets.token_urlsafe(32))
+        passwords[principal] = path.read_text().strip()
+    return passwords
+
+
+def write_secrets(password: str, output: Path = OUTPUT, kafka_review_password: str = "") -> Path:
+    document = {SECRET_KEY: connection_string(password)}
+    if kafka_review_password:
+        document[KAFKA_SECRET_KEY] = kafka_review_password
+    _write(output, json.dumps(document, indent=2) + "\n")
     return output
 
 
@@ -52,7 +82,9 @@ def main() -> int:
     if not password:
         print("export MODERATION_DB__PASSWORD first (the compose stack's database password)")  # noqa: T201 - a CLI
         return 1
-    print(write_secrets(password))  # noqa: T201 - a CLI
+    kafka = kafka_passwords()
+    print(write_secrets(password, kafka_review_password=kafka["review"]))  # noqa: T201 - a CLI
+    print(KAFKA_DIR)  # noqa: T201 - a CLI
     return 0
 
 

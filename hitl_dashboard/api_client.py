@@ -107,6 +107,7 @@ class Review(_ApiModel):
     reason: str | None = None
     category: str | None = None
     claimed_by: str | None = None
+    claimed_by_display: str | None = None  # `name (key:<id>)`: claimed_by is the key id
     claim_expires_at: datetime | None = None
     sla_due_at: datetime | None = None
     created_at: datetime | None = None
@@ -144,6 +145,7 @@ class TrailReview(_ApiModel):
     reason: str | None = None
     category: str | None = None
     claimed_by: str | None = None
+    claimed_by_display: str | None = None
     created_at: datetime | None = None
 
 
@@ -153,6 +155,7 @@ class TrailDecision(_ApiModel):
     label: str
     decision: str
     moderator_id: str | None = None
+    moderator_display: str | None = None
     note: str | None = None
     decided_at: datetime | None = None
 
@@ -245,6 +248,7 @@ class Agreement(_ApiModel):
 
 class ModeratorLoad(_ApiModel):
     moderator: str
+    moderator_display: str | None = None  # `name (key:<id>)`: moderator is the key id
     decided: int = 0
     mean_handling_seconds: float | None = None
     mean_time_to_decision_seconds: float | None = None

@@ -9,7 +9,7 @@ from typing import Any
 
 import streamlit as st
 
-from hitl_dashboard import session, ui
+from hitl_dashboard import safe_text, session, ui
 from hitl_dashboard.api_client import ApiError, PostTrail, ReviewApi, TrailVerdict
 from hitl_dashboard.session import Activity, State
 
@@ -82,15 +82,17 @@ def _reveal() -> None:
 
 
 def _render_trail(state: State, trail: PostTrail) -> None:
-    st.subheader(f"Post {trail.post_id}")
+    st.subheader(safe_text.escape_markdown(f"Post {trail.post_id}"))
     st.caption(
-        f"status {trail.status} · author {trail.author_id or '–'}"
-        f" · external id {trail.external_id or '–'}"
-        f" · submitted {ui.format_time(trail.submitted_at)}"
+        safe_text.escape_markdown(
+            f"status {trail.status} · author {trail.author_id or '–'}"
+            f" · external id {trail.external_id or '–'}"
+            f" · submitted {ui.format_time(trail.submitted_at)}"
+        )
     )
     revealed: set[str] = state.get(REVEALED, set())
     blurred = trail_is_sensitive(trail) and trail.post_id not in revealed
-    ui.text_block(trail.text or "(no text recorded)", test_id="hitl-post", blurred=blurred)
+    safe_text.text_block(trail.text or "(no text recorded)", test_id="hitl-post", blurred=blurred)
     if blurred:
         st.button("Reveal", key="trail_reveal", shortcut="v", on_click=_reveal)
 
@@ -130,7 +132,9 @@ def render() -> None:
             trail = client.post_trail(wanted)
         except ApiError as exc:
             session.handle_unauthorized(exc)
-            st.error(f"Could not load the trail of {wanted}: {exc.message}.")
+            st.error(
+                safe_text.escape_markdown(f"Could not load the trail of {wanted}: {exc.message}.")
+            )
         else:
             _render_trail(state, trail)
 

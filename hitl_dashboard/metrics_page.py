@@ -12,7 +12,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from hitl_dashboard import session, ui
+from hitl_dashboard import safe_text, session, ui
 from hitl_dashboard.api_client import ApiError, MetricsOverview, ReviewApi
 
 # Window label → (hours, bucket minutes): about 12 to 28 points per line.
@@ -155,7 +155,7 @@ def moderator_frame(overview: MetricsOverview) -> pd.DataFrame:
     """Moderators (rows): mean handling and time to decision in minutes, decisions."""
     rows = [
         {
-            "moderator": m.moderator,
+            "moderator": m.moderator_display or m.moderator,
             "handling (min)": _minutes(m.mean_handling_seconds),
             "time to decision (min)": _minutes(m.mean_time_to_decision_seconds),
             "decided": m.decided,
@@ -393,7 +393,7 @@ def render() -> None:
         overview = load_overview(client, client.cache_key, hours, bucket_minutes)
     except ApiError as exc:
         session.handle_unauthorized(exc)
-        st.error(f"Metrics unavailable: {exc.message}.")
+        st.error(safe_text.escape_markdown(f"Metrics unavailable: {exc.message}."))
         return
     st.caption(_window_caption(overview))
     _render_throughput(overview)

@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeAlias
 
 import streamlit as st
 
-from hitl_dashboard import session, ui
+from hitl_dashboard import safe_text, session, ui
 from hitl_dashboard.api_client import ApiError, DecisionChoice, Review, ReviewApi
 from hitl_dashboard.session import State
 from moderation.taxonomy import CATEGORIES, VIOLATING, Category
@@ -246,13 +246,14 @@ def _state_action(function: Callable[..., None], *args: Any) -> Callable[[], Non
 
 
 def _show_flash(state: State) -> None:
+    # Messages carry ids and the API's detail: shown as text (`safe_text`), never as Markdown.
     for kind, message in state.pop(FLASH, []):
         if kind == "toast":
-            st.toast(message, icon=":material/check_circle:")
+            st.toast(safe_text.escape_markdown(message), icon=":material/check_circle:")
         elif kind == "info":
-            st.info(message)
+            st.info(safe_text.escape_markdown(message))
         else:
-            st.error(message)
+            st.error(safe_text.escape_markdown(message))
 
 
 def _render_stats(client: ReviewApi) -> None:
@@ -260,7 +261,7 @@ def _render_stats(client: ReviewApi) -> None:
         stats = client.stats()
     except ApiError as exc:
         session.handle_unauthorized(exc)
-        st.error(f"Queue stats unavailable: {exc.message}.")
+        st.error(safe_text.escape_markdown(f"Queue stats unavailable: {exc.message}."))
         return
     pending, escalated, inbound, rate, handling = st.columns(5)
     pending.metric("Pending", stats.pending)
@@ -271,25 +272,35 @@ def _render_stats(client: ReviewApi) -> None:
 
 
 def _render_review(state: State, review: Review) -> None:
-    st.subheader(f"Review {review.review_id}")
+    st.subheader(safe_text.escape_markdown(f"Review {review.review_id}"))
     claim = (
-        f"claimed by {review.claimed_by} until {ui.format_time(review.claim_expires_at)}"
+        f"claimed by {review.claimed_by_display or review.claimed_by} until "
+        f"{ui.format_time(review.claim_expires_at)}"
         if review.claimed_by
         else "not claimed"
     )
     st.caption(
-        f"post {review.post_id} · author {review.author_id or '–'} · priority {review.priority}"
-        f" · reason {review.reason or '–'} · category {review.category or '–'} · {claim}"
-        f" · SLA due {ui.format_time(review.sla_due_at)}"
+        safe_text.escape_markdown(
+            f"post {review.post_id} · author {review.author_id or '–'}"
+            f" · priority {review.priority} · reason {review.reason or '–'}"
+            f" · category {review.category or '–'} · {claim}"
+            f" · SLA due {ui.format_time(review.sla_due_at)}"
+        )
     )
     if review.appeal_of:
-        st.info(f"Appeal of decision {review.appeal_of}: the author contests it.")
+        st.info(
+            safe_text.escape_markdown(
+                f"Appeal of decision {review.appeal_of}: the author contests it."
+            )
+        )
 
     blurred = needs_blur(review) and not is_revealed(state, review)
     post, model = st.columns([3, 2])
     with post:
         st.markdown("**Post**")
-        ui.text_block(review.text or "(no text recorded)", test_id="hitl-post", blurred=blurred)
+        safe_text.text_block(
+            review.text or "(no text recorded)", test_id="hitl-post", blurred=blurred
+        )
         if blurred:
             st.button(
                 "Reveal",
@@ -305,7 +316,8 @@ def _render_review(state: State, review: Review) -> None:
     if review.policy_section:
         policy = review.suggestion.policy_version if review.suggestion else None
         title = f"Policy: {review.category or 'section'}" + (f" ({policy})" if policy else "")
-        with st.expander(title, expanded=True):
+        with st.expander(safe_text.escape_markdown(title), expanded=True):
+            # The platform's own versioned policy text (data/policy/), Markdown on purpose.
             st.markdown(review.policy_section)
 
     st.markdown("**Precedents** (similar past human decisions)")
@@ -328,15 +340,17 @@ def _render_suggestion(review: Review) -> None:
         st.caption("No automated verdict recorded.")
         return
     decision, category, confidence = st.columns(3)
-    decision.metric("Suggests", suggestion.decision)
-    category.metric("Category", suggestion.primary_category)
+    decision.metric("Suggests", safe_text.escape_markdown(suggestion.decision))
+    category.metric("Category", safe_text.escape_markdown(suggestion.primary_category))
     confidence.metric("Confidence", f"{suggestion.confidence:.0%}")
     st.caption(
-        f"stage {suggestion.stage} · model {suggestion.model_version or '–'}"
-        f" · policy {suggestion.policy_version or '–'}"
+        safe_text.escape_markdown(
+            f"stage {suggestion.stage} · model {suggestion.model_version or '–'}"
+            f" · policy {suggestion.policy_version or '–'}"
+        )
     )
     if suggestion.rationale:
-        ui.text_block(suggestion.rationale, test_id="hitl-rationale", small=True)
+        safe_text.text_block(suggestion.rationale, test_id="hitl-rationale", small=True)
     if suggestion.scores:
         ordered = [c for c in LABELS if c in suggestion.scores] + sorted(
             c for c in suggestion.scores if c not in LABELS
@@ -415,7 +429,7 @@ def _render_queue_browser(client: ReviewApi) -> None:
         page = client.list_reviews(limit=50)
     except ApiError as exc:
         session.handle_unauthorized(exc)
-        st.error(f"Queue unavailable: {exc.message}.")
+        st.error(safe_text.escape_markdown(f"Queue unavailable: {exc.message}."))
         return
     st.caption(f"{page.total} review(s) open; the first {len(page.items)} by priority, then age.")
     if page.items:
@@ -428,7 +442,7 @@ def _render_queue_browser(client: ReviewApi) -> None:
                     "priority": r.priority,
                     "category": r.category,
                     "reason": r.reason,
-                    "claimed_by": r.claimed_by,
+                    "claimed_by": r.claimed_by_display or r.claimed_by,
                     "created_at": ui.format_time(r.created_at),
                 }
                 for r in page.items

@@ -15,7 +15,7 @@ from typing import Any, TypeAlias
 import streamlit as st
 
 from hitl_dashboard.api_client import ApiClient, ApiError, ReviewApi
-from moderation.settings import get_settings
+from hitl_dashboard.settings import get_dashboard_settings
 
 State: TypeAlias = MutableMapping[Any, Any]
 ClientFactory: TypeAlias = Callable[[str, str], ReviewApi]
@@ -64,7 +64,7 @@ def default_client_factory(api_url: str, api_key: str) -> ReviewApi:
 
 def idle_limit_seconds() -> float:
     """How long a session may stay idle (`MODERATION_DASHBOARD__SESSION_MINUTES`)."""
-    return get_settings().dashboard.session_minutes * 60.0
+    return get_dashboard_settings().dashboard.session_minutes * 60.0
 
 
 def sign_in(state: State, api_key: str, *, now: float) -> str | None:
@@ -82,7 +82,7 @@ def sign_in(state: State, api_key: str, *, now: float) -> str | None:
     if not key:
         return "Enter your API key."
     factory: ClientFactory = state.get(CLIENT_FACTORY, default_client_factory)
-    client = factory(get_settings().dashboard.api_url, key)
+    client = factory(get_dashboard_settings().dashboard.api_url, key)
     try:
         client.stats()
     except ApiError as exc:

@@ -6,8 +6,8 @@ import time
 
 import streamlit as st
 
-from hitl_dashboard import session
-from moderation.settings import get_settings
+from hitl_dashboard import safe_text, session
+from hitl_dashboard.settings import get_dashboard_settings
 
 KEY_INPUT = "hitl_sign_in_key"
 ERROR = "hitl_sign_in_error"
@@ -30,7 +30,7 @@ def render() -> None:
     st.title("Moderation review: sign in")
     notice = state.get(session.NOTICE)
     if notice:
-        st.warning(notice)
+        st.warning(safe_text.escape_markdown(notice))
     with st.form("sign_in_form", clear_on_submit=True):
         st.text_input(
             "API key",
@@ -41,9 +41,12 @@ def render() -> None:
         st.form_submit_button("Sign in", key="sign_in", type="primary", on_click=_submit)
     error = state.pop(ERROR, None)
     if error:
-        st.error(error)
+        st.error(safe_text.escape_markdown(error))
+    settings = get_dashboard_settings().dashboard
     st.caption(
-        f"The key is checked against the review API at {get_settings().dashboard.api_url} and "
-        "kept in this browser session only; the session ends after "
-        f"{get_settings().dashboard.session_minutes:g} minutes without activity."
+        safe_text.escape_markdown(
+            f"The key is checked against the review API at {settings.api_url} and kept in "
+            "this browser session only; the session ends after "
+            f"{settings.session_minutes:g} minutes without activity."
+        )
     )

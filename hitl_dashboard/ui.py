@@ -1,8 +1,10 @@
-"""Display helpers shared by the pages: blurred text, formats, the shortcut for Remove."""
+"""Display helpers shared by the pages: styles, formats, the shortcut for Remove.
+
+Text that submitters or moderators control is shown through `safe_text`.
+"""
 
 from __future__ import annotations
 
-import html
 from datetime import UTC, datetime
 
 import streamlit as st
@@ -61,21 +63,6 @@ def inject_style() -> None:
 def is_sensitive(*categories: str | None) -> bool:
     """Whether any of `categories` is one to blur."""
     return any(category in SENSITIVE_CATEGORIES for category in categories if category)
-
-
-def text_block(text: str, *, test_id: str, blurred: bool = False, small: bool = False) -> None:
-    """Untrusted text (a post, a model's rationale) shown as text, never as Markdown or HTML.
-
-    Args:
-        text: the text.
-        test_id: its `data-testid`, for browser tests (`hitl-post`, `hitl-rationale`, ...).
-        blurred: blur it (class `hitl-blurred`) until the moderator reveals it.
-        small: the smaller style of secondary text.
-    """
-    classes = "hitl-small" if small else "hitl-text"
-    if blurred:
-        classes += " hitl-blurred"
-    st.html(f'<div class="{classes}" data-testid="{test_id}">{html.escape(text)}</div>')
 
 
 def install_remove_shortcut() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import time
@@ -34,6 +35,7 @@ from sqlmodel import Session
 
 from jobs.sft import Example, sft_examples, write_jsonl
 from moderation.classifier.agent import load_policy
+from moderation.classifier.artifacts import ArtifactRefused, artifact_digest, load_checked
 from moderation.classifier.registry_watch import AGENT_LORA
 from moderation.db import crud
 from moderation.db.models import ModelStatus, ModelVersion
@@ -41,9 +43,14 @@ from moderation.settings import PROJECT_ROOT, LoraSettings, Settings
 from moderation.stack.runtime import cache_entry, console, step
 from moderation.stack.train_env import ensure_train_venv, local_base_model
 
+logger = logging.getLogger(__name__)
+
 KIND = AGENT_LORA
 METRICS_FILE = "metrics.json"  # written by jobs.lora_train
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# peft falls back to a pickled `adapter_model.bin` (torch.load) when no safetensors file exists:
+# an adapter directory holding a pickle is never handed to the trainer or to vLLM.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".joblib")
 LOAD_PATH = "/v1/load_lora_adapter"
 ALREADY_LOADED = "has already been loaded"  # vLLM's 400 for a name it serves already
 # The trainer's own lines are kept for the error message when it fails.
@@ -299,7 +306,9 @@ def run_lora(
         result = _compare(name, path, read_metrics(path), len(train), len(held_out), started)
         return replace(result, trained=False, promoted=False, reason=f"{name} is the champion")
     # The champion is the reference only if the new adapter can be compared with it.
-    current = champion if champion is not None and _comparable(champion, base) else None
+    current = (
+        champion if champion is not None and _comparable(champion, base, lora.adapter_dir) else None
+    )
     trained = not (path / METRICS_FILE).is_file()
     if trained:
         lines = _print_line if progress else _ignore_line
@@ -342,6 +351,7 @@ def run_lora(
             kind=KIND,
             version=name,
             artifact_uri=str(path),
+            artifact_sha256=artifact_digest(path),
             metrics={**metrics, "compared_with": result.current or "base", "run_id": run_id},
             status=status,
         )
@@ -356,10 +366,29 @@ def _ignore_line(line: str) -> None:
     """Output not shown; `train_adapter` keeps its tail for the error message."""
 
 
-def _comparable(champion: ModelVersion, base: str) -> bool:
-    """True when the champion's adapter is on disk and was trained on the same base model."""
-    on_disk = (Path(champion.artifact_uri) / ADAPTER_FILES[0]).is_file()
-    return on_disk and champion.metrics.get("base") == base
+def _comparable(champion: ModelVersion, base: str, store: Path) -> bool:
+    """True when the champion's adapter was trained on the same base model and may be loaded.
+
+    May be loaded: inside `store`, with the digest the registry holds, safetensors weights and
+    no pickle (`moderation.classifier.artifacts`). A refused adapter is logged and not compared.
+    """
+    if champion.metrics.get("base") != base:
+        return False
+    try:
+        _, files = load_checked(champion.artifact_uri, store, champion.artifact_sha256)
+        if any(name.endswith(PICKLE_SUFFIXES) for name in files):
+            raise ArtifactRefused("format", f"{champion.artifact_uri} holds a pickle")
+    except ArtifactRefused as refused:
+        logger.error(
+            "agent-lora champion %s REFUSED (%s): %s; not compared with it",
+            champion.version,
+            refused.reason,
+            refused,
+        )
+        return False
+    except OSError:
+        return False
+    return all(name in files for name in ADAPTER_FILES)
 
 
 def _compare(

@@ -34,8 +34,14 @@ from jobs.retrain import (
     score_splits,
 )
 from jobs.snapshot import Snapshot, write_snapshot
+from moderation.classifier.artifacts import ArtifactRefused, artifact_digest
 from moderation.classifier.fast_model import FastModel, ensure_fast_model, train_fast_model
-from moderation.classifier.registry_watch import register_champion
+from moderation.classifier.registry_watch import (
+    Champion,
+    fast_store,
+    load_champion,
+    register_champion,
+)
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
 from moderation.db.models import JobRun
@@ -155,11 +161,30 @@ def abandon_dead_runs(session: Session) -> list[int]:
 
 
 def champion_model(settings: Settings, engine: Engine) -> FastModel:
-    """The fast champion of the registry; the base model (registered as champion) if none."""
+    """The fast champion of the registry; the base model (registered as champion) if none.
+
+    The champion is loaded as workers load it: from inside the artifact store, with the digest
+    the registry holds. A champion refused for that (outside the store, another digest, a
+    format-1 pickle, or a row from before digests) is replaced by the base model, loudly: the
+    comparison must not run on an artifact nobody can vouch for.
+    """
     with Session(engine) as session:
-        champion = crud.get_champion(session, kind=FAST)
-    if champion is not None:
-        return FastModel.load(Path(champion.artifact_uri))
+        row = crud.get_champion(session, kind=FAST)
+    if row is not None:
+        champion = Champion(row.version, row.artifact_uri, row.artifact_sha256)
+        try:
+            return load_champion(champion, fast_store(settings))
+        except ArtifactRefused as refused:
+            logger.error(
+                "the fast champion %s is REFUSED (%s): %s; the base model replaces it",
+                row.version,
+                refused.reason,
+                refused,
+            )
+            console.print(
+                f"[red]nightly: fast champion {row.version} refused ({refused.reason}); "
+                "the base model replaces it[/red]"
+            )
     model = ensure_fast_model(settings, progress=True)
     register_champion(engine, model, settings)
     return model
@@ -199,7 +224,7 @@ def retrain(
         snapshot = write_snapshot(training.frame, rules.output_dir / "snapshots")
     champion = champion_model(settings, engine)
     challenger = train_fast_model(training.train, training.validation, progress=progress)
-    challenger.save(settings.models.artifact_dir / FAST)
+    challenger_path = challenger.save(fast_store(settings))
     splits: Mapping[str, Sequence[dict[str, str]]] = {
         "gold": base.gold,
         "time_split": training.time_split,
@@ -232,7 +257,8 @@ def retrain(
                 session,
                 kind=FAST,
                 version=challenger.version,
-                artifact_uri=str(settings.models.artifact_dir / FAST / challenger.version),
+                artifact_uri=str(challenger_path),
+                artifact_sha256=artifact_digest(challenger_path),
                 metrics=metrics,
             )
         if decision.promote:

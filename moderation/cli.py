@@ -226,7 +226,10 @@ def review_service() -> None:
 @app.command("dashboard")
 def dashboard() -> None:
     """Run the moderators' Streamlit dashboard (settings: MODERATION_DASHBOARD__*)."""
-    settings = get_settings()
+    # Its own section only: the full settings would demand secrets the dashboard never uses.
+    from hitl_dashboard.settings import get_dashboard_settings
+
+    settings = get_dashboard_settings()
     app_file = PROJECT_ROOT / "hitl_dashboard" / "app.py"
     # Streamlit owns its process (signals, server): hand this one over to it.
     os.execv(  # noqa: S606 - our own interpreter and app

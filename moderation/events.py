@@ -134,7 +134,12 @@ class ReviewDecided(Event):
     review_id: str = Field(default="", max_length=128)
     label: Category
     decision: Decision
-    moderator_id: str = Field(min_length=1)
+    moderator_id: str = Field(
+        min_length=1,
+        description="the deciding API key as `key:<id>` (unique; names repeat); events from "
+        "before key ids carry the key's name",
+        examples=["key:7"],
+    )
     note: str | None = Field(default=None, max_length=2_000)
     overrode: Decision | None = Field(
         default=None, description="the automated decision this one replaced"

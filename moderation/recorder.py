@@ -41,6 +41,7 @@ from moderation.events import (
     ReviewDecided,
     ReviewRequested,
 )
+from moderation.kafka_auth import faststream_security
 from moderation.service import asgi_service, batch_records, serve
 from moderation.settings import Settings, get_settings
 
@@ -327,6 +328,7 @@ def create_broker(service: Recorder) -> KafkaBroker:
     """A Kafka broker carrying the recorder's router (topics exist: they are not created here)."""
     broker = KafkaBroker(
         service.settings.kafka.bootstrap_servers,
+        security=faststream_security(service.settings, "recorder"),
         client_id="recorder",
         log_level=logging.DEBUG,  # a line per batch is noise at INFO
         enable_idempotence=True,  # dead letters: acks=all, no duplicates on producer retries

@@ -6,19 +6,22 @@ Environment variables use the prefix ``MODERATION_`` and ``__`` between sections
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from moderation.secret_checks import development_secrets
 from moderation.taxonomy import VIOLATING, Category
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-# Development-only credentials of the local stack. Refused outside `environment=development`.
+# Development-only credentials of the local stack. Refused outside `environment=development`
+# (`test` is a deployed environment too: staging, shared test clusters).
 DEV_DB_PASSWORD = "moderation-dev"
 DEV_LLM_API_KEY = "local-llm"
 
@@ -56,6 +59,25 @@ class KafkaSettings(BaseModel):
     version: str = Field(default="4.3.1", description="Apache Kafka version resolved from Maven")
     heap: str = Field(default="512m", description="JVM -Xmx for the local broker")
     topics: TopicSettings = TopicSettings()
+    security_protocol: Literal["SASL_PLAINTEXT", "SASL_SSL", "PLAINTEXT"] = Field(
+        default="SASL_PLAINTEXT",
+        description=(
+            "SASL_SSL in production; SASL_PLAINTEXT on the loopback stack; PLAINTEXT (no "
+            "authentication) only in development"
+        ),
+    )
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
+    username: str | None = Field(
+        default=None,
+        description=(
+            "this service's principal (its Strimzi KafkaUser); unset in development: the local "
+            "stack's credentials of the service's own principal"
+        ),
+    )
+    password: SecretStr | None = None
+    ssl_cafile: str | None = Field(
+        default=None, description="CA certificate of the brokers' TLS listener (SASL_SSL)"
+    )
 
     @property
     def bootstrap_servers(self) -> str:
@@ -74,6 +96,12 @@ class DatabaseSettings(BaseModel):
     )
     pool_size: int = 10
     pool_overflow: int = 10
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field(
+        default="prefer", description="libpq sslmode; production: verify-full with sslrootcert"
+    )
+    sslrootcert: str | None = Field(
+        default=None, description="CA certificate file that signs the server's certificate"
+    )
 
     def url_for(self, database: str) -> str:
         secret = self.password.get_secret_value()
@@ -266,11 +294,45 @@ class ApiSettings(BaseModel):
         "from that address get 429 without a database lookup; 0: no limit",
     )
     auth_failure_burst: int = Field(default=30, ge=1)
+    key_failure_limit_per_minute: int = Field(
+        default=10,
+        ge=0,
+        description="failed checks of one key (its public prefix, `mod_<prefix>_...`) per minute, "
+        "from any address; past them that key is refused without a lookup until it recovers, "
+        "so one key's secret cannot be guessed by spreading over addresses; 0: no limit",
+    )
+    key_failure_burst: int = Field(default=10, ge=1)
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description='addresses or CIDRs of the proxies in front of the API (e.g. ["10.0.0.0/8"]) '
+        "whose X-Forwarded-For is believed: the client is then the right-most address not in "
+        "this list; empty: nobody's header is believed, the socket peer is the client",
+    )
+    internal_host: str = Field(
+        default="127.0.0.1",
+        description="where readiness (with detail) and /metrics listen: probes and Prometheus "
+        "only, never the ingress (0.0.0.0 in containers)",
+    )
+    internal_port: int = Field(default=8004, description="port of the internal listener")
     cors_origins: list[str] = Field(
         default_factory=list,
         description='browser origins allowed to call the API, e.g. ["https://mod.example"]; '
         "empty: no CORS headers at all",
     )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: list[str]) -> list[str]:
+        # uvicorn would take anything unparsable as a literal host name, silently: refuse it.
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted proxy {entry!r} is not an IP address or CIDR ('*' is refused: it "
+                    "would let any client choose its own address)"
+                ) from None
+        return [entry.strip() for entry in value]
 
 
 class WorkerSettings(BaseModel):
@@ -458,11 +520,30 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_production(self) -> Settings:
-        if self.environment == "production":
-            if self.db.password.get_secret_value() == DEV_DB_PASSWORD and not self.db.url_override:
-                raise ValueError("MODERATION_DB__PASSWORD must be set outside development")
-            if self.llm.api_key.get_secret_value() == DEV_LLM_API_KEY:
-                raise ValueError("MODERATION_LLM__API_KEY must be set outside development")
+        # Every secret of the tree, however supplied (a whole database URL included); `test` is
+        # a deployed environment as well: only `development` may run on the stack's credentials.
+        if self.environment != "development":
+            found = development_secrets(
+                self,
+                refused=frozenset({DEV_DB_PASSWORD, DEV_LLM_API_KEY}),
+                urls={("db", "url_override"): self.db.url_override},
+            )
+            if found:
+                raise ValueError(
+                    f"{', '.join(found)} must be set outside development (a development or "
+                    "placeholder value was given)"
+                )
+            kafka = self.kafka
+            if kafka.security_protocol == "PLAINTEXT":
+                raise ValueError(
+                    "MODERATION_KAFKA__SECURITY_PROTOCOL=PLAINTEXT (no authentication) is for "
+                    "development only"
+                )
+            if not kafka.username or kafka.password is None:
+                raise ValueError(
+                    "MODERATION_KAFKA__USERNAME and MODERATION_KAFKA__PASSWORD (this service's "
+                    "Kafka principal) must be set outside development"
+                )
         return self
 
 

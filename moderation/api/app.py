@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy import Engine
 from starlette.middleware.cors import CORSMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from moderation.api.deps import ApiState
 from moderation.api.limits import ApiLimits, BodySizeLimit
@@ -21,6 +22,7 @@ from moderation.api.routes.errors import ErrorBody, install_error_handlers
 from moderation.api.routes.submit_lane import SubmitFastLane
 from moderation.api.workflows import DaprReviewWorkflows, ReviewWorkflows
 from moderation.db.engine import create_tables, make_engine
+from moderation.kafka_auth import aiokafka_auth
 from moderation.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,9 @@ def create_app(
         db_engine = engine if engine is not None else make_engine(settings)
         create_tables(db_engine)
         broker = publisher or KafkaPublisher(
-            settings.kafka.bootstrap_servers, timeout=settings.api.publish_timeout_seconds
+            settings.kafka.bootstrap_servers,
+            timeout=settings.api.publish_timeout_seconds,
+            auth=aiokafka_auth(settings, "api"),
         )
         await broker.start()
         gateway = workflows or DaprReviewWorkflows.from_settings(settings)
@@ -94,7 +98,8 @@ def create_app(
     )
     app.state.metrics = metrics
     install_error_handlers(app)
-    # Outermost last: CORS, then the body limit (it also guards the fast lane), then the lane.
+    # Outermost last: proxy headers, CORS, then the body limit (it also guards the fast lane),
+    # then the lane.
     app.add_middleware(SubmitFastLane)
     app.add_middleware(
         BodySizeLimit,
@@ -111,6 +116,12 @@ def create_app(
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
             expose_headers=["Retry-After", "Location", "Idempotent-Replayed"],
         )
+    # Outermost: every layer below (the fast lane included) sees the same client address. Only
+    # a listed proxy's X-Forwarded-For is believed (the right-most entry not itself a trusted
+    # proxy); with none listed, X-Forwarded-For is ignored and the socket peer is the client.
+    # The server runs without its own proxy handling (`cli.run_api`: proxy_headers=False).
+    if settings.api.trusted_proxies:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.api.trusted_proxies)
     app.include_router(posts.router)
     app.include_router(reviews.router)
     app.include_router(metrics_overview.router)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -51,26 +54,71 @@ def create(
     stdout.print(plaintext, markup=False, highlight=False)
 
 
-def run_api(settings: Settings) -> None:
-    """Serve the API with uvicorn in this process (one worker) until SIGTERM/SIGINT."""
+class InternalServer(uvicorn.Server):
+    """The internal listener's server: it leaves signals to the public server, which stops it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def api_servers(settings: Settings) -> tuple[uvicorn.Server, InternalServer]:
+    """The public server (the API, its lifespan) and the internal one (probes, metrics)."""
     from moderation.api.app import create_app
+    from moderation.api.internal import create_internal_app
+
+    app = create_app(settings)
+    public = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.api.host,
+            port=settings.api.port,
+            workers=1,
+            # "auto": uvloop/httptools when installed, else asyncio/h11.
+            loop="auto",
+            http="auto",
+            lifespan="on",
+            log_level="info",
+            # One log line per request would cost more than the request itself at 3,000/s.
+            access_log=False,
+            # The app applies `api.trusted_proxies` itself (uvicorn's default trusts 127.0.0.1).
+            proxy_headers=False,
+        )
+    )
+    internal = InternalServer(
+        uvicorn.Config(
+            create_internal_app(app),
+            host=settings.api.internal_host,
+            port=settings.api.internal_port,
+            lifespan="off",
+            # The same level as the public server: each Config sets uvicorn's loggers' level.
+            log_level="info",
+            access_log=False,
+            proxy_headers=False,
+        )
+    )
+    return public, internal
+
+
+async def serve_api(public: uvicorn.Server, internal: InternalServer) -> None:
+    """Serve both until the public server stops (SIGTERM/SIGINT), then stop the internal one."""
+    internal_task = asyncio.create_task(internal.serve())
+    try:
+        await public.serve()
+    finally:
+        internal.should_exit = True
+        await internal_task
+
+
+def run_api(settings: Settings) -> None:
+    """Serve the API with uvicorn in this process (one worker) until SIGTERM/SIGINT: the public
+    port (`api.port`) and the internal one (`api.internal_port`: readiness, metrics)."""
     from moderation.telemetry import configure_tracing
 
     configure_tracing("api", settings)
-    app = create_app(settings)
+    public, internal = api_servers(settings)
     # Everything imported so far lives as long as the process: keep it out of the collector's
     # full passes, which otherwise rescan it while the API allocates per request.
     gc.freeze()
-    uvicorn.run(
-        app,
-        host=settings.api.host,
-        port=settings.api.port,
-        workers=1,
-        # "auto": uvloop/httptools when installed, else asyncio/h11.
-        loop="auto",
-        http="auto",
-        lifespan="on",
-        log_level="info",
-        # One log line per request would cost more than the request itself at 3,000/s.
-        access_log=False,
-    )
+    with asyncio.Runner(loop_factory=public.config.get_loop_factory()) as runner:
+        runner.run(serve_api(public, internal))

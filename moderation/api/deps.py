@@ -23,6 +23,7 @@ from moderation.api.security import (
     presented_key,
 )
 from moderation.api.workflows import ReviewWorkflows
+from moderation.db import crud
 from moderation.settings import Settings
 
 if TYPE_CHECKING:
@@ -88,16 +89,19 @@ async def authenticate(
     key = presented_key(headers.get("authorization"), headers.get("x-api-key"))
     limits = state.limits
     address = client or "unknown"
+    prefix = crud.api_key_prefix(key)
     cache = state.key_cache
     digest = cache.digest(key)
     hit, principal = cache.get(digest)
     if not hit:
         # Only lookups are refused: a key known valid still works from a noisy address.
-        limits.check_auth_failures(address)
+        limits.check_auth_failures(address, prefix)
         principal = await run_in_threadpool(lookup_key, state.engine, key)
         cache.put(digest, principal)
+        if principal is not None and prefix is not None:
+            limits.known_prefixes.add(prefix)
     if principal is None:
-        limits.auth_failures.spend(address)
+        limits.record_auth_failure(address, prefix)
         raise AuthError(401, "invalid API key: unknown or revoked")
     if scope is not None and not principal.allows(scope):
         granted = ", ".join(sorted(principal.scopes)) or "none"
@@ -112,8 +116,9 @@ async def authenticate(
 
 
 def client_address(request: Request) -> str | None:
-    """The caller's address as the server saw it (behind a proxy: see uvicorn's
-    `--forwarded-allow-ips`, without which every client is the proxy)."""
+    """The caller's address: the socket peer, or behind a proxy of `api.trusted_proxies` the
+    address it forwarded (the app's `ProxyHeadersMiddleware` rewrites the ASGI scope's client,
+    which the submit fast lane reads too)."""
     return request.client.host if request.client is not None else None
 
 

@@ -11,7 +11,15 @@ billing quotas. Three kinds of bucket (`ApiLimits`):
   post's trail, the review API, the metrics overview;
 - failed key checks per client address (`api.auth_failure_limit_per_minute`): once a client has
   used them up, a key that is not already known valid gets 429 without a database lookup, so
-  guessing keys is slow and cannot load the database. Keys known valid (cached) still pass.
+  guessing keys is slow and cannot load the database. Keys known valid (cached) still pass, and
+  so do keys whose prefix authenticated in this process (`known_prefixes`): a shared address
+  (a NAT, the dashboard's server) flooded with bad keys does not lock its other users out;
+- failed key checks per key prefix (`api.key_failure_limit_per_minute`), from any address: the
+  public part of `mod_<prefix>_<secret>` names the key being guessed, so guessing one key's
+  secret is throttled however many addresses the guesses come from.
+
+The client address is the one `ProxyHeadersMiddleware` settles on (`api.trusted_proxies`): the
+socket peer, or behind a trusted proxy the right-most untrusted X-Forwarded-For entry.
 
 A refused request gets 429 with `Retry-After` (whole seconds) in the API's error format.
 """
@@ -31,6 +39,7 @@ from moderation.api.security import AuthError
 from moderation.settings import ApiSettings
 
 MAX_BUCKETS = 100_000
+KNOWN_PREFIX_SECONDS = 24 * 3600.0
 
 
 @dataclass(slots=True)
@@ -123,6 +132,34 @@ class Buckets:
             self._bucket(name, now).spend(cost, now)
 
 
+class KnownPrefixes:
+    """Key prefixes that authenticated recently (`ttl` seconds), at most `max_entries`."""
+
+    def __init__(
+        self,
+        ttl: float = KNOWN_PREFIX_SECONDS,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_entries: int = MAX_BUCKETS,
+    ) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self.max_entries = max_entries
+        self._expiry: dict[str, float] = {}
+
+    def add(self, prefix: str) -> None:
+        now = self.clock()
+        if prefix not in self._expiry and len(self._expiry) >= self.max_entries:
+            self._expiry = {p: t for p, t in self._expiry.items() if t > now}
+            if len(self._expiry) >= self.max_entries:
+                self._expiry.clear()
+        self._expiry[prefix] = now + self.ttl
+
+    def __contains__(self, prefix: object) -> bool:
+        expiry = self._expiry.get(prefix) if isinstance(prefix, str) else None
+        return expiry is not None and expiry > self.clock()
+
+
 def retry_after(seconds: float) -> int:
     """Whole seconds for `Retry-After` (at least 1: a client must not retry at once)."""
     return max(1, math.ceil(seconds))
@@ -141,6 +178,8 @@ class ApiLimits:
     posts: Buckets
     requests: Buckets
     auth_failures: Buckets
+    key_failures: Buckets
+    known_prefixes: KnownPrefixes
 
     @classmethod
     def from_settings(cls, api: ApiSettings) -> ApiLimits:
@@ -149,6 +188,8 @@ class ApiLimits:
             posts=Buckets(api.rate_limit_per_minute, max(api.rate_limit_burst, api.max_batch)),
             requests=Buckets(api.request_rate_limit_per_minute, api.request_rate_limit_burst),
             auth_failures=Buckets(api.auth_failure_limit_per_minute, api.auth_failure_burst),
+            key_failures=Buckets(api.key_failure_limit_per_minute, api.key_failure_burst),
+            known_prefixes=KnownPrefixes(),
         )
 
     def charge_posts(self, key_id: int, name: str, posts: int) -> None:
@@ -179,15 +220,29 @@ class ApiLimits:
                 wait,
             )
 
-    def check_auth_failures(self, client: str) -> None:
-        """Before a key is looked up: refuse a client that failed too many key checks.
+    def check_auth_failures(self, client: str, prefix: str | None = None) -> None:
+        """Before a key is looked up: refuse a key prefix that failed too many checks from
+        anywhere, and a client address that failed too many, unless `prefix` authenticated
+        recently (then only the prefix's own budget applies).
 
         Raises:
-            AuthError: 429 while the client's failure budget is used up.
+            AuthError: 429 while the prefix's or the client's failure budget is used up.
         """
+        if prefix is not None:
+            wait = self.key_failures.wait(prefix)
+            if wait:
+                raise rate_limited("too many failed checks of this API key", wait)
+            if prefix in self.known_prefixes:
+                return
         wait = self.auth_failures.wait(client)
         if wait:
             raise rate_limited(f"too many failed API key checks from {client}", wait)
+
+    def record_auth_failure(self, client: str, prefix: str | None) -> None:
+        """A key check failed: charge the client's budget and the key prefix's."""
+        self.auth_failures.spend(client)
+        if prefix is not None:
+            self.key_failures.spend(prefix)
 
 
 # --- request bodies ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -92,9 +92,15 @@ class KafkaPublisher:
     """
 
     def __init__(
-        self, bootstrap_servers: str, *, timeout: float, client_id: str = "moderation-api"
+        self,
+        bootstrap_servers: str,
+        *,
+        timeout: float,
+        client_id: str = "moderation-api",
+        auth: Mapping[str, Any] | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
+        self.auth = dict(auth or {})  # SASL options (`moderation.kafka_auth.aiokafka_auth`)
         self.timeout = timeout
         self.client_id = client_id
         self._producer: Any = None
@@ -136,6 +142,7 @@ class KafkaPublisher:
             linger_ms=LINGER_MS,
             max_batch_size=MAX_BATCH_BYTES,
             request_timeout_ms=REQUEST_TIMEOUT_MS,
+            **self.auth,
         )
 
     def _retire(self, producer: Any, reason: str, *, back_off: bool = True) -> None:

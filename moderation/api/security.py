@@ -15,6 +15,7 @@ from enum import StrEnum
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from moderation.actors import key_actor
 from moderation.db import crud
 from moderation.db.models import ApiKey
 
@@ -49,6 +50,16 @@ class Principal:
     key_id: int
     name: str
     scopes: frozenset[str]
+
+    @property
+    def actor(self) -> str:
+        """Who this key is in claims, decisions and the audit log (`key:<id>`: names repeat)."""
+        return key_actor(self.key_id)
+
+    @property
+    def display(self) -> str:
+        """The key as people read it: `name (key:<id>)`."""
+        return f"{self.name} ({self.actor})"
 
     def allows(self, scope: Scope) -> bool:
         """Whether this key has `scope` (`admin` implies every scope)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import io
 import json
 import logging
 import math
@@ -45,6 +46,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from moderation.classifier.artifacts import ArtifactRefused, check_digest, read_artifact
 from moderation.settings import Settings, get_settings
 from moderation.stack.runtime import cache_entry, console
 from moderation.taxonomy import CATEGORIES, Category
@@ -52,8 +54,10 @@ from moderation.taxonomy import CATEGORIES, Category
 logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
-ARTIFACT_FORMAT = 1
-MODEL_FILE = "model.joblib"
+# Format 2: plain arrays (`numpy.savez_compressed`, read with `allow_pickle=False`). Format 1 was a
+# joblib pickle, which runs code when loaded: such artifacts are refused, never read.
+ARTIFACT_FORMAT = 2
+MODEL_FILE = "model.npz"
 METADATA_FILE = "metadata.json"
 
 # --- sexual_minors: a lexicon signal, never a learned score ---------------------------------------
@@ -465,29 +469,55 @@ class FastModel:
         An existing directory for the same version is kept: the version hashes the training
         data and configuration, so it holds the same model.
         """
-        arrays = {
-            "idf": self._idf,
-            "weights": self._weights,
-            "intercepts": self._intercepts,
-            "platt": self._platt,
-        }
 
         def write(staging: Path) -> None:
-            joblib.dump(arrays, staging / MODEL_FILE, compress=3)
+            np.savez_compressed(
+                staging / MODEL_FILE,
+                idf=self._idf,
+                weights=self._weights,
+                intercepts=self._intercepts,
+                platt=self._platt,
+            )
             (staging / METADATA_FILE).write_text(json.dumps(self.metadata(), indent=2) + "\n")
 
         return cache_entry(directory, self.version, write)
 
     @classmethod
-    def load(cls, path: Path) -> FastModel:
-        """Load an artifact directory written by `save` (only load artifacts you trust:
-        joblib unpickles)."""
-        metadata = json.loads((path / METADATA_FILE).read_text())
-        if metadata.get("format") != ARTIFACT_FORMAT or metadata.get("kind") != "fast":
-            raise ValueError(f"{path} is not a fast-model artifact of format {ARTIFACT_FORMAT}")
+    def load(cls, path: Path, *, sha256: str | None = None) -> FastModel:
+        """Load an artifact directory written by `save`.
+
+        With `sha256` (the registry's digest, `artifacts.artifact_digest`), the files are
+        refused unless they have that digest; they are read once, checked, then parsed.
+
+        Raises:
+            ArtifactRefused: a digest that does not match, a link in the directory, or a
+                format-1 (pickle) artifact.
+        """
+        files = read_artifact(path)
+        if sha256 is not None:
+            check_digest(files, sha256, where=str(path))
+        return cls.from_files(files, where=str(path))
+
+    @classmethod
+    def from_files(cls, files: Mapping[str, bytes], *, where: str) -> FastModel:
+        """The model of an artifact's files (`read_artifact`); no file can run code."""
+        metadata = json.loads(files[METADATA_FILE])
+        if metadata.get("kind") != "fast":
+            raise ValueError(f"{where} is not a fast-model artifact")
+        if metadata.get("format") != ARTIFACT_FORMAT:
+            raise ArtifactRefused(
+                "format",
+                f"{where} is a fast-model artifact of format {metadata.get('format')}, not "
+                f"{ARTIFACT_FORMAT} (format 1 was a pickle and is never loaded; retrain it)",
+            )
         if metadata["categories"] != [c.value for c in CATEGORIES]:
-            raise ValueError(f"{path} was trained for another taxonomy: {metadata['categories']}")
-        arrays = cast(dict[str, Any], joblib.load(path / metadata["files"]["model"]))
+            raise ValueError(f"{where} was trained for another taxonomy: {metadata['categories']}")
+        model_file = metadata["files"]["model"]
+        if model_file not in files:
+            raise ValueError(f"{where} has no {model_file!r}")
+        # allow_pickle=False: an object array (a pickle inside the archive) raises, never runs.
+        with np.load(io.BytesIO(files[model_file]), allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in ("idf", "weights", "intercepts", "platt")}
         return cls(
             version=metadata["version"],
             trained_at=datetime.fromisoformat(metadata["trained_at"]),

@@ -12,6 +12,13 @@ the new version. An `agent-lora` champion's version is the served name of a LoRA
 selects adapters by model name): the agent switches to it for the runs that start next, and back
 to its base model when there is none. A champion that does not load, or a registry that does not
 answer, leaves the served models as they are until a later poll.
+
+A registry row is not trusted (issue 11): a fast champion is loaded only from a directory inside
+`models.artifact_dir / "fast"` and only when its files have the row's `artifact_sha256`
+(`moderation.classifier.artifacts`); the artifact is plain arrays, never a pickle. A refused
+champion is logged and counted (`outcome="refused"`) and the worker keeps the model it serves.
+A worker whose database role may only read the registry (the production grants) does not
+register its base model; the nightly does.
 """
 
 from __future__ import annotations
@@ -25,8 +32,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge
+from sqlalchemy.exc import ProgrammingError
 from sqlmodel import Session
 
+from moderation.classifier.artifacts import ArtifactRefused, artifact_digest, load_checked
 from moderation.db import crud
 from moderation.db.engine import create_tables
 from moderation.db.models import ModelStatus
@@ -42,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 FAST = "fast"
 AGENT_LORA = "agent-lora"
+INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's SQLSTATE for a missing grant
 
 MODEL_INFO = Gauge(
     "moderation_worker_model_info",
@@ -51,7 +61,8 @@ MODEL_INFO = Gauge(
 )
 MODEL_RELOADS = Counter(
     "moderation_worker_model_reloads_total",
-    "model switches at start-up and on promotion, by kind and outcome (failed: did not load)",
+    "model switches at start-up and on promotion, by kind and outcome (failed: did not load; "
+    "refused: outside the artifact store, of another digest than registered, or a pickle)",
     ["kind", "outcome"],
 )
 
@@ -60,6 +71,7 @@ MODEL_RELOADS = Counter(
 class Champion:
     version: str
     artifact_uri: str
+    artifact_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,15 +94,22 @@ def register_champion(
     with Session(engine) as session:
         if keep_existing and crud.get_champion(session, kind=FAST) is not None:
             return False
+        path = fast_store(settings) / model.version
         crud.register_model_version(
             session,
             kind=FAST,
             version=model.version,
-            artifact_uri=str(settings.models.artifact_dir / FAST / model.version),
+            artifact_uri=str(path),
+            artifact_sha256=artifact_digest(path),
             metrics=model.metrics,
             status=ModelStatus.CHAMPION,
         )
     return True
+
+
+def fast_store(settings: Settings) -> Path:
+    """Where fast-model artifacts live; the registry may name nothing outside it."""
+    return settings.models.artifact_dir / FAST
 
 
 def read_champions(engine: Engine) -> Champions:
@@ -98,7 +117,9 @@ def read_champions(engine: Engine) -> Champions:
         fast = crud.get_champion(session, kind=FAST)
         adapter = crud.get_champion(session, kind=AGENT_LORA)
         return Champions(
-            fast=Champion(fast.version, fast.artifact_uri) if fast is not None else None,
+            fast=Champion(fast.version, fast.artifact_uri, fast.artifact_sha256)
+            if fast is not None
+            else None,
             adapter=adapter.version if adapter is not None else None,
         )
 
@@ -109,12 +130,19 @@ def prepare_and_read_champions(engine: Engine) -> Champions:
     return read_champions(engine)
 
 
-def load_champion(champion: Champion) -> FastModel:
-    """The champion's artifact, loaded (blocking: run it in a thread)."""
+def load_champion(champion: Champion, store: Path) -> FastModel:
+    """The champion's artifact, loaded (blocking: run it in a thread).
+
+    Raises:
+        ArtifactRefused: the uri is outside `store`, or the files do not have the registered
+            digest, or are not of the current (pickle-free) format.
+    """
     from moderation.classifier.fast_model import FastModel
 
-    # A plain path or a file:// URI: the registry names a directory the worker can read.
-    model = FastModel.load(Path(champion.artifact_uri.removeprefix("file://")))
+    # A plain path or a file:// URI naming a directory inside the store; read once, checked,
+    # then parsed from the bytes that were checked.
+    path, files = load_checked(champion.artifact_uri, store, champion.artifact_sha256)
+    model = FastModel.from_files(files, where=str(path))
     if model.version != champion.version:
         # Served anyway, it would never match the champion and be reloaded at every poll.
         raise ValueError(f"{champion.artifact_uri} holds {model.version}, not {champion.version}")
@@ -132,6 +160,7 @@ class RegistryWatch:
         # The base model served while the registry could not be told about it.
         self._unregistered: FastModel | None = None
         self._failed: set[str] = set()  # champions whose artifact did not load: logged once
+        self._may_register = True  # False once the database refused the worker's registration
         self._registry_down = False  # logged when it stops answering and when it answers again
         self._shown: dict[str, str] = {}  # kind → version labelled in MODEL_INFO
 
@@ -197,12 +226,24 @@ class RegistryWatch:
     async def _register_base(self) -> bool:
         """Register the base model unless a champion exists; False when the registry failed."""
         model = self._unregistered
-        if model is None:
+        if model is None or not self._may_register:
             return True
         try:
             registered = await asyncio.to_thread(
                 register_champion, self.engine, model, self.settings, keep_existing=True
             )
+        except ProgrammingError as error:
+            if getattr(error.orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+                self._unreachable(error)
+                return False
+            # A read-only role (production grants): registering is the nightly's job.
+            logger.info(
+                "the database role may not register models; serving the base model %s "
+                "unregistered (the nightly registers it)",
+                model.version,
+            )
+            self._may_register = False
+            return True
         except Exception as error:  # noqa: BLE001 - retried at the next poll
             self._unreachable(error)
             return False
@@ -225,7 +266,19 @@ class RegistryWatch:
     async def _load(self, champion: Champion) -> FastModel | None:
         """The champion's model, or None (logged once per version) when it does not load."""
         try:
-            model = await asyncio.to_thread(load_champion, champion)
+            model = await asyncio.to_thread(load_champion, champion, fast_store(self.settings))
+        except ArtifactRefused as refused:
+            MODEL_RELOADS.labels(kind=FAST, outcome="refused").inc()
+            if champion.version not in self._failed:
+                self._failed.add(champion.version)
+                logger.error(
+                    "fast champion %s REFUSED (%s) from %s: %s; serving the current model",
+                    champion.version,
+                    refused.reason,
+                    champion.artifact_uri,
+                    refused,
+                )
+            return None
         except Exception as error:  # noqa: BLE001 - a bad artifact must not stop the worker
             MODEL_RELOADS.labels(kind=FAST, outcome="failed").inc()
             if champion.version not in self._failed:

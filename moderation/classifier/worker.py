@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from moderation.classifier.cascade import AgentStage, Scorer, first_stage, second_stage
 from moderation.classifier.registry_watch import RegistryWatch
 from moderation.events import DeadLetter, PostSubmitted
+from moderation.kafka_auth import faststream_security
 from moderation.service import asgi_service, batch_records, serve
 from moderation.settings import Settings, get_settings
 from moderation.telemetry import PostTraces, configure_tracing
@@ -208,6 +209,7 @@ async def _model_loaded() -> bool:
 def create_broker() -> KafkaBroker:
     broker = KafkaBroker(
         settings.kafka.bootstrap_servers,
+        security=faststream_security(settings, "worker"),
         client_id="classifier-worker",
         log_level=logging.DEBUG,  # a line per batch is noise at INFO
         enable_idempotence=True,  # implies acks="all"

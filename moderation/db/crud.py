@@ -57,6 +57,7 @@ from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 from sqlalchemy.sql.dml import ReturningInsert
 from sqlmodel import Session, SQLModel, col, select
 
+from moderation.actors import actor_display, actor_key_ids
 from moderation.db.models import (
     AgreementPublic,
     ApiKey,
@@ -1463,13 +1464,19 @@ def create_api_key(session: Session, *, name: str, scopes: Iterable[str]) -> tup
     return plaintext, api_key
 
 
-def authenticate_api_key(session: Session, *, key: str) -> ApiKey | None:
-    """The key's row when `key` is valid and not revoked, else None (constant-time check)."""
+def api_key_prefix(key: str) -> str | None:
+    """The public part of a presented key (`mod_<prefix>_<secret>`), None when it has none."""
     parts = key.split("_", 2) if len(key) <= 256 else []
     prefix = parts[1] if len(parts) == 3 and parts[0] == API_KEY_PREFIX else None
+    return prefix if prefix is not None and 0 < len(prefix) <= 32 else None
+
+
+def authenticate_api_key(session: Session, *, key: str) -> ApiKey | None:
+    """The key's row when `key` is valid and not revoked, else None (constant-time check)."""
+    prefix = api_key_prefix(key)
     api_key = (
         session.exec(select(ApiKey).where(ApiKey.prefix == prefix)).first()
-        if prefix is not None and len(prefix) <= 32
+        if prefix is not None
         else None
     )
     expected = api_key.key_hash if api_key is not None else _UNKNOWN_KEY_DIGEST
@@ -1477,6 +1484,18 @@ def authenticate_api_key(session: Session, *, key: str) -> ApiKey | None:
     if api_key is None or not matches or api_key.revoked_at is not None:
         return None
     return api_key
+
+
+def api_key_names(session: Session, *, actors: Iterable[str | None]) -> dict[int, str]:
+    """The names of the API keys among recorded identities (`key:<id>`, see `actors.py`)."""
+    key_ids = sorted(actor_key_ids(actors))
+    names: dict[int, str] = {}
+    for start in range(0, len(key_ids), _IN_CHUNK):
+        wanted = key_ids[start : start + _IN_CHUNK]
+        statement = sa.select(col(ApiKey.id), col(ApiKey.name)).where(col(ApiKey.id).in_(wanted))
+        rows = session.execute(statement)
+        names.update({int(key_id): str(name) for key_id, name in rows.all()})
+    return names
 
 
 def revoke_api_key(session: Session, *, prefix: str) -> bool:
@@ -1547,11 +1566,14 @@ def register_model_version(
     artifact_uri: str,
     metrics: dict[str, Any],
     status: ModelStatus = ModelStatus.CHALLENGER,
+    artifact_sha256: str | None = None,
 ) -> ModelVersion:
     """Register a model version (idempotent on kind + version: a known one is returned as is).
 
     With status `champion` the version is promoted (registered before or not) and the previous
-    champion of the same kind is retired, in one transaction.
+    champion of the same kind is retired, in one transaction. `artifact_sha256` is the digest
+    loaders check (`classifier.artifacts`); it fills in a known version's missing digest (a row
+    registered before digests existed) but never replaces one.
     """
     model = session.exec(
         select(ModelVersion).where(ModelVersion.kind == kind, ModelVersion.version == version)
@@ -1561,13 +1583,17 @@ def register_model_version(
             kind=kind,
             version=version,
             artifact_uri=artifact_uri,
+            artifact_sha256=artifact_sha256,
             metrics=to_jsonable_python(metrics),
             status=status,
         )
         session.add(model)
         session.flush()
-    elif status is ModelStatus.CHAMPION:
-        model.status = status
+    else:
+        if status is ModelStatus.CHAMPION:
+            model.status = status
+        if model.artifact_sha256 is None and artifact_sha256 is not None:
+            model.artifact_sha256 = artifact_sha256
         session.add(model)
     if status is ModelStatus.CHAMPION:
         _retire_champions(session, kind=kind, keep=model.id)
@@ -1594,6 +1620,7 @@ def promote_model_version(session: Session, *, kind: str, version: str) -> Model
         artifact_uri=model.artifact_uri,
         metrics=model.metrics,
         status=ModelStatus.CHAMPION,
+        artifact_sha256=model.artifact_sha256,
     )
 
 
@@ -2086,9 +2113,11 @@ def moderator_load(
         handled = handling.setdefault(moderator, [])
         if claimed_at is not None and _utc(claimed_at) <= done:
             handled.append((done - _utc(claimed_at)).total_seconds())
+    names = api_key_names(session, actors=waiting)
     load = [
         ModeratorLoadPublic(
             moderator=moderator,
+            moderator_display=actor_display(moderator, names),
             decided=len(waits),
             mean_handling_seconds=_mean(handling[moderator]),
             mean_time_to_decision_seconds=_mean(waits),

@@ -24,9 +24,17 @@ def make_engine(settings: Settings, *, url: str | None = None) -> Engine:
         pool_size=settings.db.pool_size,
         max_overflow=settings.db.pool_overflow,
         pool_pre_ping=True,
-        # An unreachable host (not one that refuses) would otherwise stall for the OS's timeout.
-        connect_args={"connect_timeout": 5},
+        connect_args=connect_args(settings),
     )
+
+
+def connect_args(settings: Settings) -> dict[str, str | int]:
+    """psycopg's connection arguments: the timeout and TLS (`db.sslmode`, `db.sslrootcert`)."""
+    # An unreachable host (not one that refuses) would otherwise stall for the OS's timeout.
+    args: dict[str, str | int] = {"connect_timeout": 5, "sslmode": settings.db.sslmode}
+    if settings.db.sslrootcert:
+        args["sslrootcert"] = settings.db.sslrootcert
+    return args
 
 
 def create_tables(engine: Engine) -> None:
@@ -50,6 +58,9 @@ def upgrade_schema(engine: Engine) -> None:
        existing rows), `appeal_of`, `escalated_at`, `decided_at`, `decided_by`, and `post_id`
        is no longer unique (appeals add reviews of the same post); `decisions` gains
        `review_id` and `overrode`.
+    2. Artifact digests (issue 11): `model_versions` gains `artifact_sha256`; rows registered
+       before have none, so loaders refuse them until a digest is registered (the nightly
+       replaces such a champion by the base model).
     """
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
@@ -60,6 +71,13 @@ def upgrade_schema(engine: Engine) -> None:
             _add_review_ids(connection)
         if "decisions" in tables and not _has_column(connection, "decisions", "review_id"):
             _add_decision_review_ids(connection)
+        if "model_versions" in tables and not _has_column(
+            connection, "model_versions", "artifact_sha256"
+        ):
+            kind = _column_type(connection, "model_versions", "artifact_sha256")
+            connection.execute(
+                text(f"ALTER TABLE model_versions ADD COLUMN artifact_sha256 {kind}")
+            )
 
 
 def _has_column(connection: Connection, table: str, column: str) -> bool:

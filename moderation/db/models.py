@@ -182,6 +182,12 @@ class ModelVersion(SQLModel, table=True):
     version: str = Field(max_length=128)
     status: ModelStatus = Field(default=ModelStatus.CHALLENGER, sa_column=_enum_column(ModelStatus))
     artifact_uri: str
+    artifact_sha256: str | None = Field(
+        default=None,
+        max_length=64,
+        description="SHA-256 of the artifact's files (`classifier.artifacts.artifact_digest`); "
+        "loaders refuse an artifact without it or with another",
+    )
     metrics: dict[str, Any] = Field(default_factory=dict, sa_column=_json_column())
     created_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
 
@@ -267,12 +273,22 @@ class ReviewPublic(SQLModel):
     priority: str = Field(description="urgent, high, normal or low")
     reason: str
     category: str
-    claimed_by: str | None
+    claimed_by: str | None = Field(
+        description="the claiming API key as `key:<id>` (older rows: a key name)"
+    )
+    claimed_by_display: str | None = Field(
+        default=None, description="the claimer as people read it: `name (key:<id>)`"
+    )
     claim_expires_at: datetime | None
     sla_due_at: datetime | None
     escalated_at: datetime | None
     decided_at: datetime | None
-    decided_by: str | None
+    decided_by: str | None = Field(
+        description="the deciding API key as `key:<id>` (older rows: a key name)"
+    )
+    decided_by_display: str | None = Field(
+        default=None, description="the decider as people read it: `name (key:<id>)`"
+    )
     created_at: datetime
     appeal_of: str | None = Field(description="event_id of the decision this review appeals")
     suggestion: SuggestionPublic | None
@@ -433,7 +449,10 @@ class AgreementPublic(SQLModel):
 class ModeratorLoadPublic(SQLModel):
     """One moderator's decided reviews in the window."""
 
-    moderator: str
+    moderator: str = Field(description="the API key as `key:<id>` (older rows: a key name)")
+    moderator_display: str | None = Field(
+        default=None, description="the moderator as people read it: `name (key:<id>)`"
+    )
     decided: int
     mean_handling_seconds: float | None = Field(
         description="from the moderator's first claim of the review to the decision (null when "

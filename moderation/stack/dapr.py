@@ -9,8 +9,6 @@ here, and dapr's go.sum was itself verified when the dapr module was downloaded)
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -19,6 +17,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from moderation.kafka_auth import credentials
+from moderation.local_secrets import local_secret
 from moderation.settings import PROJECT_ROOT, Settings
 from moderation.stack.component import ComponentStatus
 from moderation.stack.runtime import (
@@ -42,22 +42,6 @@ BUILD_PACKAGE = "github.com/dapr/dapr"
 LOOPBACK = "127.0.0.1"
 
 
-def _stack_token(path: Path) -> str:
-    """The token in `path`, generated there first (256 random bits, created with mode 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        token = path.read_text().strip()
-        if token:
-            return token
-        descriptor = os.open(path, os.O_WRONLY | os.O_TRUNC)  # left empty by a crash
-    token = secrets.token_urlsafe(32)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(token)
-    return token
-
-
 def stack_tokens(settings: Settings) -> dict[str, str]:
     """Dapr's token variables for the local stack's daprd and every process talking to it.
 
@@ -69,8 +53,8 @@ def stack_tokens(settings: Settings) -> dict[str, str]:
     directory = settings.stack.state_dir / "dapr"
     api, app = settings.dapr.api_token, settings.dapr.app_token
     return {
-        "DAPR_API_TOKEN": api.get_secret_value() if api else _stack_token(directory / "api-token"),
-        "APP_API_TOKEN": app.get_secret_value() if app else _stack_token(directory / "app-token"),
+        "DAPR_API_TOKEN": api.get_secret_value() if api else local_secret(directory / "api-token"),
+        "APP_API_TOKEN": app.get_secret_value() if app else local_secret(directory / "app-token"),
     }
 
 
@@ -198,18 +182,22 @@ class DaprRuntime:
         """The local file secret store's content, from settings (never committed)."""
         path = self.secrets_file()
         path.parent.mkdir(parents=True, exist_ok=True)
+        review = credentials(self.settings, "review")
         secrets = {
             "dapr-state-connection-string": self.settings.db.libpq_dsn(
                 self.settings.db.dapr_state_name
-            )
+            ),
+            "kafka-sasl-password": review.password if review else "",
         }
         path.write_text(json.dumps(secrets, indent=2))
         path.chmod(0o600)
 
     def sidecar_env(self) -> dict[str, str]:
         """Values the components read through `envRef`."""
+        review = credentials(self.settings, "review")
         return {
             "MODERATION_KAFKA_BOOTSTRAP_SERVERS": self.settings.kafka.bootstrap_servers,
+            "MODERATION_KAFKA_SASL_USERNAME": (review.username if review else ""),
             "MODERATION_DAPR_SECRETS_FILE": str(self.secrets_file()),
         }
 

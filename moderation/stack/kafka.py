@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import os
+import shutil
 import uuid
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from moderation.kafka_auth import ADMIN, PRINCIPALS, aiokafka_auth, stack_password
 from moderation.settings import PROJECT_ROOT, Settings
 from moderation.stack.component import ComponentStatus
+from moderation.stack.kafka_acls import delete_acls, ensure_acls
 from moderation.stack.runtime import (
     ManagedProcess,
     StackError,
     cache_entry,
+    console,
     ensure_ports_free,
     require_tool,
     rss_mib,
@@ -74,34 +80,88 @@ class KafkaBroker:
 
     def _write_config(self) -> Path:
         k = self.kafka
+        admin = stack_password(self.settings, ADMIN)
         config = self.home / "server.properties"
         self.home.mkdir(parents=True, exist_ok=True)
-        config.write_text(
-            "\n".join(
-                [
-                    "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.voters=1@{k.host}:{k.controller_port}",
-                    f"listeners=PLAINTEXT://{k.host}:{k.port},CONTROLLER://{k.host}:{k.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://{k.host}:{k.port}",
-                    "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-                    f"log.dirs={self.home / 'data'}",
-                    f"num.partitions={k.partitions}",
-                    "offsets.topic.replication.factor=1",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "share.coordinator.state.topic.replication.factor=1",
-                    "share.coordinator.state.topic.min.isr=1",
-                    "group.initial.rebalance.delay.ms=0",
-                    "auto.create.topics.enable=false",
-                    "log.retention.hours=24",
-                    "",
-                ]
-            )
-        )
+        # Clients authenticate with SASL/SCRAM on the broker listener and are authorised by
+        # ACLs (`moderation.kafka_auth`); the controller listener uses SASL/PLAIN with a static
+        # admin user (KRaft cannot check SCRAM there: the credentials live in its own log).
+        lines = [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@{k.host}:{k.controller_port}",
+            f"listeners=SASL_PLAINTEXT://{k.host}:{k.port},CONTROLLER://{k.host}:{k.controller_port}",
+            f"advertised.listeners=SASL_PLAINTEXT://{k.host}:{k.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=SASL_PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            f"sasl.enabled.mechanisms={k.sasl_mechanism}",
+            f"sasl.mechanism.inter.broker.protocol={k.sasl_mechanism}",
+            "sasl.mechanism.controller.protocol=PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config="
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="{ADMIN}" password="{admin}" user_{ADMIN}="{admin}";',
+            f"listener.name.sasl_plaintext.{k.sasl_mechanism.lower()}.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{ADMIN}" password="{admin}";',
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            f"super.users=User:{ADMIN}",
+            "allow.everyone.if.no.acl.found=false",
+            f"log.dirs={self.home / 'data'}",
+            f"num.partitions={k.partitions}",
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=false",
+            "log.retention.hours=24",
+            "",
+        ]
+        descriptor = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write("\n".join(lines))
+        config.chmod(0o600)  # it holds the admin password
         return config
+
+    def _scram_users(self) -> list[str]:
+        """`--add-scram` arguments: every principal's stack credentials, created at format."""
+        mechanism = self.kafka.sasl_mechanism
+        users: list[str] = []
+        for principal in PRINCIPALS:
+            password = stack_password(self.settings, principal)
+            users += ["--add-scram", f"{mechanism}=[name={principal},password={password}]"]
+        return users
+
+    def _credentials_marker(self) -> str:
+        """What the storage was formatted with (a digest of the principals' credentials)."""
+        digest = hashlib.sha256()
+        for principal in PRINCIPALS:
+            digest.update(f"{principal}:{stack_password(self.settings, principal)}\n".encode())
+        return f"{self.kafka.sasl_mechanism}:{digest.hexdigest()}"
+
+    def _format_storage(self, config: Path) -> None:
+        data, marker = self.home / "data", self.home / "credentials.formatted"
+        expected = self._credentials_marker()
+        if (data / "meta.properties").exists():
+            if marker.exists() and marker.read_text() == expected:
+                return
+            # Storage of an older stack (no SASL) or of other credentials: the local stack's
+            # topics hold nothing that is not recreated, so it starts afresh.
+            console.print("kafka: storage was formatted without these credentials; starting afresh")
+            shutil.rmtree(data)
+        with step("kafka: format KRaft storage with the services' SCRAM users"):
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            run(
+                self._java(
+                    "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config),
+                    *self._scram_users(),
+                ),
+                "formatting Kafka storage",
+            )  # fmt: skip
+        marker.write_text(expected)
 
     def start(self) -> None:
         if self.process.running():
@@ -110,15 +170,7 @@ class KafkaBroker:
         require_tool("java", "install a JDK 17+ (`apt-get install openjdk-17-jdk-headless`)")
         ensure_ports_free("kafka", [self.kafka.port, self.kafka.controller_port])
         config = self._write_config()
-        if not (self.home / "data" / "meta.properties").exists():
-            with step("kafka: format KRaft storage"):
-                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-                run(
-                    self._java(
-                        "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)
-                    ),
-                    "formatting Kafka storage",
-                )
+        self._format_storage(config)
         with step(f"kafka: start broker on {self.kafka.bootstrap_servers}"):
             self.process.argv = self._java("kafka.Kafka", str(config))
             self.process.start()
@@ -132,7 +184,9 @@ class KafkaBroker:
 
     async def _metadata_ok(self) -> bool:
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.kafka.bootstrap_servers, request_timeout_ms=3000
+            bootstrap_servers=self.kafka.bootstrap_servers,
+            request_timeout_ms=3000,
+            **aiokafka_auth(self.settings, ADMIN),
         )
         await admin.start()
         try:
@@ -170,10 +224,14 @@ class KafkaBroker:
 
 
 async def ensure_topics(settings: Settings) -> None:
-    """Create the topics of `settings` that do not exist yet (idempotent)."""
+    """Create the topics of `settings` that do not exist yet, and their ACLs (idempotent)."""
     kafka = settings.kafka
     wanted = kafka.topics.all_topics()
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    if kafka.security_protocol != "PLAINTEXT":
+        await asyncio.to_thread(ensure_acls, settings)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=kafka.bootstrap_servers, **aiokafka_auth(settings, ADMIN)
+    )
     await admin.start()
     try:
         missing = sorted(set(wanted) - set(await admin.list_topics()))
@@ -189,8 +247,13 @@ async def ensure_topics(settings: Settings) -> None:
 
 
 async def delete_topics(settings: Settings) -> None:
-    """Delete the topics of `settings` (the isolated topics of a benchmark or a test run)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    """Delete the topics of `settings` (the isolated topics of a benchmark or a test run) and
+    their ACLs."""
+    if settings.kafka.security_protocol != "PLAINTEXT":
+        await asyncio.to_thread(delete_acls, settings)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka.bootstrap_servers, **aiokafka_auth(settings, ADMIN)
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -147,6 +147,29 @@ class PostgresCluster:
         with step("postgres: ensure databases"):
             for database in (self.db.name, self.db.dapr_state_name):
                 self.create_database(database)
+        with step("postgres: ensure the service roles and their grants (moderation.db.roles)"):
+            self.ensure_service_roles()
+            self.grant_service_roles(self.db.name)
+
+    def ensure_service_roles(self) -> None:
+        """One login role per service (`moderation.db.roles`), with the stack's dev password."""
+        from moderation.db.roles import ensure_roles
+
+        with self._connect() as conn:
+            ensure_roles(conn, self.db.password.get_secret_value())
+
+    def grant_service_roles(self, database: str) -> None:
+        """Create or migrate the schema of `database` as the owner, then grant each role its
+        tables (idempotent; tests call it for the databases they create)."""
+        from moderation.db.engine import create_tables, make_engine
+        from moderation.db.roles import apply_grants
+
+        engine = make_engine(self.settings, url=self.db.url_for(database))
+        try:
+            create_tables(engine)
+            apply_grants(engine)
+        finally:
+            engine.dispose()
 
     def create_database(self, name: str) -> None:
         """Create the database `name` unless it exists (tests isolate a registry this way)."""

@@ -1,8 +1,8 @@
 """The pipeline's own services as local processes: api, classifier worker, recorder, review.
 
 Used by the integration tests and `moderation bench`: each runs as `moderation <service>` from the
-project's venv, is ready when its `/readyz` answers 200, and can be stopped or killed (SIGKILL)
-like any other component of the stack.
+project's venv, is ready when its `/readyz` answers 200 (the api's on its internal port), and can
+be stopped or killed (SIGKILL) like any other component of the stack.
 """
 
 from __future__ import annotations
@@ -70,13 +70,22 @@ class ServiceSpec:
     command: str
     port: int
     ready_path: str = "/readyz"
+    ready_port: int | None = None  # where `ready_path` is served, when not on `port`
+
+    @property
+    def probe_port(self) -> int:
+        return self.ready_port if self.ready_port is not None else self.port
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.port] if self.ready_port is None else [self.port, self.ready_port]
 
 
 def service_specs(settings: Settings) -> dict[str, ServiceSpec]:
     return {
         spec.name: spec
         for spec in (
-            ServiceSpec("api", "api", settings.api.port),
+            ServiceSpec("api", "api", settings.api.port, ready_port=settings.api.internal_port),
             ServiceSpec("worker", "worker", settings.worker.classifier_health_port),
             ServiceSpec("recorder", "recorder", settings.worker.recorder_health_port),
             ServiceSpec("review", "review-service", settings.review.service_port),
@@ -105,7 +114,7 @@ class PipelineServices:
 
     def ready(self, name: str) -> bool:
         spec = self.specs[name]
-        return http_ok(f"http://127.0.0.1:{spec.port}{spec.ready_path}")
+        return http_ok(f"http://127.0.0.1:{spec.probe_port}{spec.ready_path}")
 
     def start(self, *names: str, timeout: float = 300.0) -> None:
         """Start services (idempotent) and wait until each is ready."""
@@ -113,7 +122,7 @@ class PipelineServices:
             process = self.processes[name]
             if process.running():
                 continue
-            ensure_ports_free(name, [self.specs[name].port])
+            ensure_ports_free(name, self.specs[name].ports)
             with step(f"service {name}: start on port {self.specs[name].port}"):
                 process.start()
                 wait_for_process(process, f"service {name}", partial(self.ready, name), timeout)

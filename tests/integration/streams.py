@@ -13,7 +13,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from moderation.events import PostSubmitted
-from moderation.settings import Settings
+from moderation.kafka_auth import ADMIN, aiokafka_auth
+from moderation.settings import Settings, get_settings
 from moderation.stack.dapr import DaprRuntime
 from moderation.stack.kafka import delete_topics, ensure_topics
 from moderation.stack.services import PipelineServices, isolated_settings
@@ -24,6 +25,11 @@ STAGE_ONE_DECIDES_NOTHING = {
     "MODERATION_THRESHOLDS__ALLOW": "1.0",
     "MODERATION_THRESHOLDS__REMOVE": json.dumps(dict.fromkeys([c.value for c in VIOLATING], 1.01)),
 }
+
+
+def kafka_admin_auth() -> dict[str, Any]:
+    """SASL options of the tooling's super user (`admin`): tests create, read and forge freely."""
+    return aiokafka_auth(get_settings(), ADMIN)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -39,7 +45,10 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
 
 async def produce(settings: Settings, posts: list[PostSubmitted]) -> None:
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap_servers, enable_idempotence=True, acks="all"
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        **kafka_admin_auth(),
+        enable_idempotence=True,
+        acks="all",
     )
     await producer.start()
     try:

@@ -20,12 +20,14 @@ from fastapi import FastAPI
 from sqlmodel import Session
 
 from moderation.api import create_app
+from moderation.api.internal import create_internal_app
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
 from moderation.events import PostSubmitted
 from moderation.settings import Settings
 from moderation.stack.kafka import KafkaBroker
 from moderation.stack.postgres import PostgresCluster
+from tests.integration.streams import kafka_admin_auth
 
 pytestmark = pytest.mark.integration
 
@@ -75,11 +77,21 @@ async def client(app: FastAPI, api_key: str) -> AsyncIterator[httpx.AsyncClient]
         yield http
 
 
+@pytest.fixture
+async def internal(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The API's internal listener (readiness with detail, metrics)."""
+    transport = httpx.ASGITransport(app=create_internal_app(app))
+    async with httpx.AsyncClient(transport=transport, base_url="http://internal") as http:
+        yield http
+
+
 async def end_offsets(settings: Settings) -> dict[TopicPartition, int]:
     """Where each partition of posts.submitted ends now."""
     topic = settings.kafka.topics.posts_submitted
     # Subscribed (without a group) so that start() loads the topic's metadata.
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap_servers)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=settings.kafka.bootstrap_servers, **kafka_admin_auth()
+    )
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
@@ -107,6 +119,7 @@ async def read_posts(
     """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka.bootstrap_servers,
+        **kafka_admin_auth(),
         enable_auto_commit=False,
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
@@ -147,7 +160,7 @@ async def _reached(consumer: AIOKafkaConsumer, until: dict[TopicPartition, int])
 
 
 async def test_accepted_post_is_in_the_topic_and_idempotent(
-    client: httpx.AsyncClient, api_settings: Settings, unique: str
+    client: httpx.AsyncClient, internal: httpx.AsyncClient, api_settings: Settings, unique: str
 ) -> None:
     since = await end_offsets(api_settings)
     body = {
@@ -171,8 +184,9 @@ async def test_accepted_post_is_in_the_topic_and_idempotent(
     assert (event.author_id, event.external_id) == (f"author-{unique}", f"ext-{unique}")
     assert event.metadata == {"lang": "en", "score": 3}
 
-    ready = await client.get("/readyz")
+    ready = await internal.get("/readyz")
     assert ready.status_code == 200, ready.text
+    assert (await client.get("/readyz")).status_code == 404  # never on the public port
 
 
 async def test_batch_of_1000_all_land(
@@ -235,7 +249,11 @@ class Poster:
 
 @pytest.mark.timeout(300)
 async def test_kafka_outage_gives_503_never_202_and_every_202_lands(
-    client: httpx.AsyncClient, api_settings: Settings, kafka: KafkaBroker, unique: str
+    client: httpx.AsyncClient,
+    internal: httpx.AsyncClient,
+    api_settings: Settings,
+    kafka: KafkaBroker,
+    unique: str,
 ) -> None:
     since = await end_offsets(api_settings)
     poster = Poster(client, tag=f"outage-{unique}")
@@ -247,7 +265,7 @@ async def test_kafka_outage_gives_503_never_202_and_every_202_lands(
         await asyncio.to_thread(kafka.stop)
         stopped_at = time.monotonic()
         await poster.wait_for(503, after=stopped_at, count=8, within=60)
-        ready = await client.get("/readyz")
+        ready = await internal.get("/readyz")
         assert ready.status_code == 503 and "kafka" in ready.json()["failing"]
 
         starting_at = time.monotonic()

@@ -12,7 +12,6 @@ from typing import Any
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from dapr.clients import DaprClient
 from dapr.ext.workflow import (
     DaprWorkflowClient,
@@ -24,6 +23,7 @@ from dapr.ext.workflow import (
 
 from moderation.settings import Settings
 from moderation.stack.dapr import DaprRuntime
+from tests.integration.streams import kafka_admin_auth, topics_of_their_own
 
 pytestmark = pytest.mark.integration
 
@@ -74,19 +74,20 @@ def test_state_save_and_get_lands_in_postgres(
     assert bytes(row[0]).decode() == value
 
 
-async def test_publish_through_dapr_is_received_by_a_kafka_consumer(
+def test_publish_through_dapr_is_received_by_a_kafka_consumer(
     dapr: DaprRuntime, settings: Settings, unique: str
 ) -> None:
-    bootstrap = settings.kafka.bootstrap_servers
-    topic = f"selftest.dapr.{unique}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
+    """daprd publishes as the review service's principal (SASL/SCRAM), to a topic it may write."""
+    with topics_of_their_own(settings, f"dapr-{unique}") as isolated:
+        topic = isolated.kafka.topics.review_decisions
+        asyncio.run(_publish_and_consume(settings, topic, unique))
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+
+async def _publish_and_consume(settings: Settings, topic: str, unique: str) -> None:
+    bootstrap = settings.kafka.bootstrap_servers
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, **kafka_admin_auth(), auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         payload = {"post_id": unique, "reason": "low confidence"}

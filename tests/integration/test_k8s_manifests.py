@@ -19,8 +19,10 @@ from importlib.metadata import version
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import BaseModel
 
+from moderation.kafka_auth import acl_grants
 from moderation.settings import PROJECT_ROOT, Settings
 from moderation.stack import k8s_tools
 from moderation.stack.k8s_tools import K8sTools, ManifestValidator
@@ -38,6 +40,14 @@ DEFAULTS = Settings.model_construct()
 SERVICES = {"api", "worker", "recorder", "review-service", "dashboard"}
 # Env vars named like these hold credentials: they may only come from a Secret.
 SECRET_NAME = re.compile(r"PASSWORD|API_KEY|TOKEN|SECRET|CONNECTION_STRING", re.IGNORECASE)
+# Kafka's one client listener: TLS and SASL/SCRAM (kafka.yaml), its CA in Strimzi's Secret.
+KAFKA_PORT = 9093
+KAFKA_CA_SECRET = "moderation-kafka-cluster-ca-cert"
+# Each service's Kafka principal (moderation/kafka_auth.py): the review service's daprd and its
+# Python process share `review`. The nightly job and KEDA have principals without a service.
+KAFKA_PRINCIPALS = {"api": "api", "worker": "worker", "recorder": "recorder",
+                    "review-service": "review"}  # fmt: skip
+KAFKA_CREDENTIAL = re.compile(r"^MODERATION_KAFKA__(USERNAME|PASSWORD)$")
 
 Obj = dict[str, Any]
 
@@ -152,6 +162,8 @@ def test_the_tools_are_the_pinned_versions(tools: K8sTools, validator: ManifestV
         ("kafka.strimzi.io/v1", "Kafka"),
         ("kafka.strimzi.io/v1", "KafkaNodePool"),
         ("kafka.strimzi.io/v1", "KafkaTopic"),
+        ("kafka.strimzi.io/v1", "KafkaUser"),
+        ("keda.sh/v1alpha1", "TriggerAuthentication"),
     ]:
         assert kind in validator.custom_kinds()
 
@@ -186,6 +198,9 @@ BROKEN = [
     ("Kafka", "moderation-kafka", ("spec", "kafka", "listeners", 0), "tsl", False),
     ("KafkaTopic", "posts.submitted", ("spec",), "partitons", 6),
     ("KafkaTopic", "posts.submitted", ("metadata",), "lables", {}),
+    ("KafkaUser", "review", ("spec", "authorization", "acls", 0, "resource"), "patern", "literal"),
+    ("KafkaUser", "api", ("spec", "authentication"), "type", "scram-sha-256"),
+    ("TriggerAuthentication", "keda-kafka", ("spec", "secretTargetRef", 0), "paramter", "x"),
     ("Cluster", "moderation-db", ("spec", "bootstrap", "initdb"), "databse", "moderation"),
     ("Component", "statestore", ("spec", "metadata", 0), "vaule", "x"),
     ("Resiliency", "moderation-resiliency", ("spec", "policies", "retries", "stateRetry"),
@@ -229,8 +244,11 @@ def test_the_services_run_as_the_local_stack_runs_them(
         assert container["args"] == [spec.command]
         image = "moderation-dashboard" if name == "dashboard" else "moderation"
         assert container["image"].split(":")[0] == image
-        assert [port["containerPort"] for port in container["ports"]] == [spec.port]
+        assert [port["containerPort"] for port in container["ports"]] == spec.ports
         assert container["readinessProbe"]["httpGet"]["path"] == spec.ready_path
+        probe_port = container["readinessProbe"]["httpGet"]["port"]
+        named = {port.get("name"): port["containerPort"] for port in container["ports"]}
+        assert named.get(probe_port, probe_port) == spec.probe_port
         liveness = "/_stcore/health" if name == "dashboard" else "/healthz"
         assert container["livenessProbe"]["httpGet"]["path"] == liveness
         assert services[name]["spec"]["ports"][0]["port"] == spec.port
@@ -240,6 +258,12 @@ def test_the_services_run_as_the_local_stack_runs_them(
         }
         host = "MODERATION_API__HOST" if name == "api" else "MODERATION_WORKER__SERVICE_HOST"
         assert environment[host] == "0.0.0.0"
+        if name == "api":
+            # Readiness detail and metrics: the internal listener, never behind the Service.
+            assert environment["MODERATION_API__INTERNAL_HOST"] == "0.0.0.0"
+            assert [port["port"] for port in services[name]["spec"]["ports"]] == [spec.port]
+            annotations = deployments[name]["spec"]["template"]["metadata"]["annotations"]
+            assert annotations["prometheus.io/port"] == str(DEFAULTS.api.internal_port)
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -275,7 +299,7 @@ def test_dapr_resources_mirror_the_local_components(
     pubsub = components[DEFAULTS.dapr.pubsub_name]["spec"]
     assert (pubsub["type"], pubsub["version"]) == ("pubsub.kafka", "v1")
     brokers = {item["name"]: item.get("value") for item in pubsub["metadata"]}["brokers"]
-    assert brokers == f"{next(iter(of_kind(objects, 'Kafka')))}-kafka-bootstrap:9092"
+    assert brokers == f"{next(iter(of_kind(objects, 'Kafka')))}-kafka-bootstrap:{KAFKA_PORT}"
     state = components[DEFAULTS.dapr.statestore_name]["spec"]
     assert (state["type"], state["version"]) == ("state.postgresql", "v2")
     metadata = {item["name"]: item for item in state["metadata"]}
@@ -307,7 +331,9 @@ def test_kafka_is_strimzi_kraft_with_every_topic(
     # The services find the brokers at the bootstrap Service.
     env = shared_env(objects)
     assert env["MODERATION_KAFKA__HOST"] == f"{cluster}-kafka-bootstrap"
-    assert env["MODERATION_KAFKA__PORT"] == "9092"
+    assert env["MODERATION_KAFKA__PORT"] == str(KAFKA_PORT)
+    [listener] = kafka["spec"]["kafka"]["listeners"]
+    assert listener["port"] == KAFKA_PORT
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -426,7 +452,7 @@ def test_network_policies_deny_by_default(target: str, rendered: dict[str, list[
     assert ports("allow-api") == {8000}
     assert ports("allow-dashboard") == {8501}
     assert ports("allow-postgres") >= {5432}
-    assert ports("allow-kafka") == {9092}
+    assert ports("allow-kafka") == {KAFKA_PORT}
     assert ports("allow-vllm") == {8000}
     assert ports("allow-dapr-sidecar") == {50001, 50002}
     assert {8000, 8001, 8002, 8003, 9090} <= ports("allow-metrics-scraping")
@@ -438,6 +464,404 @@ def test_network_policies_deny_by_default(target: str, rendered: dict[str, list[
     assert set(vllm_clients["podSelector"]["matchExpressions"][0]["values"]) == {
         "worker", "moderation-nightly",
     }  # fmt: skip
+
+
+# --- issue 11: least privilege --------------------------------------------------------------------
+
+WORKLOAD_NAMES = {"api", "worker", "recorder", "review-service", "dashboard", "vllm",
+                  "moderation-nightly"}  # fmt: skip
+
+
+def selects(selector: Obj, name: str) -> bool:
+    """Whether a podSelector picks the pods labelled `app.kubernetes.io/name: <name>`."""
+    labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "moderation"}
+    for key, value in selector.get("matchLabels", {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In"
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def egress_of(policies: dict[str, Obj], name: str) -> list[tuple[Obj, set[int]]]:
+    """(peer, ports) of every egress rule that applies to the pods called `name`."""
+    return [
+        (peer, {port["port"] for port in rule["ports"]})
+        for policy in policies.values()
+        if "Egress" in policy["spec"]["policyTypes"]
+        and selects(policy["spec"]["podSelector"], name)
+        for rule in policy["spec"].get("egress", [])
+        for peer in rule["to"]
+    ]
+
+
+def ingress_peers(policies: dict[str, Obj], target_labels: dict[str, str]) -> list[Obj]:
+    return [
+        peer
+        for policy in policies.values()
+        if "Ingress" in policy["spec"]["policyTypes"]
+        and policy["spec"]["podSelector"].get("matchLabels") == target_labels
+        for rule in policy["spec"].get("ingress", [])
+        for peer in rule.get("from", [{}])
+    ]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_egress_is_denied_then_allowed_per_service(
+    target: str, rendered: dict[str, list[Obj]]
+) -> None:
+    policies = of_kind(rendered[target], "NetworkPolicy")
+    names = {
+        pod_spec(w)["containers"] and w["metadata"]["name"] for w in workloads(rendered[target])
+    }
+    assert names == WORKLOAD_NAMES
+    for name in WORKLOAD_NAMES:  # every workload is under the egress default deny
+        assert selects(policies["default-deny-egress"]["spec"]["podSelector"], name), name
+    [dns] = policies["default-deny-egress"]["spec"]["egress"]
+    assert {port["port"] for port in dns["ports"]} == {53}
+
+    def peers(name: str) -> dict[str, set[int]]:
+        found: dict[str, set[int]] = {}
+        for peer, ports in egress_of(policies, name):
+            labels = peer.get("podSelector", {}).get("matchLabels", {})
+            namespace = peer.get("namespaceSelector", {}).get("matchLabels", {})
+            key = (
+                labels.get("app.kubernetes.io/name")
+                or labels.get("strimzi.io/cluster")
+                or labels.get("cnpg.io/cluster")
+                or labels.get("k8s-app")
+                or namespace.get("kubernetes.io/metadata.name")
+                or ("internet" if "ipBlock" in peer else "namespace")
+            )
+            found.setdefault(key, set()).update(ports)
+        return found
+
+    # The internet-facing dashboard reaches the review API and DNS, nothing else.
+    assert peers("dashboard") == {"kube-dns": {53}, "api": {8000}}
+    assert peers("api") == {"kube-dns": {53}, "moderation-kafka": {KAFKA_PORT},
+                            "moderation-db": {5432}, "review-service": {50001},
+                            "namespace": {4317}}  # fmt: skip
+    assert peers("worker") == {"kube-dns": {53}, "moderation-kafka": {KAFKA_PORT},
+                               "moderation-db": {5432}, "vllm": {8000},
+                               "namespace": {4317}}  # fmt: skip
+    assert peers("recorder") == {"kube-dns": {53}, "moderation-kafka": {KAFKA_PORT},
+                                 "moderation-db": {5432}, "namespace": {4317}}  # fmt: skip
+    assert peers("review-service") == {"kube-dns": {53}, "moderation-kafka": {KAFKA_PORT},
+                                       "moderation-db": {5432}, "review-service": {50002},
+                                       "dapr-system": {50001, 50005, 50006, 6500},
+                                       "namespace": {4317}}  # fmt: skip
+    assert peers("vllm") == {"kube-dns": {53}, "internet": {443}}
+    assert peers("moderation-nightly") == {"kube-dns": {53}, "moderation-db": {5432},
+                                           "vllm": {8000}, "internet": {443},
+                                           "namespace": {4317}}  # fmt: skip
+    # Downloads go to public addresses only: never the cluster or the metadata service.
+    [downloads] = policies["egress-model-downloads"]["spec"]["egress"]
+    assert "169.254.0.0/16" in downloads["to"][0]["ipBlock"]["except"]
+    assert "10.0.0.0/8" in downloads["to"][0]["ipBlock"]["except"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_kafka_and_postgres_admit_only_their_clients(
+    target: str, rendered: dict[str, list[Obj]]
+) -> None:
+    objects = rendered[target]
+    policies = of_kind(objects, "NetworkPolicy")
+    [kafka] = of_kind(objects, "Kafka").values()
+    [listener] = kafka["spec"]["kafka"]["listeners"]
+    for peers in (
+        ingress_peers(policies, {"strimzi.io/cluster": "moderation-kafka"}),
+        listener["networkPolicyPeers"],  # Strimzi's own policy: admitted peers add up
+    ):
+        pods = [peer["podSelector"] for peer in peers if "podSelector" in peer]
+        admitted = {name for name in WORKLOAD_NAMES if any(selects(p, name) for p in pods)}
+        assert admitted == {"api", "worker", "recorder", "review-service"}
+    postgres = ingress_peers(policies, {"cnpg.io/cluster": "moderation-db"})
+    pods = [peer["podSelector"] for peer in postgres if "podSelector" in peer]
+    admitted = {name for name in WORKLOAD_NAMES if any(selects(p, name) for p in pods)}
+    assert admitted == {"api", "worker", "recorder", "review-service", "moderation-nightly"}
+    # The dashboard only through the ingress controller.
+    [peer] = ingress_peers(policies, {"app.kubernetes.io/name": "dashboard"})
+    assert peer == {"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "ingress-nginx"}}}  # fmt: skip
+
+
+# --- issue 11, finding 2 ("forged events"): who may say what on Kafka ----------------------------
+
+
+def granted_acls(users: dict[str, Obj]) -> set[tuple[str, str, str, str]]:
+    """(principal, resource type, resource name, operation) of every ALLOW rule of the users."""
+    found: set[tuple[str, str, str, str]] = set()
+    for name, user in users.items():
+        authorization = user["spec"].get("authorization")
+        if authorization is None:
+            continue
+        assert authorization["type"] == "simple", name
+        for acl in authorization["acls"]:
+            assert acl.get("type", "allow") == "allow", (name, acl)
+            assert acl.get("host", "*") == "*", (name, acl)
+            resource = acl["resource"]
+            assert resource.get("patternType", "literal") == "literal", (name, acl)
+            for operation in acl["operations"]:
+                found.add((name, resource["type"], resource["name"], operation))
+    return found
+
+
+def expected_acls() -> set[tuple[str, str, str, str]]:
+    """What `moderation.kafka_auth.acl_grants` grants, as Strimzi ACL rules."""
+    expected: set[tuple[str, str, str, str]] = set()
+    for principal, grants in acl_grants(Settings()).items():
+        for topic in grants.read:
+            expected |= {(principal, "topic", topic, op) for op in ("Read", "Describe")}
+        for topic in grants.write:
+            expected |= {(principal, "topic", topic, op) for op in ("Write", "Describe")}
+        for group in grants.groups:
+            expected.add((principal, "group", group, "Read"))
+    return expected
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_kafka_users_grant_exactly_what_kafka_auth_grants(
+    target: str, rendered: dict[str, list[Obj]]
+) -> None:
+    objects = rendered[target]
+    [cluster] = of_kind(objects, "Kafka")
+    users = of_kind(objects, "KafkaUser")
+    services: set[str] = set(acl_grants(Settings()))
+    # One user per service principal, plus KEDA's and the nightly job's (no service's rights).
+    assert set(users) == services | {"keda", "nightly"}
+    for name, user in users.items():
+        assert user["metadata"]["labels"]["strimzi.io/cluster"] == cluster, name
+        assert user["spec"]["authentication"] == {"type": "scram-sha-512"}, name
+    service_users = {name: user for name, user in users.items() if name in services}
+    assert granted_acls(service_users) == expected_acls()
+    # KEDA only describes what it measures; the nightly job may do nothing at all.
+    assert granted_acls({"keda": users["keda"]}) == {
+        ("keda", "topic", DEFAULTS.kafka.topics.posts_submitted, "Describe"),
+        ("keda", "group", DEFAULTS.worker.classifier_group, "Describe"),
+    }
+    assert granted_acls({"nightly": users["nightly"]}) == set()
+    # Only the review service may write a human decision (the forged-events finding).
+    writers = {
+        principal
+        for principal, kind, name, operation in granted_acls(users)
+        if (kind, name, operation) == ("topic", DEFAULTS.kafka.topics.review_decisions, "Write")
+    }
+    assert writers == {"review"}
+
+
+def test_the_acl_check_catches_an_extra_grant(rendered: dict[str, list[Obj]]) -> None:
+    users = copy.deepcopy(of_kind(rendered["base"], "KafkaUser"))
+    assert granted_acls({n: u for n, u in users.items() if n in {"api", "worker", "recorder",
+                         "review"}}) == expected_acls()  # fmt: skip
+    users["api"]["spec"]["authorization"]["acls"].append(
+        {"resource": {"type": "topic", "name": "review.decisions"}, "operations": ["Write"]}
+    )
+    assert ("api", "topic", "review.decisions", "Write") in granted_acls(users)
+    assert granted_acls({"api": users["api"]}) != {
+        acl for acl in expected_acls() if acl[0] == "api"
+    }
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_kafka_listener_authenticates_over_tls(
+    target: str, rendered: dict[str, list[Obj]]
+) -> None:
+    [kafka] = of_kind(rendered[target], "Kafka").values()
+    listeners = kafka["spec"]["kafka"]["listeners"]
+    assert listeners
+    for listener in listeners:
+        assert listener["authentication"]["type"] == "scram-sha-512", listener["name"]
+        assert listener["tls"] is True, listener["name"]
+    # ACLs are enforced (no authorizer: every authenticated principal may do anything).
+    assert kafka["spec"]["kafka"]["authorization"]["type"] == "simple"
+    assert "superUsers" not in kafka["spec"]["kafka"]["authorization"]
+    assert kafka["spec"]["kafka"]["config"].get("allow.everyone.if.no.acl.found") in (None, False)
+    assert "userOperator" in kafka["spec"]["entityOperator"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_each_service_connects_as_its_own_kafka_principal(
+    target: str, rendered: dict[str, list[Obj]]
+) -> None:
+    objects = rendered[target]
+    env = shared_env(objects)
+    assert env["MODERATION_KAFKA__SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert env["MODERATION_KAFKA__SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert not any(KAFKA_CREDENTIAL.match(name) for name in env)  # per pod, never shared
+    ca_file = env["MODERATION_KAFKA__SSL_CAFILE"]
+    deployments = of_kind(objects, "Deployment")
+    for name, principal in KAFKA_PRINCIPALS.items():
+        spec = pod_spec(deployments[name])
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            variables = env_of(container)
+            assert variables["MODERATION_KAFKA__USERNAME"]["value"] == principal, name
+            reference = variables["MODERATION_KAFKA__PASSWORD"]["valueFrom"]["secretKeyRef"]
+            # The Secret Strimzi's user operator writes for that KafkaUser.
+            assert reference == {"name": principal, "key": "password"}, name
+        # The service's container verifies the brokers against the cluster CA.
+        [container] = spec["containers"]
+        [mount] = [m for m in container["volumeMounts"] if ca_file.startswith(m["mountPath"] + "/")]
+        assert mount["readOnly"] is True
+        [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"]["secretName"] == KAFKA_CA_SECRET
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # The nightly job's principal has no ACL (test above); no pod holds another's password.
+    [nightly] = of_kind(objects, "CronJob").values()
+    [job] = pod_spec(nightly)["containers"]
+    assert env_of(job)["MODERATION_KAFKA__USERNAME"]["value"] == "nightly"
+    assert env_of(job)["MODERATION_KAFKA__PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == (
+        "nightly"
+    )
+    users = set(of_kind(objects, "KafkaUser"))
+    for workload in workloads(objects):
+        spec = pod_spec(workload)
+        secrets = {
+            variable["valueFrom"]["secretKeyRef"]["name"]
+            for container in spec.get("initContainers", []) + spec["containers"]
+            for variable in container.get("env", [])
+            if "secretKeyRef" in variable.get("valueFrom", {})
+        }
+        assert len(secrets & users) <= 1, (workload["metadata"]["name"], secrets & users)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_dashboard_and_vllm_hold_no_kafka_credential(
+    target: str, rendered: dict[str, list[Obj]]
+) -> None:
+    objects = rendered[target]
+    users = set(of_kind(objects, "KafkaUser")) | {KAFKA_CA_SECRET}
+    deployments = of_kind(objects, "Deployment")
+    for name in ("dashboard", "vllm"):
+        spec = pod_spec(deployments[name])
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            for variable in container.get("env", []):
+                assert not KAFKA_CREDENTIAL.match(variable["name"]), (name, variable["name"])
+                reference = variable.get("valueFrom", {}).get("secretKeyRef", {})
+                assert reference.get("name") not in users, (name, variable["name"])
+            for source in container.get("envFrom", []):
+                assert source.get("secretRef", {}).get("name") not in users, name
+        for volume in spec.get("volumes", []):
+            assert volume.get("secret", {}).get("secretName") not in users, (name, volume)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_dapr_authenticates_to_kafka_as_review_over_tls(
+    target: str, rendered: dict[str, list[Obj]]
+) -> None:
+    objects = rendered[target]
+    pubsub = of_kind(objects, "Component")[DEFAULTS.dapr.pubsub_name]["spec"]
+    metadata = {item["name"]: item for item in pubsub["metadata"]}
+    assert metadata["authType"]["value"] == "password"
+    assert metadata["saslUsername"]["value"] == "review"
+    assert metadata["saslPassword"]["secretKeyRef"] == {"name": "review", "key": "password"}
+    assert metadata["saslMechanism"]["value"] == "SHA-512"
+    assert metadata["disableTls"]["value"] == "false"
+    assert metadata["caCert"]["secretKeyRef"] == {"name": KAFKA_CA_SECRET, "key": "ca.crt"}
+    assert "skipVerify" not in metadata  # the brokers' certificate is verified
+    # The review service's group is its app id: the one `acl_grants` gives `review`.
+    assert metadata["consumerGroup"]["value"] == "{appID}"
+    assert acl_grants(Settings())["review"].groups == (DEFAULTS.dapr.app_id,)
+    # The local component authenticates the same way (components/pubsub-kafka.yaml).
+    local = yaml.safe_load((PROJECT_ROOT / "components" / "pubsub-kafka.yaml").read_text())
+    local_metadata = {item["name"]: item for item in local["spec"]["metadata"]}
+    for key in ("authType", "saslMechanism"):
+        assert local_metadata[key]["value"] == metadata[key]["value"], key
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_keda_reads_the_lag_as_its_own_kafka_principal(
+    target: str, rendered: dict[str, list[Obj]]
+) -> None:
+    objects = rendered[target]
+    [scaled] = of_kind(objects, "ScaledObject").values()
+    [trigger] = scaled["spec"]["triggers"]
+    assert trigger["metadata"]["bootstrapServers"].endswith(f":{KAFKA_PORT}")
+    auth = of_kind(objects, "TriggerAuthentication")[trigger["authenticationRef"]["name"]]
+    parameters = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
+    parameters |= {ref["parameter"]: ref for ref in auth["spec"]["configMapTargetRef"]}
+    assert (parameters["password"]["name"], parameters["password"]["key"]) == ("keda", "password")
+    assert (parameters["ca"]["name"], parameters["ca"]["key"]) == (KAFKA_CA_SECRET, "ca.crt")
+    plain = of_kind(objects, "ConfigMap")[parameters["username"]["name"]]["data"]
+    assert plain == {"sasl": "scram_sha512", "username": "keda", "tls": "enable"}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_no_pod_mounts_a_service_account_token(target: str, rendered: dict[str, list[Obj]]) -> None:
+    for workload in workloads(rendered[target]):
+        assert pod_spec(workload)["automountServiceAccountToken"] is False, workload["metadata"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_vllm_runs_unprivileged_on_a_read_only_root(
+    target: str, rendered: dict[str, list[Obj]]
+) -> None:
+    spec = pod_spec(of_kind(rendered[target], "Deployment")["vllm"])
+    pod = spec["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["runAsUser"] != 0 and "fsGroup" in pod
+    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    [container] = spec["containers"]
+    context = container["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    # Every directory it writes is a volume.
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    env = {k: v["value"] for k, v in env_of(container).items() if "value" in v}
+    for variable in ("HOME", "XDG_CACHE_HOME", "HF_HOME", "VLLM_CACHE_ROOT", "TRITON_CACHE_DIR",
+                     "TORCHINDUCTOR_CACHE_DIR"):  # fmt: skip
+        [mount] = [m for path, m in mounts.items() if env[variable].startswith(path + "/")
+                   or env[variable] == path]  # fmt: skip
+        assert not mount.get("readOnly"), variable
+    assert mounts["/models"]["readOnly"] is True
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_only_the_nightly_job_writes_the_model_store(
+    target: str, rendered: dict[str, list[Obj]]
+) -> None:
+    for workload in workloads(rendered[target]):
+        spec = pod_spec(workload)
+        claims = {
+            volume["name"]
+            for volume in spec["volumes"]
+            if volume.get("persistentVolumeClaim", {}).get("claimName") == "moderation-models"
+        }
+        for container in spec["containers"]:
+            for mount in container.get("volumeMounts", []):
+                if mount["name"] in claims and workload["kind"] != "CronJob":
+                    assert mount.get("readOnly") is True, workload["metadata"]["name"]
+    # The worker's base-model bootstrap runs before it, from the image's dataset only.
+    worker = pod_spec(of_kind(rendered[target], "Deployment")["worker"])
+    [init] = worker["initContainers"]
+    assert "ensure_fast_model" in init["command"][-1]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_dashboard_gets_no_secret(target: str, rendered: dict[str, list[Obj]]) -> None:
+    [container] = pod_spec(of_kind(rendered[target], "Deployment")["dashboard"])["containers"]
+    for variable in container.get("env", []):
+        assert "secretKeyRef" not in variable.get("valueFrom", {}), variable["name"]
+        assert not SECRET_NAME.search(variable["name"]), variable["name"]
+    assert all("secretRef" not in source for source in container.get("envFrom", []))
+    assert "volumes" not in container or all("secret" not in v for v in container["volumes"])
+
+
+def test_production_requires_verified_tls_to_postgres(rendered: dict[str, list[Obj]]) -> None:
+    prod = rendered["overlays/prod"]
+    env = shared_env(prod)
+    assert env["MODERATION_DB__SSLMODE"] == "verify-full"
+    ca = env["MODERATION_DB__SSLROOTCERT"]
+    for workload in workloads(prod):
+        spec = pod_spec(workload)
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            uses_db = "MODERATION_DB__PASSWORD" in env_of(container)
+            if uses_db:
+                [mount] = [m for m in container["volumeMounts"] if ca.startswith(m["mountPath"])]
+                [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+                assert volume["secret"]["secretName"] == "moderation-db-ca"
+    assert "MODERATION_DB__SSLMODE" not in shared_env(rendered["overlays/dev"])
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -461,7 +885,8 @@ def test_secrets_are_referenced_never_written(target: str, rendered: dict[str, l
     assert of_kind(objects, "Secret") == {}
     referenced: set[str] = set()
     for workload in workloads(objects):
-        for container in pod_spec(workload)["containers"]:
+        spec = pod_spec(workload)
+        for container in spec.get("initContainers", []) + spec["containers"]:
             for variable in container.get("env", []):
                 source = variable.get("valueFrom", {})
                 if "secretKeyRef" in source:
@@ -475,6 +900,16 @@ def test_secrets_are_referenced_never_written(target: str, rendered: dict[str, l
             if SECRET_NAME.search(re.sub(r"(?<!^)([A-Z])", r"_\1", item["name"])):
                 assert "secretKeyRef" in item, item["name"]
                 referenced.add(item["secretKeyRef"]["name"])
+    for workload in workloads(objects):  # mounted Secrets (CA certificates)
+        for volume in pod_spec(workload)["volumes"]:
+            if "secret" in volume:
+                referenced.add(volume["secret"]["secretName"])
+    for component in of_kind(objects, "Component").values():
+        for item in component["spec"]["metadata"]:
+            if "secretKeyRef" in item:
+                referenced.add(item["secretKeyRef"]["name"])
+    for auth in of_kind(objects, "TriggerAuthentication").values():
+        referenced |= {ref["name"] for ref in auth["spec"].get("secretTargetRef", [])}
     deployments = of_kind(objects, "Deployment")
     annotations = deployments["review-service"]["spec"]["template"]["metadata"]["annotations"]
     referenced.add(annotations["dapr.io/api-token-secret"])

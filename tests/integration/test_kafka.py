@@ -10,6 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from moderation.settings import Settings
 from moderation.stack.kafka import KafkaBroker
+from tests.integration.streams import kafka_admin_auth
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +19,7 @@ COMMITTED = 4
 
 
 async def _create_topic(bootstrap: str, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka_admin_auth())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, 1, 1)])
@@ -36,6 +37,7 @@ async def _consume(bootstrap: str, topic: str, group: str, count: int) -> list[t
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
+        **kafka_admin_auth(),
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -63,7 +65,9 @@ async def test_idempotent_producer_and_group_resume_across_broker_restart(
     topic, group = f"selftest.kafka.{unique}", f"selftest-{unique}"
     await _create_topic(bootstrap, topic)
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, **kafka_admin_auth(), enable_idempotence=True, acks="all"
+    )
     await producer.start()
     try:
         sent = [
@@ -84,7 +88,7 @@ async def test_idempotent_producer_and_group_resume_across_broker_restart(
     rest = await _consume(bootstrap, topic, group, MESSAGES - COMMITTED)
     assert rest == [(i, f"post-{i}".encode()) for i in range(COMMITTED, MESSAGES)]
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **kafka_admin_auth(), group_id=group)
     await consumer.start()
     try:
         committed = await consumer.committed(TopicPartition(topic, 0))

@@ -16,7 +16,6 @@ from typing import TypeVar
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faststream import TestApp
 from faststream.asgi import AsgiFastStream
 from prometheus_client import REGISTRY
@@ -36,9 +35,10 @@ from moderation.events import (
 )
 from moderation.recorder import Recorder, RetryPolicy, create_app
 from moderation.settings import Settings
-from moderation.stack.kafka import KafkaBroker
+from moderation.stack.kafka import KafkaBroker, delete_topics, ensure_topics
 from moderation.stack.postgres import PostgresCluster
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
+from tests.integration.streams import kafka_admin_auth
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -65,32 +65,6 @@ def isolated(settings: Settings, unique: str) -> Settings:
             "worker": settings.worker.model_copy(update={"recorder_group": f"recorder-{unique}"}),
         }
     )
-
-
-async def create_topics(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
-    await admin.start()
-    try:
-        wanted = settings.kafka.topics.all_topics()
-        await admin.create_topics(
-            [NewTopic(topic, settings.kafka.partitions, 1) for topic in wanted]
-        )
-        await wait_for(lambda: _has_topics(admin, wanted), "topics created", within=30)
-    finally:
-        await admin.close()
-
-
-async def _has_topics(admin: AIOKafkaAdminClient, wanted: Sequence[str]) -> bool:
-    return set(wanted) <= set(await admin.list_topics())
-
-
-async def delete_topics(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.delete_topics(settings.kafka.topics.all_topics())
-    finally:
-        await admin.close()
 
 
 async def wait_for(
@@ -146,7 +120,10 @@ class Producer:
     def __init__(self, settings: Settings) -> None:
         self.topics = settings.kafka.topics
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka.bootstrap_servers, enable_idempotence=True, acks="all"
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            **kafka_admin_auth(),
+            enable_idempotence=True,
+            acks="all",
         )
         self.sent = 0
 
@@ -211,7 +188,7 @@ async def real(
 ) -> AsyncIterator[tuple[Settings, Database, str]]:
     """Isolated topics and group, the database, and this test's post-id prefix."""
     test_settings = isolated(settings, unique)
-    await create_topics(test_settings)
+    await ensure_topics(test_settings)  # and the services' ACLs for them
     database = Database(test_settings)
     prefix = f"rec-{unique}-"
     try:
@@ -341,6 +318,7 @@ async def consume_dead_letters(settings: Settings, topic: str, count: int) -> li
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=settings.kafka.bootstrap_servers,
+        **kafka_admin_auth(),
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,

@@ -39,6 +39,7 @@ from moderation.stack.postgres import PostgresCluster
 from moderation.stack.services import PipelineServices
 from tests.integration.streams import (
     STAGE_ONE_DECIDES_NOTHING,
+    kafka_admin_auth,
     produce,
     running_services,
     topics_of_their_own,
@@ -128,6 +129,7 @@ async def consume_until(
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=settings.kafka.bootstrap_servers,
+        **kafka_admin_auth(),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
@@ -183,7 +185,10 @@ async def test_a_review_is_claimed_decided_recorded_and_published(
         within=120,
     )
     assert published["label"] == "spam" and published["decision"] == "remove"
-    assert published["moderator_id"].startswith("mod-a")
+    # The moderator is the deciding key's id (unique), not its name (names repeat).
+    with Session(read_model) as session:
+        key = crud.authenticate_api_key(session, key=moderators["mod-a"])
+    assert key is not None and published["moderator_id"] == f"key:{key.id}"
 
     def recorded() -> Decision | None:
         with Session(read_model) as session:

@@ -40,3 +40,12 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
             yield http
+
+
+@pytest.fixture
+def internal_client(app: FastAPI, client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """An HTTP client on the app's internal listener (readiness, metrics), lifespan started."""
+    from moderation.api.internal import create_internal_app
+
+    transport = httpx.ASGITransport(app=create_internal_app(app))
+    return httpx.AsyncClient(transport=transport, base_url="http://api-internal")

@@ -211,7 +211,10 @@ async def test_claimed_but_unpublished_key_is_published_on_retry(
 
 
 async def test_unacknowledged_post_gets_503_with_retry_after(
-    client: httpx.AsyncClient, publisher: InMemoryPublisher, submit_key: str
+    client: httpx.AsyncClient,
+    internal_client: httpx.AsyncClient,
+    publisher: InMemoryPublisher,
+    submit_key: str,
 ) -> None:
     publisher.available = False
 
@@ -220,7 +223,7 @@ async def test_unacknowledged_post_gets_503_with_retry_after(
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
     assert "kafka" in detail(response)
-    metrics = (await client.get("/metrics")).text
+    metrics = (await internal_client.get("/metrics")).text
     assert 'moderation_api_unavailable_responses_total{endpoint="single",reason="kafka"} 1.0' in (
         metrics
     )
@@ -557,26 +560,56 @@ async def test_get_unknown_post_is_404(client: httpx.AsyncClient, read_key: str)
 
 
 async def test_health_ready_and_metrics(
-    client: httpx.AsyncClient, publisher: InMemoryPublisher, submit_key: str
+    client: httpx.AsyncClient,
+    internal_client: httpx.AsyncClient,
+    publisher: InMemoryPublisher,
+    submit_key: str,
 ) -> None:
     await client.post(
         "/v1/posts:batch", json={"posts": [post_body()] * 3}, headers=auth(submit_key)
     )
 
     assert (await client.get("/healthz")).json() == {"status": "ok"}
-    ready = await client.get("/readyz")
+    assert (await internal_client.get("/healthz")).json() == {"status": "ok"}
+    ready = await internal_client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"kafka": "ok", "database": "ok"}
-    metrics = (await client.get("/metrics")).text
+    metrics = (await internal_client.get("/metrics")).text
     assert 'moderation_api_posts_ingested_total{endpoint="batch"} 3.0' in metrics
     assert "moderation_api_batch_size_bucket" in metrics
     assert "moderation_api_publish_latency_seconds_bucket" in metrics
 
     publisher.available = False
-    not_ready = await client.get("/readyz")
+    not_ready = await internal_client.get("/readyz")
     assert not_ready.status_code == 503
     assert not_ready.json()["failing"] == ["kafka"]
     assert "simulated outage" in not_ready.json()["checks"]["kafka"]
+
+
+async def test_the_public_port_has_no_readiness_detail_and_no_metrics(
+    client: httpx.AsyncClient, publisher: InMemoryPublisher
+) -> None:
+    """Issue 11, finding 8: /readyz (live round trips, internal error text) and /metrics were
+    served on the public port; they are on the internal listener only."""
+    publisher.available = False
+
+    for path in ("/readyz", "/metrics"):
+        response = await client.get(path)
+        assert response.status_code == 404, (path, response.text)
+        assert "simulated outage" not in response.text
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    document = (await client.get("/openapi.json")).json()
+    assert {"/readyz", "/metrics"}.isdisjoint(document["paths"])
+
+
+async def test_the_internal_listener_is_not_ready_before_the_lifespan(app: FastAPI) -> None:
+    from moderation.api.internal import create_internal_app
+
+    transport = httpx.ASGITransport(app=create_internal_app(app))
+    async with httpx.AsyncClient(transport=transport, base_url="http://internal") as internal:
+        starting = await internal.get("/readyz")
+        assert (starting.status_code, starting.json()) == (503, {"status": "starting"})
+        assert (await internal.get("/metrics")).status_code == 200
 
 
 async def test_lifespan_starts_and_closes_the_publisher_once(

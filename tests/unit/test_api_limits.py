@@ -233,6 +233,127 @@ async def test_failed_key_checks_are_limited_per_client_but_known_keys_still_wor
     assert (await http.post("/v1/posts", json=post_body(), headers=good)).status_code == 202
 
 
+def peer(app: FastAPI, host: str) -> httpx.AsyncClient:
+    """A client of `app` whose socket address is `host` (start the lifespan with `serve`)."""
+    transport = httpx.ASGITransport(app=app, client=(host, 40_000))
+    return httpx.AsyncClient(transport=transport, base_url="http://api")
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def forget_valid_keys(app: FastAPI) -> None:
+    """What the key cache's TTL does with time: the next request looks the key up again."""
+    app.state.api.key_cache.clear()
+
+
+async def test_behind_a_trusted_proxy_failures_count_for_the_forwarded_client(
+    make_app: AppFactory, serve: Any, engine: Engine
+) -> None:
+    """Issue 11, finding 6: behind the ingress every client had the proxy's address, so one
+    client's bad keys locked everyone out. A trusted proxy's X-Forwarded-For now names the
+    client (the right-most entry that is not a trusted proxy)."""
+    app = make_app(auth_failure_burst=3, trusted_proxies=["10.0.0.0/8"])
+    await serve(app)
+    ingress = peer(app, "10.1.2.3")
+    good = make_key(engine, "submit", name="forum")
+    attacker = {"X-Forwarded-For": "198.51.100.1, 203.0.113.66, 10.0.0.9"}
+
+    guesses = [
+        await ingress.post("/v1/posts", json=post_body(), headers=bearer(f"mod_x{n}_y") | attacker)
+        for n in range(4)
+    ]
+    # The spoofable left part is ignored: the client is the address the proxy saw.
+    assert [r.status_code for r in guesses] == [401, 401, 401, 429]
+    assert "too many failed API key checks from 203.0.113.66" in detail(guesses[3])
+
+    other_client = {"X-Forwarded-For": "192.0.2.7"}
+    accepted = await ingress.post("/v1/posts", json=post_body(), headers=good | other_client)
+    assert accepted.status_code == 202, accepted.text
+
+
+async def test_forwarded_headers_from_an_untrusted_peer_are_ignored(
+    make_app: AppFactory, serve: Any, engine: Engine
+) -> None:
+    app = make_app(auth_failure_burst=2)  # no trusted proxies: the default
+    await serve(app)
+    attacker = peer(app, "198.51.100.1")
+
+    guesses = [
+        await attacker.post(
+            "/v1/posts",
+            json=post_body(),
+            headers=bearer(f"mod_x{n}_y") | {"X-Forwarded-For": f"192.0.2.{n}"},
+        )
+        for n in range(3)
+    ]
+
+    assert [r.status_code for r in guesses] == [401, 401, 429]
+    assert "from 198.51.100.1" in detail(guesses[2])
+    victim = peer(app, "192.0.2.1")
+    good = make_key(engine, "submit", name="forum")
+    assert (await victim.post("/v1/posts", json=post_body(), headers=good)).status_code == 202
+
+
+async def test_guessing_one_key_s_secret_is_limited_across_addresses(
+    make_app: AppFactory, serve: Any, engine: Engine
+) -> None:
+    """Finding 6: a key's prefix (`mod_<prefix>_<secret>`) has its own failure budget, so
+    spreading guesses of one key's secret over many addresses does not get past it."""
+    app = make_app(key_failure_limit_per_minute=60, key_failure_burst=3)
+    await serve(app)
+    good = make_key(engine, "submit", name="forum")
+    prefix = good["Authorization"].split("_")[1]
+
+    guesses = [
+        await peer(app, f"203.0.113.{n}").post(
+            "/v1/posts", json=post_body(), headers=bearer(f"mod_{prefix}_guess{n}")
+        )
+        for n in range(5)
+    ]
+
+    assert [r.status_code for r in guesses] == [401, 401, 401, 429, 429]
+    assert "too many failed checks of this API key" in detail(guesses[3])
+    # Other keys' checks from those addresses are not affected.
+    other = make_key(engine, "submit", name="other")
+    assert (
+        await peer(app, "203.0.113.1").post("/v1/posts", json=post_body(), headers=other)
+    ).status_code == 202
+
+
+async def test_a_flood_from_a_shared_address_does_not_lock_out_keys_known_valid(
+    make_app: AppFactory, serve: Any, engine: Engine
+) -> None:
+    """Finding 6: the dashboard's server (or a NAT) is one address for many people; bad keys
+    from it must not lock out the moderators whose keys authenticated before."""
+    app = make_app(auth_failure_burst=3)
+    await serve(app)
+    dashboard = peer(app, "10.9.9.9")
+    moderator = make_key(engine, "submit", name="moderator")
+    assert (await dashboard.post("/v1/posts", json=post_body(), headers=moderator)).is_success
+
+    flood = [
+        await dashboard.post("/v1/posts", json=post_body(), headers=bearer(f"mod_r{n}_s"))
+        for n in range(6)
+    ]
+    forget_valid_keys(app)  # the cached lookup ran out: the key is checked again
+
+    assert [r.status_code for r in flood][-1] == 429
+    again = await dashboard.post("/v1/posts", json=post_body(), headers=moderator)
+    assert again.status_code == 202, again.text
+
+
+def test_trusted_proxies_must_be_addresses_or_networks() -> None:
+    assert ApiSettings(trusted_proxies=[" 10.0.0.0/8", "::1"]).trusted_proxies == [
+        "10.0.0.0/8",
+        "::1",
+    ]
+    for bad in ("*", "ingress.local", "10.0.0.0/33"):
+        with pytest.raises(ValueError, match="not an IP address or CIDR"):
+            ApiSettings(trusted_proxies=[bad])
+
+
 # --- request bodies ---------------------------------------------------------------------------
 
 

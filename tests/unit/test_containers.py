@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from moderation.api.workflows import DaprReviewWorkflows
+from moderation.kafka_auth import PRINCIPALS
 from moderation.settings import DaprSettings, DatabaseSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +54,12 @@ NO_PROBE_TOOL = {
     "otel-collector": "otel/opentelemetry-collector-contrib",
 }
 SECRET_NAME = re.compile(r"(?i)(password|passwd|secret|api[_-]?key|token|credential)")
+# The Kafka principals of the compose stack: moderation/kafka_auth.py's, and `nightly` (no ACL).
+COMPOSE_KAFKA_PRINCIPALS = (*PRINCIPALS, "nightly")
+# Who connects as whom (`admin`: the `topics` service, which creates topics and ACLs).
+KAFKA_LOGINS = {"topics": "admin", "api": "api", "base-model": "worker", "worker": "worker",
+                "recorder": "recorder", "review": "review", "nightly": "nightly"}  # fmt: skip
+KAFKA_PASSWORD_FILE = "/run/secrets/kafka_password"
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -410,7 +417,7 @@ def test_the_services_run_their_command_and_probe_its_port(
     services: dict[str, dict[str, Any]], settings: Settings
 ) -> None:
     ports = {
-        "api": ("api", settings.api.port),
+        "api": ("api", settings.api.internal_port),  # readiness is on the internal listener
         "worker": ("worker", settings.worker.classifier_health_port),
         "recorder": ("recorder", settings.worker.recorder_health_port),
         "review": ("review-service", settings.review.service_port),
@@ -477,9 +484,14 @@ def test_models_volume_is_where_the_images_keep_models(
     for name in ("service", "nightly"):
         env = env_values(stages(DOCKERFILES[name])[-1][2])
         assert env["MODERATION_MODELS__ARTIFACT_DIR"] == "/models"
-    # The worker serves what the nightly (or the review service's Dapr job) promotes.
-    for name in ("worker", "review", "nightly"):
+    # The worker serves what the nightly (or the review service's Dapr job) promotes, and
+    # never writes there (issue 11): only the writers mount the volume read-write.
+    for name in ("review", "nightly", "base-model"):
         assert "models:/models" in services[name]["volumes"], name
+    assert services["worker"]["volumes"] == ["models:/models:ro"]
+    assert depends_on(services["worker"])["base-model"] == {
+        "condition": "service_completed_successfully"
+    }
 
 
 # --- secrets -------------------------------------------------------------------------------------
@@ -510,8 +522,8 @@ def test_compose_secrets_come_from_the_environment_or_files(
     declared = set(compose["secrets"])
     for path, value in walk(compose["services"]):
         key = re.sub(r"\[\d+\]$", "", path.rsplit(".", 1)[-1])
-        if key == "secrets":  # a service's reference to a declared secret, by name
-            assert value in declared, path
+        if key == "secrets" or (key == "source" and ".secrets[" in path):
+            assert value in declared, path  # a service's reference to a declared secret
             continue
         if not SECRET_NAME.search(key) or not isinstance(value, str):
             continue
@@ -521,6 +533,7 @@ def test_compose_secrets_come_from_the_environment_or_files(
     assert compose["secrets"] == {
         "db_password": {"environment": "MODERATION_DB__PASSWORD"},
         "dapr_secrets": {"file": "./.secrets/dapr-secrets.json"},
+        **{f"kafka_{p}": {"file": f"./.secrets/kafka/{p}"} for p in COMPOSE_KAFKA_PRINCIPALS},
     }
     assert ".secrets/" in (ROOT / ".gitignore").read_text().splitlines()
 
@@ -555,7 +568,7 @@ def test_kafka_matches_the_settings(
     env = services["kafka"]["environment"]
     assert env["KAFKA_NUM_PARTITIONS"] == str(settings.kafka.partitions)
     assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
-    assert env["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
+    assert env["KAFKA_ADVERTISED_LISTENERS"] == "SASL_PLAINTEXT://kafka:9092"
     # The topics are created from the settings by the project's own function.
     assert "ensure_topics(get_settings())" in services["topics"]["entrypoint"][-1]
     assert services["topics"]["restart"] == "no"
@@ -563,6 +576,104 @@ def test_kafka_matches_the_settings(
         assert depends_on(services[name])["topics"] == {
             "condition": "service_completed_successfully"
         }
+
+
+# --- Kafka: SASL/SCRAM and one principal per service (issue 11, "forged events") ---------------
+
+
+def kafka_secrets(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(source, target) of each `kafka_*` secret a service mounts."""
+    found: list[tuple[str, str]] = []
+    for entry in service.get("secrets", []):
+        source, target = (entry, entry) if isinstance(entry, str) else (
+            entry["source"], entry.get("target", entry["source"]))  # fmt: skip
+        if source.startswith("kafka_"):
+            found.append((source, target))
+    return found
+
+
+def test_compose_kafka_requires_sasl_and_acls(services: dict[str, dict[str, Any]]) -> None:
+    kafka = services["kafka"]
+    env = kafka["environment"]
+    protocols = dict(
+        item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    )
+    assert set(protocols.values()) == {"SASL_PLAINTEXT"}  # no listener without authentication
+    listeners = dict(item.split("://") for item in env["KAFKA_LISTENERS"].split(","))
+    assert set(listeners) <= set(protocols)
+    assert listeners["CONTROLLER"].startswith("localhost:")  # the one node's own quorum
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in protocols
+    assert "ports" not in kafka  # never on the host
+    assert kafka["entrypoint"] == ["bash", "/opt/moderation/start.sh"]
+    assert "./docker/kafka/start.sh:/opt/moderation/start.sh:ro" in kafka["volumes"]
+    script = (DOCKER / "kafka" / "start.sh").read_text()
+    for line in (
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users=User:admin",
+        "allow.everyone.if.no.acl.found=false",
+        "sasl.enabled.mechanisms=$MECHANISM",
+    ):
+        assert line in script, line
+    assert f"MECHANISM={Settings().kafka.sasl_mechanism}\n" in script
+    # The storage is formatted with every principal's credentials, each a mounted secret.
+    principals = re.search(r"^PRINCIPALS=\(([^)]*)\)$", script, re.M)
+    assert principals is not None
+    assert tuple(principals.group(1).split()) == COMPOSE_KAFKA_PRINCIPALS
+    assert kafka["secrets"] == [f"kafka_{p}" for p in COMPOSE_KAFKA_PRINCIPALS]
+    # Healthy means an authenticated request was answered.
+    assert "--command-config" in kafka["healthcheck"]["test"]
+
+
+def test_each_compose_process_connects_as_its_own_kafka_principal(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, principal in KAFKA_LOGINS.items():
+        service = services[name]
+        env = service["environment"]
+        assert env["MODERATION_KAFKA__USERNAME"] == principal, name
+        assert env["MODERATION_KAFKA__SECURITY_PROTOCOL"] == "SASL_PLAINTEXT", name
+        assert "MODERATION_KAFKA__PASSWORD" not in env, name  # from the secret, at start
+        # Its own principal's password and no other, where the entrypoint reads it.
+        assert kafka_secrets(service) == [(f"kafka_{principal}", "kafka_password")], name
+        entrypoint = service["entrypoint"]
+        assert entrypoint[:2] == ["sh", "-c"], name
+        script = entrypoint[2].replace("$$", "$")  # as compose passes it (`$$` escapes `$`)
+        assert script.startswith(f'MODERATION_KAFKA__PASSWORD="$(cat {KAFKA_PASSWORD_FILE})" ')
+    # The services still run their own command through the image's `moderation`.
+    for name in ("api", "worker", "recorder", "review", "nightly"):
+        assert services[name]["entrypoint"][2].endswith('exec moderation "$$@"'), name
+    # Only the broker and those processes hold a Kafka password: never the dashboard, vLLM,
+    # Prometheus or Dapr's control plane.
+    holders = {name for name, service in services.items() if kafka_secrets(service)}
+    assert holders == set(KAFKA_LOGINS) | {"kafka"}
+    # The review service's daprd logs in as `review` (components/pubsub-kafka.yaml).
+    daprd = services["review-dapr"]["environment"]
+    assert daprd["MODERATION_KAFKA_SASL_USERNAME"] == "review"
+
+
+def test_kafka_passwords_are_generated_once_and_given_to_daprd(tmp_path: Path) -> None:
+    module = load_dapr_secrets_module()
+    assert module.KAFKA_PRINCIPALS == COMPOSE_KAFKA_PRINCIPALS
+    first = module.kafka_passwords(tmp_path / "kafka")
+    assert set(first) == set(COMPOSE_KAFKA_PRINCIPALS)
+    assert len(set(first.values())) == len(first)  # one password per principal
+    for principal, password in first.items():
+        assert re.fullmatch(r"[A-Za-z0-9_-]{40,}", password), principal  # start.sh's alphabet
+        assert (tmp_path / "kafka" / principal).stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "kafka").stat().st_mode & 0o777 == 0o700
+    assert module.kafka_passwords(tmp_path / "kafka") == first  # kept, never regenerated
+    # daprd's password is the `review` principal's, under the component's secretKeyRef key.
+    pubsub = yaml.safe_load((ROOT / "components" / "pubsub-kafka.yaml").read_text())
+    (sasl,) = [m for m in pubsub["spec"]["metadata"] if m["name"] == "saslPassword"]
+    output = module.write_secrets("db", tmp_path / "dapr.json", first["review"])
+    assert json.loads(output.read_text())[sasl["secretKeyRef"]["key"]] == first["review"]
+    declared = load_compose()["secrets"]
+    secret_files = {
+        name: (ROOT / s["file"]).resolve()
+        for name, s in declared.items()
+        if name.startswith("kafka_")
+    }
+    assert secret_files == {f"kafka_{p}": module.KAFKA_DIR / p for p in COMPOSE_KAFKA_PRINCIPALS}
 
 
 def test_daprd_runs_next_to_the_review_service(

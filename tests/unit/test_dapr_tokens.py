@@ -101,6 +101,7 @@ def test_the_review_service_refuses_to_start_without_an_app_token_in_production(
         environment="production",
         db={"password": "from-a-vault"},
         llm={"api_key": "from-a-vault"},
+        kafka={"username": "review", "password": "from-strimzi"},
     )
     with pytest.raises(ValueError, match="MODERATION_DAPR__APP_TOKEN"):
         create_app(production)
@@ -189,6 +190,7 @@ def test_configured_tokens_win_and_production_never_uses_the_stack_s(tmp_path: P
         environment="production",
         db={"password": "from-a-vault"},
         llm={"api_key": "from-a-vault"},
+        kafka={"username": "review", "password": "from-strimzi"},
         stack=state,
     )
     assert with_stack_tokens(production).dapr.api_token is None

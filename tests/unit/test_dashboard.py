@@ -22,6 +22,7 @@ from streamlit.testing.v1 import AppTest
 from hitl_dashboard import queue_page, session
 from hitl_dashboard.api_client import ApiClient, ApiError, ReviewApi
 from hitl_dashboard.history_page import decision_log_source
+from tests.unit.markdown_shown import shown
 
 APP = Path(__file__).parents[2] / "hitl_dashboard" / "app.py"
 GOOD_KEY = "mod-key-alice"
@@ -311,7 +312,9 @@ def test_wrong_key_shows_an_error(api: FakeReviewApi) -> None:
 
     assert titles(app) == ["Moderation review: sign in"]
     (error,) = app.error
-    assert "not authorized" in error.value and "invalid or revoked API key" in error.value
+    assert "not authorized" in shown(error.value) and "invalid or revoked API key" in shown(
+        error.value
+    )
     assert session.CLIENT not in app.session_state
     assert api.calls("GET", "/v1/reviews/stats") == 1
 
@@ -321,7 +324,7 @@ def test_empty_key_is_not_sent(api: FakeReviewApi) -> None:
 
     app.button(key="sign_in").click().run()
 
-    assert [e.value for e in app.error] == ["Enter your API key."]
+    assert [shown(e.value) for e in app.error] == ["Enter your API key."]
     assert api.requests == []
 
 
@@ -352,7 +355,7 @@ def test_idle_session_expires_and_asks_to_sign_in_again(api: FakeReviewApi) -> N
 
     assert titles(app) == ["Moderation review: sign in"]
     (warning,) = app.warning
-    assert "expired" in warning.value and "sign in again" in warning.value
+    assert "expired" in shown(warning.value) and "sign in again" in shown(warning.value)
     assert api.clients[-1]._http.is_closed
 
 
@@ -368,7 +371,7 @@ def test_a_session_in_use_still_ends_at_its_absolute_lifetime(api: FakeReviewApi
 
     assert titles(app) == ["Moderation review: sign in"]
     (warning,) = app.warning
-    assert "12-hour limit" in warning.value and "sign in again" in warning.value
+    assert "12-hour limit" in shown(warning.value) and "sign in again" in shown(warning.value)
     assert api.clients[-1]._http.is_closed
 
 
@@ -391,7 +394,7 @@ def test_revoked_key_signs_the_moderator_out(api: FakeReviewApi) -> None:
     app.run()
 
     assert titles(app) == ["Moderation review: sign in"]
-    assert "not authorized" in app.warning[0].value
+    assert "not authorized" in shown(app.warning[0].value)
 
 
 def test_sign_out_forgets_the_session(api: FakeReviewApi) -> None:
@@ -403,7 +406,7 @@ def test_sign_out_forgets_the_session(api: FakeReviewApi) -> None:
 
     assert not app.exception
     assert titles(app) == ["Moderation review: sign in"]
-    assert [w.value for w in app.warning] == ["Signed out."]
+    assert [shown(w.value) for w in app.warning] == ["Signed out."]
     assert api.clients[-1]._http.is_closed
     app.text_input(key="hitl_sign_in_key").input(GOOD_KEY)
     app.button(key="sign_in").click().run()
@@ -421,7 +424,7 @@ def test_claim_next_shows_post_suggestion_scores_policy_and_precedents() -> None
     app.button(key="claim_next").click().run()
 
     assert api.calls("POST", "/v1/reviews/claim-next") == 1
-    assert [s.value for s in app.subheader] == ["Review review-p2"]
+    assert [shown(s.value) for s in app.subheader] == ["Review review-p2"]
     (post,) = html_bodies(app, "hitl-post")
     assert "cheap watches at example.com" in post and "hitl-blurred" not in post
     assert "reveal" not in [b.key for b in app.button]
@@ -432,7 +435,7 @@ def test_claim_next_shows_post_suggestion_scores_policy_and_precedents() -> None
     assert "Reads as a threat, but the context is unclear." in rationale
     assert chart_data(app) == {"category": ["safe", "spam"], "score": [0.45, 0.55]}
     assert any("Unsolicited promotion is removed." in m.value for m in app.markdown)
-    assert app.expander[0].label == "Policy: spam (v1)"
+    assert shown(app.expander[0].label) == "Policy: spam (v1)"
     assert app.selectbox(key=queue_page.LABEL).value == "spam"
     assert metric(app, "Pending") == "1"
 
@@ -486,8 +489,10 @@ def test_submit_and_next_decides_then_claims_the_next(api: FakeReviewApi) -> Non
         ("review-p1", {"label": "harassment", "decision": "remove", "note": "targeted threat"})
     ]
     assert api.calls("POST", "/v1/reviews/claim-next") == 2
-    assert [t.value for t in app.toast] == ["Decision recorded: remove as harassment (review-p1)."]
-    assert [s.value for s in app.subheader] == ["Review review-p2"]
+    assert [shown(t.value) for t in app.toast] == [
+        "Decision recorded: remove as harassment (review-p1)."
+    ]
+    assert [shown(s.value) for s in app.subheader] == ["Review review-p2"]
     assert metric(app, "Pending") == "0"  # the queue shrank
     assert app.text_area(key=queue_page.NOTE).value == ""
     assert app.selectbox(key=queue_page.LABEL).value == "spam"
@@ -512,13 +517,13 @@ def test_submit_needs_a_decision_and_a_violated_category(api: FakeReviewApi) -> 
     app.button(key="claim_next").click().run()
 
     app.button(key="submit_next").click().run()
-    assert [e.value for e in app.error] == ["Choose Allow (key a) or Remove (key r) first."]
+    assert [shown(e.value) for e in app.error] == ["Choose Allow (key a) or Remove (key r) first."]
 
     app.button(key="decide_remove").click().run()
     app.button(key="label_1").click().run()  # key 1: safe
     app.button(key="submit_next").click().run()
 
-    assert [e.value for e in app.error] == [
+    assert [shown(e.value) for e in app.error] == [
         "Pick the category the post violates (keys 1-9) to remove it."
     ]
     assert api.decisions == []
@@ -536,7 +541,7 @@ def test_decision_conflict_shows_a_clear_message(api: FakeReviewApi) -> None:
     app.button(key="submit_next").click().run()
 
     (error,) = app.error
-    assert error.value == (
+    assert shown(error.value) == (
         "Decision on review-p1 not recorded: this item was already decided "
         "(review review-p1 is already decided)."
     )
@@ -554,7 +559,7 @@ def test_claim_held_by_someone_else_says_so(api: FakeReviewApi) -> None:
     app.button(key="claim_by_id").click().run()
 
     (error,) = app.error
-    assert error.value == (
+    assert shown(error.value) == (
         "Could not claim review-p2: someone else holds this item, or it is already decided "
         "(claimed by bob)."
     )
@@ -568,7 +573,7 @@ def test_claim_by_id_shows_that_review(api: FakeReviewApi) -> None:
     app.text_input(key=queue_page.CLAIM_ID).input("review-p2").run()
     app.button(key="claim_by_id").click().run()
 
-    assert [s.value for s in app.subheader] == ["Review review-p2"]
+    assert [shown(s.value) for s in app.subheader] == ["Review review-p2"]
 
 
 def test_empty_queue_says_so() -> None:
@@ -577,7 +582,7 @@ def test_empty_queue_says_so() -> None:
 
     app.button(key="claim_next").click().run()
 
-    assert any(i.value == "The queue is empty: nothing to claim." for i in app.info)
+    assert any(shown(i.value) == "The queue is empty: nothing to claim." for i in app.info)
 
 
 def test_expired_claim_is_renewed_before_deciding() -> None:
@@ -630,7 +635,7 @@ def test_history_shows_a_trail_and_offers_the_decision_log(api: FakeReviewApi) -
 
     assert not app.exception and not app.error
     assert api.calls("GET", "/v1/posts/p2") == 1
-    assert [s.value for s in app.subheader] == ["Post p2"]
+    assert [shown(s.value) for s in app.subheader] == ["Post p2"]
     verdicts, reviews, decisions = (rows(d) for d in app.dataframe)
     assert [(v["stage"], v["top_scores"]) for v in verdicts] == [
         ("model", "spam 0.55, safe 0.45"),
@@ -653,7 +658,7 @@ def test_history_lookup_error_is_clear(api: FakeReviewApi) -> None:
     app.text_input(key="hitl_history_input").input("nope")
     app.button(key="trail_lookup").click().run()
 
-    assert [e.value for e in app.error] == [
+    assert [shown(e.value) for e in app.error] == [
         "Could not load the trail of nope: no post 'nope' (post 'nope' not found)."
     ]
 

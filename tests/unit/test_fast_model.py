@@ -11,6 +11,7 @@ import pytest
 
 from moderation.classifier import dataset as dataset_module
 from moderation.classifier import fast_model
+from moderation.classifier.artifacts import ArtifactRefused, artifact_digest
 from moderation.classifier.fast_model import (
     SELF_HARM_SIGNAL,
     SIGNAL_NEAR,
@@ -125,8 +126,60 @@ def test_load_refuses_a_foreign_artifact(model: FastModel, tmp_path: Path) -> No
     path = model.save(tmp_path)
     metadata = json.loads((path / "metadata.json").read_text())
     (path / "metadata.json").write_text(json.dumps({**metadata, "format": 99}))
-    with pytest.raises(ValueError, match="not a fast-model artifact"):
+    with pytest.raises(ValueError, match="of format 99"):
         FastModel.load(path)
+
+
+class _Payload:
+    """Unpickling it would create `marker` (what a hostile artifact would do instead)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch, (str(self.marker),))
+
+
+def test_the_artifact_is_plain_arrays(model: FastModel, tmp_path: Path) -> None:
+    path = model.save(tmp_path)
+    assert sorted(p.name for p in path.iterdir()) == ["metadata.json", "model.npz"]
+    with np.load(path / "model.npz", allow_pickle=False) as archive:
+        assert sorted(archive.files) == ["idf", "intercepts", "platt", "weights"]
+
+
+def test_a_format_1_pickle_artifact_is_refused_unread(model: FastModel, tmp_path: Path) -> None:
+    import pickle
+
+    path = model.save(tmp_path)
+    marker = tmp_path / "unpickled"
+    (path / "model.joblib").write_bytes(pickle.dumps(_Payload(marker)))
+    metadata = json.loads((path / "metadata.json").read_text())
+    metadata |= {"format": 1, "files": {"model": "model.joblib"}}
+    (path / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(ArtifactRefused, match="format 1 was a pickle") as refused:
+        FastModel.load(path)
+    assert refused.value.reason == "format"
+    assert not marker.exists()
+
+
+def test_a_pickle_inside_the_archive_is_never_run(model: FastModel, tmp_path: Path) -> None:
+    path = model.save(tmp_path)
+    marker = tmp_path / "unpickled"
+    np.savez_compressed(path / "model.npz", idf=np.array([_Payload(marker)], dtype=object))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        FastModel.load(path)
+    assert not marker.exists()
+
+
+def test_load_with_a_digest_refuses_other_files(model: FastModel, tmp_path: Path) -> None:
+    path = model.save(tmp_path)
+    digest = artifact_digest(path)
+    assert FastModel.load(path, sha256=digest).version == model.version
+    metadata = json.loads((path / "metadata.json").read_text())
+    (path / "metadata.json").write_text(json.dumps({**metadata, "policy_version": "v0"}))
+    with pytest.raises(ArtifactRefused, match="is not the registered") as refused:
+        FastModel.load(path, sha256=digest)
+    assert refused.value.reason == "digest"
 
 
 def test_batching_does_not_change_predictions(model: FastModel) -> None:

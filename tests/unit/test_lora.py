@@ -36,6 +36,7 @@ from jobs.lora import (
     train_adapter,
 )
 from jobs.sft import Example
+from moderation.classifier.artifacts import artifact_digest
 from moderation.db import crud
 from moderation.db.models import ModelStatus
 from moderation.settings import Settings
@@ -183,17 +184,29 @@ def registry(engine: Engine) -> list[tuple[str, ModelStatus, str]]:
         return [(row.version, row.status, row.artifact_uri) for row in rows]
 
 
-def champion_adapter(engine: Engine, tmp_path: Path, *, base: str = BASE) -> str:
-    """An adapter promoted by an earlier night, on disk."""
-    path = tmp_path / "adapters" / "agent-lora-earlier"
+def champion_adapter(
+    engine: Engine,
+    tmp_path: Path,
+    *,
+    base: str = BASE,
+    store: str = "adapters",
+    digest: str | None = None,
+    pickle: bool = False,
+) -> str:
+    """An adapter promoted by an earlier night, on disk (with its digest, unless `digest`)."""
+    path = tmp_path / store / "agent-lora-earlier"
     path.mkdir(parents=True)
     (path / "adapter_config.json").write_text("{}")
+    (path / "adapter_model.safetensors").write_bytes(b"earlier weights")
+    if pickle:
+        (path / "adapter_model.bin").write_bytes(b"a pickle peft would torch.load")
     with Session(engine) as session:
         crud.register_model_version(
             session,
             kind=KIND,
             version="agent-lora-earlier",
             artifact_uri=str(path),
+            artifact_sha256=digest or artifact_digest(path),
             metrics={"base": base},
             status=ModelStatus.CHAMPION,
         )
@@ -293,6 +306,27 @@ def test_a_champion_on_another_base_model_is_not_the_reference(
 
     assert trainer.jobs[0].current_adapter is None
     assert result.current is None and result.promoted
+
+
+@pytest.mark.parametrize(
+    ("store", "digest", "pickle"),
+    [("elsewhere", None, False), ("adapters", "0" * 64, False), ("adapters", None, True)],
+    ids=["outside-the-store", "tampered", "holding-a-pickle"],
+)
+def test_a_champion_adapter_that_may_not_be_loaded_is_never_handed_to_the_trainer(
+    settings: Settings,
+    engine: Engine,
+    tmp_path: Path,
+    store: str,
+    digest: str | None,
+    pickle: bool,
+) -> None:
+    champion_adapter(engine, tmp_path, store=store, digest=digest, pickle=pickle)
+    trainer = FakeTrainer(eval_loss=0.9, base=1.2)
+    result = run_lora(settings, engine, decisions(), run_id=1, progress=False, trainer=trainer)
+
+    assert trainer.jobs[0].current_adapter is None
+    assert result.current is None and "the base model" in result.reason
 
 
 def test_vllm_refusing_the_adapter_means_no_promotion(

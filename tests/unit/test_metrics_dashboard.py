@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from hitl_dashboard import metrics_page
 from hitl_dashboard.api_client import MetricsOverview
+from tests.unit.markdown_shown import shown
 from tests.unit.test_dashboard import GOOD_KEY, FakeReviewApi, new_app, signed_in, titles
 
 OVERVIEW_PATH = "/v1/metrics/overview"
@@ -390,7 +391,7 @@ def test_an_api_error_is_a_message_not_a_traceback(api: MetricsApi) -> None:
 
     app = metrics_app(api)
 
-    assert [e.value for e in app.error] == [
+    assert [shown(e.value) for e in app.error] == [
         "Metrics unavailable: the review service is unavailable, try again shortly "
         "(database unreachable)."
     ]
@@ -406,7 +407,7 @@ def test_an_api_without_the_endpoint_says_so(api: MetricsApi) -> None:
     app = metrics_app(api)
 
     (error,) = app.error
-    assert error.value.startswith(
+    assert shown(error.value).startswith(
         "Metrics unavailable: this review API has no metrics endpoint (an older version?)"
     )
 
@@ -417,7 +418,7 @@ def test_a_revoked_key_on_the_metrics_page_signs_out(api: MetricsApi) -> None:
     app.button(key=metrics_page.REFRESH).click().run()
 
     assert titles(app) == ["Moderation review: sign in"]
-    assert "not authorized" in app.warning[0].value
+    assert "not authorized" in shown(app.warning[0].value)
 
 
 # --- the frames ---------------------------------------------------------------------------------

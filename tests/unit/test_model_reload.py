@@ -25,8 +25,14 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from moderation.classifier import worker
+from moderation.classifier.artifacts import artifact_digest
 from moderation.classifier.cascade import AgentStage
-from moderation.classifier.fast_model import METADATA_FILE, FastModel, train_fast_model
+from moderation.classifier.fast_model import (
+    METADATA_FILE,
+    MODEL_FILE,
+    FastModel,
+    train_fast_model,
+)
 from moderation.classifier.registry_watch import RegistryWatch
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
@@ -93,13 +99,25 @@ def served() -> Iterator[worker.WorkerState]:
     worker.state.agent = None
 
 
-def promote(engine: Engine, version: str, uri: Path | str, *, kind: str = "fast") -> None:
+def promote(
+    engine: Engine,
+    version: str,
+    uri: Path | str,
+    *,
+    kind: str = "fast",
+    digest: str | None = None,
+) -> None:
+    """Register `version` as champion, with the digest of the files at `uri` unless `digest`."""
+    path = Path(str(uri).removeprefix("file://"))
+    if digest is None and (path / METADATA_FILE).is_file():
+        digest = artifact_digest(path)
     with Session(engine) as session:
         crud.register_model_version(
             session,
             kind=kind,
             version=version,
             artifact_uri=str(uri),
+            artifact_sha256=digest,
             metrics={},
             status=ModelStatus.CHAMPION,
         )
@@ -179,7 +197,7 @@ async def test_start_up_with_an_empty_registry_serves_and_registers_the_base(
 async def test_start_up_never_demotes_a_champion_even_one_it_cannot_load(
     engine: Engine, reload_settings: Settings, artifact: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    promote(engine, "fast-broken", tmp_path / "missing")
+    promote(engine, "fast-broken", reload_settings.models.artifact_dir / "fast" / "missing")
     base = FastModel.load(artifact("fast-base"))
     failed = reloads("fast", "failed")
     state = worker.WorkerState()
@@ -234,10 +252,10 @@ async def test_a_champion_that_does_not_load_leaves_the_old_model_serving(
     watch = RegistryWatch(state, engine, reload_settings)
     await watch.start(no_base)
     await watch.stop()  # polled by hand below
-    broken = tmp_path / "broken"
+    broken = reload_settings.models.artifact_dir / "fast" / "broken"
     broken.mkdir()
     (broken / METADATA_FILE).write_text("{not json")
-    promote(engine, "fast-broken", broken)
+    promote(engine, "fast-broken", broken, digest=artifact_digest(broken))
     failed = reloads("fast", "failed")
 
     with caplog.at_level(logging.ERROR, logger="moderation.classifier.registry_watch"):
@@ -249,11 +267,82 @@ async def test_a_champion_that_does_not_load_leaves_the_old_model_serving(
     assert len([r for r in caplog.records if "fast-broken" in r.getMessage()]) == 1  # logged once
     assert metric("moderation_worker_model_info", kind="fast", version="fast-good") == 1
 
-    # Once the artifact is fixed, the next poll serves it.
+    # Once the artifact is fixed (and registered with its digest), the next poll serves it.
     shutil.rmtree(broken)
     shutil.copytree(artifact("fast-broken"), broken)
+    with Session(engine) as session:
+        row = crud.get_champion(session, kind="fast")
+        assert row is not None
+        row.artifact_sha256 = artifact_digest(broken)
+        session.add(row)
+        session.commit()
     await watch.poll()
     assert state.scorer.version == "fast-broken"
+
+
+# --- registry rows are not trusted (issue 11) ---------------------------------------------------
+
+
+def _tampered(artifact: Callable[[str], Path], version: str) -> tuple[Path, str]:
+    """An artifact whose weights changed after its digest was taken."""
+    path = artifact(version)
+    digest = artifact_digest(path)
+    weights = bytearray((path / MODEL_FILE).read_bytes())
+    weights[len(weights) // 2] ^= 0xFF
+    (path / MODEL_FILE).write_bytes(bytes(weights))
+    return path, digest
+
+
+@pytest.mark.parametrize(
+    "case", ["tampered", "no-digest", "outside", "dot-dot", "symlink-out", "pickle"]
+)
+async def test_a_champion_the_registry_may_not_vouch_for_is_refused_and_the_old_model_serves(
+    case: str,
+    engine: Engine,
+    reload_settings: Settings,
+    artifact: Callable[[str], Path],
+    trained: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    promote(engine, "fast-good", artifact("fast-good"))
+    state = worker.WorkerState()
+    watch = RegistryWatch(state, engine, reload_settings)
+    await watch.start(no_base)
+    await watch.stop()  # polled by hand below
+    store = reload_settings.models.artifact_dir / "fast"
+    outside = tmp_path / "outside" / "fast-evil"
+    shutil.copytree(trained, outside)
+    if case == "tampered":
+        path, digest = _tampered(artifact, "fast-evil")
+        promote(engine, "fast-evil", path, digest=digest)
+    elif case == "no-digest":
+        promote(engine, "fast-evil", artifact("fast-evil"), digest="")
+    elif case == "outside":  # a good digest does not make a path outside the store acceptable
+        promote(engine, "fast-evil", outside)
+    elif case == "dot-dot":
+        promote(engine, "fast-evil", f"{store}/../../outside/fast-evil", digest="")
+    elif case == "symlink-out":
+        (store / "fast-evil").symlink_to(outside)
+        promote(engine, "fast-evil", store / "fast-evil", digest=artifact_digest(outside))
+    else:  # a format-1 artifact: a pickle, with a digest that matches
+        path = artifact("fast-evil")
+        metadata = json.loads((path / METADATA_FILE).read_text())
+        (path / "model.joblib").write_bytes(b"cos\nsystem\n(S'touch /tmp/pwned'\ntR.")
+        metadata |= {"format": 1, "files": {"model": "model.joblib"}}
+        (path / METADATA_FILE).write_text(json.dumps(metadata))
+        promote(engine, "fast-evil", path)
+    refused = reloads("fast", "refused")
+
+    with caplog.at_level(logging.ERROR, logger="moderation.classifier.registry_watch"):
+        for _ in range(2):
+            await watch.poll()
+
+    assert state.scorer is not None and state.scorer.version == "fast-good"
+    assert reloads("fast", "refused") == refused + 2
+    [logged] = [r.getMessage() for r in caplog.records if "fast-evil" in r.getMessage()]
+    assert "REFUSED" in logged and "serving the current model" in logged
+    assert metric("moderation_worker_model_info", kind="fast", version="fast-good") == 1
 
 
 async def test_with_the_registry_down_the_worker_keeps_serving_then_catches_up(

@@ -4,6 +4,7 @@ promotion, and reruns after a crash (the real-stack version is tests/integration
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from sqlmodel import Session, col, select
 
 import jobs.nightly
 from jobs.nightly import BaseData, exclusive_run, run_nightly
+from moderation.classifier.artifacts import artifact_digest
 from moderation.classifier.fast_model import train_fast_model
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
@@ -53,13 +55,14 @@ def base() -> BaseData:
 def champion(settings: Settings, engine: Engine, base: BaseData) -> str:
     """The served model: trained on the base data only and registered as champion."""
     model = train_fast_model(base.train, base.validation, progress=False)
-    model.save(settings.models.artifact_dir / "fast")
+    path = model.save(settings.models.artifact_dir / "fast")
     with Session(engine) as session:
         crud.register_model_version(
             session,
             kind="fast",
             version=model.version,
-            artifact_uri=str(settings.models.artifact_dir / "fast" / model.version),
+            artifact_uri=str(path),
+            artifact_sha256=artifact_digest(path),
             metrics={},
             status=ModelStatus.CHAMPION,
         )
@@ -221,3 +224,32 @@ def test_two_runs_never_overlap(
     assert [run.status for run in runs(engine)] == ["skipped"]
     # Released: the next run goes ahead.
     assert run_nightly(settings, engine=engine, base=base, progress=False).status == "succeeded"
+
+
+def test_a_champion_that_fails_its_digest_is_replaced_by_the_base_model(
+    settings: Settings,
+    engine: Engine,
+    base: BaseData,
+    champion: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with Session(engine) as session:
+        row = crud.get_champion(session, kind="fast")
+        assert row is not None
+        row.artifact_sha256 = "0" * 64  # the registry no longer vouches for these files
+        session.add(row)
+        session.commit()
+    fresh = train_fast_model(synthetic(40, seed=7), base.validation, progress=False)
+    path = fresh.save(settings.models.artifact_dir / "fast")
+    monkeypatch.setattr(jobs.nightly, "ensure_fast_model", lambda *_, **__: fresh)
+
+    with caplog.at_level(logging.ERROR, logger="jobs.nightly"):
+        served = jobs.nightly.champion_model(settings, engine)
+
+    assert served is fresh and fresh.version != champion
+    assert any("REFUSED (digest)" in r.getMessage() for r in caplog.records)
+    with Session(engine) as session:
+        now = crud.get_champion(session, kind="fast")
+    assert now is not None and now.version == fresh.version
+    assert now.artifact_sha256 == artifact_digest(path)

@@ -14,15 +14,16 @@ import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from moderation.api import create_app
 from moderation.api.deps import get_workflows
 from moderation.api.publisher import InMemoryPublisher
+from moderation.api.security import principal_of
 from moderation.api.workflows import DaprReviewWorkflows, WorkflowUnavailable
 from moderation.classifier.agent import load_policy
 from moderation.db import crud
-from moderation.db.models import PostStatus, ReviewStatus
+from moderation.db.models import ApiKey, PostStatus, ReviewStatus
 from moderation.events import (
     ModerationVerdict,
     PostSubmitted,
@@ -73,6 +74,13 @@ def make_key(engine: Engine, *scopes: str, name: str) -> dict[str, str]:
     with Session(engine) as session:
         plaintext, _ = crud.create_api_key(session, name=name, scopes=list(scopes))
     return {"Authorization": f"Bearer {plaintext}"}
+
+
+def who(engine: Engine, name: str) -> str:
+    """How claims, decisions and the audit record the (only) key called `name`: its id."""
+    with Session(engine) as session:
+        [key] = session.exec(select(ApiKey).where(ApiKey.name == name)).all()
+    return f"key:{key.id}"
 
 
 @pytest.fixture
@@ -302,21 +310,22 @@ async def test_claim_locks_the_review_for_the_claim_time(
 
     assert claimed.status_code == 200, claimed.text
     body = claimed.json()
-    assert (body["status"], body["claimed_by"]) == ("claimed", "alice")
+    assert (body["status"], body["claimed_by"]) == ("claimed", who(engine, "alice"))
     expires = datetime.fromisoformat(body["claim_expires_at"])
     window = timedelta(seconds=settings.review.claim_seconds)
     assert before + window <= expires <= utc_now() + window
 
     refused = await client.post(f"/v1/reviews/{review_id}/claim", headers=bob)
     assert refused.status_code == 409
-    assert detail(refused).startswith(f"review '{review_id}' is claimed by 'alice' until ")
+    holder = f"alice ({who(engine, 'alice')})"
+    assert detail(refused).startswith(f"review '{review_id}' is claimed by '{holder}' until ")
 
     again = await client.post(f"/v1/reviews/{review_id}/claim", headers=alice)
     assert again.status_code == 200
     assert datetime.fromisoformat(again.json()["claim_expires_at"]) > expires  # extended
     [(action, actor, after), _] = audit(engine, review_id)
-    assert (action, actor) == ("review.claim", "alice")
-    assert after is not None and after["claimed_by"] == "alice"
+    assert (action, actor) == ("review.claim", who(engine, "alice"))
+    assert after is not None and after["claimed_by"] == who(engine, "alice")
     assert after["automated_verdict"]["decision"] == "review"
     assert after["policy_version"] == "v1"
 
@@ -339,7 +348,7 @@ async def test_a_lapsed_claim_is_pending_and_claimable_by_another_moderator(
 
     assert (listed["status"], listed["claimed_by"]) == ("pending", None)
     assert claimed.status_code == 200
-    assert claimed.json()["claimed_by"] == "bob"
+    assert claimed.json()["claimed_by"] == who(engine, "bob")
 
 
 async def test_claim_next_takes_the_most_urgent_oldest_claimable_review(
@@ -362,11 +371,14 @@ async def test_claim_next_takes_the_most_urgent_oldest_claimable_review(
     none_left = await client.post("/v1/reviews/claim-next", headers=dan)
 
     assert first.status_code == 200, first.text
-    assert (first.json()["post_id"], first.json()["claimed_by"]) == ("hot", "alice")
+    assert (first.json()["post_id"], first.json()["claimed_by"]) == ("hot", who(engine, "alice"))
     assert mine_again.json()["post_id"] == "hot"  # your own claim comes back, extended
-    assert (second.json()["post_id"], second.json()["claimed_by"]) == ("hot-spam", "bob")
+    assert (second.json()["post_id"], second.json()["claimed_by"]) == (
+        "hot-spam",
+        who(engine, "bob"),
+    )
     assert hate.json()["post_id"] == "hot-spam"  # still bob's own claim
-    assert (third.json()["post_id"], third.json()["claimed_by"]) == ("old", "root")
+    assert (third.json()["post_id"], third.json()["claimed_by"]) == ("old", who(engine, "root"))
     assert none_left.status_code == 204 and none_left.content == b""
 
 
@@ -447,7 +459,11 @@ async def test_a_decision_is_handed_to_the_workflow_and_audited(
     assert instance_id == review_id
     decided = ReviewDecided.model_validate(payload)  # what the workflow will validate
     assert decided.event_id == body["event_id"]
-    assert (decided.review_id, decided.post_id, decided.moderator_id) == (review_id, "p1", "alice")
+    assert (decided.review_id, decided.post_id, decided.moderator_id) == (
+        review_id,
+        "p1",
+        who(engine, "alice"),
+    )
     assert (decided.label, decided.decision, decided.note) == (
         Category.SPAM,
         Decision.REMOVE,
@@ -455,9 +471,13 @@ async def test_a_decision_is_handed_to_the_workflow_and_audited(
     )
     assert decided.overrode is Decision.REVIEW
     review = (await client.get(f"/v1/reviews/{review_id}", headers=alice)).json()
-    assert (review["status"], review["decided_by"]) == ("decided", "alice")
+    assert (review["status"], review["decided_by"]) == ("decided", who(engine, "alice"))
     [claim, decide] = audit(engine, review_id)
-    assert (claim[0], decide[0], decide[1]) == ("review.claim", "review.decide", "alice")
+    assert (claim[0], decide[0], decide[1]) == (
+        "review.claim",
+        "review.decide",
+        who(engine, "alice"),
+    )
     after = decide[2]
     assert after is not None
     assert (after["label"], after["decision"], after["overrode"]) == ("spam", "remove", "review")
@@ -509,16 +529,68 @@ async def test_only_the_claimer_or_an_admin_may_decide(
     by_admin = await client.post(f"/v1/reviews/{claimed}/decision", json=DECISION, headers=admin)
 
     assert by_bob.status_code == without_claim.status_code == 403
-    assert detail(by_bob) == f"'bob' does not hold the claim on review '{claimed}': claim it first"
+    assert detail(by_bob) == (
+        f"'bob ({who(engine, 'bob')})' does not hold the claim on review '{claimed}': "
+        "claim it first"
+    )
     assert by_admin.status_code == 202, by_admin.text
     [(_, payload)] = workflows.raised
-    assert payload["moderator_id"] == "root"
+    assert payload["moderator_id"] == who(engine, "root")
     [_, decide] = audit(engine, claimed)
     assert decide[2] is not None and decide[2]["as_admin"] is True
 
 
+async def test_two_keys_with_the_same_name_are_two_moderators(
+    client: httpx.AsyncClient, engine: Engine, workflows: FakeWorkflows
+) -> None:
+    """Issue 11, finding 7: the moderator was the key's name, which is not unique, so a second
+    key named alike could decide (and extend) the first one's claim, and the audit showed one
+    moderator. Identity is now the key id, shown with the name."""
+    with Session(engine) as session:
+        first_plain, first_row = crud.create_api_key(session, name="sam", scopes=["moderate"])
+        second_plain, second_row = crud.create_api_key(session, name="sam", scopes=["moderate"])
+        first, second = principal_of(first_row), principal_of(second_row)
+    first_key = {"Authorization": f"Bearer {first_plain}"}
+    second_key = {"Authorization": f"Bearer {second_plain}"}
+    review_id = seed_review(engine, "twins")
+
+    assert (await client.post(f"/v1/reviews/{review_id}/claim", headers=first_key)).is_success
+    stolen_claim = await client.post(f"/v1/reviews/{review_id}/claim", headers=second_key)
+    stolen_decision = await client.post(
+        f"/v1/reviews/{review_id}/decision", json=DECISION, headers=second_key
+    )
+
+    assert stolen_claim.status_code == 409, stolen_claim.text
+    assert f"claimed by 'sam (key:{first.key_id})'" in detail(stolen_claim)
+    assert stolen_decision.status_code == 403, stolen_decision.text
+    assert workflows.raised == []
+    review = (await client.get(f"/v1/reviews/{review_id}", headers=second_key)).json()
+    assert (review["claimed_by"], review["claimed_by_display"]) == (
+        f"key:{first.key_id}",
+        f"sam (key:{first.key_id})",
+    )
+
+    decided = await client.post(
+        f"/v1/reviews/{review_id}/decision", json=DECISION, headers=first_key
+    )
+    assert decided.status_code == 202, decided.text
+    [(_, payload)] = workflows.raised
+    assert payload["moderator_id"] == f"key:{first.key_id}"
+    other_review = seed_review(engine, "twins-2")
+    assert (await client.post(f"/v1/reviews/{other_review}/claim", headers=second_key)).is_success
+    actors = [actor for _, actor, _ in audit(engine, review_id) + audit(engine, other_review)]
+    assert actors == [f"key:{first.key_id}", f"key:{first.key_id}", f"key:{second.key_id}"]
+    assert first.key_id != second.key_id
+    review = (await client.get(f"/v1/reviews/{review_id}", headers=first_key)).json()
+    assert (review["decided_by"], review["decided_by_display"]) == (
+        f"key:{first.key_id}",
+        f"sam (key:{first.key_id})",
+    )
+
+
 async def test_unreachable_workflow_is_503_and_the_review_stays_undecided(
     client: httpx.AsyncClient,
+    internal_client: httpx.AsyncClient,
     engine: Engine,
     workflows: FakeWorkflows,
     alice: dict[str, str],
@@ -536,7 +608,7 @@ async def test_unreachable_workflow_is_503_and_the_review_stays_undecided(
     review = (await client.get(f"/v1/reviews/{review_id}", headers=alice)).json()
     assert (review["status"], review["claimed_by"], review["decided_by"]) == (
         "claimed",
-        "alice",
+        who(engine, "alice"),
         None,
     )
     assert (await client.post(f"/v1/reviews/{review_id}/claim", headers=bob)).status_code == 409
@@ -545,7 +617,7 @@ async def test_unreachable_workflow_is_503_and_the_review_stays_undecided(
         "review.decide",
         "review.decide.revert",
     ]
-    metrics = (await client.get("/metrics")).text
+    metrics = (await internal_client.get("/metrics")).text
     assert 'moderation_api_unavailable_responses_total{endpoint="decision",reason="dapr"} 1.0' in (
         metrics
     )
@@ -657,6 +729,7 @@ async def test_decision_log_exports_as_csv(
         "note",
         "overrode",
         "policy_version",
+        "moderator_display",
     ]
     assert [row["post_id"] for row in rows] == ["p2", "p1"]  # newest first
     latest, earlier = rows
@@ -666,6 +739,7 @@ async def test_decision_log_exports_as_csv(
         "allow",
         "carol",
     )
+    assert latest["moderator_display"] == "carol (name only, recorded before key ids)"
     assert (latest["note"], latest["overrode"], latest["policy_version"]) == ("", "review", "v1")
     assert earlier["note"] == "'=HYPERLINK(evil)"  # never a formula in a spreadsheet
     assert datetime.fromisoformat(earlier["decided_at"]) == first.occurred_at
@@ -722,7 +796,7 @@ async def test_an_appeal_reopens_a_decided_post_as_a_high_priority_review(
     queued = (await client.get("/v1/reviews/review-p1-appeal-1", headers=alice)).json()
     assert (queued["priority"], queued["appeal_of"]) == ("high", decision.event_id)
     [(action, actor, after)] = audit(engine, "review-p1-appeal-1")
-    assert (action, actor) == ("review.appeal", "forum")
+    assert (action, actor) == ("review.appeal", who(engine, "forum"))
     assert after is not None and after["appeal_of"] == decision.event_id
     assert after["policy_version"] == "v1"
 

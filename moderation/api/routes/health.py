@@ -1,23 +1,31 @@
-"""`/healthz` (the process is up), `/readyz` (Kafka and the database answer), `/metrics`."""
+"""Health and metrics routes.
+
+Public port (`router`): `/healthz` only, the process is up; no detail about dependencies.
+Internal port (`internal_router`, see `moderation/api/internal.py`): `/healthz`, `/readyz`
+(Kafka and the database really answer, and what failed, with the error) and `/metrics`. The
+detail names brokers, hosts and drivers: it is for probes and Prometheus, never for the ingress.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 
-from moderation.api.deps import StateDep
-from moderation.api.metrics import CONTENT_TYPE_LATEST
+from moderation.api.deps import ApiState
+from moderation.api.metrics import CONTENT_TYPE_LATEST, ApiMetrics
 from moderation.api.publisher import PublishUnavailable
 
 router = APIRouter(tags=["health"])
+internal_router = APIRouter(tags=["health"])
 
 CHECK_TIMEOUT_SECONDS = 3.0
 
 
 @router.get("/healthz", summary="The process is up")
+@internal_router.get("/healthz", summary="The process is up")
 async def healthz() -> dict[str, str]:
     """Always ok while the process serves requests."""
     return {"status": "ok"}
@@ -40,13 +48,16 @@ async def _check_database(engine: Engine) -> str:
     return "ok"
 
 
-@router.get(
+@internal_router.get(
     "/readyz",
     summary="Kafka answers a metadata request and the database answers SELECT 1",
     responses={503: {"description": "names the dependency that failed"}},
 )
-async def readyz(state: StateDep) -> JSONResponse:
+async def readyz(request: Request) -> JSONResponse:
     """Really ask Kafka for metadata and the database for `SELECT 1`."""
+    state: ApiState | None = getattr(request.app.state, "api", None)
+    if state is None:  # the public app's lifespan has not made its resources yet
+        return JSONResponse({"status": "starting"}, status_code=503, headers={"Retry-After": "1"})
     checks: dict[str, str] = {}
 
     async def kafka() -> None:
@@ -73,7 +84,8 @@ async def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse({"status": "ready", "checks": checks})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(state: StateDep) -> Response:
+@internal_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
     """The Prometheus text exposition."""
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    api_metrics: ApiMetrics = request.app.state.metrics
+    return Response(api_metrics.render(), media_type=CONTENT_TYPE_LATEST)

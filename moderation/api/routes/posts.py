@@ -33,6 +33,7 @@ from pydantic import (
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from moderation.actors import actor_display
 from moderation.api.deps import ApiState, ReadKey, SessionDep, SubmitKey
 from moderation.api.publisher import PublishUnavailable
 from moderation.api.routes.errors import (
@@ -189,11 +190,13 @@ class ReviewOut(BaseModel):
     priority: str
     reason: str
     category: str
-    claimed_by: str | None
+    claimed_by: str | None = Field(description="`key:<id>` (older rows: a key name)")
+    claimed_by_display: str | None = Field(default=None, description="`name (key:<id>)`")
     sla_due_at: datetime | None
     escalated_at: datetime | None
     decided_at: datetime | None
-    decided_by: str | None
+    decided_by: str | None = Field(description="`key:<id>` (older rows: a key name)")
+    decided_by_display: str | None = Field(default=None, description="`name (key:<id>)`")
     created_at: datetime
     updated_at: datetime
 
@@ -207,7 +210,8 @@ class DecisionOut(BaseModel):
     review_id: str
     label: str
     decision: str
-    moderator_id: str
+    moderator_id: str = Field(description="`key:<id>` (older rows: a key name)")
+    moderator_display: str | None = Field(default=None, description="`name (key:<id>)`")
     note: str | None
     overrode: str | None
     decided_at: datetime
@@ -658,6 +662,9 @@ def get_post(post_id: str, session: SessionDep, _principal: ReadKey) -> PostTrai
             404,
             f"post '{post_id}' not found (an accepted post appears once the recorder stored it)",
         )
+    actors = [r.claimed_by for r in reviews] + [r.decided_by for r in reviews]
+    actors += [d.moderator_id for d in decisions]
+    names = crud.api_key_names(session, actors=actors)
     return PostTrail(
         post_id=post_id,
         status=str(post.status) if post is not None else "pending",
@@ -666,8 +673,21 @@ def get_post(post_id: str, session: SessionDep, _principal: ReadKey) -> PostTrai
         text=post.text if post is not None else None,
         submitted_at=post.submitted_at if post is not None else None,
         verdicts=[VerdictOut.model_validate(v) for v in verdicts],
-        reviews=[ReviewOut.model_validate(r) for r in reviews],
-        decisions=[DecisionOut.model_validate(d) for d in decisions],
+        reviews=[
+            ReviewOut.model_validate(r).model_copy(
+                update={
+                    "claimed_by_display": actor_display(r.claimed_by, names),
+                    "decided_by_display": actor_display(r.decided_by, names),
+                }
+            )
+            for r in reviews
+        ],
+        decisions=[
+            DecisionOut.model_validate(d).model_copy(
+                update={"moderator_display": actor_display(d.moderator_id, names)}
+            )
+            for d in decisions
+        ],
     )
 
 
@@ -774,7 +794,7 @@ async def appeal_post(
     except PublishUnavailable as error:
         state.metrics.unavailable.labels("appeal", "kafka").inc()
         return unavailable_response(str(error))
-    await run_in_threadpool(_record_appeal, state.engine, appeal, principal.name)
+    await run_in_threadpool(_record_appeal, state.engine, appeal, principal.actor)
     accepted = AppealAccepted(
         review_id=appeal.review_id, post_id=post_id, appeal_of=str(appeal.appeal_of)
     )

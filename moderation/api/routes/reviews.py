@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from moderation.actors import actor_display, actor_key_ids
 from moderation.api.deps import ApiState, ModerateKey, StateDep, WorkflowsDep
 from moderation.api.routes.errors import ApiError, unavailable_response
 from moderation.api.security import Principal, Scope
@@ -62,6 +63,7 @@ CSV_COLUMNS = (
     "note",
     "overrode",
     "policy_version",
+    "moderator_display",
 )
 
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -140,14 +142,24 @@ async def _precedents(state: ApiState, view: crud.ReviewView) -> list[PrecedentP
     ][:PRECEDENTS_SHOWN]
 
 
+def _key_names(engine: Engine, actors: list[str | None]) -> dict[int, str]:
+    with Session(engine) as session:
+        return crud.api_key_names(session, actors=actors)
+
+
 async def public_reviews(state: ApiState, views: Sequence[crud.ReviewView]) -> list[ReviewPublic]:
     """The API shape of reviews, with suggestion, policy section and precedents."""
     await run_in_threadpool(_import_helpers)  # at once when the preload finished
     default_version = state.settings.models.policy_version
+    actors = [v.review.claimed_by for v in views] + [v.review.decided_by for v in views]
+    names = {}
+    if actor_key_ids(actors):
+        names = await run_in_threadpool(_key_names, state.engine, actors)
     items = []
     for view in views:
         review, verdict = view.review, view.verdict
         version = verdict.policy_version if verdict is not None else default_version
+        claimed_by = review.claimed_by if view.status is ReviewStatus.CLAIMED else None
         items.append(
             ReviewPublic(
                 review_id=review.review_id,
@@ -158,7 +170,8 @@ async def public_reviews(state: ApiState, views: Sequence[crud.ReviewView]) -> l
                 priority=review.priority,
                 reason=review.reason,
                 category=review.category,
-                claimed_by=review.claimed_by if view.status is ReviewStatus.CLAIMED else None,
+                claimed_by=claimed_by,
+                claimed_by_display=actor_display(claimed_by, names),
                 claim_expires_at=(
                     review.claim_expires_at if view.status is ReviewStatus.CLAIMED else None
                 ),
@@ -166,6 +179,7 @@ async def public_reviews(state: ApiState, views: Sequence[crud.ReviewView]) -> l
                 escalated_at=review.escalated_at,
                 decided_at=review.decided_at,
                 decided_by=review.decided_by,
+                decided_by_display=actor_display(review.decided_by, names),
                 created_at=review.created_at,
                 appeal_of=review.appeal_of,
                 suggestion=_suggestion(verdict),
@@ -211,7 +225,7 @@ def _get(engine: Engine, review_id: str) -> crud.ReviewView | None:
 
 
 def _claim(engine: Engine, review_id: str, moderator: str, seconds: float) -> crud.ReviewView:
-    """Claim it, or raise 404 / 409 saying why not."""
+    """Claim it for `moderator` (`key:<id>`), or raise 404 / 409 saying why not."""
     with Session(engine) as session:
         now = utc_now()
         claimed = crud.claim_review(
@@ -220,13 +234,16 @@ def _claim(engine: Engine, review_id: str, moderator: str, seconds: float) -> cr
         if claimed is not None:
             return claimed
         current = crud.get_review(session, review_id=review_id, now=now)
+        holder = current.review.claimed_by if current is not None else None
+        names = crud.api_key_names(session, actors=[holder])
     if current is None:
         raise _not_found(review_id)
     if current.status is ReviewStatus.DECIDED:
         raise ApiError(409, f"review '{review_id}' is already decided")
     expires = current.review.claim_expires_at
     until = f" until {expires.isoformat()}" if expires is not None else ""
-    raise ApiError(409, f"review '{review_id}' is claimed by '{current.review.claimed_by}'{until}")
+    holder_display = actor_display(holder, names)
+    raise ApiError(409, f"review '{review_id}' is claimed by '{holder_display}'{until}")
 
 
 def _claim_next(
@@ -313,7 +330,7 @@ async def claim_next_review(
 ) -> ReviewPublic | Response:
     """Claim the next review (your own live claim counts as claimable); 204 when none is left."""
     seconds = state.settings.review.claim_seconds
-    view = await run_in_threadpool(_claim_next, state.engine, principal.name, seconds, category)
+    view = await run_in_threadpool(_claim_next, state.engine, principal.actor, seconds, category)
     if view is None:
         return Response(status_code=204)
     return await public_review(state, view)
@@ -346,7 +363,7 @@ async def get_review(review_id: str, state: StateDep, _principal: ModerateKey) -
 async def claim_review(review_id: str, state: StateDep, principal: ModerateKey) -> ReviewPublic:
     """Claim it for `review.claim_seconds`; two moderators racing get one 200 and one 409."""
     seconds = state.settings.review.claim_seconds
-    view = await run_in_threadpool(_claim, state.engine, review_id, principal.name, seconds)
+    view = await run_in_threadpool(_claim, state.engine, review_id, principal.actor, seconds)
     return await public_review(state, view)
 
 
@@ -360,7 +377,8 @@ def _refusal(review_id: str, outcome: crud.DecisionStart, principal: Principal) 
     if outcome is crud.DecisionStart.ALREADY_DECIDED:
         return ApiError(409, f"review '{review_id}' is already decided")
     return ApiError(
-        403, f"'{principal.name}' does not hold the claim on review '{review_id}': claim it first"
+        403,
+        f"'{principal.display}' does not hold the claim on review '{review_id}': claim it first",
     )
 
 
@@ -403,7 +421,7 @@ async def decide_review(
         post_id=view.review.post_id,
         label=body.label,
         decision=VerdictDecision(body.decision),
-        moderator_id=principal.name,
+        moderator_id=principal.actor,
         note=body.note,
         overrode=_overrode(view.verdict),
     )
@@ -456,10 +474,13 @@ async def export_decisions(
 ) -> Response:
     """Every human decision (the latest `limit`) with the policy version it was made under."""
     rows = await run_in_threadpool(_decision_log_rows, state.engine, limit)
+    names = await run_in_threadpool(_key_names, state.engine, [row.moderator for row in rows])
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    writer.writerows([_csv_cell(value) for value in row] for row in rows)
+    writer.writerows(
+        [_csv_cell(value) for value in (*row, actor_display(row.moderator, names))] for row in rows
+    )
     return Response(
         buffer.getvalue(),
         media_type="text/csv; charset=utf-8",

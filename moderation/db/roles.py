@@ -1,0 +1,155 @@
+"""One PostgreSQL role per service, each granted only what its code does with each table.
+
+The owner role (`db.user` of the stack and of CNPG's `bootstrap.initdb.owner`, `moderation`)
+creates and migrates the schema (`engine.create_tables`); the services log in with their own role:
+
+| role                   | tables and privileges                                                  |
+|------------------------|------------------------------------------------------------------------|
+| `moderation_worker`    | SELECT model_versions (the registry), posts, verdicts, decisions (the  |
+|                        | agent's author history and precedents); nothing else                  |
+| `moderation_recorder`  | SELECT, INSERT, UPDATE posts, verdicts, reviews, decisions             |
+| `moderation_review`    | SELECT, INSERT, UPDATE reviews, decisions, audit_log, posts; SELECT    |
+|                        | verdicts                                                               |
+| `moderation_api`       | SELECT, INSERT, UPDATE api_keys, idempotency_keys, reviews, decisions, |
+|                        | audit_log, posts; SELECT verdicts, model_versions, job_runs            |
+| `moderation_nightly`   | SELECT, INSERT, UPDATE model_versions, job_runs; SELECT posts,         |
+|                        | verdicts, reviews, decisions                                           |
+
+No service role has DELETE, TRUNCATE, DDL or ownership: a stolen worker credential can read the
+registry but cannot point it at another artifact. A worker whose role may not write the registry
+does not register its base model (`registry_watch`); the nightly does. In production the roles
+are CNPG managed roles (`k8s/base/postgres.yaml`) and the grants are this module's `grant_sql`,
+run by the owner after each schema migration (`python -m moderation.db.roles`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import psycopg
+from psycopg import sql
+from sqlalchemy import Engine, Integer
+from sqlmodel import SQLModel
+
+from moderation.db import models  # noqa: F401 - registers the tables on SQLModel.metadata
+
+READ = ("SELECT",)
+WRITE = ("SELECT", "INSERT", "UPDATE")
+
+SERVICE_GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
+    "moderation_worker": {
+        "model_versions": READ,
+        "posts": READ,
+        "verdicts": READ,
+        "decisions": READ,
+    },
+    "moderation_recorder": {
+        "posts": WRITE,
+        "verdicts": WRITE,
+        "reviews": WRITE,
+        "decisions": WRITE,
+    },
+    "moderation_review": {
+        "reviews": WRITE,
+        "decisions": WRITE,
+        "audit_log": WRITE,
+        "posts": WRITE,
+        "verdicts": READ,
+    },
+    "moderation_api": {
+        "api_keys": WRITE,
+        "idempotency_keys": WRITE,
+        "reviews": WRITE,
+        "decisions": WRITE,
+        "audit_log": WRITE,
+        "posts": WRITE,
+        "verdicts": READ,
+        "model_versions": READ,
+        "job_runs": READ,
+    },
+    "moderation_nightly": {
+        "model_versions": WRITE,
+        "job_runs": WRITE,
+        "posts": READ,
+        "verdicts": READ,
+        "reviews": READ,
+        "decisions": READ,
+    },
+}
+SERVICE_ROLES = {
+    "worker": "moderation_worker",
+    "recorder": "moderation_recorder",
+    "review": "moderation_review",
+    "api": "moderation_api",
+    "nightly": "moderation_nightly",
+}
+
+
+def grant_sql() -> list[sql.Composed]:
+    """Statements that reset every service role's privileges to `SERVICE_GRANTS` (idempotent).
+
+    Run by the owner in each application database, after the tables exist. An INSERT needs the
+    table's id sequence too (USAGE); no role gets anything on a table not listed.
+    """
+    statements: list[sql.Composed] = []
+    for role, tables in SERVICE_GRANTS.items():
+        who = sql.Identifier(role)
+        statements += [
+            sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {}").format(who),
+            sql.SQL("REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {}").format(who),
+            sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(who),
+        ]
+        for table, privileges in tables.items():
+            statements.append(
+                sql.SQL("GRANT {} ON TABLE {} TO {}").format(
+                    sql.SQL(", ").join(sql.SQL(p) for p in privileges), sql.Identifier(table), who
+                )
+            )
+            if "INSERT" in privileges and _has_serial_id(table):
+                # PostgreSQL's name for a SERIAL column's sequence: `<table>_id_seq`.
+                sequence = sql.Identifier(f"{table}_id_seq")
+                statements.append(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sequence, who))
+    return statements
+
+
+def _has_serial_id(table: str) -> bool:
+    column = SQLModel.metadata.tables[table].c.get("id")
+    return (
+        column is not None
+        and column.primary_key
+        and isinstance(column.type, Integer)
+        and column.autoincrement in (True, "auto")
+    )
+
+
+def ensure_roles(connection: psycopg.Connection[tuple[object, ...]], password: str) -> None:
+    """Create the service roles that do not exist (LOGIN, no other attribute) and set `password`.
+
+    The local stack gives them its development password; production manages them with CNPG.
+    """
+    for role in SERVICE_GRANTS:
+        exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+        statement = "ALTER ROLE {} WITH LOGIN PASSWORD {}"
+        if exists.fetchone() is None:
+            statement = "CREATE ROLE {} WITH LOGIN PASSWORD {}"
+        connection.execute(sql.SQL(statement).format(sql.Identifier(role), sql.Literal(password)))
+
+
+def apply_grants(engine: Engine) -> None:
+    """Reset the service roles' privileges in the database of `engine` (run as the owner)."""
+    with engine.begin() as connection:
+        # psycopg itself: no parameter interpolation to get in the way of the statements.
+        driver = connection.connection.driver_connection
+        assert isinstance(driver, psycopg.Connection)
+        for statement in grant_sql():
+            driver.execute(statement)
+
+
+def main() -> None:
+    """Print the grants as SQL: production runs them as the owner after each migration."""
+    for statement in grant_sql():
+        print(statement.as_string() + ";")  # noqa: T201 - the output is the SQL
+
+
+if __name__ == "__main__":
+    main()
