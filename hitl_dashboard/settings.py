@@ -12,20 +12,15 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings
 
-from moderation.settings import DashboardSettings, WorkerSettings
+from moderation.settings import SETTINGS_SOURCE, DashboardSettings, WorkerSettings
 
 
 class DashboardProcessSettings(BaseSettings):
     """What the dashboard process reads; it holds no secret, so there is none to check."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="MODERATION_",
-        env_nested_delimiter="__",
-        env_file=None,
-        extra="ignore",
-    )
+    model_config = SETTINGS_SOURCE
 
     environment: Literal["development", "test", "production"] = "development"
     dashboard: DashboardSettings = DashboardSettings()

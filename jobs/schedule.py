@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 from fastapi import APIRouter, HTTPException
 
+from moderation.db.roles import SERVICE_ROLES
 from moderation.review.dapr_tokens import api_token_headers
 from moderation.settings import PROJECT_ROOT, Settings
 
@@ -56,6 +57,19 @@ def schedule_nightly(
     return body
 
 
+def nightly_env(settings: Settings) -> dict[str, str]:
+    """This process's environment, with the nightly's database role in place of a service's.
+
+    The review service (which receives the trigger) logs in as `moderation_review`, which may not
+    write the registry; the job it launches logs in as `moderation_nightly` (on the local stack
+    every role has the same password; in Kubernetes the nightly is a CronJob with its own).
+    """
+    env = os.environ.copy()
+    if settings.db.user in SERVICE_ROLES.values():
+        env["MODERATION_DB__USER"] = SERVICE_ROLES["nightly"]
+    return env
+
+
 def launch_nightly(settings: Settings) -> subprocess.Popen[bytes]:
     """Start `moderation nightly` as a child process with this process's environment.
 
@@ -67,7 +81,7 @@ def launch_nightly(settings: Settings) -> subprocess.Popen[bytes]:
         child = subprocess.Popen(
             [sys.executable, "-m", "moderation.cli", "nightly"],
             cwd=PROJECT_ROOT,
-            env=os.environ.copy(),
+            env=nightly_env(settings),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -494,13 +494,17 @@ class StackSettings(BaseModel):
     startup_timeout_seconds: float = 180.0
 
 
+# Where every process reads its settings from (`Settings`, and the dashboard's own subset).
+SETTINGS_SOURCE = SettingsConfigDict(
+    env_prefix="MODERATION_",
+    env_nested_delimiter="__",
+    env_file=None,
+    extra="ignore",
+)
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="MODERATION_",
-        env_nested_delimiter="__",
-        env_file=None,
-        extra="ignore",
-    )
+    model_config = SETTINGS_SOURCE
 
     environment: Literal["development", "test", "production"] = "development"
     kafka: KafkaSettings = KafkaSettings()

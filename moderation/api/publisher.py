@@ -43,7 +43,16 @@ STOP_TIMEOUT_SECONDS = 5.0
 
 
 class PublishUnavailable(Exception):
-    """Kafka did not acknowledge in time or cannot be reached; the caller answers 503."""
+    """Kafka did not acknowledge in time or cannot be reached; the caller answers 503.
+
+    `reason` is what a client may read ("kafka unreachable"); `detail` (the client library's
+    error, broker addresses) goes to the log and the internal readiness probe only.
+    """
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
 
 
 class Publisher(Protocol):
@@ -170,13 +179,13 @@ class KafkaPublisher:
                 log.warning("kafka producer is unusable (its sender stopped); replacing it")
                 self._retire(producer, "kafka producer failed", back_off=False)
             if asyncio.get_running_loop().time() < self._next_attempt:
-                raise PublishUnavailable(f"kafka unreachable: {self._last_error}")
+                raise PublishUnavailable("kafka unreachable", self._last_error)
             producer = self._new_producer()
             try:
                 await producer.start()
             except (KafkaError, OSError) as error:
                 self._retire(producer, _describe(error))
-                raise PublishUnavailable(f"kafka unreachable: {self._last_error}") from error
+                raise PublishUnavailable("kafka unreachable", self._last_error) from error
             except BaseException:
                 # Cancelled (the request's deadline): do not leave a half-started producer.
                 self._retire(producer, "kafka did not answer in time")
@@ -213,7 +222,7 @@ class KafkaPublisher:
             raise PublishUnavailable(_not_acked(self.timeout)) from error
         except KafkaError as error:
             await self._trip_if_unreachable(producer)
-            raise PublishUnavailable(f"kafka rejected the record: {_describe(error)}") from error
+            raise PublishUnavailable("kafka rejected the record", _describe(error)) from error
 
     async def publish_many(
         self, topic: str, records: Sequence[Record]
@@ -273,7 +282,7 @@ class KafkaPublisher:
         except TimeoutError as error:
             raise PublishUnavailable("kafka did not answer a metadata request") from error
         except KafkaError as error:
-            raise PublishUnavailable(f"kafka metadata failed: {_describe(error)}") from error
+            raise PublishUnavailable("kafka metadata failed", _describe(error)) from error
 
 
 async def _send_batches(
@@ -342,7 +351,7 @@ def _as_unavailable(error: BaseException, timeout: float) -> PublishUnavailable:
         return error
     if isinstance(error, TimeoutError):
         return PublishUnavailable(_not_acked(timeout))
-    return PublishUnavailable(f"kafka rejected the record: {_describe(error)}")
+    return PublishUnavailable("kafka rejected the record", _describe(error))
 
 
 @dataclass
@@ -365,7 +374,7 @@ class InMemoryPublisher:
     async def publish(self, topic: str, key: bytes, value: bytes) -> None:
         """Record it, or fail as an unreachable broker would."""
         if not self.available:
-            raise PublishUnavailable("kafka unreachable: simulated outage")
+            raise PublishUnavailable("kafka unreachable", "simulated outage")
         self.records.append((topic, key, value))
 
     async def publish_many(
@@ -385,7 +394,7 @@ class InMemoryPublisher:
     async def ping(self) -> None:
         """Healthy unless `available` is False."""
         if not self.available:
-            raise PublishUnavailable("kafka unreachable: simulated outage")
+            raise PublishUnavailable("kafka unreachable", "simulated outage")
 
     def values(self, topic: str) -> list[bytes]:
         """The values published to `topic`, in order."""

@@ -28,7 +28,15 @@ _FINISHED_STATUSES = frozenset({"COMPLETED", "FAILED", "TERMINATED"})
 
 
 class WorkflowUnavailable(Exception):
-    """The decision could not be handed to the review's workflow; the caller answers 503."""
+    """The decision could not be handed to the review's workflow; the caller answers 503.
+
+    `reason` is what a client may read; `detail` (addresses, gRPC codes) is for the log only.
+    """
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
 
 
 class ReviewWorkflows(Protocol):
@@ -111,14 +119,16 @@ class DaprReviewWorkflows:
                 await asyncio.to_thread(self._raise, review_id, payload)
         except TimeoutError as error:
             raise WorkflowUnavailable(
-                f"dapr did not answer within {self.timeout:g}s at {self.host}:{self.port}"
+                f"the workflow engine did not answer within {self.timeout:g}s",
+                f"dapr at {self.host}:{self.port}",
             ) from error
         except grpc.RpcError as error:
             code = error.code() if isinstance(error, grpc.Call) else None
             name = code.name if code is not None else type(error).__name__
             log.warning("raising the decision of %s failed: %s", review_id, name)
             raise WorkflowUnavailable(
-                f"dapr at {self.host}:{self.port} refused the decision ({name})"
+                "the workflow engine refused the decision",
+                f"dapr at {self.host}:{self.port}: {name}",
             ) from error
 
     async def close(self) -> None:

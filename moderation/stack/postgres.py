@@ -172,12 +172,14 @@ class PostgresCluster:
             engine.dispose()
 
     def create_database(self, name: str) -> None:
-        """Create the database `name` unless it exists (tests isolate a registry this way)."""
+        """Create the database `name` unless it exists (tests isolate a registry this way),
+        with the schema and the service roles' grants: the services log in with their roles."""
         with self._connect() as conn:
             query = "SELECT 1 FROM pg_database WHERE datname = %s"
             exists = conn.execute(query, (name,)).fetchone()
             if exists is None:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        self.grant_service_roles(name)
 
     def drop_database(self, name: str) -> None:
         """Drop the database `name` if it exists, closing its connections."""

@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 from functools import partial
 
+from moderation.db.roles import SERVICE_ROLES
 from moderation.settings import PROJECT_ROOT, Settings
 from moderation.stack.dapr import stack_tokens
 from moderation.stack.runtime import (
@@ -64,6 +65,13 @@ def service_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def database_role_env(service: str) -> dict[str, str]:
+    """Each service logs in to PostgreSQL with its own role, as in production
+    (`moderation.db.roles`; the stack creates the roles with its development password)."""
+    role = SERVICE_ROLES.get(service)
+    return {"MODERATION_DB__USER": role} if role else {}
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     name: str
@@ -107,7 +115,7 @@ class PipelineServices:
                 argv=[sys.executable, "-m", "moderation.cli", spec.command],
                 state_dir=settings.stack.state_dir,
                 cwd=PROJECT_ROOT,
-                env=env,
+                env=env | database_role_env(name),
             )
             for name, spec in self.specs.items()
         }

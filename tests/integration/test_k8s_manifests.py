@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from moderation.db.roles import SERVICE_GRANTS, SERVICE_ROLES
 from moderation.kafka_auth import acl_grants
 from moderation.settings import PROJECT_ROOT, Settings
 from moderation.stack import k8s_tools
@@ -48,6 +50,13 @@ KAFKA_CA_SECRET = "moderation-kafka-cluster-ca-cert"
 KAFKA_PRINCIPALS = {"api": "api", "worker": "worker", "recorder": "recorder",
                     "review-service": "review"}  # fmt: skip
 KAFKA_CREDENTIAL = re.compile(r"^MODERATION_KAFKA__(USERNAME|PASSWORD)$")
+# The workload of each key of `SERVICE_ROLES` (its PostgreSQL role), and the schema migration,
+# the one pod that logs in as the owner (db-migrate-job.yaml).
+DB_WORKLOADS = {"api": "api", "worker": "worker", "recorder": "recorder",
+                "review": "review-service", "nightly": "moderation-nightly"}  # fmt: skip
+MIGRATE = "db-migrate"
+# Role attributes no service role may have (CNPG `managed.roles`).
+ROLE_POWERS = ("superuser", "createdb", "createrole", "replication", "bypassrls")
 
 Obj = dict[str, Any]
 
@@ -107,7 +116,13 @@ def pod_spec(obj: Obj) -> Obj:
 
 
 def workloads(objects: list[Obj]) -> list[Obj]:
-    return [obj for obj in objects if obj["kind"] in ("Deployment", "CronJob")]
+    return [obj for obj in objects if obj["kind"] in ("Deployment", "CronJob", "Job")]
+
+
+def containers_of(workload: Obj) -> list[Obj]:
+    spec = pod_spec(workload)
+    containers: list[Obj] = spec.get("initContainers", []) + spec["containers"]
+    return containers
 
 
 def env_of(container: Obj) -> dict[str, Obj]:
@@ -202,6 +217,8 @@ BROKEN = [
     ("KafkaUser", "api", ("spec", "authentication"), "type", "scram-sha-256"),
     ("TriggerAuthentication", "keda-kafka", ("spec", "secretTargetRef", 0), "paramter", "x"),
     ("Cluster", "moderation-db", ("spec", "bootstrap", "initdb"), "databse", "moderation"),
+    ("Cluster", "moderation-db", ("spec", "managed", "roles", 0), "passwordSecrt", {}),
+    ("Job", "db-migrate", ("spec",), "backofLimit", 10),
     ("Component", "statestore", ("spec", "metadata", 0), "vaule", "x"),
     ("Resiliency", "moderation-resiliency", ("spec", "policies", "retries", "stateRetry"),
      "maxRetires", 5),
@@ -349,12 +366,148 @@ def test_postgres_is_a_cnpg_cluster_with_both_databases(
     assert database["spec"]["cluster"]["name"] == cluster
     env = shared_env(objects)
     assert env["MODERATION_DB__HOST"] == f"{cluster}-rw"
-    # The password comes from the Secret that CNPG writes for the owner (`<cluster>-app`).
+    # No shared database user: each pod names its own (the test below).
+    assert "MODERATION_DB__USER" not in env
+
+
+# --- issue 11, finding 3 ("every service uses one database role") ------------------------------
+
+
+def managed_roles(objects: list[Obj]) -> dict[str, Obj]:
+    [postgres] = of_kind(objects, "Cluster").values()
+    return {role["name"]: role for role in postgres["spec"]["managed"]["roles"]}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_cnpg_manages_exactly_the_service_roles_with_login_only(
+    target: str, rendered: dict[str, list[Obj]]
+) -> None:
+    objects = rendered[target]
+    [(cluster, postgres)] = of_kind(objects, "Cluster").items()
+    roles = managed_roles(objects)
+    assert set(roles) == set(SERVICE_GRANTS) == set(SERVICE_ROLES.values())
+    assert postgres["spec"]["bootstrap"]["initdb"]["owner"] not in roles
+    secrets = set()
+    for name, role in roles.items():
+        assert role["login"] is True, name
+        assert role.get("ensure", "present") == "present", name
+        assert not any(role.get(power, False) for power in ROLE_POWERS), name
+        # No membership (the owner's privileges would come with it) and a real password.
+        assert role.get("inRoles", []) == [], name
+        assert not role.get("disablePassword", False), name
+        secrets.add(role["passwordSecret"]["name"])
+    # One Secret per role, none of them the owner's (CNPG's `<cluster>-app`).
+    assert len(secrets) == len(roles)
+    assert f"{cluster}-app" not in secrets
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_each_service_logs_in_to_postgres_as_its_own_role(
+    target: str, rendered: dict[str, list[Obj]]
+) -> None:
+    objects = rendered[target]
+    [cluster] = of_kind(objects, "Cluster")
+    roles = managed_roles(objects)
+    by_name = {workload["metadata"]["name"]: workload for workload in workloads(objects)}
+    for service, workload_name in DB_WORKLOADS.items():
+        role = SERVICE_ROLES[service]
+        for container in containers_of(by_name[workload_name]):  # the worker's init container too
+            where = (workload_name, container["name"])
+            variables = env_of(container)
+            assert variables["MODERATION_DB__USER"]["value"] == role, where
+            reference = variables["MODERATION_DB__PASSWORD"]["valueFrom"]["secretKeyRef"]
+            assert reference == {"name": roles[role]["passwordSecret"]["name"], "key": "password"}
+    # Only the migration holds the owner's password, and logs in as the owner.
+    owner_secret = f"{cluster}-app"
+    holders = set()
     for workload in workloads(objects):
-        for container in pod_spec(workload)["containers"]:
-            password = env_of(container).get("MODERATION_DB__PASSWORD")
-            if password is not None:
-                assert password["valueFrom"]["secretKeyRef"]["name"] == f"{cluster}-app"
+        for container in containers_of(workload):
+            variables = env_of(container)
+            for variable in variables.values():
+                reference = variable.get("valueFrom", {}).get("secretKeyRef", {})
+                if reference.get("name") == owner_secret:
+                    holders.add(workload["metadata"]["name"])
+            for source in container.get("envFrom", []):
+                assert source.get("secretRef", {}).get("name") != owner_secret
+            if "MODERATION_DB__PASSWORD" in variables and workload["metadata"]["name"] != MIGRATE:
+                assert workload["metadata"]["name"] in DB_WORKLOADS.values(), workload["metadata"]
+        for volume in pod_spec(workload).get("volumes", []):
+            assert volume.get("secret", {}).get("secretName") != owner_secret
+    assert holders == {MIGRATE}
+    # Nothing else reads a database password: the dashboard and vLLM get none.
+    deployments = of_kind(objects, "Deployment")
+    for name in ("dashboard", "vllm"):
+        for container in containers_of(deployments[name]):
+            assert not {"MODERATION_DB__USER", "MODERATION_DB__PASSWORD"} & set(env_of(container))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_migration_creates_the_schema_and_grants_as_the_owner(
+    target: str, rendered: dict[str, list[Obj]]
+) -> None:
+    objects = rendered[target]
+    [(cluster, postgres)] = of_kind(objects, "Cluster").items()
+    job = of_kind(objects, "Job")[MIGRATE]
+    [container] = pod_spec(job)["containers"]
+    assert container["image"].split(":")[0] == "moderation"
+    script = container["command"][-1]
+    assert script.index("create_tables(engine)") < script.index("apply_grants(engine)")
+    variables = env_of(container)
+    owner = postgres["spec"]["bootstrap"]["initdb"]["owner"]
+    assert variables["MODERATION_DB__USER"]["value"] == owner
+    password = variables["MODERATION_DB__PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert password == {"name": f"{cluster}-app", "key": "password"}
+    # Nothing but the owner's password: no Kafka, model or Dapr credential.
+    secrets = {
+        variable["valueFrom"]["secretKeyRef"]["name"]
+        for variable in variables.values()
+        if "secretKeyRef" in variable.get("valueFrom", {})
+    }
+    assert secrets == {f"{cluster}-app"}
+    assert not any(KAFKA_CREDENTIAL.match(name) for name in variables)
+    assert job["spec"]["backoffLimit"] > 0  # retried while the database or roles are not there
+
+
+def test_the_migration_script_reads_only_the_db_settings_with_tls(
+    rendered: dict[str, list[Obj]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Job's script, run as the prod overlay configures it, with the database stubbed out."""
+    import moderation.db.engine as engine_module
+    import moderation.db.roles as roles_module
+
+    prod = rendered["overlays/prod"]
+    job = of_kind(prod, "Job")[MIGRATE]
+    [container] = pod_spec(job)["containers"]
+    for name in [name for name in os.environ if name.startswith("MODERATION_")]:
+        monkeypatch.delenv(name)
+    environment = shared_env(prod) | {
+        name: variable.get("value", "a-password-from-the-secret")
+        for name, variable in env_of(container).items()
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    calls: list[tuple[str, object]] = []
+    make_engine = engine_module.make_engine
+
+    def spy_make_engine(settings: Settings, **kwargs: Any) -> Any:
+        calls.append(("make_engine", settings))
+        return make_engine(settings, **kwargs)
+
+    monkeypatch.setattr(engine_module, "make_engine", spy_make_engine)
+    monkeypatch.setattr(engine_module, "create_tables", lambda e: calls.append(("tables", e)))
+    monkeypatch.setattr(roles_module, "apply_grants", lambda e: calls.append(("grants", e)))
+    # As `python -c` runs it: without this module's `from __future__ import annotations`.
+    script = compile(container["command"][-1], "<db-migrate>", "exec", dont_inherit=True)
+    exec(script, {"__name__": "__main__"})
+    assert [call for call, _ in calls] == ["make_engine", "tables", "grants"]
+    settings = calls[0][1]
+    assert isinstance(settings, Settings)
+    assert settings.db.user == "moderation"
+    assert settings.db.password.get_secret_value() == "a-password-from-the-secret"
+    assert settings.db.host == "moderation-db-rw"
+    assert settings.db.sslmode == "verify-full"
+    assert settings.db.sslrootcert == environment["MODERATION_DB__SSLROOTCERT"]
+    assert calls[1][1] is calls[2][1]  # one engine, the owner's
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -469,7 +622,7 @@ def test_network_policies_deny_by_default(target: str, rendered: dict[str, list[
 # --- issue 11: least privilege --------------------------------------------------------------------
 
 WORKLOAD_NAMES = {"api", "worker", "recorder", "review-service", "dashboard", "vllm",
-                  "moderation-nightly"}  # fmt: skip
+                  "moderation-nightly", MIGRATE}  # fmt: skip
 
 
 def selects(selector: Obj, name: str) -> bool:
@@ -556,6 +709,8 @@ def test_egress_is_denied_then_allowed_per_service(
     assert peers("moderation-nightly") == {"kube-dns": {53}, "moderation-db": {5432},
                                            "vllm": {8000}, "internet": {443},
                                            "namespace": {4317}}  # fmt: skip
+    # The owner's credential reaches PostgreSQL and nothing else.
+    assert peers(MIGRATE) == {"kube-dns": {53}, "moderation-db": {5432}}
     # Downloads go to public addresses only: never the cluster or the metadata service.
     [downloads] = policies["egress-model-downloads"]["spec"]["egress"]
     assert "169.254.0.0/16" in downloads["to"][0]["ipBlock"]["except"]
@@ -580,7 +735,8 @@ def test_kafka_and_postgres_admit_only_their_clients(
     postgres = ingress_peers(policies, {"cnpg.io/cluster": "moderation-db"})
     pods = [peer["podSelector"] for peer in postgres if "podSelector" in peer]
     admitted = {name for name in WORKLOAD_NAMES if any(selects(p, name) for p in pods)}
-    assert admitted == {"api", "worker", "recorder", "review-service", "moderation-nightly"}
+    assert admitted == {"api", "worker", "recorder", "review-service", "moderation-nightly",
+                        MIGRATE}  # fmt: skip
     # The dashboard only through the ingress controller.
     [peer] = ingress_peers(policies, {"app.kubernetes.io/name": "dashboard"})
     assert peer == {"namespaceSelector": {"matchLabels": {

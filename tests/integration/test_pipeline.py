@@ -8,9 +8,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlmodel import Session
 
+from moderation.classifier.fast_model import ensure_fast_model
+from moderation.classifier.registry_watch import register_champion
 from moderation.db import crud
 from moderation.events import PostSubmitted
 from moderation.settings import Settings
@@ -40,7 +42,12 @@ def pipeline_settings(settings: Settings, kafka: KafkaBroker) -> Iterator[Settin
 
 
 @pytest.fixture(scope="module")
-def services(pipeline_settings: Settings, postgres: PostgresCluster) -> Iterator[PipelineServices]:
+def services(
+    pipeline_settings: Settings, postgres: PostgresCluster, read_model: Engine
+) -> Iterator[PipelineServices]:
+    # Registering models is the nightly's job: the worker's role may only read the registry.
+    base = ensure_fast_model(pipeline_settings, progress=False)
+    register_champion(read_model, base, pipeline_settings, keep_existing=True)
     running = PipelineServices(pipeline_settings)
     running.start("recorder", "worker", timeout=600)
     yield running
@@ -100,6 +107,16 @@ async def test_posts_get_verdicts_recorded(
         champion = crud.get_champion(session, kind="fast")
     assert champion is not None
     assert versions == {champion.version}
+
+
+def test_each_service_logs_in_with_its_own_database_role(
+    services: PipelineServices, read_model: Engine
+) -> None:
+    """Issue 11: no service uses the owner role (what the roles may do: test_artifact_registry)."""
+    query = text("SELECT DISTINCT usename FROM pg_stat_activity WHERE datname = current_database()")
+    with read_model.connect() as connection:
+        users = {row[0] for row in connection.execute(query)}
+    assert {"moderation_worker", "moderation_recorder"} <= users
 
 
 async def test_worker_killed_mid_stream_loses_and_doubles_nothing(

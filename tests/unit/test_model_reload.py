@@ -240,6 +240,18 @@ async def test_a_promoted_champion_is_served_from_the_next_batch(
     assert metric("moderation_worker_model_info", kind="fast", version="fast-old") is None
 
 
+async def polled_by_hand(
+    engine: Engine, settings: Settings, good: Path
+) -> tuple[worker.WorkerState, RegistryWatch]:
+    """A watch serving the champion `fast-good` (at `good`), stopped: tests call `poll()`."""
+    promote(engine, "fast-good", good)
+    state = worker.WorkerState()
+    watch = RegistryWatch(state, engine, settings)
+    await watch.start(no_base)
+    await watch.stop()
+    return state, watch
+
+
 async def test_a_champion_that_does_not_load_leaves_the_old_model_serving(
     engine: Engine,
     reload_settings: Settings,
@@ -247,11 +259,7 @@ async def test_a_champion_that_does_not_load_leaves_the_old_model_serving(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    promote(engine, "fast-good", artifact("fast-good"))
-    state = worker.WorkerState()
-    watch = RegistryWatch(state, engine, reload_settings)
-    await watch.start(no_base)
-    await watch.stop()  # polled by hand below
+    state, watch = await polled_by_hand(engine, reload_settings, artifact("fast-good"))
     broken = reload_settings.models.artifact_dir / "fast" / "broken"
     broken.mkdir()
     (broken / METADATA_FILE).write_text("{not json")
@@ -305,11 +313,7 @@ async def test_a_champion_the_registry_may_not_vouch_for_is_refused_and_the_old_
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    promote(engine, "fast-good", artifact("fast-good"))
-    state = worker.WorkerState()
-    watch = RegistryWatch(state, engine, reload_settings)
-    await watch.start(no_base)
-    await watch.stop()  # polled by hand below
+    state, watch = await polled_by_hand(engine, reload_settings, artifact("fast-good"))
     store = reload_settings.models.artifact_dir / "fast"
     outside = tmp_path / "outside" / "fast-evil"
     shutil.copytree(trained, outside)

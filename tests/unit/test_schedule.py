@@ -83,3 +83,16 @@ def test_the_cronjob_never_overlaps_runs() -> None:
     for variable in container["env"]:
         if "PASSWORD" in variable["name"] or "API_KEY" in variable["name"]:
             assert "secretKeyRef" in variable["valueFrom"]
+
+
+def test_a_nightly_launched_by_a_service_logs_in_as_the_nightly_role(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The review service's role may not write the registry; the job it starts must not
+    inherit it (issue 11: one database role per service)."""
+    monkeypatch.setenv("MODERATION_DB__USER", "moderation_review")
+    as_review = Settings.model_validate({"db": {"user": "moderation_review"}})
+    assert jobs.schedule.nightly_env(as_review)["MODERATION_DB__USER"] == "moderation_nightly"
+    monkeypatch.setenv("MODERATION_DB__USER", "moderation")
+    as_owner = Settings.model_validate({"db": {"user": "moderation"}})
+    assert jobs.schedule.nightly_env(as_owner)["MODERATION_DB__USER"] == "moderation"

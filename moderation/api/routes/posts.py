@@ -9,6 +9,7 @@ The OpenAPI document still describes the bodies (`openapi_extra`).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import unicodedata
@@ -58,6 +59,7 @@ from moderation.events import (
 from moderation.taxonomy import Category, Decision, Stage
 from moderation.telemetry import tracer
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["posts"])
 
 # The PostSubmitted schema allows at most this much; `settings.api.max_text_chars` may lower it.
@@ -430,7 +432,8 @@ async def accept_post(
             await state.publisher.publish(topic, event.key(), event.model_dump_json().encode())
     except PublishUnavailable as error:
         metrics.unavailable.labels("single", "kafka").inc()
-        return unavailable_response(str(error))
+        log.warning("submit answered 503: %s", error)
+        return unavailable_response(error.reason)
     metrics.latency_single.observe(time.perf_counter() - started)
     if scoped is not None:
         await run_in_threadpool(_mark, state.engine, [scoped])
@@ -501,7 +504,7 @@ async def submit_batch(request: Request, principal: SubmitKey) -> Response:
                 results[member]["status"] = "accepted"
             else:
                 del results[member]["post_id"]
-                results[member]["error"] = {"code": "unavailable", "message": str(outcome)}
+                results[member]["error"] = {"code": "unavailable", "message": outcome.reason}
     if published_keys:
         await run_in_threadpool(_mark, state.engine, published_keys)
     accepted = sum(1 for result in results if result.get("status") == "accepted")
@@ -793,7 +796,8 @@ async def appeal_post(
         await state.publisher.publish(topic, appeal.key(), appeal.model_dump_json().encode())
     except PublishUnavailable as error:
         state.metrics.unavailable.labels("appeal", "kafka").inc()
-        return unavailable_response(str(error))
+        log.warning("appeal answered 503: %s", error)
+        return unavailable_response(error.reason)
     await run_in_threadpool(_record_appeal, state.engine, appeal, principal.actor)
     accepted = AppealAccepted(
         review_id=appeal.review_id, post_id=post_id, appeal_of=str(appeal.appeal_of)

@@ -442,7 +442,7 @@ async def decide_review(
     except WorkflowUnavailable as error:
         await run_in_threadpool(_revert, state.engine, decision, str(error))
         state.metrics.unavailable.labels("decision", "dapr").inc()
-        return unavailable_response(str(error))
+        return unavailable_response(error.reason)
     except Exception as error:
         await run_in_threadpool(_revert, state.engine, decision, repr(error))
         raise
