@@ -144,12 +144,12 @@ class PostgresCluster:
         )
 
     def _ensure_databases(self) -> None:
-        with step("postgres: ensure databases"):
-            for database in (self.db.name, self.db.dapr_state_name):
-                self.create_database(database)
-        with step("postgres: ensure the service roles and their grants (moderation.db.roles)"):
+        # The roles first: the application database's grants name them.
+        with step("postgres: ensure the service roles (moderation.db.roles)"):
             self.ensure_service_roles()
-            self.grant_service_roles(self.db.name)
+        with step("postgres: ensure databases (the application's with its schema and grants)"):
+            self.create_database(self.db.name)
+            self._create_empty_database(self.db.dapr_state_name)
 
     def ensure_service_roles(self) -> None:
         """One login role per service (`moderation.db.roles`), with the stack's dev password."""
@@ -173,13 +173,18 @@ class PostgresCluster:
 
     def create_database(self, name: str) -> None:
         """Create the database `name` unless it exists (tests isolate a registry this way),
-        with the schema and the service roles' grants: the services log in with their roles."""
+        with the schema and the service roles' grants: the services log in with their roles.
+
+        The roles must exist (`ensure_service_roles`; `start` creates them)."""
+        self._create_empty_database(name)
+        self.grant_service_roles(name)
+
+    def _create_empty_database(self, name: str) -> None:
         with self._connect() as conn:
             query = "SELECT 1 FROM pg_database WHERE datname = %s"
             exists = conn.execute(query, (name,)).fetchone()
             if exists is None:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        self.grant_service_roles(name)
 
     def drop_database(self, name: str) -> None:
         """Drop the database `name` if it exists, closing its connections."""
