@@ -80,7 +80,9 @@ class ModerationVerdict(Event):
     )
     signals: list[str] = Field(
         default_factory=list,
-        description="screening signals raised on the post",
+        description="screening signals raised on the post: `injection:<technique>`, and "
+        "`unreadable:<rule>` when stage 1 could not read it (`language:<code>`, "
+        "`unfamiliar-words`, `length`)",
         examples=[["injection:fake-system"]],
     )
     latency_ms: float = Field(ge=0.0, description="time from submission to this verdict")

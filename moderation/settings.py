@@ -335,6 +335,29 @@ class ApiSettings(BaseModel):
         return [entry.strip() for entry in value]
 
 
+class ReadabilitySettings(BaseModel):
+    """When stage 1 may not allow a post because it cannot read it (`classifier/readability.py`)."""
+
+    supported_languages: list[str] = Field(
+        default_factory=lambda: ["en"],
+        description="ISO 639-1 codes the fast model was trained and evaluated on; a post "
+        "reliably detected in another language is never allowed by stage 1",
+    )
+    min_words: int = Field(default=4, ge=1, description="words a text needs for the word rule")
+    max_unfamiliar_share: float = Field(
+        default=0.45,
+        ge=0,
+        le=1,
+        description="above this share of words the model never saw, stage 1 does not allow",
+    )
+    length_factor: float = Field(
+        default=3.0,
+        gt=0,
+        description="texts longer than this many times the training texts' 99.9th percentile "
+        "length are not allowed by stage 1",
+    )
+
+
 class WorkerSettings(BaseModel):
     classifier_group: str = "classifier"
     recorder_group: str = "recorder"
@@ -512,6 +535,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = LLMSettings()
     dapr: DaprSettings = DaprSettings()
     thresholds: ThresholdSettings = ThresholdSettings()
+    readability: ReadabilitySettings = ReadabilitySettings()
     agent: AgentSettings = AgentSettings()
     api: ApiSettings = ApiSettings()
     worker: WorkerSettings = WorkerSettings()

@@ -53,6 +53,7 @@ from moderation.classifier.agent import (
 )
 from moderation.classifier.decide import Outcome, decide
 from moderation.classifier.injection import CLEAN, InjectionScreen, screen_post
+from moderation.classifier.readability import READABLE, assess
 from moderation.events import ModerationVerdict, PostSubmitted, ReviewPriority, ReviewRequested
 from moderation.events import utc_now as _utc_now
 from moderation.llm.provider import error_kind
@@ -84,6 +85,11 @@ AGENT_IN_FLIGHT = Gauge("moderation_agent_runs_in_flight", "agent runs holding a
 AGENT_BREAKER_OPEN = Gauge("moderation_agent_breaker_open", "1 while the LLM breaker is open")
 INJECTION_FLAGGED = Counter(
     "moderation_injection_flagged_total", "posts flagged by the prompt-injection screen"
+)
+UNREADABLE = Counter(
+    "moderation_stage1_unreadable_total",
+    "posts stage 1 would have allowed but could not read, by the first rule that fired",
+    ["rule"],
 )
 STAGE1_UNSCREENED = Counter(
     "moderation_stage1_unscreened_total",
@@ -140,10 +146,14 @@ def first_stage(
         return []
     # Rounded and converted for the whole batch at once (per-value float() calls add up).
     rows: list[list[float]] = np.round(scorer.predict_proba([p.text for p in posts]), 6).tolist()
+    # Scripted test models have no vocabulary: the word rule is then off, the others apply.
+    vocabulary: frozenset[str] | None = getattr(scorer, "vocabulary", None) or None
+    training_length: int | None = getattr(scorer, "training_length", None)
     results: list[FirstStage] = []
     for post, row in zip(posts, rows, strict=True):
         scores = dict(zip(CATEGORIES, row, strict=True))
         outcome = decide(scores, settings.thresholds)
+        readability = READABLE
         if deadline is not None and time.monotonic() > deadline:
             STAGE1_UNSCREENED.inc()
             screen = CLEAN
@@ -151,6 +161,19 @@ def first_stage(
         else:
             screen = screen_post(post.text)
             withheld = "allow withheld: possible prompt injection" if screen.flagged else ""
+            if outcome.decision is Decision.ALLOW and not withheld:
+                readability = assess(
+                    post.text,
+                    settings.readability,
+                    vocabulary=vocabulary,
+                    training_length=training_length,
+                )
+                if not readability.readable:
+                    UNREADABLE.labels(rule=readability.signals[0].split(":")[0]).inc()
+                    withheld = (
+                        "allow withheld: the model cannot read this text "
+                        f"({', '.join(readability.signals)})"
+                    )
         if screen.flagged:
             INJECTION_FLAGGED.inc()
         if withheld and outcome.decision is Decision.ALLOW:
@@ -171,7 +194,7 @@ def first_stage(
             model_version=scorer.version,
             policy_version=settings.models.policy_version,
             rationale=outcome.reason + ("; to the agent" if to_agent else ""),
-            signals=screen.labels(),
+            signals=screen.labels() + readability.labels(),
             latency_ms=latency_ms(post.submitted_at),
         )
         review = (

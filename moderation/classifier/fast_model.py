@@ -27,7 +27,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +47,7 @@ from rich.progress import (
 )
 
 from moderation.classifier.artifacts import ArtifactRefused, check_digest, read_artifact
+from moderation.classifier.readability import words
 from moderation.settings import Settings, get_settings
 from moderation.stack.runtime import cache_entry, console
 from moderation.taxonomy import CATEGORIES, Category
@@ -392,6 +393,8 @@ class FastModel:
         dataset_fingerprint: str | None = None,
         training_counts: Mapping[str, int] | None = None,
         training_seconds: float | None = None,
+        vocabulary: Iterable[str] = (),
+        training_length: int | None = None,
     ) -> None:
         k = len(trained_categories)
         if weights.shape != (1 << config.hash_bits, k) or intercepts.shape != (k,):
@@ -408,6 +411,10 @@ class FastModel:
         self.dataset_fingerprint = dataset_fingerprint
         self.training_counts = dict(training_counts or {})
         self.training_seconds = training_seconds
+        # What the model can read (`readability`): words of two or more training texts, and
+        # the 99.9th percentile of the training texts' lengths.
+        self.vocabulary = frozenset(vocabulary)
+        self.training_length = training_length
         self._idf = idf
         self._weights = weights
         self._intercepts = intercepts
@@ -459,6 +466,8 @@ class FastModel:
             "dataset_fingerprint": self.dataset_fingerprint,
             "training_counts": self.training_counts,
             "training_seconds": self.training_seconds,
+            "training_length": self.training_length,
+            "vocabulary_words": len(self.vocabulary),
             "metrics": self.metrics,
             "files": {"model": MODEL_FILE},
         }
@@ -477,6 +486,8 @@ class FastModel:
                 weights=self._weights,
                 intercepts=self._intercepts,
                 platt=self._platt,
+                # Fixed-width unicode: loads with allow_pickle=False.
+                vocabulary=np.array(sorted(self.vocabulary), dtype=np.str_),
             )
             (staging / METADATA_FILE).write_text(json.dumps(self.metadata(), indent=2) + "\n")
 
@@ -518,6 +529,7 @@ class FastModel:
         # allow_pickle=False: an object array (a pickle inside the archive) raises, never runs.
         with np.load(io.BytesIO(files[model_file]), allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in ("idf", "weights", "intercepts", "platt")}
+            vocabulary = archive["vocabulary"].tolist() if "vocabulary" in archive else []
         return cls(
             version=metadata["version"],
             trained_at=datetime.fromisoformat(metadata["trained_at"]),
@@ -533,10 +545,25 @@ class FastModel:
             dataset_fingerprint=metadata.get("dataset_fingerprint"),
             training_counts=metadata.get("training_counts"),
             training_seconds=metadata.get("training_seconds"),
+            vocabulary=vocabulary,
+            training_length=metadata.get("training_length"),
         )
 
 
 # --- training -------------------------------------------------------------------------------------
+
+
+# A word is part of the vocabulary once it occurs in this many training texts (one-off typos,
+# names and spam tokens are not "known").
+VOCABULARY_MIN_TEXTS = 2
+
+
+def training_vocabulary(texts: Sequence[str]) -> frozenset[str]:
+    """The words (`readability.words`) that occur in at least `VOCABULARY_MIN_TEXTS` texts."""
+    seen: Counter[str] = Counter()
+    for text in texts:
+        seen.update(set(words(text)))
+    return frozenset(word for word, count in seen.items() if count >= VOCABULARY_MIN_TEXTS)
 
 
 def _records(records: Sequence[Mapping[str, str]], name: str) -> tuple[list[str], list[Category]]:
@@ -709,6 +736,8 @@ def _train(
             data_hash=data_hash,
             dataset_fingerprint=dataset_fingerprint,
             training_counts={c.value: counts.get(c.value, 0) for c in CATEGORIES},
+            vocabulary=training_vocabulary(train_texts),
+            training_length=int(np.percentile([len(t) for t in train_texts], 99.9)),
         )
         if validation[0]:
             validation_task = bar.add_task("fast model: validation metrics", total=1)

@@ -144,7 +144,11 @@ def test_the_artifact_is_plain_arrays(model: FastModel, tmp_path: Path) -> None:
     path = model.save(tmp_path)
     assert sorted(p.name for p in path.iterdir()) == ["metadata.json", "model.npz"]
     with np.load(path / "model.npz", allow_pickle=False) as archive:
-        assert sorted(archive.files) == ["idf", "intercepts", "platt", "weights"]
+        assert sorted(archive.files) == ["idf", "intercepts", "platt", "vocabulary", "weights"]
+        assert archive["vocabulary"].dtype.kind == "U"  # fixed-width text, not objects
+    loaded = FastModel.load(path)
+    assert loaded.vocabulary == model.vocabulary and "lovely" in loaded.vocabulary
+    assert loaded.training_length == model.training_length and model.training_length
 
 
 def test_a_format_1_pickle_artifact_is_refused_unread(model: FastModel, tmp_path: Path) -> None:
