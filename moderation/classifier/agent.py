@@ -135,8 +135,13 @@ def render_post(
         else "nothing found"
     )
     text = _DELIMITER.sub(lambda m: f"\u2039{m.group(1)}{m.group(2)}", post.text)
+    # The author id is the submitter's text too, outside the delimited block: quoted as JSON
+    # (no line break can start a fake "Injection screen:" line or a second post).
+    author = _DELIMITER.sub(
+        lambda m: f"\u2039{m.group(1)}{m.group(2)}", json.dumps(post.author_id, ensure_ascii=False)
+    )
     return (
-        f"Post {post.post_id} by author {post.author_id}.\n"
+        f"Post {post.post_id} by author {author}.\n"
         f"Fast model (stage 1): {scores}.\n"
         f"Injection screen: {injection}.\n"
         f"<post>\n{text}\n</post>"
