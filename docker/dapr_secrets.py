@@ -2,8 +2,14 @@
 
 The review service's daprd reads its secrets with the `secretstores.local.file` component of
 `components/` (a JSON file; `MODERATION_DAPR_SECRETS_FILE`). Compose mounts this file as the
-secret `dapr_secrets`; it is built here from `MODERATION_DB__PASSWORD`, so the password is typed
-once and written nowhere in the repository. Standard library only: runs with any python3.
+secret `dapr_secrets`; it is built here, so no password is written in the repository.
+Standard library only: runs with any python3.
+
+daprd's state store logs in as its own role, `moderation_dapr` (moderation/db/roles.py
+`DAPR_STATE_ROLE`), never as the owner: it owns database `dapr_state` and may not connect to
+`moderation`. Its password is generated once into `.secrets/postgres/dapr` (the compose secret
+`db_dapr_password`), from which the postgres image's init script creates the role
+(docker/postgres/init/10-dapr-state.sql), and goes into the JSON file's connection string.
 
 Kafka requires SASL/SCRAM (issue 11, "forged events"): each principal of
 `moderation/kafka_auth.py` (and `nightly`, which may do nothing) gets a random password in
@@ -18,7 +24,6 @@ they are and the containers run as their own non-root users.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import sys
 from pathlib import Path
@@ -31,8 +36,10 @@ SECRET_KEY = "dapr-state-connection-string"
 KAFKA_SECRET_KEY = "kafka-sasl-password"
 # moderation/kafka_auth.py PRINCIPALS, and `nightly`: no ACL, it only lets the job's settings load.
 KAFKA_PRINCIPALS = ("admin", "api", "worker", "recorder", "review", "nightly")
-# The compose stack's PostgreSQL (docker-compose.yaml: the postgres service and its init script).
-HOST, PORT, USER, DATABASE = "postgres", 5432, "moderation", "dapr_state"
+# The compose stack's PostgreSQL (docker-compose.yaml: the postgres service and its init script):
+# `OWNER` owns `moderation`, Dapr's `USER` owns `DATABASE`.
+HOST, PORT, OWNER, USER, DATABASE = "postgres", 5432, "moderation", "moderation_dapr", "dapr_state"
+DAPR_DB_PASSWORD_FILE = OUTPUT.parent / "postgres" / "dapr"
 
 
 def libpq_value(value: str) -> str:
@@ -58,18 +65,20 @@ def _write(path: Path, text: str) -> None:
     staging.replace(path)
 
 
+def generated_password(path: Path) -> str:
+    """The password in `path`: kept when written before, else generated (URL-safe)."""
+    if not path.is_file() or not path.read_text().strip():
+        _write(path, secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
 def kafka_passwords(directory: Path = KAFKA_DIR) -> dict[str, str]:
-    """Each principal's password: kept when written before, else generated (URL-safe)."""
-    passwords: dict[str, str] = {}
-    for principal in KAFKA_PRINCIPALS:
-        path = directory / principal
-        if not path.is_file() or not path.read_text().strip():
-            _write(path, secrets.token_urlsafe(32))
-        passwords[principal] = path.read_text().strip()
-    return passwords
+    """Each principal's password (`generated_password`)."""
+    return {principal: generated_password(directory / principal) for principal in KAFKA_PRINCIPALS}
 
 
 def write_secrets(password: str, output: Path = OUTPUT, kafka_review_password: str = "") -> Path:
+    """The JSON file daprd reads; `password` is Dapr's database role's."""
     document = {SECRET_KEY: connection_string(password)}
     if kafka_review_password:
         document[KAFKA_SECRET_KEY] = kafka_review_password
@@ -78,13 +87,11 @@ def write_secrets(password: str, output: Path = OUTPUT, kafka_review_password: s
 
 
 def main() -> int:
-    password = os.environ.get("MODERATION_DB__PASSWORD", "")
-    if not password:
-        print("export MODERATION_DB__PASSWORD first (the compose stack's database password)")  # noqa: T201 - a CLI
-        return 1
     kafka = kafka_passwords()
+    password = generated_password(DAPR_DB_PASSWORD_FILE)
     print(write_secrets(password, kafka_review_password=kafka["review"]))  # noqa: T201 - a CLI
     print(KAFKA_DIR)  # noqa: T201 - a CLI
+    print(DAPR_DB_PASSWORD_FILE)  # noqa: T201 - a CLI
     return 0
 
 

@@ -20,11 +20,18 @@ registry but cannot point it at another artifact. A worker whose role may not wr
 does not register its base model (`registry_watch`); the nightly does. In production the roles
 are CNPG managed roles (`k8s/base/postgres.yaml`) and the grants are this module's `grant_sql`,
 run by the owner after each schema migration (`python -m moderation.db.roles`).
+
+Dapr's state store (the review service's daprd: workflow and actor state) logs in as
+`DAPR_STATE_ROLE`, which owns the `dapr_state` database (state.postgresql creates and migrates
+its own tables there) and may not connect to the application database: PostgreSQL lets PUBLIC
+connect to every database, so `database_access_sql` keeps CONNECT to the owner and the service
+roles.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 
 import psycopg
 from psycopg import sql
@@ -32,6 +39,7 @@ from sqlalchemy import Engine, Integer
 from sqlmodel import SQLModel
 
 from moderation.db import models  # noqa: F401 - registers the tables on SQLModel.metadata
+from moderation.settings import DatabaseSettings
 
 READ = ("SELECT",)
 WRITE = ("SELECT", "INSERT", "UPDATE")
@@ -83,6 +91,8 @@ SERVICE_ROLES = {
     "api": "moderation_api",
     "nightly": "moderation_nightly",
 }
+# Owns database `dapr_state` and nothing in the application database; LOGIN, no other attribute.
+DAPR_STATE_ROLE = "moderation_dapr"
 
 
 def grant_sql() -> list[sql.Composed]:
@@ -112,6 +122,24 @@ def grant_sql() -> list[sql.Composed]:
     return statements
 
 
+def database_access_sql(database: str) -> list[sql.Composed]:
+    """Statements that let only the owner and the service roles connect to `database`.
+
+    PostgreSQL grants CONNECT on every database to PUBLIC: without this, `DAPR_STATE_ROLE` (or
+    any role created later) could log in to the application database and read what PUBLIC may.
+    Run by the owner (`CURRENT_USER`), in any database; idempotent.
+    """
+    name = sql.Identifier(database)
+    return [
+        sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(name),
+        sql.SQL("GRANT CONNECT ON DATABASE {} TO CURRENT_USER").format(name),
+        *(
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(name, sql.Identifier(role))
+            for role in SERVICE_GRANTS
+        ),
+    ]
+
+
 def _has_serial_id(table: str) -> bool:
     column = SQLModel.metadata.tables[table].c.get("id")
     return (
@@ -123,11 +151,12 @@ def _has_serial_id(table: str) -> bool:
 
 
 def ensure_roles(connection: psycopg.Connection[tuple[object, ...]], password: str) -> None:
-    """Create the service roles that do not exist (LOGIN, no other attribute) and set `password`.
+    """Create the service roles and `DAPR_STATE_ROLE` where they do not exist (LOGIN, no other
+    attribute) and set `password`.
 
     The local stack gives them its development password; production manages them with CNPG.
     """
-    for role in SERVICE_GRANTS:
+    for role in (*SERVICE_GRANTS, DAPR_STATE_ROLE):
         exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
         statement = "ALTER ROLE {} WITH LOGIN PASSWORD {}"
         if exists.fetchone() is None:
@@ -136,18 +165,26 @@ def ensure_roles(connection: psycopg.Connection[tuple[object, ...]], password: s
 
 
 def apply_grants(engine: Engine) -> None:
-    """Reset the service roles' privileges in the database of `engine` (run as the owner)."""
+    """Reset the service roles' privileges in the database of `engine`, and who may connect to
+    it (run as the owner)."""
     with engine.begin() as connection:
         # psycopg itself: no parameter interpolation to get in the way of the statements.
         driver = connection.connection.driver_connection
         assert isinstance(driver, psycopg.Connection)
-        for statement in grant_sql():
+        row = driver.execute("SELECT current_database()").fetchone()
+        assert row is not None
+        for statement in database_access_sql(str(row[0])) + grant_sql():
             driver.execute(statement)
 
 
-def main() -> None:
-    """Print the grants as SQL: production runs them as the owner after each migration."""
-    for statement in grant_sql():
+def main(argv: Sequence[str] | None = None) -> None:
+    """Print the grants as SQL: production runs them as the owner after each migration.
+
+    `python -m moderation.db.roles [database]` (default: the settings' default database name).
+    """
+    args = sys.argv[1:] if argv is None else argv
+    database = args[0] if args else DatabaseSettings().name
+    for statement in database_access_sql(database) + grant_sql():
         print(statement.as_string() + ";")  # noqa: T201 - the output is the SQL
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from moderation.db.roles import DAPR_STATE_ROLE
 from moderation.kafka_auth import credentials
 from moderation.local_secrets import local_secret
 from moderation.settings import PROJECT_ROOT, Settings
@@ -183,10 +184,12 @@ class DaprRuntime:
         path = self.secrets_file()
         path.parent.mkdir(parents=True, exist_ok=True)
         review = credentials(self.settings, "review")
+        # daprd logs in as Dapr's own role, which owns dapr_state and may not connect to the
+        # application database (`moderation.db.roles`; the stack gives it the dev password).
+        db = self.settings.db
+        state_store = db.model_copy(update={"user": DAPR_STATE_ROLE})
         secrets = {
-            "dapr-state-connection-string": self.settings.db.libpq_dsn(
-                self.settings.db.dapr_state_name
-            ),
+            "dapr-state-connection-string": state_store.libpq_dsn(db.dapr_state_name),
             "kafka-sasl-password": review.password if review else "",
         }
         path.write_text(json.dumps(secrets, indent=2))

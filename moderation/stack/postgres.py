@@ -144,15 +144,17 @@ class PostgresCluster:
         )
 
     def _ensure_databases(self) -> None:
-        # The roles first: the application database's grants name them.
-        with step("postgres: ensure the service roles (moderation.db.roles)"):
+        # The roles first: the application database's grants name them, dapr_state's owner is one.
+        with step("postgres: ensure the service roles and Dapr's role (moderation.db.roles)"):
             self.ensure_service_roles()
-        with step("postgres: ensure databases (the application's with its schema and grants)"):
+        with step(f"postgres: ensure database {self.db.name}, its schema and the roles' grants"):
             self.create_database(self.db.name)
-            self._create_empty_database(self.db.dapr_state_name)
+        with step(f"postgres: ensure database {self.db.dapr_state_name}, owned by Dapr's role"):
+            self.ensure_dapr_state_database()
 
     def ensure_service_roles(self) -> None:
-        """One login role per service (`moderation.db.roles`), with the stack's dev password."""
+        """One login role per service and Dapr's (`moderation.db.roles`), with the stack's dev
+        password."""
         from moderation.db.roles import ensure_roles
 
         with self._connect() as conn:
@@ -160,7 +162,8 @@ class PostgresCluster:
 
     def grant_service_roles(self, database: str) -> None:
         """Create or migrate the schema of `database` as the owner, then grant each role its
-        tables (idempotent; tests call it for the databases they create)."""
+        tables and CONNECT, which no other role has (idempotent; tests call it for the databases
+        they create)."""
         from moderation.db.engine import create_tables, make_engine
         from moderation.db.roles import apply_grants
 
@@ -176,15 +179,33 @@ class PostgresCluster:
         with the schema and the service roles' grants: the services log in with their roles.
 
         The roles must exist (`ensure_service_roles`; `start` creates them)."""
-        self._create_empty_database(name)
-        self.grant_service_roles(name)
-
-    def _create_empty_database(self, name: str) -> None:
         with self._connect() as conn:
             query = "SELECT 1 FROM pg_database WHERE datname = %s"
             exists = conn.execute(query, (name,)).fetchone()
             if exists is None:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        self.grant_service_roles(name)
+
+    def ensure_dapr_state_database(self) -> None:
+        """Dapr's state store database, owned by `DAPR_STATE_ROLE` with everything in it.
+
+        daprd logs in as that role (`DaprRuntime._write_secrets`) and state.postgresql creates
+        and migrates its own tables, so the role owns them; it has nothing in the application
+        database. A database created before, by the owner, is handed over object by object:
+        REASSIGN OWNED would also give away the owner's other databases.
+        """
+        from moderation.db.roles import DAPR_STATE_ROLE
+
+        name, role = sql.Identifier(self.db.dapr_state_name), sql.Identifier(DAPR_STATE_ROLE)
+        with self._connect() as conn:
+            query = "SELECT 1 FROM pg_database WHERE datname = %s"
+            if conn.execute(query, (self.db.dapr_state_name,)).fetchone() is None:
+                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(name, role))
+            else:
+                conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(name, role))
+        with self._connect(self.db.dapr_state_name) as conn:
+            for statement in _transfer_ownership_sql(conn, DAPR_STATE_ROLE):
+                conn.execute(statement)
 
     def drop_database(self, name: str) -> None:
         """Drop the database `name` if it exists, closing its connections."""
@@ -216,3 +237,65 @@ class PostgresCluster:
                 f"run as {self.os_user or getpass.getuser()})",
             )
         ]
+
+
+# What another role than `%(role)s` owns in the database's own schemas (neither the system's
+# nor an extension's). Indexes, TOAST tables and row types follow their table, and so does a
+# sequence owned by a column (SERIAL, IDENTITY), which may not be given away alone.
+_FOREIGN_OWNED_SCHEMAS = r"""
+SELECT n.nspname FROM pg_namespace n
+WHERE n.nspowner <> %(role)s::regrole AND n.nspname <> 'public'
+  AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.objid = n.oid AND e.deptype = 'e')
+"""
+_FOREIGN_OWNED_RELATIONS = r"""
+SELECT c.relkind::text, n.nspname, c.relname FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relowner <> %(role)s::regrole AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+  AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.objid = c.oid AND e.deptype = 'e')
+  AND NOT EXISTS (
+    SELECT 1 FROM pg_depend d
+    WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('a', 'i')
+      AND d.refclassid = 'pg_class'::regclass
+  )
+"""
+_FOREIGN_OWNED_ROUTINES = r"""
+SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE p.proowner <> %(role)s::regrole
+  AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.objid = p.oid AND e.deptype = 'e')
+"""
+_RELATION_KINDS = {
+    "r": "TABLE",
+    "p": "TABLE",
+    "v": "VIEW",
+    "m": "MATERIALIZED VIEW",
+    "f": "FOREIGN TABLE",
+    "S": "SEQUENCE",
+}
+
+
+def _transfer_ownership_sql(
+    conn: psycopg.Connection[tuple[object, ...]], role: str
+) -> list[sql.Composed]:
+    """`ALTER ... OWNER TO role` for each schema, table, view, sequence and routine of the
+    connected database that another role owns (none once done: idempotent)."""
+    params = {"role": role}
+    to = sql.Identifier(role)
+    statements = [
+        sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(sql.Identifier(str(schema)), to)
+        for (schema,) in conn.execute(_FOREIGN_OWNED_SCHEMAS, params).fetchall()
+    ]
+    for kind, schema, relation in conn.execute(_FOREIGN_OWNED_RELATIONS, params).fetchall():
+        statements.append(
+            sql.SQL("ALTER {} {} OWNER TO {}").format(
+                sql.SQL(_RELATION_KINDS[str(kind)]),
+                sql.Identifier(str(schema), str(relation)),
+                to,
+            )
+        )
+    for (routine,) in conn.execute(_FOREIGN_OWNED_ROUTINES, params).fetchall():
+        # regprocedure's text is the routine's quoted, qualified signature, from the catalog.
+        statements.append(sql.SQL("ALTER ROUTINE {} OWNER TO {}").format(sql.SQL(str(routine)), to))
+    return statements

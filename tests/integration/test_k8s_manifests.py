@@ -23,7 +23,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from moderation.db.roles import SERVICE_GRANTS, SERVICE_ROLES
+from moderation.db.roles import DAPR_STATE_ROLE, SERVICE_GRANTS, SERVICE_ROLES
 from moderation.kafka_auth import acl_grants
 from moderation.settings import PROJECT_ROOT, Settings
 from moderation.stack import k8s_tools
@@ -364,6 +364,9 @@ def test_postgres_is_a_cnpg_cluster_with_both_databases(
     [database] = of_kind(objects, "Database").values()
     assert database["spec"]["name"] == DEFAULTS.db.dapr_state_name
     assert database["spec"]["cluster"]["name"] == cluster
+    # Dapr's state store owns its database (and the tables it creates there), not the owner.
+    assert database["spec"]["owner"] == DAPR_STATE_ROLE != initdb["owner"]
+    assert database["spec"].get("ensure", "present") == "present"
     env = shared_env(objects)
     assert env["MODERATION_DB__HOST"] == f"{cluster}-rw"
     # No shared database user: each pod names its own (the test below).
@@ -379,13 +382,15 @@ def managed_roles(objects: list[Obj]) -> dict[str, Obj]:
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_cnpg_manages_exactly_the_service_roles_with_login_only(
+def test_cnpg_manages_exactly_the_service_and_dapr_roles_with_login_only(
     target: str, rendered: dict[str, list[Obj]]
 ) -> None:
     objects = rendered[target]
     [(cluster, postgres)] = of_kind(objects, "Cluster").items()
     roles = managed_roles(objects)
-    assert set(roles) == set(SERVICE_GRANTS) == set(SERVICE_ROLES.values())
+    assert set(SERVICE_GRANTS) == set(SERVICE_ROLES.values())
+    # The services' roles and Dapr's state store's (it owns dapr_state and nothing else).
+    assert set(roles) == set(SERVICE_GRANTS) | {DAPR_STATE_ROLE}
     assert postgres["spec"]["bootstrap"]["initdb"]["owner"] not in roles
     secrets = set()
     for name, role in roles.items():
@@ -399,6 +404,46 @@ def test_cnpg_manages_exactly_the_service_roles_with_login_only(
     # One Secret per role, none of them the owner's (CNPG's `<cluster>-app`).
     assert len(secrets) == len(roles)
     assert f"{cluster}-app" not in secrets
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_dapr_state_store_owns_dapr_state_and_logs_in_as_its_own_role(
+    target: str, rendered: dict[str, list[Obj]]
+) -> None:
+    """Dapr's state store no longer connects as the owner (who may read every table)."""
+    objects = rendered[target]
+    [(cluster, postgres)] = of_kind(objects, "Cluster").items()
+    role = managed_roles(objects)[DAPR_STATE_ROLE]
+    assert role["login"] is True
+    assert not any(role.get(power, False) for power in ROLE_POWERS)
+    assert role.get("inRoles", []) == []
+    [database] = of_kind(objects, "Database").values()
+    assert (database["spec"]["name"], database["spec"]["owner"]) == (
+        DEFAULTS.db.dapr_state_name,
+        DAPR_STATE_ROLE,
+    )
+    # The role's Secret is CNPG's input only: no pod reads it (the DSN Secret is built from it).
+    secret = role["passwordSecret"]["name"]
+    for workload in workloads(objects):
+        for container in containers_of(workload):
+            for variable in env_of(container).values():
+                reference = variable.get("valueFrom", {}).get("secretKeyRef", {})
+                assert reference.get("name") != secret, workload["metadata"]["name"]
+    [statestore] = [
+        c for c in of_kind(objects, "Component").values() if c["spec"]["type"] == "state.postgresql"
+    ]
+    [connection] = [m for m in statestore["spec"]["metadata"] if m["name"] == "connectionString"]
+    dsn_secret = connection["secretKeyRef"]["name"]
+    # k8s/README.md builds that DSN for the Dapr role from its Secret, not from the owner's.
+    [row] = [
+        line
+        for line in (K8S_DIR / "README.md").read_text().splitlines()
+        if line.startswith(f"| `{dsn_secret}` |")
+    ]
+    assert f"user={DAPR_STATE_ROLE} " in row and f"dbname={DEFAULTS.db.dapr_state_name} " in row
+    assert f"secret {secret} " in row
+    owner = postgres["spec"]["bootstrap"]["initdb"]["owner"]
+    assert f"{cluster}-app" not in row and f"user={owner} " not in row
 
 
 @pytest.mark.parametrize("target", TARGETS)

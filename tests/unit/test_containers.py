@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from moderation.api.workflows import DaprReviewWorkflows
+from moderation.db.roles import DAPR_STATE_ROLE
 from moderation.kafka_auth import PRINCIPALS
 from moderation.settings import DaprSettings, DatabaseSettings, Settings
 
@@ -533,6 +534,7 @@ def test_compose_secrets_come_from_the_environment_or_files(
     assert compose["secrets"] == {
         "db_password": {"environment": "MODERATION_DB__PASSWORD"},
         "dapr_secrets": {"file": "./.secrets/dapr-secrets.json"},
+        "db_dapr_password": {"file": "./.secrets/postgres/dapr"},
         **{f"kafka_{p}": {"file": f"./.secrets/kafka/{p}"} for p in COMPOSE_KAFKA_PRINCIPALS},
     }
     assert ".secrets/" in (ROOT / ".gitignore").read_text().splitlines()
@@ -554,9 +556,14 @@ def test_postgres_matches_the_settings(
     assert env["POSTGRES_USER"] == settings.db.user
     assert env["POSTGRES_DB"] == settings.db.name
     assert env["POSTGRES_PASSWORD_FILE"] == "/run/secrets/db_password"
-    assert postgres["secrets"] == ["db_password"]
+    assert postgres["secrets"] == ["db_password", "db_dapr_password"]
+    # Dapr's state store database is its own role's, created with that role's password; nobody
+    # but the owner (every compose service logs in as the owner) may connect to the read model.
     init = (DOCKER / "postgres" / "init" / "10-dapr-state.sql").read_text()
-    assert f"CREATE DATABASE {settings.db.dapr_state_name};" in init
+    assert "\\set password `cat /run/secrets/db_dapr_password`\n" in init
+    assert f"CREATE ROLE {DAPR_STATE_ROLE} WITH LOGIN PASSWORD :'password';" in init
+    assert f"CREATE DATABASE {settings.db.dapr_state_name} OWNER {DAPR_STATE_ROLE};" in init
+    assert 'REVOKE CONNECT ON DATABASE :"DBNAME" FROM PUBLIC;' in init
     assert "./docker/postgres/init:/docker-entrypoint-initdb.d:ro" in postgres["volumes"]
     app_env = services["api"]["environment"]
     assert (app_env["MODERATION_DB__HOST"], app_env["MODERATION_DB__PORT"]) == ("postgres", "5432")
@@ -793,8 +800,13 @@ def test_dapr_secrets_file_is_what_the_statestore_reads(tmp_path: Path) -> None:
     (connection,) = [m for m in statestore["spec"]["metadata"] if m["name"] == "connectionString"]
     key = connection["secretKeyRef"]["key"]
     written = json.loads(output.read_text())
-    # The same string the local stack writes, for the compose stack's PostgreSQL.
-    db = DatabaseSettings(host="postgres", port=5432, password="s3cret-for-tests")  # type: ignore[arg-type]
+    # The same string the local stack writes (Dapr's own role), for the compose stack's PostgreSQL.
+    db = DatabaseSettings(
+        host="postgres",
+        port=5432,
+        user=DAPR_STATE_ROLE,
+        password="s3cret-for-tests",  # type: ignore[arg-type]
+    )
     assert written == {key: db.libpq_dsn(db.dapr_state_name)}
     assert output.stat().st_mode & 0o777 == 0o644
     assert output.parent.stat().st_mode & 0o777 == 0o700
@@ -811,10 +823,23 @@ def test_dapr_secrets_quotes_a_password_libpq_would_split() -> None:
 def test_dapr_secrets_match_the_compose_database(services: dict[str, dict[str, Any]]) -> None:
     module = load_dapr_secrets_module()
     env = services["postgres"]["environment"]
-    assert (module.HOST, module.USER) == ("postgres", env["POSTGRES_USER"])
+    assert (module.HOST, module.OWNER) == ("postgres", env["POSTGRES_USER"])
+    assert module.USER == DAPR_STATE_ROLE != module.OWNER
     assert module.DATABASE == Settings().db.dapr_state_name
-    secret_file = load_compose()["secrets"]["dapr_secrets"]["file"]
-    assert module.OUTPUT == (ROOT / secret_file).resolve()
+    declared = load_compose()["secrets"]
+    assert module.OUTPUT == (ROOT / declared["dapr_secrets"]["file"]).resolve()
+    # The password the init script gives Dapr's role is the one in its connection string.
+    assert module.DAPR_DB_PASSWORD_FILE == (ROOT / declared["db_dapr_password"]["file"]).resolve()
+
+
+def test_dapr_database_password_is_generated_once(tmp_path: Path) -> None:
+    module = load_dapr_secrets_module()
+    path = tmp_path / "postgres" / "dapr"
+    first = module.generated_password(path)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{40,}", first)  # nothing libpq would need quoted
+    assert module.generated_password(path) == first  # kept, never regenerated
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert path.parent.stat().st_mode & 0o777 == 0o700
 
 
 def test_the_api_reaches_the_review_sidecar_at_the_configured_host() -> None:
