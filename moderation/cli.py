@@ -128,27 +128,86 @@ def recorder() -> None:
 
 @app.command("eval")
 def evaluate(
-    dataset: Annotated[Path, typer.Option(help="JSONL with one {text, label} object per line")],
+    dataset: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSONL with one {text, label} object per line; default: the current gold split"
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
+    loso: Annotated[
+        bool,
+        typer.Option(
+            "--loso",
+            "--leave-one-source-out",
+            help="also train without each external source and score on it (one training per "
+            "source, cached) and route it through stage 1",
+        ),
+    ] = False,
+    model_card: Annotated[
+        Path | None,
+        typer.Option(help="write the model card (Markdown) from the numbers; implies --loso"),
+    ] = None,
 ) -> None:
     """Evaluate the fast model: per-category and flagged-vs-safe scores, confusion, throughput."""
+    from moderation.classifier.dataset import build_dataset, gold_split_path
     from moderation.classifier.fast_model import ensure_fast_model
     from moderation.evaluation import evaluate as run_evaluation
     from moderation.evaluation import load_jsonl_dataset, render_report
+    from moderation.stack.runtime import console as progress_console
 
+    settings = get_settings()
     try:
-        records = load_jsonl_dataset(dataset)
+        records = load_jsonl_dataset(dataset or gold_split_path(settings))
+        model = ensure_fast_model(settings, progress=not as_json)
     except (OSError, ValueError) as error:
         raise _fail(error) from None
-    try:
-        model = ensure_fast_model(get_settings(), progress=not as_json)
     except StackError as error:  # the dataset could not be downloaded or verified
         raise _fail(error) from None
     report = run_evaluation(model, records)
+    if not (loso or model_card):
+        if as_json:
+            typer.echo(report.model_dump_json())
+        else:
+            render_report(report, stdout)
+        return
+
+    from moderation.evaluation_card import write_model_card
+    from moderation.evaluation_loso import render_loso, run_leave_one_source_out
+    from moderation.evaluation_routing import render_routing, route_records
+
+    routing = route_records(model, records, settings)
+    dataset_dir = build_dataset(settings.stack.cache_dir)  # cached: the one the model learned
+    holdout = run_leave_one_source_out(
+        dataset_dir, settings, console=None if as_json else progress_console
+    )
+    if model_card is not None:
+        write_model_card(
+            model_card,
+            model=model,
+            dataset_dir=dataset_dir,
+            evaluated=f"`{dataset}`" if dataset else "Gold split",
+            gold=report,
+            gold_routing=routing,
+            loso=holdout,
+            settings=settings,
+        )
     if as_json:
-        typer.echo(report.model_dump_json())
-    else:
-        render_report(report, stdout)
+        typer.echo(
+            json.dumps(
+                report.model_dump(mode="json")
+                | {
+                    "stage1_routing": routing.model_dump(mode="json"),
+                    "leave_one_source_out": holdout.model_dump(mode="json"),
+                }
+            )
+        )
+        return
+    render_report(report, stdout)
+    render_routing(routing, stdout, title="stage 1 on this dataset")
+    render_loso(holdout, stdout)
+    if model_card is not None:
+        stdout.print(f"[green]✓[/green] model card written to {model_card}")
 
 
 @app.command("bench")

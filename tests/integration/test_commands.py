@@ -82,6 +82,23 @@ def test_eval_json_reports_every_category(tmp_path: Path) -> None:
     assert report["throughput_posts_per_second"] > 0
 
 
+@pytest.mark.timeout(900)
+def test_eval_leave_one_source_out_writes_the_model_card(tmp_path: Path) -> None:
+    """`moderation eval --loso --model-card` (data/README.md): one held-out model per source."""
+    card = tmp_path / "MODEL_CARD.md"
+    result = moderation("eval", "--json", "--loso", "--model-card", str(card), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    held_out = report["leave_one_source_out"]
+    sources = {row["source"] for row in held_out["sources"]}
+    assert sources and not any(source.startswith("project") for source in sources)
+    for row in held_out["sources"]:
+        assert row["rows"] > 0 and 0.0 <= row["flagged"]["f1"] <= 1.0
+    text = card.read_text()
+    assert "Leave-one-source-out" in text or "leave-one-source-out" in text
+    assert all(source in text for source in sources)
+
+
 def test_eval_rejects_a_bad_dataset_with_the_line_number(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine", "label": "safe"}\n{"text": "x", "label": "not-a-label"}\n')
