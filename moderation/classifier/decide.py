@@ -6,7 +6,8 @@ Order of the rules, first match wins:
 2. `remove` when a violating category reaches its remove threshold (the most probable one is the
    primary category);
 3. `allow` when P(safe) reaches the allow threshold;
-4. otherwise the post is uncertain: stage 2 (the agent, when it lands) or a human decides.
+4. otherwise the post is uncertain: stage 2 (the agent, when it lands) or a human decides; its
+   primary category is the most probable one, `safe` included.
 """
 
 from __future__ import annotations
@@ -75,9 +76,11 @@ def decide(scores: Mapping[Category, float], thresholds: ThresholdSettings) -> O
             reason=f"safe at {safe:.2f}",
         )
 
+    # The most probable category names an uncertain post: a reviewer shown "violence" for a post
+    # the model thinks is most likely safe would be primed toward removal.
     return Outcome(
         decision=Decision.REVIEW,
-        primary_category=top_violation,
+        primary_category=Category.SAFE if safe >= top_probability else top_violation,
         confidence=max(safe, top_probability),
         reason=(
             f"uncertain: safe at {safe:.2f}, {top_violation.value} at {top_probability:.2f}; "

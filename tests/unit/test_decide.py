@@ -29,10 +29,17 @@ def test_clearly_safe_is_allowed() -> None:
 
 
 def test_nothing_passing_a_threshold_is_uncertain_review() -> None:
-    outcome = decide(scores(safe=0.55, harassment=0.40), THRESHOLDS)
+    outcome = decide(scores(safe=0.35, harassment=0.60), THRESHOLDS)
     assert outcome.decision is Decision.REVIEW
     assert outcome.uncertain
     assert outcome.primary_category is Category.HARASSMENT
+
+
+def test_an_uncertain_post_most_likely_safe_is_named_safe() -> None:
+    """Issue 12: the reviewer is not told "harassment" when the model's best guess is safe."""
+    outcome = decide(scores(safe=0.55, harassment=0.40), THRESHOLDS)
+    assert (outcome.decision, outcome.uncertain) == (Decision.REVIEW, True)
+    assert outcome.primary_category is Category.SAFE
 
 
 @pytest.mark.parametrize(
