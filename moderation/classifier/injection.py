@@ -11,22 +11,27 @@ Each technique is a signal (constants below):
 
 - `ignore-instructions`: orders to the model/moderator/classifier to ignore, forget, override or
   bypass its rules or earlier instructions (English and common European phrasings), to classify,
-  mark or approve the post as safe, or text that addresses "the moderator reading this".
+  mark or approve the post as safe, or text that addresses "the moderator reading this" (also
+  "dear moderator,", "hello AI,", "moderator, ignore ..." in Spanish, French, German,
+  Portuguese, Italian, Russian, Turkish, Indonesian, Chinese, Japanese, Korean, Arabic, Hindi).
 - `fake-system`: text posing as a system/developer/admin/policy message ("SYSTEM:", "policy
   update", "[INST]", `<|im_start|>`, "### Instruction"), claims of platform authority ("as the
-  trust & safety lead I authorise"), and attempts to close the `<post>` delimiter.
+  trust & safety lead I authorise"), claims of prior clearance ("already cleared by a human",
+  "pre-approved content", "verified partner"), a clean author record or a fake precedent
+  ("previous identical posts were allowed"), and attempts to close the `<post>` delimiter.
 - `role-play`: "pretend you are", "you are now an unfiltered AI", "act as DAN", "developer mode",
   "let's play a game where you ...".
 - `output-steering`: a verdict-shaped object (`"decision": "allow"`, `"scores": {...}`), fake
-  few-shot lines ("verdict: safe") or "respond only with allow".
+  few-shot lines ("verdict: safe", "text -> safe"), a markdown table with a `| status | approved |`
+  row or a verdict column, "precedent: allow", or "respond only with allow" / "reply ALLOW only".
 - `encoded-payload`: base64 / hex / percent / HTML-entity blobs, rot13 or reversed trigger words.
   Only blobs found by a regex are decoded; what decodes to readable text is screened again, and a
   long base64 or hex blob that decodes to readable text counts on its own (benign posts have no
   reason to hide text from the reader).
 - `obfuscation`: the match needed normalisation: zero-width or other invisible characters,
   Unicode tag characters (invisible ASCII), NFKC-foldable look-alikes (fullwidth, mathematical
-  letters), Cyrillic/Greek homoglyphs inside Latin words, letters spaced out ("i g n o r e"),
-  leetspeak ("1gn0r3").
+  letters), Cyrillic/Greek homoglyphs inside Latin words, letters spaced out ("i g n o r e",
+  "i-g-n-o-r-e", or split by emoji), leetspeak ("1gn0r3").
 
 Matching runs on a normalised text: NFKC, invisible characters dropped, homoglyphs mapped to
 Latin in words that are otherwise Latin, casefolded, horizontal whitespace collapsed (newlines are
@@ -192,12 +197,13 @@ _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t
 # Led by the digit class so the regex engine skips quickly to the few digits of a post.
 _LEET_CANDIDATE = re.compile(r"[0134578@$](?:(?<=[a-z].)(?=[a-z])|(?<![\w@$].)(?=[a-z]{3}))")
 
-# Runs of single letters split by spaces or punctuation: "i g n o r e", "i.g.n.o.r.e".
-_SPACED_RUN = re.compile(r"(?<!\w)(?:[a-z][ .\-_*|/·•+]{1,3}){3,}[a-z](?!\w)")
-_SPACED_HINT = re.compile(
-    r"[ .\-_*|/·•+][a-z][ .\-_*|/·•+]{1,3}[a-z][ .\-_*|/·•+]{1,3}[a-z][ .\-_*|/·•+]{1,3}[a-z]"
-)
-_SPACED_SEP = re.compile(r"[ .\-_*|/·•+]+")
+# Runs of single letters split by spaces, punctuation or emoji: "i g n o r e", "i.g.n.o.r.e",
+# "i-g-n-o-r-e", "i🙂g🙂n🙂o🙂r🙂e" (symbol and pictograph blocks; variation selectors and
+# joiners are already dropped as invisible). One character class, so runs stay linear.
+_SEPARATOR = " .\\-_*|/·•+~\u2190-\u21ff\u2300-\u27bf\u2b00-\u2bff\U0001f000-\U0001faff"
+_SPACED_RUN = re.compile(rf"(?<!\w)(?:[a-z][{_SEPARATOR}]{{1,3}}){{3,}}[a-z](?!\w)")
+_SPACED_HINT = re.compile(rf"[{_SEPARATOR}](?:[a-z][{_SEPARATOR}]{{1,3}}){{3}}[a-z]")
+_SPACED_SEP = re.compile(f"[{_SEPARATOR}]+")
 _SPACED_TRIGGER = re.compile(
     r"ignor|disregard|instruc|jailbr|overrid|bypass|system|pretend|classif|moderat|approv"
     r"|forget|allowthis|markas|labelas|respondwith|decision|verdict"
@@ -839,11 +845,384 @@ _OUTPUT_STEERING_RULES = [
     ),
 ]
 
+# Claims of clearance, a clean history or a precedent, aimed at whoever reviews the post:
+# "already cleared by a human", "pre-approved content", "this author has 0 violations".
+_CLEARED = (
+    r"(?:cleared|approved|reviewed|vetted|verified|whitelisted|allow-?listed|checked|screened"
+    r"|allowed|greenlit)"
+)
+_REVIEWERS = (
+    r"(?:a |an |the |our |your )?(?:humans?|human (?:moderator|reviewer|mod|review)s?"
+    r"|(?:content )?moderators?|mods?|reviewers?|admins?|trust (?:&|and) safety|t&s"
+    r"|(?:moderation|safety|review|integrity|policy|admin|t&s|trust (?:&|and) safety) team)\b"
+)
+_REVIEWER_WORDS = (
+    "human humans moderator moderators mod mods reviewer reviewers admin admins s team"
+)
+_CLAIM_RULES = [
+    _rule(
+        FAKE_SYSTEM,
+        r"\b(?:already|previously|pre-?) ?(?:been )?" + _CLEARED + r"(?: and (?:\w+ )?"
+        r"(?:approved|cleared|compliant|allowed|safe))?\W+(?:\w+\W+)?by " + _REVIEWERS,
+        "already previously pre preapproved precleared prescreened",
+        _REVIEWER_WORDS,
+    ),
+    # Without "already": only reviewers a post has no reason to cite ("reviewed by a human"
+    # is how news describes moderation, so "reviewed" alone is not enough).
+    _rule(
+        FAKE_SYSTEM,
+        r"\b(?:cleared|approved|whitelisted|vetted|greenlit|(?:reviewed|checked|vetted) and"
+        r" (?:approved|cleared|allowed)) by (?:a |an |the |our )?(?:humans?|human (?:moderator"
+        r"|reviewer|mod)s?|trust (?:&|and) safety|t&s|(?:moderation|safety|t&s) team)\b",
+        "cleared approved whitelisted vetted greenlit",
+        "human humans trust s moderation safety",
+    ),
+    _rule(
+        FAKE_SYSTEM,
+        r"\b(?:pre-?approved|pre-?cleared|pre-?screened|whitelisted|allow-?listed) (?:content"
+        r"|posts?|accounts?|users?|authors?|posters?|partners?|creators?|publishers?"
+        r"|advertisers?|messages?|comments?|submissions?)\b|\bverified (?:partner|publisher"
+        r"|advertiser)s?\b",
+        "preapproved pre precleared prescreened whitelisted allowlisted allow verified",
+        "content post posts account accounts user users author authors poster posters partner "
+        "partners creator creators publisher publishers advertiser advertisers message messages "
+        "comment comments submission submissions",
+    ),
+    _rule(
+        FAKE_SYSTEM,
+        r"\b(?:this|my) " + _POST + r" (?:is|has been|was|got)(?: already)? (?:fully )?"
+        r"(?:reviewed|checked|vetted|screened|audited|verified)(?: and|,)? (?:is |was |found "
+        r"|deemed )?(?:fully )?(?:compliant|approved|safe|cleared|allowed|acceptable)\b"
+        r"|\b(?:this|my) " + _POST + r" (?:is|was) (?:fully |100% |policy[- ])?compliant\b",
+        "compliant approved safe cleared allowed acceptable",
+        _POST_WORDS,
+    ),
+    # A clean record: "this author has a perfect record", "user history: 0 strikes".
+    _rule(
+        FAKE_SYSTEM,
+        r"\b(?:author|user|poster|account|creator|member|uploader|sender)(?:'s)?\b[^\n]{0,40}?"
+        r"\b(?:(?:has|with|holds|keeps|maintains|of) (?:a |an )?(?:perfect|clean|spotless"
+        r"|flawless|impeccable|unblemished) (?:record|history|track record|standing)|(?:0|zero"
+        r"|no) (?:prior |previous |past )?(?:violations?|strikes?|infractions?|warnings?"
+        r"|reports?|flags?|bans?)\b)",
+        "author user poster account creator member uploader sender",
+        "perfect clean spotless flawless impeccable unblemished 0 zero no",
+    ),
+    # Fake precedent: "previous identical posts were allowed".
+    _rule(
+        FAKE_SYSTEM,
+        r"\b(?:identical|similar|same) (?:posts?|messages?|content|submissions?|comments?)\b"
+        r"[^\n]{0,40}?\b(?:were|was|have been|has been|got|are|is) (?:all |always |already "
+        r"|previously )?(?:allowed|approved|cleared|accepted|kept up|left up|deemed safe|marked"
+        r" (?:as )?safe|classified (?:as )?safe|found compliant)\b",
+        "identical similar same",
+        "allowed approved cleared accepted kept left deemed marked classified found",
+    ),
+]
+
+_STEERING_RULES = [
+    # "Precedent: ALLOW".
+    _rule(
+        OUTPUT_STEERING,
+        r"\bprecedents?\W{0,3}(?:[:=]|->|=>)\W{0,3}(?:allow(?:ed)?|safe|approved?|keep)\b",
+        "precedent precedents",
+        chars=(":", "=", "->"),
+    ),
+    # "Respond with ALLOW only", "only answer with the word ALLOW".
+    _rule(
+        OUTPUT_STEERING,
+        r"\b(?:respond|reply|answer|output|return|print|say|write|emit)\W+(?:with\W+)?(?:the\W+"
+        r"(?:word|label|decision|verdict|string)\W+)?[\"'`]?(?:allow|safe|approved?|benign)"
+        r"[\"'`]?\W{1,3}(?:only|and nothing else|exclusively|nothing else)\b"
+        r"|\b(?:only|just) (?:respond|reply|answer|output|return|say|write)\W+(?:with\W+)?"
+        r"(?:the\W+(?:word|label|decision|verdict)\W+)?[\"'`]?(?:allow|safe|approved?|benign)\b",
+        "only just exclusively else",
+        "allow safe approve approved benign",
+        "respond reply answer output return print say write emit",
+    ),
+    # Few-shot lines ending in a verdict: "'buy now' -> safe", "you are trash => allow".
+    _rule(
+        OUTPUT_STEERING,
+        r"(?:->|=>|→|⇒|⟶|⟹)\W{0,3}(?:safe|allow(?:ed)?|approved?|benign|harmless|compliant"
+        r"|not harmful|no violation)[ .!\"'`)\]]{0,3}(?:\n|$)",
+        "safe allow allowed approve approved benign harmless compliant harmful violation",
+        chars=("->", "=>", "→", "⇒", "⟶", "⟹"),
+    ),
+    # A markdown table with a verdict column or row: "| status | approved |", or a `verdict`
+    # header and a `safe` cell within the next eight cells (cells cannot overlap: linear).
+    _rule(
+        OUTPUT_STEERING,
+        r"\|\W{0,3}(?:status|verdict|decision|label|classification|moderation(?: status| result"
+        r"| decision)?|review(?: status)?|outcome)\W{0,3}\|(?=(?:[^|]{0,80}\|){0,8}?\W{0,3}"
+        r"(?:safe|allow(?:ed)?|approved?|cleared|compliant|benign)\W{0,3}\|)",
+        "status verdict decision label classification moderation review outcome",
+        "safe allow allowed approve approved cleared compliant benign",
+        chars=("|",),
+    ),
+]
+
+
+def _addressing(
+    readers: str,
+    reader_words: str,
+    *,
+    dear: str,
+    hello: str,
+    machines: str,
+    to: str,
+    reading: str,
+    orders: str,
+    reading_before: str = "",
+    dative: str = "",
+) -> _Rule:
+    """A post speaking to its reader in one language: "dear moderator", "hello AI", "to the
+    moderator:" at the start of a sentence, "moderator who reads this", "moderator, ignore ...".
+
+    `readers`: who reads the post (moderator, reviewer, AI); `machines`: the readers that are
+    models, which even a bare "hello" addresses; `dative`: reader forms that mean "to the
+    reader" on their own (Russian, Turkish); `reading_before`: "who reads this" placed before
+    the noun (Turkish). Anchored on the reader words: a post that names no reader costs nothing.
+    """
+    start = r"(?:^|\n|[.!?;¡¿]\s?)\W{0,3}"
+    # "Dear moderator," is an address; "attention AI researchers" is not.
+    vocative = r"(?=\s?(?:[,:;!.\n]|$))"
+    to_reader = rf"(?:{to})\s?(?:{readers})" + (rf"|{dative}" if dative else "")
+    alternatives = [
+        rf"\b(?:{dear})\s(?:{readers}){vocative}",
+        rf"\b(?:{hello})\W{{1,2}}(?:{machines}){vocative}",
+        rf"{start}(?:{to_reader})\s?[:,]",
+        rf"\b(?:{readers})\s(?:{reading})\b",
+        rf"\b(?:{readers})\s?[,:]\s?(?:\w+\W+){{0,3}}?(?:{orders})\b",
+    ]
+    if reading_before:
+        alternatives.append(rf"\b(?:{reading_before})\s(?:{readers})\b")
+    pattern = unicodedata.normalize("NFKC", "|".join(alternatives))
+    return _rule(IGNORE_INSTRUCTIONS, pattern, reader_words)
+
+
+# Addressing the reader in other languages (issue 12: a post talking to its reader-model is never
+# allowed on the model's word). Each language names its readers, salutations and orders.
+_ADDRESSING_RULES = [
+    _addressing(  # English: "ignore"-phrasings and "to the AI reading this" are above.
+        r"moderators?|mods?|content moderators?|reviewers?|classifiers?|ai|a\.i\.|llm|ai model"
+        r"|language model|chatbot|gpt|chatgpt|moderation (?:ai|bot|model|system)",
+        "moderator moderators mod mods reviewer reviewers classifier classifiers ai llm model "
+        "chatbot gpt chatgpt moderation",
+        dear=r"dear|attention|attn",
+        hello=r"hello|hi|hey|yo|psst",
+        machines=r"ai|a\.i\.|llm|gpt|chatgpt|classifier|chatbot|language model|ai model",
+        to=r"to the|to any|to all|to my|to|note to the|note to|message to the|message for the",
+        reading=r"who (?:reads|is reading|checks|reviews|screens) this",
+        orders=r"ignore|disregard|forget|approve|allow|whitelist|mark|classify|label|let this"
+        r"|do not (?:flag|remove|delete|block)|don't (?:flag|remove|delete|block)",
+    ),
+    _addressing(  # Spanish
+        r"moderador(?:a|es|as)?|revisor(?:a|es)?|clasificador|ia|inteligencia artificial"
+        r"|modelo de (?:ia|lenguaje)|asistente",
+        "moderador moderadora moderadores moderadoras revisor revisora revisores clasificador "
+        "ia inteligencia modelo asistente",
+        dear=r"querid[oa]s?|estimad[oa]s?|atenci[oó]n|señor(?:a)?",
+        hello=r"hola|oye|buenas",
+        machines=r"ia|asistente|clasificador|inteligencia artificial|modelo de (?:ia|lenguaje)",
+        to=r"al|a la|a los|a las|para el|para la|para los|para las|nota para el|nota para la",
+        reading=r"que (?:lee|lees|est[aá]s? leyendo|revisa|revisas|est[aá]s? revisando|analiza"
+        r"|modera)",
+        orders=r"ignora|ignore|olvida|olvide|aprueba|apruebe|permite|permita|deja pasar|marca"
+        r"|marque|clasifica|clasifique|no (?:elimines|borres|bloquees|marques)",
+    ),
+    _addressing(  # French
+        r"mod[ée]rat(?:eur|rice)s?|v[ée]rificat(?:eur|rice)|ia|intelligence artificielle"
+        r"|classificateur|assistant",
+        "modérateur modérateurs modératrice modératrices moderateur moderateurs vérificateur "
+        "verificateur ia intelligence classificateur assistant",
+        dear=r"cher|ch[èe]re|chers|ch[èe]res|attention|monsieur le|madame la",
+        hello=r"bonjour|salut|coucou|hé|hey",
+        machines=r"ia|intelligence artificielle|classificateur|assistant",
+        to=r"au|aux|[àa] la|[àa] l'|pour le|pour la|pour les|pour l'|note pour le|note [àa] l'"
+        r"|message pour le|message [àa] l'",
+        reading=r"qui (?:lit|lis|lisez|est en train de lire|v[ée]rifie|analyse|mod[èe]re"
+        r"|examine)",
+        orders=r"ignore|ignorez|oublie|oubliez|approuve|approuvez|valide|validez|autorise"
+        r"|autorisez|laisse passer|laissez passer|marque|marquez|classe|classez"
+        r"|ne (?:supprime|supprimez|bloque|bloquez|signale|signalez)",
+    ),
+    _addressing(  # German
+        r"moderator(?:in|en|innen)?|pr[üu]fer(?:in)?|ki|k\.i\.|klassifikator|assistent"
+        r"|sprachmodell",
+        "moderator moderatorin moderatoren moderatorinnen prüfer prufer prüferin ki "
+        "klassifikator assistent sprachmodell",
+        dear=r"(?<!ich )liebe[rs]?|sehr geehrte[rs]?|achtung",
+        hello=r"hallo|hey|hi|servus|moin",
+        machines=r"ki|k\.i\.|klassifikator|assistent|sprachmodell",
+        to=r"an (?:den|die|das|alle)|f[üu]r (?:den|die|das)|(?:notiz|hinweis|nachricht)"
+        r" (?:an|f[üu]r) (?:den|die|das)",
+        reading=r"(?:der|die) (?:dies|das|diesen (?:beitrag|text|post)) (?:liest|pr[üu]ft"
+        r"|moderiert|bewertet|analysiert)",
+        orders=r"ignoriere|ignorier|vergiss|genehmige|gib (?:das|dies|diesen)|erlaube"
+        r"|lass (?:das|dies|diesen)|markiere|klassifiziere|bewerte|l[öo]sche (?:das|dies|diesen)"
+        r" nicht",
+    ),
+    _addressing(  # Portuguese
+        r"moderador(?:a|es|as)?|revisor(?:a|es)?|classificador|intelig[êe]ncia artificial"
+        r"|assistente",
+        "moderador moderadora moderadores moderadoras revisor revisora revisores classificador "
+        "inteligência inteligencia assistente",
+        dear=r"querid[oa]s?|prezad[oa]s?|aten[çc][ãa]o|senhor(?:a)?",
+        hello=r"ol[áa]|oi|ei",
+        machines=r"intelig[êe]ncia artificial|classificador|assistente",
+        to=r"ao|aos|[àa]|[àa]s|para o|para a|para os|para as|nota para o|nota para a",
+        reading=r"que (?:l[êe]|est[áa] lendo|est[áa] a ler|revisa|est[áa] revisando|analisa"
+        r"|modera)",
+        orders=r"ignore|ignora|esque[çc]a|esquece|aprove|aprova|permita|libere|deixe passar"
+        r"|marque|classifique|n[ãa]o (?:apague|bloqueie|remova)",
+    ),
+    _addressing(  # Italian
+        r"moderator(?:e|i|ri|rice|ici)|revisor(?:e|i)|classificatore|ia|intelligenza artificiale"
+        r"|assistente",
+        "moderatore moderatori moderatrice moderatrici revisore revisori classificatore ia "
+        "intelligenza assistente",
+        dear=r"car[oaie]|gentile|gentili|egregio|attenzione",
+        hello=r"ciao|ehi|salve",
+        machines=r"ia|intelligenza artificiale|classificatore|assistente",
+        to=r"al|alla|ai|alle|allo|all'|per il|per la|per l'|nota per il|nota per la",
+        reading=r"che (?:legge|sta leggendo|controlla|sta controllando|analizza|modera)",
+        orders=r"ignora|ignorate|dimentica|approva|approvate|consenti|lascia passare|segna"
+        r"|classifica|non (?:cancellare|bloccare|rimuovere)",
+    ),
+    _addressing(  # Russian (the homoglyph step leaves these words alone: each has a letter
+        # with no Latin look-alike)
+        r"модератор(?:у|а|ы|ам|ов)?|ии|нейросеть|нейросети|классификатор(?:у|а)?"
+        r"|проверяющ(?:ий|ему|его|ие)|ревьюер(?:у)?|ассистент(?:у)?",
+        "модератор модератору модератора модераторы модераторам модераторов ии нейросеть "
+        "нейросети классификатор классификатору классификатора проверяющий проверяющему "
+        "проверяющего проверяющие ревьюер ревьюеру ассистент ассистенту",
+        dear=r"уважаем(?:ый|ая|ые)|дорог(?:ой|ая|ие)|внимание",
+        hello=r"привет|здравствуй|здравствуйте|эй",
+        machines=r"ии|нейросеть|классификатор|ассистент",
+        to=r"для|к|обращение к|сообщение для|записка для",
+        dative=r"модератору|модераторам|проверяющему|ревьюеру|классификатору",
+        reading=r"(?:который|которая|кто) (?:это )?(?:читает|проверяет|модерирует|анализирует)",
+        orders=r"игнорируй|игнорируйте|забудь|забудьте|одобри|одобрите|пропусти|пропустите"
+        r"|разреши|разрешите|пометь|отметь|классифицируй|не (?:удаляй|блокируй|удаляйте"
+        r"|блокируйте)",
+    ),
+    _addressing(  # Turkish (dotless ı may have been mapped to i: both are accepted)
+        r"moderat[öo]r(?:e|ler|lere|[üu]m)?|yapay zek[âa](?:ya)?|inceleyici(?:ye)?"
+        r"|denetleyici(?:ye)?|de[ğg]erlendirici(?:ye)?|s[ıi]n[ıi]fland[ıi]r[ıi]c[ıi](?:ya)?",
+        "moderatör moderator moderatöre moderatore moderatörler moderatörlere moderatörüm "
+        "yapay inceleyici inceleyiciye denetleyici denetleyiciye değerlendirici "
+        "değerlendiriciye siniflandirici siniflandiriciya sınıflandırıcı sınıflandırıcıya",
+        dear=r"sevgili|say[ıi]n|de[ğg]erli|dikkat",
+        hello=r"merhaba|selam|hey",
+        machines=r"yapay zek[âa]|s[ıi]n[ıi]fland[ıi]r[ıi]c[ıi]",
+        to=r"not|mesaj",
+        dative=r"moderat[öo]re|moderat[öo]rlere|yapay zek[âa]ya|inceleyiciye|denetleyiciye",
+        reading=r"(?:bunu|bu g[öo]nderiyi|bu mesaj[ıi]) (?:okuyor|inceliyor|denetliyor)",
+        reading_before=r"(?:bunu|bu g[öo]nderiyi|bu mesaj[ıi]) (?:okuyan|inceleyen|denetleyen"
+        r"|de[ğg]erlendiren)",
+        orders=r"yok say|g[öo]rmezden gel|unut|onayla|izin ver|ge[çc]ir|i[şs]aretle"
+        r"|s[ıi]n[ıi]fland[ıi]r|silme|engelleme",
+    ),
+    _addressing(  # Indonesian
+        r"moderator|peninjau|pemeriksa|ai|kecerdasan buatan|asisten|pengklasifikasi",
+        "moderator peninjau pemeriksa ai kecerdasan asisten pengklasifikasi",
+        dear=r"yth\.?|yang terhormat|kepada yth\.?|perhatian",
+        hello=r"halo|hai|hei|hallo",
+        machines=r"ai|kecerdasan buatan|asisten|pengklasifikasi",
+        to=r"untuk|kepada|buat|catatan untuk|pesan untuk",
+        reading=r"yang (?:sedang )?(?:membaca|memeriksa|meninjau|memoderasi|menganalisis)",
+        orders=r"abaikan|lupakan|setujui|loloskan|izinkan|tandai|klasifikasikan"
+        r"|jangan (?:hapus|blokir)",
+    ),
+]
+
+# Chinese, Japanese and Korean have no spaces between words (or attach particles to them) and
+# Devanagari vowel signs are not `\w`, so these rules are gated by substrings (`chars`), not
+# by words. Patterns are bounded literals and short fillers: linear.
+_ZH_READERS = (
+    r"(?:审核员|审核人员|审核者|内容审核员?|审查员|版主|管理员|人工智能|ai|模型|分类器|机器人)"
+)
+_JA_READERS = (
+    r"(?:モデレーター|モデレータ|審査員|審査担当者?|検閲担当者?|レビュアー|レビュワー|管理者"
+    r"|ai|人工知能|aiモデル|分類器)"
+)
+_KO_READERS = r"(?:모더레이터|검토자|심사자|검열자|관리자|운영자|ai|인공지능|분류기)"
+_KO_HUMAN_READERS = r"(?:모더레이터|검토자|심사자|검열자|관리자|운영자)"
+_AR_READERS = r"(?:المشرف|المشرفين|المشرفون|المراجع|المدقق|الذكاء الاصطناعي|النموذج|المصنف|المراقب)"
+_HI_READERS = r"(?:मॉडरेटर|मोडरेटर|समीक्षक|जांचकर्ता|जाँचकर्ता|एआई|ai|कृत्रिम बुद्धि)"
+_HI_HUMAN_READERS = r"(?:मॉडरेटर|मोडरेटर|समीक्षक|जांचकर्ता|जाँचकर्ता)"
+
+
+def _script_rule(pattern: str, markers: str) -> _Rule:
+    # Literals are written in NFKC form (Devanagari nukta letters decomposed), and punctuation
+    # classes hold both the fullwidth and the ASCII forms: CJK posts type the fullwidth colon,
+    # which NFKC folds, and native punctuation must not count as obfuscation.
+    return _rule(IGNORE_INSTRUCTIONS, pattern, chars=tuple(markers.split()))
+
+
+_SCRIPT_RULES = [
+    _script_rule(  # Chinese: "致审核员：", "审核员请注意", "正在审核本帖的AI", "忽略之前的指令".
+        rf"(?:^|\n|[。！？!?.;；]\s?)致\s?{_ZH_READERS}"
+        rf"|(?:致|给|写给)\s?{_ZH_READERS}(?:们)?\s?[：:，,]|(?:亲爱的|尊敬的|各位)\s?{_ZH_READERS}"
+        rf"|{_ZH_READERS}(?:们)?\s?(?:请注意|您好|你好|[：:，,]\s?(?:请|忽略|无视|批准|通过|放行))"
+        rf"|(?:阅读|审核|审阅|查看|检查)(?:这条|此|本|该)(?:帖子?|内容|消息|评论)的\s?{_ZH_READERS}"
+        r"|(?:忽略|无视|忘记|忘掉)(?:之前|以前|先前|上面|上述|所有|全部|你的|一切|原有)"
+        r".{0,4}?(?:指令|指示|规则|说明|提示词?|命令)"
+        r"|(?:批准|通过|放行)(?:这条|此|本|该)(?:帖子?|内容|消息|评论)",
+        "审核 审查 版主 管理员 人工智能 模型 分类器 机器人 请注意 好 "
+        "忽略 无视 忘记 忘掉 批准 放行 通过",
+    ),
+    _script_rule(  # Japanese: "モデレーターへ：", "AIさんへ", "以前の指示を無視".
+        rf"{_JA_READERS}(?:さん|様|さま|の方|の皆さん|の皆様)?\s?(?:へ|に告ぐ|宛て?)\s?[：:、,!！\n]"
+        rf"|(?:親愛なる|拝啓)\s?{_JA_READERS}"
+        rf"|この(?:投稿|メッセージ|文章|コメント)を(?:読んで|審査して|チェックして|確認して)いる"
+        rf"\s?{_JA_READERS}"
+        r"|(?:以前|前|上記|これまで|すべて|全て|今まで)の(?:指示|命令|ルール|規則|指令)を"
+        r"(?:無視|忘れ)"
+        r"|この(?:投稿|メッセージ|コメント)を(?:承認|許可)して",
+        "モデレータ 審査 検閲 レビュ 管理者 人工知能 分類器 へ 無視 忘れ 承認 許可",
+    ),
+    _script_rule(  # Korean: "검토자님,", "모더레이터에게:", "이전 지시를 무시".
+        rf"{_KO_HUMAN_READERS}(?:님)?(?:에게|께|께서는|분들께)?\s?[,:：]"
+        rf"|{_KO_READERS}(?:님|에게|께)(?:에게|께)?\s?[,:：]"
+        rf"|(?:친애하는|존경하는)\s?{_KO_READERS}"
+        rf"|(?:이 글을|이 게시물을|이걸) (?:읽는|검토하는|확인하는|보는) {_KO_READERS}"
+        r"|(?:이전|위의|앞의|모든|기존)\s?(?:\S+\s)?(?:지시|지침|명령|규칙|지시사항)"
+        r"(?:을|를|은|는|들을)?\s?(?:무시|잊)"
+        r"|이 (?:게시물|글|포스트|메시지)(?:을|를) (?:승인|허용)",
+        "모더레이터 검토자 심사자 검열자 관리자 운영자 님 에게 인공지능 분류기 무시 잊 승인 허용",
+    ),
+    _script_rule(  # Arabic: "إلى المشرف", "عزيزي المشرف", "تجاهل التعليمات".
+        rf"(?:^|\n|[.!?؟،:]\s?)\W{{0,3}}(?:إلى|الى)\s{_AR_READERS}"
+        rf"|(?:عزيزي|عزيزتي|أيها|ايها|يا)\s{_AR_READERS}"
+        rf"|{_AR_READERS}\s(?:الذي|التي)\s(?:يقرأ|يراجع|يفحص|تقرأ|تراجع)"
+        r"|(?:تجاهل|تجاهلي|تجاهلوا|انس|انسى|إنس)\s(?:\S+\s){0,2}?(?:التعليمات|الأوامر|القواعد"
+        r"|التوجيهات|الإرشادات)"
+        r"|(?:وافق|وافقي|اقبل|اعتمد|مرر)\s(?:على\s)?(?:هذا|هذه)\s(?:المنشور|المشاركة|الرسالة"
+        r"|التعليق)",
+        "المشرف المراجع المدقق الذكاء النموذج المصنف المراقب تجاهل انس إنس وافق اقبل اعتمد مرر",
+    ),
+    _script_rule(  # Hindi: "मॉडरेटर,", "प्रिय मॉडरेटर", "पिछले निर्देशों को अनदेखा करो".
+        rf"{_HI_HUMAN_READERS}\s?(?:जी|साहब)?\s?(?:को|के लिए)?\s?[,:]"
+        rf"|{_HI_READERS}\s?(?:जी|साहब|को|के लिए)\s?[,:]"
+        rf"|(?:प्रिय|आदरणीय|सुनो|नमस्ते)\s?{_HI_READERS}"
+        rf"|(?:इसे|यह पोस्ट|इस पोस्ट को) (?:पढ़ने|पढ़|जांचने|देखने)\S*\s(?:\S+\s)?{_HI_READERS}"
+        r"|(?:पिछले|पहले के|सभी|ऊपर के|पूर्व|अपने)\s(?:\S+\s){0,2}?(?:निर्देशों|निर्देश|नियमों"
+        r"|नियम)\s(?:को\s)?(?:अनदेखा|नज़रअंदाज़|नजरअंदाज|भूल)"
+        r"|(?:इस|यह)\s(?:पोस्ट|संदेश|मैसेज)\s(?:को\s)?(?:मंजूरी|मंज़ूरी|स्वीकृत|अनुमति|पास)",
+        "मॉडरेटर मोडरेटर समीक्षक जांचकर्ता जाँचकर्ता एआई कृत्रिम "
+        "अनदेखा नज़रअंदाज़ नजरअंदाज भूल मंजूरी मंज़ूरी स्वीकृत अनुमति",
+    ),
+]
+
 _RULES: tuple[_Rule, ...] = (
     *_IGNORE_RULES,
     *_FAKE_SYSTEM_RULES,
     *_ROLE_PLAY_RULES,
     *_OUTPUT_STEERING_RULES,
+    *_CLAIM_RULES,
+    *_STEERING_RULES,
+    *_ADDRESSING_RULES,
 )
 
 
@@ -863,6 +1242,10 @@ _CHAR_RULES = tuple(rule for rule in _RULES if not rule.anchors)
 # One scan for the markers of all rules without anchor words.
 _CHAR_RULES_HINT = re.compile(
     "|".join(re.escape(char) for rule in _CHAR_RULES for char in rule.chars)
+)
+# Rules for scripts written without spaces: only non-ASCII posts are scanned for their markers.
+_SCRIPT_RULES_HINT = re.compile(
+    "|".join(re.escape(char) for rule in _SCRIPT_RULES for char in rule.chars)
 )
 # ASCII punctuation to spaces: splitting the result gives the same words as `_WORD` on ASCII text
 # in half the time (bytes.translate is a table lookup per byte).
@@ -966,6 +1349,8 @@ def _match(normalised: str, words: list[str] | None = None) -> set[str]:
     candidates: list[_Rule] = []
     if _CHAR_RULES_HINT.search(normalised):
         candidates.extend(_CHAR_RULES)
+    if not normalised.isascii() and _SCRIPT_RULES_HINT.search(normalised):
+        candidates.extend(_SCRIPT_RULES)
     if words is None:
         words = _words(normalised)
     for word in _ANCHOR_WORDS.intersection(words):
@@ -1001,7 +1386,7 @@ def _despace(folded: str) -> tuple[str, bool]:
         # Wider gaps than the narrowest separate words: "i g n o r e   a l l".
         words = [
             "".join(_SPACED_SEP.split(part))
-            for part in re.split(rf"[ .\-_*|/·•+]{{{narrow + 1},}}", run)
+            for part in re.split(rf"[{_SEPARATOR}]{{{narrow + 1},}}", run)
         ]
         joined = " ".join(words)
         if _SPACED_TRIGGER.search(joined.replace(" ", "")):
