@@ -148,23 +148,64 @@ def evaluate(
         Path | None,
         typer.Option(help="write the model card (Markdown) from the numbers; implies --loso"),
     ] = None,
+    cascade: Annotated[
+        bool,
+        typer.Option(
+            "--cascade",
+            help="also run the classifier agent on the posts stage 1 sends on (the configured "
+            "LLM endpoint) and report the final routing",
+        ),
+    ] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(min=1, help="--cascade: only the first N posts of the dataset"),
+    ] = None,
 ) -> None:
-    """Evaluate the fast model: per-category and flagged-vs-safe scores, confusion, throughput."""
+    """Evaluate the fast model: per-category and flagged-vs-safe scores, confusion, throughput.
+
+    With --cascade: also the classifier agent on the posts stage 1 sends on, and the routing.
+    """
     from moderation.classifier.dataset import build_dataset, gold_split_path
     from moderation.classifier.fast_model import ensure_fast_model
     from moderation.evaluation import evaluate as run_evaluation
     from moderation.evaluation import load_jsonl_dataset, render_report
     from moderation.stack.runtime import console as progress_console
 
+    if limit is not None and not cascade:
+        raise _fail(ValueError("--limit applies to --cascade only"))
+    if cascade and (loso or model_card):
+        raise _fail(ValueError("--cascade does not combine with --loso or --model-card"))
     settings = get_settings()
     try:
-        records = load_jsonl_dataset(dataset or gold_split_path(settings))
+        records = load_jsonl_dataset(dataset or gold_split_path(settings))[:limit]
         model = ensure_fast_model(settings, progress=not as_json)
     except (OSError, ValueError) as error:
         raise _fail(error) from None
     except StackError as error:  # the dataset could not be downloaded or verified
         raise _fail(error) from None
     report = run_evaluation(model, records)
+    if cascade:
+        from moderation.demo import llm_endpoint_answers
+        from moderation.evaluation_cascade import evaluate_cascade, render_cascade
+
+        if not llm_endpoint_answers(settings):
+            progress_console.print(
+                f"[yellow]no LLM endpoint answers at {settings.llm.base_url}: the agent's runs "
+                "will fail and count as agent unavailable[/yellow]"
+            )
+        result = evaluate_cascade(
+            model, records, settings, console=None if as_json else progress_console
+        )
+        if as_json:
+            typer.echo(
+                json.dumps(
+                    report.model_dump(mode="json") | {"cascade": result.model_dump(mode="json")}
+                )
+            )
+        else:
+            render_report(report, stdout)
+            render_cascade(result, stdout)
+        return
     if not (loso or model_card):
         if as_json:
             typer.echo(report.model_dump_json())

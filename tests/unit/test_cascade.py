@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -119,8 +120,9 @@ def test_post_is_delimited_and_cannot_close_its_own_delimiter() -> None:
         InjectionScreen(signals=("fake-system",)),
     )
 
-    assert message.count("<post>") == 1 and message.count("</post>") == 1
-    assert message.endswith("</post>")
+    # The delimiter carries this request's nonce (tests/unit/test_agent_delimiter.py).
+    assert message.count("<post-") == 1 and message.count("</post-") == 1
+    assert re.search(r"\n</post-[0-9a-f]{16}>$", message)
     assert "\u2039/post>" in message and "\u2039POST>" in message
     assert "Injection screen: flagged (fake-system)" in message
     assert "safe 0.50, spam 0.40" in message
@@ -139,7 +141,7 @@ def test_the_author_id_cannot_write_lines_of_the_prompt() -> None:
     assert [line for line in lines if line.startswith("Injection screen:")] == [
         "Injection screen: nothing found."
     ]
-    assert message.count("<post>") == 1 and message.count("</post>") == 1
+    assert message.count("<post-") == 1 and message.count("</post-") == 1
 
 
 # --- combining -------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from jobs.sft import (
     verdict_answer,
     write_jsonl,
 )
+from moderation.classifier import agent as agent_module
 from moderation.classifier.agent import AgentVerdict, load_policy
 from moderation.classifier.cascade import AgentStage, first_stage
 from moderation.events import PostSubmitted
@@ -64,7 +66,13 @@ def sample_post(number: int, text: str = "limited offer, click the link") -> Pos
     return PostSubmitted(post_id=f"post-{number}", author_id=f"author-{number}", text=text)
 
 
-async def test_system_and_user_messages_are_what_the_agent_is_given_at_run_time() -> None:
+async def test_system_and_user_messages_are_what_the_agent_is_given_at_run_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each request draws its own delimiter nonce; fixed here, the messages must match exactly.
+    monkeypatch.setattr(
+        agent_module, "secrets", SimpleNamespace(token_hex=lambda _: "0123456789abcdef")
+    )
     settings = Settings()
     posts = [
         sample_post(1),
