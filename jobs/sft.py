@@ -3,7 +3,8 @@
 Each example is what the agent is given at run time and the answer a moderator would have
 wanted: the system message is `build_instructions(policy)` (the agent's instructions), the user
 message is `render_post(post, stage-1 scores, screen_post(text))` exactly as the cascade builds
-it, and the assistant message is an `AgentVerdict` JSON built from the moderator's label and
+it but for the delimiter nonce (random at run time; derived from the post id here, so an export
+run twice writes the same files), and the assistant message is an `AgentVerdict` JSON built from the moderator's label and
 decision. At run time the served prompt also carries the two tool definitions and maybe tool
 turns; the examples teach the final answer only.
 
@@ -38,6 +39,7 @@ from moderation.classifier.agent import (
     Policy,
     build_instructions,
     render_post,
+    stable_nonce,
 )
 from moderation.classifier.injection import screen_post
 from moderation.events import PostSubmitted
@@ -91,7 +93,15 @@ def chat_example(
     return {
         "messages": [
             {"role": "system", "content": build_instructions(policy)},
-            {"role": "user", "content": render_post(post, scores, screen_post(post.text))},
+            {
+                "role": "user",
+                "content": render_post(
+                    post,
+                    scores,
+                    screen_post(post.text),
+                    nonce=stable_nonce(post.post_id, post.text, post.author_id),
+                ),
+            },
             {"role": "assistant", "content": answer.model_dump_json()},
         ]
     }

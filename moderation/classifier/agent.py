@@ -15,6 +15,7 @@ its verdict means.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -143,8 +144,24 @@ def delimiter_nonce(*untrusted: str) -> str:
     raise RuntimeError(f"no delimiter nonce absent from the post after {NONCE_DRAWS} draws")
 
 
+def stable_nonce(seed: str, *untrusted: str) -> str:
+    """A nonce derived from `seed`, for training examples only: an export run twice on the same
+    decisions writes the same files (and the same adapter version). At run time the agent gets
+    `delimiter_nonce`'s random ones; a guessable nonce in training data teaches nothing to exploit.
+    """
+    texts = [text.lower() for text in untrusted]
+    digest = hashlib.sha256(seed.encode()).hexdigest()
+    while digest[: 2 * NONCE_BYTES] in " ".join(texts):
+        digest = hashlib.sha256(digest.encode()).hexdigest()
+    return digest[: 2 * NONCE_BYTES]
+
+
 def render_post(
-    post: PostSubmitted, stage1_scores: Mapping[Category, float], screen: InjectionScreen
+    post: PostSubmitted,
+    stage1_scores: Mapping[Category, float],
+    screen: InjectionScreen,
+    *,
+    nonce: str | None = None,
 ) -> str:
     """The user message: the facts about the post, then the post itself, delimited.
 
@@ -159,7 +176,7 @@ def render_post(
         if screen.flagged
         else "nothing found"
     )
-    nonce = delimiter_nonce(post.text, post.author_id)
+    nonce = nonce or delimiter_nonce(post.text, post.author_id)
     text = _DELIMITER.sub(lambda m: f"\u2039{m.group(1)}{m.group(2)}", post.text)
     # The author id is the submitter's text too, outside the delimited block: quoted as JSON
     # (no line break can start a fake "Injection screen:" line or a second post).

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,6 @@ from jobs.sft import (
     verdict_answer,
     write_jsonl,
 )
-from moderation.classifier import agent as agent_module
 from moderation.classifier.agent import AgentVerdict, load_policy
 from moderation.classifier.cascade import AgentStage, first_stage
 from moderation.events import PostSubmitted
@@ -66,13 +65,13 @@ def sample_post(number: int, text: str = "limited offer, click the link") -> Pos
     return PostSubmitted(post_id=f"post-{number}", author_id=f"author-{number}", text=text)
 
 
-async def test_system_and_user_messages_are_what_the_agent_is_given_at_run_time(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Each request draws its own delimiter nonce; fixed here, the messages must match exactly.
-    monkeypatch.setattr(
-        agent_module, "secrets", SimpleNamespace(token_hex=lambda _: "0123456789abcdef")
-    )
+def without_nonce(message: str) -> str:
+    nonce = re.search(r"Delimiter nonce: ([0-9a-f]{16})\.", message)
+    assert nonce is not None, message
+    return message.replace(nonce.group(1), "NONCE")
+
+
+async def test_system_and_user_messages_are_what_the_agent_is_given_at_run_time() -> None:
     settings = Settings()
     posts = [
         sample_post(1),
@@ -102,9 +101,22 @@ async def test_system_and_user_messages_are_what_the_agent_is_given_at_run_time(
     for example, request in zip(export.examples, model.requests, strict=True):
         system, user, assistant = example["messages"]
         assert system == {"role": "system", "content": request.system}
-        assert [{"role": "user", "content": user["content"]}] == request.input
+        # Identical but for the delimiter nonce: random at run time, stable in the export.
+        assert [{"role": "user", "content": without_nonce(user["content"])}] == [
+            {"role": "user", "content": without_nonce(str(message["content"]))}
+            for message in request.input
+        ]
         assert assistant["role"] == "assistant"
     assert "\u2039/post>" in export.examples[1]["messages"][1]["content"]
+
+
+def test_the_export_is_the_same_on_every_run() -> None:
+    scores = {c.value: 0.1 for c in CATEGORIES}
+    frame = pd.DataFrame([decision_row(sample_post(1), scores, hours=0)])
+    policy = load_policy(Settings().models.policy_version)
+    first, again = sft_examples(frame, policy), sft_examples(frame, policy)
+    assert len(first.examples) == 1
+    assert first.examples == again.examples
 
 
 def test_the_answer_is_the_moderators_verdict_as_agent_json() -> None:
