@@ -46,7 +46,9 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from moderation.classifier import embedding as embedding_module
 from moderation.classifier.artifacts import ArtifactRefused, check_digest, read_artifact
+from moderation.classifier.embedding import EMBEDDER_NAME, StaticEmbedder, load_embedder
 from moderation.classifier.readability import words
 from moderation.settings import Settings, get_settings
 from moderation.stack.runtime import cache_entry, console
@@ -203,11 +205,20 @@ class FastModelConfig:
     seed: int = 0
     # A category needs this many training examples to get a model; otherwise its column is 0.
     min_examples: int = 2
+    # The semantic head (`embedding.py`): "" trains the n-gram model alone.
+    embedding: str = EMBEDDER_NAME
+    # Inverse regularization of the embedding head's logistic models.
+    embedding_c: float = 10.0
+    # Each probability is (1 - w) * n-gram + w * embedding, both calibrated: an allow needs both
+    # heads to find the post safe, so a source whose wording the n-grams never saw (and call
+    # safe with confidence) is held back by the head that reads meaning.
+    embedding_weight: float = 0.5
 
     def fingerprint(self) -> str:
-        """Hash of the configuration and this module's code (features, training, calibration)."""
+        """Hash of the configuration and the code of features, embedding, training, calibration."""
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
         digest.update(Path(__file__).read_bytes())
+        digest.update(Path(embedding_module.__file__ or "").read_bytes())
         return digest.hexdigest()
 
 
@@ -366,6 +377,41 @@ def fit_platt(scores: FloatArray, labels: npt.NDArray[Any]) -> tuple[float, floa
 # --- the model ------------------------------------------------------------------------------------
 
 
+def _calibrated(scores: FloatArray, platt: FloatArray) -> FloatArray:
+    z = scores * platt[:, 0] + platt[:, 1]
+    probabilities: FloatArray = 1 / (1 + np.exp(-z))
+    return probabilities
+
+
+@dataclass(frozen=True)
+class SemanticHead:
+    """One-vs-rest logistic models on the static embedding, Platt-calibrated like the n-grams."""
+
+    weights: npt.NDArray[np.float32]  # (embedding dim, trained categories)
+    intercepts: npt.NDArray[np.float32]
+    platt: FloatArray
+    digest: str  # sha256 of the embedding table it was trained on
+
+    def scores(self, vectors: npt.NDArray[np.float32]) -> FloatArray:
+        return cast(FloatArray, (vectors @ self.weights + self.intercepts).astype(np.float64))
+
+    def arrays(self) -> dict[str, npt.NDArray[Any]]:
+        return {
+            "semantic_weights": self.weights,
+            "semantic_intercepts": self.intercepts,
+            "semantic_platt": self.platt,
+        }
+
+    @classmethod
+    def from_arrays(cls, archive: Any, *, digest: str) -> SemanticHead:
+        return cls(
+            weights=archive["semantic_weights"],
+            intercepts=archive["semantic_intercepts"],
+            platt=archive["semantic_platt"],
+            digest=digest,
+        )
+
+
 class FastModel:
     """A trained fast model: `predict_proba` gives calibrated probabilities in `CATEGORIES` order.
 
@@ -395,12 +441,19 @@ class FastModel:
         training_seconds: float | None = None,
         vocabulary: Iterable[str] = (),
         training_length: int | None = None,
+        semantic: SemanticHead | None = None,
     ) -> None:
         k = len(trained_categories)
         if weights.shape != (1 << config.hash_bits, k) or intercepts.shape != (k,):
             raise ValueError("weights do not match the configuration and the trained categories")
         if platt.shape != (k, 2) or idf.shape != (1 << config.hash_bits,):
             raise ValueError("calibration or idf does not match the configuration")
+        if (semantic is None) != (not config.embedding):
+            raise ValueError("the configuration and the model disagree on the embedding head")
+        if semantic is not None and (
+            semantic.weights.shape[1] != k or semantic.intercepts.shape != (k,)
+        ):
+            raise ValueError("the embedding head does not match the trained categories")
         self.version = version
         self.trained_at = trained_at
         self.metrics = metrics
@@ -419,6 +472,8 @@ class FastModel:
         self._weights = weights
         self._intercepts = intercepts
         self._platt = platt
+        self.semantic = semantic
+        self._embedder: StaticEmbedder | None = None
         self._columns = np.array([CATEGORIES.index(c) for c in trained_categories], dtype=np.intp)
         self._minors_column = CATEGORIES.index(Category.SEXUAL_MINORS)
         self._self_harm_column = CATEGORIES.index(Category.SELF_HARM)
@@ -431,6 +486,16 @@ class FastModel:
         matrix = features(texts, self.config, self._idf)
         return cast(npt.NDArray[np.float32], matrix @ self._weights + self._intercepts)
 
+    def embedder(self) -> StaticEmbedder:
+        if self._embedder is None:
+            self._embedder = load_embedder()
+            if self.semantic is not None and self._embedder.digest != self.semantic.digest:
+                raise ValueError(
+                    f"{self.version} was trained on embedding {self.semantic.digest[:12]}, "
+                    f"the installed one is {self._embedder.digest[:12]}"
+                )
+        return self._embedder
+
     def predict_proba(self, texts: Sequence[str]) -> FloatArray:
         """Calibrated probabilities, shape (len(texts), 9), columns in `CATEGORIES` order."""
         probabilities = np.zeros((len(texts), len(CATEGORIES)), dtype=np.float64)
@@ -438,8 +503,13 @@ class FastModel:
             return probabilities
         if self.trained_categories:
             scores = self.decision_scores(texts).astype(np.float64)
-            z = scores * self._platt[:, 0] + self._platt[:, 1]
-            probabilities[:, self._columns] = 1 / (1 + np.exp(-z))
+            learned = _calibrated(scores, self._platt)
+            if self.semantic is not None:
+                vectors = self.embedder().embed(list(texts))
+                semantic = _calibrated(self.semantic.scores(vectors), self.semantic.platt)
+                weight = self.config.embedding_weight
+                learned = (1 - weight) * learned + weight * semantic
+            probabilities[:, self._columns] = learned
         for column, signal_of in (
             (self._minors_column, sexual_minors_signal),
             (self._self_harm_column, self_harm_signal),
@@ -468,6 +538,11 @@ class FastModel:
             "training_seconds": self.training_seconds,
             "training_length": self.training_length,
             "vocabulary_words": len(self.vocabulary),
+            "embedding": (
+                {"name": self.config.embedding, "sha256": self.semantic.digest}
+                if self.semantic is not None
+                else None
+            ),
             "metrics": self.metrics,
             "files": {"model": MODEL_FILE},
         }
@@ -480,15 +555,17 @@ class FastModel:
         """
 
         def write(staging: Path) -> None:
-            np.savez_compressed(
-                staging / MODEL_FILE,
-                idf=self._idf,
-                weights=self._weights,
-                intercepts=self._intercepts,
-                platt=self._platt,
+            arrays: dict[str, npt.NDArray[Any]] = {
+                "idf": self._idf,
+                "weights": self._weights,
+                "intercepts": self._intercepts,
+                "platt": self._platt,
                 # Fixed-width unicode: loads with allow_pickle=False.
-                vocabulary=np.array(sorted(self.vocabulary), dtype=np.str_),
-            )
+                "vocabulary": np.array(sorted(self.vocabulary), dtype=np.str_),
+            }
+            if self.semantic is not None:
+                arrays.update(self.semantic.arrays())
+            np.savez_compressed(staging / MODEL_FILE, allow_pickle=False, **arrays)
             (staging / METADATA_FILE).write_text(json.dumps(self.metadata(), indent=2) + "\n")
 
         return cache_entry(directory, self.version, write)
@@ -530,12 +607,18 @@ class FastModel:
         with np.load(io.BytesIO(files[model_file]), allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in ("idf", "weights", "intercepts", "platt")}
             vocabulary = archive["vocabulary"].tolist() if "vocabulary" in archive else []
+            semantic = (
+                SemanticHead.from_arrays(archive, digest=metadata["embedding"]["sha256"])
+                if metadata.get("embedding")
+                else None
+            )
         return cls(
             version=metadata["version"],
             trained_at=datetime.fromisoformat(metadata["trained_at"]),
             metrics=metadata["metrics"],
             policy_version=metadata["policy_version"],
-            config=FastModelConfig(**metadata["config"]),
+            # Artifacts from before the embedding head have no "embedding" key: n-grams only.
+            config=FastModelConfig(**{"embedding": "", **metadata["config"]}),
             trained_categories=[Category(c) for c in metadata["trained_categories"]],
             idf=arrays["idf"],
             weights=arrays["weights"],
@@ -547,6 +630,7 @@ class FastModel:
             training_seconds=metadata.get("training_seconds"),
             vocabulary=vocabulary,
             training_length=metadata.get("training_length"),
+            semantic=semantic,
         )
 
 
@@ -710,6 +794,11 @@ def _train(
         platt = np.array(
             [fit_platt(out_of_fold[k], targets[k]) for k in range(len(trained))], dtype=np.float64
         )
+        semantic = (
+            _train_semantic(train_texts, targets, fold_index, config, bar)
+            if config.embedding
+            else None
+        )
         weights = np.column_stack([finals[k].coef_.ravel() for k in range(len(trained))]).astype(
             np.float32
         )
@@ -738,6 +827,7 @@ def _train(
             training_counts={c.value: counts.get(c.value, 0) for c in CATEGORIES},
             vocabulary=training_vocabulary(train_texts),
             training_length=int(np.percentile([len(t) for t in train_texts], 99.9)),
+            semantic=semantic,
         )
         if validation[0]:
             validation_task = bar.add_task("fast model: validation metrics", total=1)
@@ -753,6 +843,47 @@ def _train(
     model.training_seconds = round(time.monotonic() - started, 2)
     logger.info("trained %s in %.1fs", model.version, model.training_seconds)
     return model
+
+
+def _train_semantic(
+    texts: Sequence[str],
+    targets: Sequence[npt.NDArray[np.bool_]],
+    fold_index: Sequence[tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]],
+    config: FastModelConfig,
+    bar: Progress,
+) -> SemanticHead:
+    """The embedding head: the n-grams' folds, out-of-fold Platt scaling and categories."""
+    from sklearn.linear_model import LogisticRegression
+
+    embedder = load_embedder()
+    task = bar.add_task("fast model: embedding head", total=len(targets) + 1)
+    vectors = np.concatenate(
+        [embedder.embed(list(texts[i : i + 2_000])) for i in range(0, len(texts), 2_000)]
+    )
+    bar.advance(task)
+
+    def fit(rows: Any, target: npt.NDArray[np.bool_]) -> Any:
+        return LogisticRegression(
+            C=config.embedding_c, class_weight="balanced", max_iter=1_000
+        ).fit(vectors[rows], target[rows])
+
+    everything = np.arange(len(texts))
+    weights, intercepts, platt = [], [], []
+    for target in targets:
+        out_of_fold = np.zeros(len(texts), dtype=np.float64)
+        for fit_rows, held_rows in fold_index:
+            out_of_fold[held_rows] = fit(fit_rows, target).decision_function(vectors[held_rows])
+        final = fit(everything, target)
+        weights.append(final.coef_.ravel())
+        intercepts.append(float(final.intercept_[0]))
+        platt.append(fit_platt(out_of_fold, target))
+        bar.advance(task)
+    return SemanticHead(
+        weights=np.column_stack(weights).astype(np.float32),
+        intercepts=np.array(intercepts, dtype=np.float32),
+        platt=np.array(platt, dtype=np.float64),
+        digest=embedder.digest,
+    )
 
 
 # --- benchmark ------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -198,7 +199,8 @@ def constant_model() -> FastModel:
         trained_at=datetime(2026, 1, 1, tzinfo=UTC),
         metrics={},
         policy_version="v1",
-        config=DEFAULT_CONFIG,
+        # n-grams only: a constant needs no embedding head.
+        config=replace(DEFAULT_CONFIG, embedding=""),
         trained_categories=[Category.SAFE, Category.SPAM],
         idf=np.ones(size, dtype=np.float32),
         weights=np.zeros((size, 2), dtype=np.float32),

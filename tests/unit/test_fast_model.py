@@ -12,6 +12,7 @@ import pytest
 from moderation.classifier import dataset as dataset_module
 from moderation.classifier import fast_model
 from moderation.classifier.artifacts import ArtifactRefused, artifact_digest
+from moderation.classifier.embedding import load_embedder
 from moderation.classifier.fast_model import (
     SELF_HARM_SIGNAL,
     SIGNAL_NEAR,
@@ -144,7 +145,16 @@ def test_the_artifact_is_plain_arrays(model: FastModel, tmp_path: Path) -> None:
     path = model.save(tmp_path)
     assert sorted(p.name for p in path.iterdir()) == ["metadata.json", "model.npz"]
     with np.load(path / "model.npz", allow_pickle=False) as archive:
-        assert sorted(archive.files) == ["idf", "intercepts", "platt", "vocabulary", "weights"]
+        assert sorted(archive.files) == [
+            "idf",
+            "intercepts",
+            "platt",
+            "semantic_intercepts",
+            "semantic_platt",
+            "semantic_weights",
+            "vocabulary",
+            "weights",
+        ]
         assert archive["vocabulary"].dtype.kind == "U"  # fixed-width text, not objects
     loaded = FastModel.load(path)
     assert loaded.vocabulary == model.vocabulary and "lovely" in loaded.vocabulary
@@ -303,3 +313,51 @@ def test_self_harm_column_is_at_least_the_signal(model: FastModel) -> None:
     intent, plain = model.predict_proba(["I want to end my life", "a lovely day at the park"])
     # The synthetic model has no self_harm data, so the column is the signal alone.
     assert (intent[column], plain[column]) == (SELF_HARM_SIGNAL, 0.0)
+
+
+def test_the_semantic_head_is_saved_with_the_embedding_it_was_trained_on(
+    model: FastModel, tmp_path: Path
+) -> None:
+    assert model.semantic is not None
+    path = model.save(tmp_path)
+    metadata = json.loads((path / "metadata.json").read_text())
+    assert metadata["embedding"] == {
+        "name": model.config.embedding,
+        "sha256": load_embedder().digest,
+    }
+    with np.load(path / "model.npz", allow_pickle=False) as archive:
+        assert archive["semantic_weights"].shape == (load_embedder().dim, 3)
+
+
+def test_a_model_trained_on_another_embedding_refuses_to_score(
+    model: FastModel, tmp_path: Path
+) -> None:
+    path = model.save(tmp_path)
+    metadata_path = path / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata["embedding"]["sha256"] = "0" * 64
+    metadata_path.write_text(json.dumps(metadata))
+    with pytest.raises(ValueError, match="trained on embedding 000000000000"):
+        FastModel.load(path).predict_proba(["hello"])
+
+
+def test_the_semantic_head_carries_meaning_the_ngrams_never_saw(model: FastModel) -> None:
+    # Insults whose key words ("dumb", "fool", "hates") are in no template: the head trained on
+    # 40 posts per category still places them nearer harassment than safe.
+    unseen = ["you are a dumb fool and everybody hates you", "you are an ugly fool"]
+    assert model.semantic is not None
+    vectors = model.embedder().embed(unseen)
+    scores = model.semantic.scores(vectors)
+    harassment = model.trained_categories.index(Category.HARASSMENT)
+    safe = model.trained_categories.index(Category.SAFE)
+    assert (scores[:, harassment] > scores[:, safe]).all()
+
+
+def test_an_ngram_only_configuration_trains_without_the_embedding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fast_model, "DEFAULT_CONFIG", fast_model.FastModelConfig(embedding=""))
+    plain = train_fast_model(synthetic(20, seed=3), [], progress=False)
+    assert plain.semantic is None
+    assert plain.metadata()["embedding"] is None
+    assert plain.predict_proba(["WIN a FREE car now"]).shape == (1, len(CATEGORIES))
