@@ -9,7 +9,11 @@ routing through the real `first_stage` (`evaluation_routing`).
 
 The project's own sources (`project`, `project-seed`) are written by the team: they stay in
 training but are never held out, since a score on text the team wrote says how it was written,
-not how the model travels. Each held-out model is cached under
+not how the model travels. An evaluation-only source (`evaluation_only.jsonl`, data whose licence
+is unknown) is in no split, so no model ever trains on it: it is held out like any other source,
+and the model "trained without it" is the product-style model trained on every train row.
+
+Each held-out model is cached under
 `<cache>/fast-model-loso/<source>-<hash of dataset fingerprint, source, config, policy>/`, so a
 rerun only scores.
 """
@@ -30,7 +34,14 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from moderation.classifier.cascade import Scorer
-from moderation.classifier.dataset import PROJECT_SOURCE, SEED_SOURCE, SOURCES, SPLITS
+from moderation.classifier.dataset import (
+    EVALUATION_ONLY,
+    EVALUATION_ONLY_FILE,
+    PROJECT_SOURCE,
+    SEED_SOURCE,
+    SOURCES,
+    SPLITS,
+)
 from moderation.classifier.fast_model import (
     DEFAULT_CONFIG,
     METADATA_FILE,
@@ -48,7 +59,8 @@ LOSO_CACHE = "fast-model-loso"
 PROTOCOL = (
     "for each external source: train_fast_model on the train rows of every other source "
     "(their validation rows for validation metrics only; gold is never trained on), then score "
-    "all rows of the held-out source; team-written sources are trained on, never held out"
+    "all rows of the held-out source; team-written sources are trained on, never held out; "
+    "evaluation-only sources are never trained on and are scored like a held-out source"
 )
 
 Row = Mapping[str, str]
@@ -66,9 +78,13 @@ def is_team_source(source: str) -> bool:
 
 
 def load_sourced_splits(dataset_dir: Path) -> dict[str, list[dict[str, str]]]:
-    """Every split of a built dataset with each row's `text`, `label` and `source`."""
+    """Every split of a built dataset with each row's `text`, `label` and `source`.
+
+    Plus, under `evaluation_only`, the rows no model is trained on, when the dataset has them.
+    """
     splits: dict[str, list[dict[str, str]]] = {}
-    for name in SPLITS:
+    names = [*SPLITS, EVALUATION_ONLY] if (dataset_dir / EVALUATION_ONLY_FILE).is_file() else SPLITS
+    for name in names:
         with (dataset_dir / f"{name}.jsonl").open(encoding="utf-8") as handle:
             splits[name] = [
                 {"text": row["text"], "label": row["label"], "source": row["source"]}
@@ -99,17 +115,23 @@ def _plain(row: Row) -> dict[str, str]:
 
 
 def holdout_split(splits: Splits, source: str) -> HoldoutSplit:
-    """Train/validation rows of every other source, and all rows of `source` to score."""
+    """Train/validation rows of every other source, and all rows of `source` to score.
+
+    Only the `train` and `validation` parts are ever trained on; the held-out rows come from
+    every part, `evaluation_only` included.
+    """
     if is_team_source(source):
         raise ValueError(f"{source} is written by the team and is never held out")
-    held_out = {name: [_plain(r) for r in splits[name] if r["source"] == source] for name in SPLITS}
+    held_out = {
+        name: [_plain(r) for r in rows if r["source"] == source] for name, rows in splits.items()
+    }
     if not any(held_out.values()):
         raise ValueError(f"no rows of source {source!r} in the dataset")
     return HoldoutSplit(
         source=source,
         train=[_plain(r) for r in splits["train"] if r["source"] != source],
         validation=[_plain(r) for r in splits["validation"] if r["source"] != source],
-        held_out=[row for name in SPLITS for row in held_out[name]],
+        held_out=[row for rows in held_out.values() for row in rows],
         held_out_by_split={name: len(rows) for name, rows in held_out.items()},
     )
 
@@ -170,6 +192,10 @@ class SourceReport(BaseModel):
     source: str
     rows: int
     rows_by_split: dict[str, int] = Field(description="held-out rows per dataset split")
+    evaluation_only: bool = Field(
+        default=False,
+        description="a source no model trains on: its rows are all in `evaluation_only`",
+    )
     training_rows: int = Field(description="train rows of the other sources")
     model_version: str
     flagged: FlaggedMetrics
@@ -247,6 +273,7 @@ def score_source(split: HoldoutSplit, model: Scorer, settings: Settings) -> Sour
         source=split.source,
         rows=len(split.held_out),
         rows_by_split=split.held_out_by_split,
+        evaluation_only=split.held_out_by_split.get(EVALUATION_ONLY, 0) == len(split.held_out),
         training_rows=len(split.train),
         model_version=model.version,
         flagged=report.flagged,
@@ -338,6 +365,10 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
+def _label(source: SourceReport) -> str:
+    return f"{source.source} (evaluation only)" if source.evaluation_only else source.source
+
+
 def render_loso(report: LosoReport, console: Console) -> None:
     """Print the leave-one-source-out report as two rich tables."""
     table = Table(
@@ -352,7 +383,7 @@ def render_loso(report: LosoReport, console: Console) -> None:
     for source in report.sources:
         routing = source.routing
         table.add_row(
-            source.source,
+            _label(source),
             str(source.rows),
             _number(source.flagged.precision),
             _number(source.flagged.recall),
@@ -397,7 +428,7 @@ def render_loso(report: LosoReport, console: Console) -> None:
                 if metrics is None
                 else f"{metrics.f1 or 0:.2f} / {metrics.recall or 0:.2f} ({metrics.support})"
             )
-        matrix.add_row(source.source, *cells)
+        matrix.add_row(_label(source), *cells)
     matrix.add_section()
     matrix.add_row("mean F1", *(_number(macro.category_f1[c]) for c in categories))
     console.print(matrix)

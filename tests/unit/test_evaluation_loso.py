@@ -188,6 +188,56 @@ def test_load_sourced_splits_keeps_the_source(tmp_path: Path) -> None:
     assert load_sourced_splits(tmp_path) == SPLITS
 
 
+def with_evaluation_only() -> dict[str, list[dict[str, str]]]:
+    """SPLITS plus rows of a source no model trains on (as `load_sourced_splits` gives them)."""
+    return SPLITS | {
+        "evaluation_only": [
+            row("you absolute clown", Category.HARASSMENT.value, "insults"),
+            row("win the argument fairly", SAFE, "insults"),
+        ]
+    }
+
+
+def test_an_evaluation_only_source_is_scored_by_a_model_trained_on_every_train_row() -> None:
+    splits = with_evaluation_only()
+    split = holdout_split(splits, "insults")
+    # Nothing is held out of training: every train and validation row, and none of its rows.
+    assert split.train == [{"text": r["text"], "label": r["label"]} for r in SPLITS["train"]]
+    assert len(split.validation) == len(SPLITS["validation"])
+    assert split.held_out_by_split == {"train": 0, "validation": 0, "gold": 0, "evaluation_only": 2}
+    # Another source's run never trains on the evaluation-only rows either.
+    for source in ("sms", "toxic"):
+        trained_on = {r["text"] for r in holdout_split(splits, source).train}
+        assert not trained_on & {r["text"] for r in splits["evaluation_only"]}
+
+    trainer = RecordingTrainer()
+    report = leave_one_source_out(
+        splits, trainer=trainer, settings=Settings(), dataset_fingerprint="f" * 64,
+        external=EXTERNAL | {"insults"},
+    )  # fmt: skip
+    assert [s.source for s in report.sources] == ["insults", "sms", "toxic"]
+    insults = report.sources[0]
+    assert insults.evaluation_only and insults.rows == 2
+    assert not any(s.evaluation_only for s in report.sources[1:])
+    assert set(insults.per_category) == {Category.SAFE, Category.HARASSMENT}
+    console = Console(record=True, width=200)
+    render_loso(report, console)
+    assert "insults (evaluation only)" in console.export_text()
+
+
+def test_load_sourced_splits_adds_the_evaluation_only_rows(tmp_path: Path) -> None:
+    for name, rows in with_evaluation_only().items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_sourced_splits(tmp_path) == with_evaluation_only()
+
+
+def test_the_pinned_evaluation_only_source_is_held_out() -> None:
+    from moderation.classifier.dataset import evaluation_only_sources
+    from moderation.evaluation_loso import external_source_names
+
+    assert evaluation_only_sources() <= external_source_names()
+
+
 # --- the command --------------------------------------------------------------------------------
 
 
