@@ -64,6 +64,8 @@ class BaseData:
     train: list[dict[str, str]]
     validation: list[dict[str, str]]
     gold: list[dict[str, str]]
+    # Rows of sources no model trains on (`dataset.EVALUATION_ONLY`): the out-of-source view.
+    out_of_source: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
     def load(cls, settings: Settings) -> BaseData:
@@ -74,6 +76,7 @@ class BaseData:
             train=load_split(directory, "train"),
             validation=load_split(directory, "validation"),
             gold=load_split(directory, "gold"),
+            out_of_source=load_split(directory, "evaluation_only"),
         )
 
 
@@ -228,8 +231,9 @@ def retrain(
     splits: Mapping[str, Sequence[dict[str, str]]] = {
         "gold": base.gold,
         "time_split": training.time_split,
+        "out_of_source": base.out_of_source,
     }
-    with step("nightly: evaluate champion and challenger on gold and the time split"):
+    with step("nightly: evaluate champion and challenger on gold, time split, out of source"):
         champion_scores = score_splits(champion, splits)
         challenger_scores = score_splits(challenger, splits)
     decision = decide_promotion(champion_scores, challenger_scores, rules)

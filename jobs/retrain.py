@@ -3,11 +3,13 @@
 Training data: the base training split plus every human decision. A human label wins over the
 base label of the same text (same `dedup_key`), and the latest decision on a post wins (an
 appeal re-decides it). The newest `time_split_fraction` of the decisions is held out as the
-time split: the challenger never trains on it, and both models are scored on it and on the gold
-split. Texts of the gold split are never trained on, whoever labelled them.
+time split: the challenger never trains on it, and both models are scored on it, on the gold
+split and on the out-of-source set (the dataset's evaluation-only sources, text from elsewhere
+that no model ever trains on: the same out-of-source view as `moderation eval --loso`). Texts of
+the gold split are never trained on, whoever labelled them.
 
 Promotion rule (`decide_promotion`): the challenger's overall score (the mean of its macro F1 on
-the gold split and on the time split) must beat the champion's by `min_gain`, and on each split
+the gold split, the time split and the out-of-source set) must beat the champion's by `min_gain`, and on each split
 no category with at least `min_category_support` examples may regress. Both models see the same
 posts, so a category is compared post by post: `lost` are its posts the champion got right and
 the challenger gets wrong, `gained` the reverse. It regresses when the net loss is more than

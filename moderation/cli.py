@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -14,10 +15,13 @@ from rich.table import Table
 
 from moderation import stack
 from moderation.api.cli import app as api_keys_app
-from moderation.settings import PROJECT_ROOT, get_settings
+from moderation.settings import PROJECT_ROOT, Settings, get_settings
 from moderation.stack.component import ComponentStatus
 from moderation.stack.dapr import with_stack_tokens
 from moderation.stack.runtime import StackError
+
+if TYPE_CHECKING:  # imported lazily below: loading the model stack is slow
+    from moderation.classifier.fast_model import FastModel
 
 app = typer.Typer(help="Event-driven content moderation.", no_args_is_help=True)
 stack_app = typer.Typer(help="The local stack: Kafka, PostgreSQL, Dapr, the LLM server.")
@@ -160,6 +164,15 @@ def evaluate(
         int | None,
         typer.Option(min=1, help="--cascade: only the first N posts of the dataset"),
     ] = None,
+    thresholds: Annotated[
+        bool,
+        typer.Option(
+            "--thresholds",
+            help="choose stage-1 thresholds on the validation split for the error budget "
+            "(MODERATION_ERROR_BUDGET__*), then route the dataset through stage 1 with the "
+            "configured and the chosen thresholds, side by side",
+        ),
+    ] = False,
 ) -> None:
     """Evaluate the fast model: per-category and flagged-vs-safe scores, confusion, throughput.
 
@@ -175,6 +188,10 @@ def evaluate(
         raise _fail(ValueError("--limit applies to --cascade only"))
     if cascade and (loso or model_card):
         raise _fail(ValueError("--cascade does not combine with --loso or --model-card"))
+    if thresholds and (cascade or loso or model_card):
+        raise _fail(
+            ValueError("--thresholds does not combine with --cascade, --loso or --model-card")
+        )
     settings = get_settings()
     try:
         records = load_jsonl_dataset(dataset or gold_split_path(settings))[:limit]
@@ -183,6 +200,9 @@ def evaluate(
         raise _fail(error) from None
     except StackError as error:  # the dataset could not be downloaded or verified
         raise _fail(error) from None
+    if thresholds:
+        _threshold_report(model, records, settings, as_json=as_json, dataset=dataset)
+        return
     report = run_evaluation(model, records)
     if cascade:
         from moderation.demo import llm_endpoint_answers
@@ -213,11 +233,13 @@ def evaluate(
             render_report(report, stdout)
         return
 
+    from moderation.classifier.injection_model import load_detector
     from moderation.evaluation_card import write_model_card
     from moderation.evaluation_loso import render_loso, run_leave_one_source_out
     from moderation.evaluation_routing import render_routing, route_records
 
-    routing = route_records(model, records, settings)
+    # The gold routing is the worker's: fast model, both injection screens, readability rules.
+    routing = route_records(model, records, settings, detector=load_detector(settings))
     dataset_dir = build_dataset(settings.stack.cache_dir)  # cached: the one the model learned
     holdout = run_leave_one_source_out(
         dataset_dir, settings, console=None if as_json else progress_console
@@ -249,6 +271,54 @@ def evaluate(
     render_loso(holdout, stdout)
     if model_card is not None:
         stdout.print(f"[green]✓[/green] model card written to {model_card}")
+
+
+def _threshold_report(
+    model: FastModel,
+    records: Sequence[Mapping[str, str]],
+    settings: Settings,
+    *,
+    as_json: bool,
+    dataset: Path | None,
+) -> None:
+    """`eval --thresholds`: choose on the validation split, then route `records` both ways."""
+    from moderation.classifier.dataset import build_dataset, load_split
+    from moderation.classifier.thresholds import (
+        choose_thresholds,
+        render,
+        render_routing_comparison,
+    )
+    from moderation.evaluation_routing import route_records
+    from moderation.taxonomy import Category
+
+    # The split the model was validated on (cached); gold is only routed, never chosen on.
+    validation = load_split(build_dataset(settings.stack.cache_dir), "validation")
+    choice = choose_thresholds(
+        model.predict_proba([record["text"] for record in validation]),
+        [Category(record["label"]) for record in validation],
+        settings.error_budget,
+        settings.thresholds,
+    )
+    configured = route_records(model, records, settings)
+    chosen = route_records(
+        model, records, settings.model_copy(update={"thresholds": choice.thresholds})
+    )
+    if as_json:
+        routing = {"configured": configured, "chosen": chosen}
+        typer.echo(
+            json.dumps(
+                {
+                    "validation": choice.model_dump(mode="json"),
+                    "stage1_routing": {
+                        name: shares.model_dump(mode="json") for name, shares in routing.items()
+                    },
+                }
+            )
+        )
+        return
+    render(choice, stdout)
+    where = f"stage 1 on {dataset}" if dataset else "stage 1 on the gold split"
+    render_routing_comparison(configured, chosen, stdout, title=where)
 
 
 @app.command("bench")

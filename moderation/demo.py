@@ -118,11 +118,13 @@ async def _publish_samples(
 
 def run_demo(settings: Settings, *, samples: Path, console: Console) -> None:
     from moderation.classifier.fast_model import ensure_fast_model
+    from moderation.classifier.injection_model import load_detector
 
     settings = demo_settings(settings)
     console.rule("moderation demo · embedded mode (in-memory broker, SQLite)")
     model = ensure_fast_model(settings, progress=True)
     worker.state.scorer = model
+    worker.state.detector = load_detector(settings)
     engine = make_engine(settings)
     registry_watch.register_champion(engine, model, settings)
 

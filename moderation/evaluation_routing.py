@@ -9,6 +9,7 @@ human), and the two errors that matter most: violating rows allowed and safe row
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 from rich.console import Console
@@ -19,6 +20,9 @@ from moderation.classifier.readability import LABEL_PREFIX
 from moderation.events import PostSubmitted
 from moderation.settings import Settings
 from moderation.taxonomy import Category, Decision
+
+if TYPE_CHECKING:
+    from moderation.classifier.injection_model import InjectionDetector
 
 ROUTING_BATCH = 500
 # `PostSubmitted.text` is capped at 10,000 characters; longer rows are cut (the API would refuse
@@ -53,8 +57,12 @@ def route_records(
     scorer: Scorer,
     records: Sequence[Mapping[str, str]],
     settings: Settings,
+    detector: InjectionDetector | None = None,
 ) -> RoutingShares:
-    """Run `first_stage` on `records` (`{"text", "label"}`) and count where each row went."""
+    """Run `first_stage` on `records` (`{"text", "label"}`) and count where each row went.
+
+    `detector`: the learned injection detector, as the worker runs it; leave-one-source-out
+    routing runs without it (it was trained on every source's safe rows)."""
     if not records:
         raise ValueError("no records to route")
     decisions: list[Decision] = []
@@ -70,7 +78,7 @@ def route_records(
             for offset, record in enumerate(batch)
         ]
         # agent_enabled only decides where an uncertain post goes next; both count as sent on.
-        results = first_stage(posts, scorer, settings, agent_enabled=True)
+        results = first_stage(posts, scorer, settings, agent_enabled=True, detector=detector)
         decisions.extend(result.verdict.decision for result in results)
         unreadable += sum(
             any(signal.startswith(LABEL_PREFIX) for signal in result.verdict.signals)

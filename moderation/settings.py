@@ -197,6 +197,46 @@ class ThresholdSettings(BaseModel):
     review_floor: float = Field(default=0.30, ge=0.0, le=1.0)
 
 
+class ErrorBudget(BaseModel):
+    """What stage 1's thresholds may cost, chosen on validation (`classifier/thresholds.py`).
+
+    `MODERATION_ERROR_BUDGET__*`. Defined here with the other sections (that module imports
+    this one, so it cannot live there); `classifier.thresholds` re-exports it.
+    """
+
+    remove_precision: float = Field(
+        default=0.97,
+        gt=0,
+        le=1,
+        description="smallest share of each category's removals that must be right",
+    )
+    violating_allowed: float = Field(
+        default=0.01, ge=0, le=1, description="largest share of violating posts allowed"
+    )
+    safe_removed: float = Field(
+        default=0.005, ge=0, le=1, description="largest share of safe posts removed"
+    )
+    min_support: int = Field(
+        default=30,
+        ge=1,
+        description="validation posts a category needs for its remove threshold to be chosen "
+        "(else the configured one is kept); about 1 / (1 - remove_precision): with fewer, one "
+        "wrong removal already breaks the budget",
+    )
+    remove_floor: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="no remove threshold is chosen below it (below 0.5 the model calls the "
+        "category less likely than not); allow is never chosen below `thresholds.allow`",
+    )
+    apply: bool = Field(
+        default=True,
+        description="stage 1 decides with the thresholds chosen for this budget when the model "
+        "was trained (kept in its artifact); false: with `thresholds` as configured",
+    )
+
+
 class AgentSettings(BaseModel):
     """Stage 2, the classifier agent (ARCHITECTURE.md; README "The cascade").
 
@@ -368,6 +408,11 @@ class WorkerSettings(BaseModel):
         default=20, ge=1, description="how long a consumer waits to fill a batch (latency bound)"
     )
     linger_ms: int = Field(default=10, ge=0, description="producer batching delay")
+    learned_injection_detector: bool = Field(
+        default=True,
+        description="back the regex injection screen with the learned detector "
+        "(`classifier/injection_model.py`; trained on first use like the fast model)",
+    )
     stage1_budget_seconds: float = Field(
         default=5.0,
         gt=0,
@@ -535,6 +580,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = LLMSettings()
     dapr: DaprSettings = DaprSettings()
     thresholds: ThresholdSettings = ThresholdSettings()
+    error_budget: ErrorBudget = ErrorBudget()
     readability: ReadabilitySettings = ReadabilitySettings()
     agent: AgentSettings = AgentSettings()
     api: ApiSettings = ApiSettings()

@@ -1,7 +1,8 @@
 """The three-stage cascade: fast model → classifier agent → human review.
 
 Stage 1 (`first_stage`) scores a whole batch with one model call, screens every post for prompt
-injection and decides the clear cases (`decide` with `settings.thresholds`). An uncertain post,
+injection and decides the clear cases (`decide` with `stage1_thresholds`: those the model chose
+for its error budget, else `settings.thresholds`). An uncertain post,
 or one the model would allow although the screen flagged it, goes to stage 2 when the agent is
 enabled, else straight to review. Always-review categories go to a human at once.
 
@@ -58,15 +59,18 @@ from moderation.events import ModerationVerdict, PostSubmitted, ReviewPriority, 
 from moderation.events import utc_now as _utc_now
 from moderation.llm.provider import error_kind
 from moderation.resilience import CircuitBreaker
-from moderation.settings import Settings
+from moderation.settings import Settings, ThresholdSettings
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
 from moderation.tracing import configure_agent_tracing
 
 if TYPE_CHECKING:
+    from moderation.classifier.injection_model import InjectionDetector
     from moderation.classifier.precedents import DecisionLog
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# The screen signal of a learned-detector hit (`injection:learned` in the verdict).
+LEARNED_SIGNAL = "learned"
 
 AGENT_RUNS = Counter("moderation_agent_runs_total", "agent runs by final decision", ["decision"])
 AGENT_FALLBACKS = Counter(
@@ -129,6 +133,19 @@ class FirstStage:
     review: ReviewRequested | None
 
 
+def stage1_thresholds(scorer: Scorer, settings: Settings) -> ThresholdSettings:
+    """The thresholds stage 1 decides with.
+
+    A model trained with an error budget carries the allow and remove thresholds chosen for it
+    on validation (`classifier/thresholds.py`); they apply unless `error_budget.apply` is off.
+    The always-review categories and floor stay as configured: they are policy, not a budget.
+    """
+    chosen: ThresholdSettings | None = getattr(scorer, "error_budget_thresholds", None)
+    if chosen is None or not settings.error_budget.apply:
+        return settings.thresholds
+    return settings.thresholds.model_copy(update={"allow": chosen.allow, "remove": chosen.remove})
+
+
 def first_stage(
     posts: Sequence[PostSubmitted],
     scorer: Scorer,
@@ -136,6 +153,7 @@ def first_stage(
     *,
     agent_enabled: bool,
     deadline: float | None = None,
+    detector: InjectionDetector | None = None,
 ) -> list[FirstStage]:
     """Score a batch with one model call, screen each post and decide the clear cases.
 
@@ -146,13 +164,17 @@ def first_stage(
         return []
     # Rounded and converted for the whole batch at once (per-value float() calls add up).
     rows: list[list[float]] = np.round(scorer.predict_proba([p.text for p in posts]), 6).tolist()
+    thresholds = stage1_thresholds(scorer, settings)
+    # The learned injection detector (`injection_model`) backs up the regex screen: one call per
+    # batch; a hit adds `injection:learned` to the post's screen, with the same effect.
+    learned = detector.flags([p.text for p in posts]).tolist() if detector is not None else None
     # Scripted test models have no vocabulary: the word rule is then off, the others apply.
     vocabulary: frozenset[str] | None = getattr(scorer, "vocabulary", None) or None
     training_length: int | None = getattr(scorer, "training_length", None)
     results: list[FirstStage] = []
-    for post, row in zip(posts, rows, strict=True):
+    for index, (post, row) in enumerate(zip(posts, rows, strict=True)):
         scores = dict(zip(CATEGORIES, row, strict=True))
-        outcome = decide(scores, settings.thresholds)
+        outcome = decide(scores, thresholds)
         readability = READABLE
         if deadline is not None and time.monotonic() > deadline:
             STAGE1_UNSCREENED.inc()
@@ -160,6 +182,8 @@ def first_stage(
             withheld = "allow withheld: stage 1's time budget ran out before the injection screen"
         else:
             screen = screen_post(post.text)
+            if learned is not None and learned[index]:
+                screen = InjectionScreen(tuple(sorted({*screen.signals, LEARNED_SIGNAL})))
             withheld = "allow withheld: possible prompt injection" if screen.flagged else ""
             if outcome.decision is Decision.ALLOW and not withheld:
                 readability = assess(

@@ -1350,9 +1350,10 @@ def gold_split_path(settings: Settings | None = None) -> Path:
 
 
 def load_split(
-    dataset_dir: Path, split: Literal["train", "validation", "gold"]
+    dataset_dir: Path, split: Literal["train", "validation", "gold", "evaluation_only"]
 ) -> list[dict[str, str]]:
-    """The `{"text", "label"}` records of one split of a built dataset."""
+    """The `{"text", "label"}` records of one split of a built dataset (or its evaluation-only
+    rows, which are no split: nothing trains on them)."""
     path = dataset_dir / f"{split}.jsonl"
     with path.open(encoding="utf-8") as handle:
         return [{"text": row["text"], "label": row["label"]} for row in map(json.loads, handle)]

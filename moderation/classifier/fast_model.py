@@ -50,7 +50,7 @@ from moderation.classifier import embedding as embedding_module
 from moderation.classifier.artifacts import ArtifactRefused, check_digest, read_artifact
 from moderation.classifier.embedding import EMBEDDER_NAME, StaticEmbedder, load_embedder
 from moderation.classifier.readability import words
-from moderation.settings import Settings, get_settings
+from moderation.settings import Settings, ThresholdSettings, get_settings
 from moderation.stack.runtime import cache_entry, console
 from moderation.taxonomy import CATEGORIES, Category
 
@@ -215,10 +215,12 @@ class FastModelConfig:
     embedding_weight: float = 0.5
 
     def fingerprint(self) -> str:
-        """Hash of the configuration and the code of features, embedding, training, calibration."""
+        """Hash of the configuration, this module's code (features, training, calibration) and
+        what defines the embedding's vectors (pinned files, clipping), not the code computing
+        them: a faster embedding that gives the same vectors keeps every trained model."""
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
         digest.update(Path(__file__).read_bytes())
-        digest.update(Path(embedding_module.__file__ or "").read_bytes())
+        digest.update(embedding_module.definition().encode())
         return digest.hexdigest()
 
 
@@ -442,6 +444,7 @@ class FastModel:
         vocabulary: Iterable[str] = (),
         training_length: int | None = None,
         semantic: SemanticHead | None = None,
+        chosen_thresholds: dict[str, Any] | None = None,
     ) -> None:
         k = len(trained_categories)
         if weights.shape != (1 << config.hash_bits, k) or intercepts.shape != (k,):
@@ -473,6 +476,14 @@ class FastModel:
         self._intercepts = intercepts
         self._platt = platt
         self.semantic = semantic
+        # The error-budget choice made on validation at training (`thresholds.ThresholdChoice`
+        # as JSON); `stage1_thresholds` decides whether stage 1 uses it.
+        self.chosen_thresholds = chosen_thresholds
+        self.error_budget_thresholds = (
+            ThresholdSettings.model_validate(chosen_thresholds["thresholds"])
+            if chosen_thresholds
+            else None
+        )
         self._embedder: StaticEmbedder | None = None
         self._columns = np.array([CATEGORIES.index(c) for c in trained_categories], dtype=np.intp)
         self._minors_column = CATEGORIES.index(Category.SEXUAL_MINORS)
@@ -538,6 +549,7 @@ class FastModel:
             "training_seconds": self.training_seconds,
             "training_length": self.training_length,
             "vocabulary_words": len(self.vocabulary),
+            "chosen_thresholds": self.chosen_thresholds,
             "embedding": (
                 {"name": self.config.embedding, "sha256": self.semantic.digest}
                 if self.semantic is not None
@@ -631,6 +643,7 @@ class FastModel:
             vocabulary=vocabulary,
             training_length=metadata.get("training_length"),
             semantic=semantic,
+            chosen_thresholds=metadata.get("chosen_thresholds"),
         )
 
 
@@ -839,10 +852,27 @@ def _train(
                 ],
             )
             model.metrics = {"split": "validation", **report.model_dump(mode="json")}
+            model.chosen_thresholds = _choose_thresholds(model, *validation)
+            model.error_budget_thresholds = ThresholdSettings.model_validate(
+                model.chosen_thresholds["thresholds"]
+            )
             bar.advance(validation_task)
     model.training_seconds = round(time.monotonic() - started, 2)
     logger.info("trained %s in %.1fs", model.version, model.training_seconds)
     return model
+
+
+def _choose_thresholds(
+    model: FastModel, texts: Sequence[str], labels: Sequence[Category]
+) -> dict[str, Any]:
+    """The thresholds for the configured error budget, chosen on the validation split."""
+    from moderation.classifier.thresholds import choose_thresholds
+
+    settings = get_settings()
+    choice = choose_thresholds(
+        model.predict_proba(texts), labels, settings.error_budget, settings.thresholds
+    )
+    return choice.model_dump(mode="json")
 
 
 def _train_semantic(

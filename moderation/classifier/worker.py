@@ -21,7 +21,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import TopicPartition
 from faststream import AckPolicy, Context
@@ -62,12 +62,18 @@ DEAD_LETTERS = Counter("moderation_worker_dead_letters_total", "messages sent to
 BATCH_SECONDS = Histogram("moderation_worker_batch_seconds", "time to score and publish a batch")
 
 
+if TYPE_CHECKING:
+    from moderation.classifier.injection_model import InjectionDetector
+
+
 @dataclass
 class WorkerState:
     # Replaced whole when the registry promotes a model; a batch keeps the one it started with.
     scorer: Scorer | None = None
     # None: no agent (disabled, or not configured in the demo); uncertain posts go to review.
     agent: AgentStage | None = None
+    # None: the regex injection screen alone (`worker.learned_injection_detector` off).
+    detector: InjectionDetector | None = None
 
 
 settings: Settings = get_settings()
@@ -128,6 +134,7 @@ async def handle_posts_submitted(message: KafkaMessage = Context("message")) -> 
         settings,
         agent_enabled=agent is not None,
         deadline=time.monotonic() + settings.worker.stage1_budget_seconds,
+        detector=state.detector,
     )
     # Stage 1's verdicts leave before the agent runs: the clear cases do not wait for it.
     for result in stage1:
@@ -254,8 +261,10 @@ def create_app() -> AsgiFastStream:
 
     async def start_models() -> None:
         from moderation.classifier.fast_model import ensure_fast_model
+        from moderation.classifier.injection_model import load_detector
         from moderation.db.engine import make_engine
 
+        state.detector = await asyncio.to_thread(load_detector, settings)
         engine = make_engine(settings)
         resources.callback(engine.dispose)
         watch = RegistryWatch(state, engine, settings)

@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx2  # the HTTP client of openai's own types
@@ -23,12 +24,18 @@ from moderation.classifier.agent import (
     load_policy,
     render_post,
 )
-from moderation.classifier.cascade import AgentFallback, AgentStage, combine, first_stage
+from moderation.classifier.cascade import (
+    AgentFallback,
+    AgentStage,
+    combine,
+    first_stage,
+    stage1_thresholds,
+)
 from moderation.classifier.injection import CLEAN, InjectionScreen
 from moderation.classifier.precedents import Precedent
 from moderation.db.crud import AuthorVerdict
 from moderation.events import PostSubmitted, ReviewPriority, utc_now
-from moderation.settings import Settings
+from moderation.settings import Settings, ThresholdSettings
 from moderation.taxonomy import CATEGORIES, VIOLATING, Category, Decision, Stage
 from tests.scripted_llm import (
     GARBAGE,
@@ -415,3 +422,40 @@ def test_violating_scores_still_remove_at_stage_one() -> None:
     [result] = first_stage([post()], FixedScorer(scores), agent_settings(), agent_enabled=True)
 
     assert result.verdict.decision is Decision.REMOVE and not result.to_agent
+
+
+def test_stage1_decides_with_the_models_error_budget_thresholds() -> None:
+    settings = Settings()
+    chosen = ThresholdSettings(allow=0.95, remove=dict.fromkeys(VIOLATING, 0.6), review_floor=0.9)
+    scorer = SimpleNamespace(error_budget_thresholds=chosen)
+    used = stage1_thresholds(scorer, settings)
+    assert (used.allow, used.remove) == (0.95, chosen.remove)
+    # The always-review floor is policy, not part of the budget: it stays as configured.
+    assert used.review_floor == settings.thresholds.review_floor
+    settings.error_budget.apply = False
+    assert stage1_thresholds(scorer, settings) == settings.thresholds
+    assert stage1_thresholds(SimpleNamespace(), Settings()) == Settings().thresholds
+
+
+class FlagsTexts:
+    """Stands in for the learned injection detector (logic only): flags texts containing 'ZZ'."""
+
+    def flags(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
+        return np.array(["ZZ" in text for text in texts])
+
+
+def test_a_learned_detector_hit_withholds_the_allow_like_the_screen() -> None:
+    safe = dict.fromkeys(CATEGORIES, 0.0) | {Category.SAFE: 0.99}
+    posts = [post("lovely day at the park ZZ", "a"), post("lovely day at the park", "b")]
+    flagged, clean = first_stage(
+        posts,
+        FixedScorer(safe),
+        Settings(),
+        agent_enabled=True,
+        detector=FlagsTexts(),  # type: ignore[arg-type]
+    )
+    assert "injection:learned" in flagged.verdict.signals
+    assert flagged.screen.flagged and flagged.to_agent
+    assert flagged.verdict.decision is Decision.REVIEW
+    assert "possible prompt injection" in (flagged.verdict.rationale or "")
+    assert clean.verdict.decision is Decision.ALLOW and not clean.screen.flagged

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from moderation.classifier import embedding
 from moderation.classifier.embedding import (
@@ -77,3 +79,30 @@ def test_a_missing_file_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_pa
             load_embedder()
     finally:
         load_embedder.cache_clear()
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.sampled_from([*"ab kZ,.!?'-\n\t0 9é日本ال😀\u200b", "  ", "don't", "the", " Ѕ"]),
+            max_size=25,
+        ).map("".join),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_cached_word_pieces_give_exactly_the_tokenizers_ids(texts: list[str]) -> None:
+    embedder = load_embedder()
+    expected = [
+        embedder.tokenizer.encode(text.strip(" "), add_special_tokens=False).ids for text in texts
+    ]
+    assert embedder.token_ids(texts) == expected
+    assert embedder.token_ids(texts) == expected  # again, from the cache
+
+
+def test_the_word_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    embedder = load_embedder()
+    monkeypatch.setattr(embedding, "CACHE_WORDS", 50)
+    embedder.token_ids([" ".join(f"word{i}x{j}" for j in range(30)) for i in range(5)])
+    assert len(embedder._pieces) <= 50

@@ -361,3 +361,15 @@ def test_an_ngram_only_configuration_trains_without_the_embedding(
     assert plain.semantic is None
     assert plain.metadata()["embedding"] is None
     assert plain.predict_proba(["WIN a FREE car now"]).shape == (1, len(CATEGORIES))
+
+
+def test_thresholds_for_the_error_budget_are_chosen_on_validation_and_saved(
+    model: FastModel, tmp_path: Path
+) -> None:
+    assert model.chosen_thresholds is not None
+    assert model.chosen_thresholds["posts"] == 30  # the validation split: 10 per category
+    assert model.error_budget_thresholds is not None
+    assert model.error_budget_thresholds.allow >= Settings().thresholds.allow
+    loaded = FastModel.load(model.save(tmp_path))
+    assert loaded.chosen_thresholds == model.chosen_thresholds
+    assert loaded.error_budget_thresholds == model.error_budget_thresholds

@@ -47,7 +47,10 @@ def engine(tmp_path: Path, settings: Settings) -> Iterator[Engine]:
 @pytest.fixture(scope="module")
 def base() -> BaseData:
     return BaseData(
-        train=synthetic(40, seed=1), validation=synthetic(10, seed=2), gold=synthetic(15, seed=3)
+        train=synthetic(40, seed=1),
+        validation=synthetic(10, seed=2),
+        gold=synthetic(15, seed=3),
+        out_of_source=synthetic(10, seed=4),
     )
 
 
@@ -149,6 +152,11 @@ def test_a_drift_is_learned_promoted_and_recorded(
     assert details["champion_version"] == champion
     assert details["promoted"], details["decision"]
     scores = details["scores"]
+    # Both models are judged out of source too, on rows no model trains on.
+    assert {"gold", "time_split", "out_of_source"} <= scores["challenger"].keys()
+    assert scores["champion"]["out_of_source"]["support"] == scores["challenger"]["out_of_source"][
+        "support"
+    ]
     # The time split holds the newest decisions, mostly the scam wave the champion misses.
     assert scores["challenger"]["time_split"]["recall"]["spam"] > (
         scores["champion"]["time_split"]["recall"]["spam"] + 0.10
