@@ -39,9 +39,12 @@ COPY --from=node /usr/local/bin/node /usr/local/bin/node
 COPY --from=node /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/npm
 RUN ln -s /usr/local/lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm
 COPY data ./data
-ENV MODERATION_STACK__CACHE_DIR=/opt/moderation/cache
-# Only the built dataset is kept; the archives it was read from stay in this stage.
+ENV MODERATION_STACK__CACHE_DIR=/opt/moderation/cache \
+    MODERATION_WORKER__INJECTION_DETECTOR_DIR=/opt/moderation/injection
+# The learned injection detector is trained here too (its corpus needs the archives): a worker
+# loads it from the image and never trains at start. Only the dataset and the detector are kept.
 RUN /app/.venv/bin/python data/build_dataset.py \
+    && /app/.venv/bin/python -c "from moderation.classifier.injection_model import ensure_injection_detector; from moderation.settings import get_settings; ensure_injection_detector(get_settings(), progress=False)" \
     && rm -rf /opt/moderation/cache/fast-model-data/downloads
 
 # --- runtime -------------------------------------------------------------------------------------
@@ -55,6 +58,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MODERATION_WORKER__SERVICE_HOST=0.0.0.0 \
     MODERATION_STACK__CACHE_DIR=/opt/moderation/cache \
     MODERATION_MODELS__ARTIFACT_DIR=/models \
+    MODERATION_WORKER__INJECTION_DETECTOR_DIR=/opt/moderation/injection \
     MODERATION_NIGHTLY__OUTPUT_DIR=/models/nightly \
     MODERATION_NIGHTLY__LORA__ADAPTER_DIR=/models/lora \
     MPLCONFIGDIR=/tmp/matplotlib
@@ -72,6 +76,7 @@ COPY jobs ./jobs
 # The agent reads data/policy/ at run time; the dataset fingerprint reads data/*_posts.jsonl.
 COPY data ./data
 COPY --from=dataset /opt/moderation/cache /opt/moderation/cache
+COPY --from=dataset /opt/moderation/injection /opt/moderation/injection
 USER 10001:10001
 # api 8000, worker 8001, recorder 8002, review service 8003: /healthz, /readyz, /metrics each.
 EXPOSE 8000 8001 8002 8003

@@ -413,6 +413,11 @@ class WorkerSettings(BaseModel):
         description="back the regex injection screen with the learned detector "
         "(`classifier/injection_model.py`; trained on first use like the fast model)",
     )
+    injection_detector_dir: Path | None = Field(
+        default=None,
+        description="the learned detector's artifact store (default: <models.artifact_dir>/"
+        "injection); the service image bakes one in, so a worker never trains it at start",
+    )
     stage1_budget_seconds: float = Field(
         default=5.0,
         gt=0,

@@ -999,7 +999,7 @@ def ensure_injection_detector(
     corpus (archives and dataset cached under `settings.stack.cache_dir`), trains with a progress
     bar and saves the artifact. Gold rows are never trained on.
     """
-    store = settings.models.artifact_dir / "injection"
+    store = settings.worker.injection_detector_dir or settings.models.artifact_dir / "injection"
     fingerprint = corpus_fingerprint()
     existing = find_artifact(store, corpus=fingerprint, config=config.fingerprint())
     if existing is not None:
