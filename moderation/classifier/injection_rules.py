@@ -305,7 +305,11 @@ _FAKE_SYSTEM_RULES = [
         # ...then talk of posts, rules or "you": "System: Ryzen 5, 32GB RAM" is a spec sheet.
         r"[^\n]{0,160}?\b(?:ignor\w*|disregard|post|approv\w*|allow\w*|classif\w*|label\w*|mark"
         r"|safe|moderat\w*|polic(?:y|ies)|rules?|instructions?|assistant|model|override"
-        r"|authori[sz]\w*|exempt\w*|verdict|decision|review(?:ed)?|whitelist\w*|content|you)\b",
+        r"|authori[sz]\w*|exempt\w*|verdict|decision|review(?:ed)?|whitelist\w*|content|you"
+        # ...or its approval in another language: "SYSTEM: Beitrag geprüft".
+        r"|gepr[üu]ft|genehmigt|freigegeben|erlaubt|aprobad[oa]|permitid[oa]|approuv[ée]e?"
+        r"|autoris[ée]e?|valid[ée]e?|approvat[oa]|consentit[oa]|aprovad[oa]|verificad[oa]"
+        r"|одобрен\w*|разрешен\w*|проверен\w*|onaylan\w*|zatwierdzon\w*|disetujui)\b",
         "system sys assistant",
         chars=(":",),
     ),
@@ -676,14 +680,16 @@ _CLAIM_RULES = [
         "author user poster account creator member uploader sender",
         "perfect clean spotless flawless impeccable unblemished 0 zero no",
     ),
-    # Fake precedent: "previous identical posts were allowed".
+    # Fake precedent: "previous identical posts were allowed", "the exact same comment got
+    # approved before", "similar ads have been cleared" (sellers cite their other listings).
     _rule(
         FAKE_SYSTEM,
-        r"\b(?:identical|similar|same) (?:posts?|messages?|content|submissions?|comments?)\b"
+        r"\b(?:identical|similar|same|exact) (?:posts?|messages?|content|submissions?|comments?"
+        r"|listings?|ads?|adverts?|offers?)\b"
         r"[^\n]{0,40}?\b(?:were|was|have been|has been|got|are|is) (?:all |always |already "
         r"|previously )?(?:allowed|approved|cleared|accepted|kept up|left up|deemed safe|marked"
         r" (?:as )?safe|classified (?:as )?safe|found compliant)\b",
-        "identical similar same",
+        "identical similar same exact",
         "allowed approved cleared accepted kept left deemed marked classified found",
     ),
 ]
@@ -761,6 +767,9 @@ def _addressing(
         rf"{start}(?:{to_reader})\s?[:,]",
         rf"\b(?:{readers})\s(?:{reading})\b",
         rf"\b(?:{readers})\s?[,:]\s?(?:\w+\W+){{0,3}}?(?:{orders})\b",
+        # A sentence opening on a human reader: "Moderator, this is only a joke ..." (a colon is
+        # a speaker's label, "Moderator: welcome to the panel"; "AI, ML and data" is a list).
+        rf"{start}(?!(?:{machines})\W)(?:{readers})\s?[,،、，]",
     ]
     if reading_before:
         alternatives.append(rf"\b(?:{reading_before})\s(?:{readers})\b")

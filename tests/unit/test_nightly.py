@@ -154,9 +154,10 @@ def test_a_drift_is_learned_promoted_and_recorded(
     scores = details["scores"]
     # Both models are judged out of source too, on rows no model trains on.
     assert {"gold", "time_split", "out_of_source"} <= scores["challenger"].keys()
-    assert scores["champion"]["out_of_source"]["support"] == scores["challenger"]["out_of_source"][
-        "support"
-    ]
+    assert (
+        scores["champion"]["out_of_source"]["support"]
+        == scores["challenger"]["out_of_source"]["support"]
+    )
     # The time split holds the newest decisions, mostly the scam wave the champion misses.
     assert scores["challenger"]["time_split"]["recall"]["spam"] > (
         scores["champion"]["time_split"]["recall"]["spam"] + 0.10

@@ -5,6 +5,7 @@ The texts are written for the test (functional checks of the rules, not a qualit
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,7 +13,13 @@ import numpy as np
 import pytest
 
 from moderation.classifier.cascade import first_stage
-from moderation.classifier.readability import READABLE, assess, detected_language, words
+from moderation.classifier.readability import (
+    READABLE,
+    assess,
+    detected_language,
+    disguised,
+    words,
+)
 from moderation.events import PostSubmitted
 from moderation.settings import ReadabilitySettings, Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision
@@ -116,3 +123,79 @@ def test_a_model_without_a_vocabulary_still_gets_the_language_rule(settings: Set
         "Python 2.2 site libs?", settings.readability, vocabulary=known, training_length=None
     )
     assert found is READABLE
+
+
+# "see you at the beach tomorrow" with "beach" disguised in each way a reader still sees through.
+@pytest.mark.parametrize(
+    "text",
+    [
+        "see you at the b\u0435\u0430ch tomorrow",  # Cyrillic е, а inside a Latin word
+        "see you at the \u0432each tomorrow",  # Cyrillic в for b, at the start of the word
+        "see you at the b\u200be\u200ba\u200bc\u200bh tomorrow",  # zero-width spaces
+        "see you at the b\u00adea\u2060ch tomorrow",  # soft hyphen, word joiner
+        "see you at the b\u0336e\u0336a\u0336c\u0336h\u0336 tomorrow",  # strike-through marks
+        "see you at the b e a c h tomorrow",  # spaced out
+        "see you at the b.e.a.c.h tomorrow",
+        "see you at the b🔥e🔥a🔥c🔥h tomorrow",  # split by emoji
+        "see you at the b❄️e❄️a❄️c❄️h tomorrow",  # emoji with a variation selector
+        "see you at the ｂｅａｃｈ tomorrow",  # fullwidth
+        "see you at the 𝐛𝐞𝐚𝐜𝐡 tomorrow",  # mathematical bold
+        "see you at the %62%65%61%63%68 tomorrow",  # percent escapes of plain letters
+        "see you at the &#98;&#101;&#97;&#99;&#104; tomorrow",  # character references
+        "see you at the &#x62;&#x65;&#x61;&#x63;&#x68; tomorrow",
+        "see you at the b3ach tomorrow",  # leetspeak of a known word
+        "see you at the b34ch t0m0rr0w",
+    ],
+    ids=[
+        "cyrillic",
+        "cyrillic-first",
+        "zero-width",
+        "soft-hyphen",
+        "strike-through",
+        "spaced",
+        "dotted",
+        "emoji",
+        "emoji-selector",
+        "fullwidth",
+        "math-bold",
+        "percent",
+        "entities",
+        "hex-entities",
+        "leet",
+        "leet-digits",
+    ],
+)
+def test_a_disguised_word_is_never_allowed(settings: Settings, text: str) -> None:
+    assert disguised(text, VOCABULARY)
+    [(decision, signals, to_agent)] = stage_one(settings, text)
+    assert decision is Decision.REVIEW and to_agent
+    assert "unreadable:disguised-words" in signals
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Москва and Kyiv are lovely in winter",  # words of two scripts, each word of one
+        "a 5μm filter and 20 μg of vitamin D",  # Greek mu in units
+        "café, crème brûlée and a piña colada",  # accented letters
+        unicodedata.normalize("NFD", "café, crème brûlée, Tôi mệt mỏi lắm rồi"),  # typed as marks
+        "n̈ is rare but one stray mark is not a disguise",
+        "ⓘ tap the icon for more",  # one enclosed letter is an icon
+        "می‌خواهم بروم",  # zero-width non-joiner inside a Persian word
+        "ok, U.S.A. and e.g. a car, i.e. a bus",  # initials and abbreviations
+        "my mp3s, 4chan, covid19, the 3am train and the 4th of july",  # digits spelling nothing
+        "see you l8r, b4 the game",  # short abbreviations
+        "@beach_cafe see you @tomorrow",  # mentions
+        "https://ru.wikipedia.org/wiki/%D0%9C%D0%BE%D1%81%D0%BA%D0%B2%D0%B0",  # escaped Cyrillic
+        "see my%20holiday%20photos%2C%20album",  # escaped spaces and commas
+        "fish &amp; chips &#8212; &#169; 2024",  # entities for punctuation and symbols
+    ],
+)
+def test_ordinary_text_is_not_disguised(text: str) -> None:
+    assert not disguised(text, VOCABULARY)
+
+
+def test_leetspeak_counts_only_when_the_model_knows_the_word() -> None:
+    assert disguised("see you at the b3ach", VOCABULARY)
+    assert not disguised("see you at the b3ach", VOCABULARY - {"beach"})
+    assert not disguised("see you at the b3ach", None)  # no vocabulary: leetspeak is not judged
