@@ -299,9 +299,13 @@ def _threshold_report(
         settings.error_budget,
         settings.thresholds,
     )
-    configured = route_records(model, records, settings)
+    # Both runs name their thresholds: the model's own error-budget choice is not applied here.
+    as_given = settings.model_copy(
+        update={"error_budget": settings.error_budget.model_copy(update={"apply": False})}
+    )
+    configured = route_records(model, records, as_given)
     chosen = route_records(
-        model, records, settings.model_copy(update={"thresholds": choice.thresholds})
+        model, records, as_given.model_copy(update={"thresholds": choice.thresholds})
     )
     if as_json:
         routing = {"configured": configured, "chosen": chosen}
