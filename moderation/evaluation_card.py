@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moderation.classifier.cascade import Scorer
+from moderation.classifier.cascade import Scorer, stage1_thresholds
 from moderation.evaluation import EvalReport, score_probabilities
 from moderation.evaluation_loso import LosoReport, is_team_source, load_sourced_splits
 from moderation.evaluation_routing import RoutingShares
@@ -192,15 +192,19 @@ def model_card(card: CardInputs) -> str:
         f"- Version `{card.model_version}`, trained {card.trained_at}; dataset fingerprint "
         f"`{str(manifest.get('fingerprint', ''))[:16]}`; policy "
         f"`{card.settings.models.policy_version}`.",
-        "- Hashed byte n-grams (2-5 bytes, idf-weighted, unit norm) into one-vs-rest logistic "
-        "models (SGD), each column calibrated by Platt scaling on out-of-fold scores "
-        "(`moderation/classifier/fast_model.py`). `sexual_minors` is a lexicon signal and "
-        "`self_harm` is backed by one (review only, never removal).",
+        "- Two heads of one-vs-rest logistic models, each column calibrated by Platt scaling on "
+        "out-of-fold scores (`moderation/classifier/fast_model.py`): hashed byte n-grams (2-5 "
+        "bytes, idf-weighted, unit norm; SGD) and a static sentence embedding (WordLlama "
+        "`l2_supercat_256`, `embedding.py`); each probability is the mean of the two heads. "
+        "`sexual_minors` is a lexicon signal and `self_harm` is backed by one (review only, never "
+        "removal).",
         "- Stage 1 of the cascade: `decide` turns the probabilities into allow / remove / "
-        "uncertain (to the agent, else a human) with the default thresholds (allow at P(safe) ≥ "
-        f"{card.settings.thresholds.allow}, remove at ≥ "
-        f"{max(card.settings.thresholds.remove.values())}, always-review floor "
-        f"{card.settings.thresholds.review_floor}).",
+        "uncertain (to the agent, else a human) with the thresholds stage 1 uses "
+        "(`cascade.stage1_thresholds`: chosen on validation for the error budget when the model "
+        f"carries them): allow at P(safe) ≥ {card.settings.thresholds.allow}, remove at ≥ "
+        f"{min(card.settings.thresholds.remove.values())}-"
+        f"{max(card.settings.thresholds.remove.values())} by category, always-review floor "
+        f"{card.settings.thresholds.review_floor}.",
         "",
         "## Intended use",
         "",
@@ -213,9 +217,10 @@ def model_card(card: CardInputs) -> str:
         f"- Trained and evaluated on English only (`readability.supported_languages`: "
         f"{languages}). Stage 1 never allows a text it cannot read "
         "(`moderation/classifier/readability.py`): a text CLD2 reliably detects in another "
-        "language, a text whose words are mostly unseen in training, or a text far longer than "
-        "the training texts is made uncertain and routed to the agent or a human. Those rules "
-        "route other languages away; they do not make the model understand them.",
+        "language, a text whose words are mostly unseen in training, a text far longer than "
+        "the training texts, or one whose words are disguised (look-alike letters, split or "
+        "encoded letters, leetspeak) is made uncertain and routed to the agent or a human. "
+        "Those rules route other languages away; they do not make the model understand them.",
         "",
         "## Training and evaluation data",
         "",
@@ -408,6 +413,8 @@ def write_model_card(
         else None
     )
     trained_at = getattr(model, "trained_at", None)
+    # The card names the thresholds stage 1 really decides with.
+    settings = settings.model_copy(update={"thresholds": stage1_thresholds(model, settings)})
     card = CardInputs(
         model_version=model.version,
         trained_at=f"{trained_at:%Y-%m-%d}" if trained_at is not None else "unknown",
