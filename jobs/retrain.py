@@ -9,8 +9,9 @@ that no model ever trains on: the same out-of-source view as `moderation eval --
 the gold split are never trained on, whoever labelled them.
 
 Promotion rule (`decide_promotion`): the challenger's overall score (the mean of its macro F1 on
-the gold split, the time split and the out-of-source set) must beat the champion's by `min_gain`, and on each split
-no category with at least `min_category_support` examples may regress. Both models see the same
+the gold split, the time split and the out-of-source set) must beat the champion's by
+`min_gain`, and on each split no category with at least `min_category_support` examples may
+regress. Both models see the same
 posts, so a category is compared post by post: `lost` are its posts the champion got right and
 the challenger gets wrong, `gained` the reverse. It regresses when the net loss is more than
 `tolerance` of its support *and* beyond retraining noise (McNemar's test, one-sided 95 %:

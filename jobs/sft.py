@@ -4,9 +4,9 @@ Each example is what the agent is given at run time and the answer a moderator w
 wanted: the system message is `build_instructions(policy)` (the agent's instructions), the user
 message is `render_post(post, stage-1 scores, screen_post(text))` exactly as the cascade builds
 it but for the delimiter nonce (random at run time; derived from the post id here, so an export
-run twice writes the same files), and the assistant message is an `AgentVerdict` JSON built from the moderator's label and
-decision. At run time the served prompt also carries the two tool definitions and maybe tool
-turns; the examples teach the final answer only.
+run twice writes the same files), and the assistant message is an `AgentVerdict` JSON built from
+the moderator's label and decision. At run time the served prompt also carries the two tool
+definitions and maybe tool turns; the examples teach the final answer only.
 
 Input: one row per human decision, a pandas DataFrame with the columns
 
