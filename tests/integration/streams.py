@@ -22,6 +22,8 @@ from moderation.taxonomy import VIOLATING
 
 # Thresholds no fast-model score can pass: stage 1 decides nothing, every post is uncertain.
 STAGE_ONE_DECIDES_NOTHING = {
+    # The configured thresholds, not the model's error-budget choice, which would decide some.
+    "MODERATION_ERROR_BUDGET__APPLY": "false",
     "MODERATION_THRESHOLDS__ALLOW": "1.0",
     "MODERATION_THRESHOLDS__REMOVE": json.dumps(dict.fromkeys([c.value for c in VIOLATING], 1.01)),
 }
