@@ -232,8 +232,9 @@ class ErrorBudget(BaseModel):
     )
     apply: bool = Field(
         default=True,
-        description="stage 1 decides with the thresholds chosen for this budget when the model "
-        "was trained (kept in its artifact); false: with `thresholds` as configured",
+        description="stage 1 decides with the thresholds training chose for the default budget "
+        "(kept in the model artifact); false: with `thresholds` as configured (set them from "
+        "`moderation eval --thresholds` for another budget)",
     )
 
 

@@ -50,7 +50,7 @@ from moderation.classifier import embedding as embedding_module
 from moderation.classifier.artifacts import ArtifactRefused, check_digest, read_artifact
 from moderation.classifier.embedding import EMBEDDER_NAME, StaticEmbedder, load_embedder
 from moderation.classifier.readability import words
-from moderation.settings import Settings, ThresholdSettings, get_settings
+from moderation.settings import ErrorBudget, Settings, ThresholdSettings, get_settings
 from moderation.stack.runtime import cache_entry, console
 from moderation.taxonomy import CATEGORIES, Category
 
@@ -865,12 +865,16 @@ def _train(
 def _choose_thresholds(
     model: FastModel, texts: Sequence[str], labels: Sequence[Category]
 ) -> dict[str, Any]:
-    """The thresholds for the configured error budget, chosen on the validation split."""
+    """The thresholds for the default error budget, chosen on the validation split.
+
+    The defaults, not this process's settings: the artifact is shared by every process, and a
+    test or a worker started with other thresholds must not bake them into it (its version does
+    not name them). `moderation eval --thresholds` shows what another budget would choose.
+    """
     from moderation.classifier.thresholds import choose_thresholds
 
-    settings = get_settings()
     choice = choose_thresholds(
-        model.predict_proba(texts), labels, settings.error_budget, settings.thresholds
+        model.predict_proba(texts), labels, ErrorBudget(), ThresholdSettings()
     )
     return choice.model_dump(mode="json")
 

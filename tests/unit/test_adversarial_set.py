@@ -56,19 +56,10 @@ MIN_TECHNIQUES = 20
 # use without matching these very sentences (no disguise, no injection, nothing unreadable), so
 # they wait for a model that reads meaning. Strict: training is deterministic, so the product
 # model allows exactly these; a retrained model that catches one fails the test until the entry
-# goes (the embedding head caught five more such rows: veiled threats, fiction framing, a buried
-# sentence, indirect self-harm).
-MODEL_GAPS: dict[int, tuple[str, str]] = {
-    20: (
-        "euphemism",
-        "a threat in workplace euphemisms ('a very permanent day off', 'bought what I need')",
-    ),
-    106: (
-        "euphemism",
-        "a call for deportation and murder by historical allusion ('put them on trains, finish "
-        "what was started'), no group named, no slur",
-    ),
-}
+# goes. None at present: the embedding head caught five such rows (veiled threats, fiction
+# framing, a buried sentence, indirect self-harm) and the larger seed set the last two (a
+# workplace threat in euphemisms, a call to murder by historical allusion).
+MODEL_GAPS: dict[int, tuple[str, str]] = {}
 
 
 @dataclass(frozen=True)

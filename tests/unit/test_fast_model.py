@@ -25,7 +25,7 @@ from moderation.classifier.fast_model import (
     sexual_minors_signal,
     train_fast_model,
 )
-from moderation.settings import ModelStoreSettings, Settings, StackSettings
+from moderation.settings import ModelStoreSettings, Settings, StackSettings, ThresholdSettings
 from moderation.taxonomy import CATEGORIES, Category
 
 SAFE_TEMPLATES = [
@@ -370,6 +370,11 @@ def test_thresholds_for_the_error_budget_are_chosen_on_validation_and_saved(
     assert model.chosen_thresholds["posts"] == 30  # the validation split: 10 per category
     assert model.error_budget_thresholds is not None
     assert model.error_budget_thresholds.allow >= Settings().thresholds.allow
+    # Chosen from the defaults, whatever the training process was configured with: the artifact
+    # is shared, and its version does not name thresholds.
+    assert model.chosen_thresholds["configured_thresholds"] == ThresholdSettings().model_dump(
+        mode="json"
+    )
     loaded = FastModel.load(model.save(tmp_path))
     assert loaded.chosen_thresholds == model.chosen_thresholds
     assert loaded.error_budget_thresholds == model.error_budget_thresholds
