@@ -28,19 +28,21 @@ def test_vectors_are_unit_norm_and_deterministic() -> None:
     assert embedder.embed([]).shape == (0, embedder.dim)
 
 
-def test_similar_meaning_is_closer_than_similar_spelling() -> None:
+def test_a_paraphrase_is_nearer_the_threat_than_the_harmless_lookalike() -> None:
     embedder = load_embedder()
-    threat, paraphrase, lookalike = embedder.embed(
+    threat, paraphrase, lookalike, unrelated = embedder.embed(
         [
             "I am going to shoot everyone at my school tomorrow",
             "tomorrow I will kill all the students in my class with a gun",
             "I am going to shop with everyone at my school tomorrow",
+            "the farmers market opens at nine on saturdays",
         ]
     )
     assert float(threat @ paraphrase) > 0.5
-    assert float(threat @ lookalike) < float(threat @ paraphrase) + 0.5  # not a spelling match only
-    safe = embedder.embed(["the farmers market opens at nine on saturdays"])[0]
-    assert float(threat @ paraphrase) > float(threat @ safe)
+    # The paraphrase shares almost no words with the threat, yet reads nearer to it than to
+    # the lookalike that differs from the threat by one word.
+    assert float(paraphrase @ threat) > float(paraphrase @ lookalike) + 0.1
+    assert float(threat @ paraphrase) > float(threat @ unrelated) + 0.4
 
 
 def test_long_texts_are_embedded_from_their_head_and_tail() -> None:
