@@ -11,25 +11,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moderation.classifier import injection_model
+from moderation.classifier import injection_corpus, injection_model
 from moderation.classifier.artifacts import ArtifactRefused
-from moderation.classifier.injection_model import (
-    DEFAULT_CONFIG,
+from moderation.classifier.injection_corpus import (
     INJECTION_EXAMPLES,
-    METADATA_FILE,
-    MODEL_FILE,
     TEAM_BENIGN,
     TEAM_INJECTIONS,
-    InjectionDetector,
     InjectionRecord,
-    choose_threshold,
     clean_records,
-    embed_in_posts,
-    ensure_injection_detector,
     latent_injections,
-    loso_split,
     promptinject_attacks,
     read_examples,
+)
+from moderation.classifier.injection_model import (
+    DEFAULT_CONFIG,
+    METADATA_FILE,
+    MODEL_FILE,
+    InjectionDetector,
+    choose_threshold,
+    embed_in_posts,
+    ensure_injection_detector,
+    loso_split,
     train_injection_detector,
 )
 from moderation.settings import PROJECT_ROOT, ModelStoreSettings, Settings, StackSettings
@@ -51,7 +53,7 @@ def small_corpus() -> list[InjectionRecord]:
         row = json.loads(line)
         if row.get("label", "safe") == "safe":
             text = row["text"]
-            split = injection_model._hashed_split(text)
+            split = injection_corpus._hashed_split(text)
             records.append(InjectionRecord(text, False, "dataset:project", split))
     return clean_records(records)
 
