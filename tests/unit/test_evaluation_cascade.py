@@ -9,11 +9,9 @@ in `moderation eval --cascade` itself.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -27,23 +25,7 @@ from moderation.events import PostSubmitted
 from moderation.settings import Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision
 from tests.scripted_llm import ScriptedModel, ScriptedProvider, allow_json, remove_json
-
-SAFE = dict.fromkeys(CATEGORIES, 0.01) | {Category.SAFE: 0.95}
-SPAM = dict.fromkeys(CATEGORIES, 0.01) | {Category.SAFE: 0.02, Category.SPAM: 0.95}
-UNSURE = dict.fromkeys(CATEGORIES, 0.05) | {Category.SAFE: 0.5, Category.SPAM: 0.4}
-
-
-class KeywordScorer:
-    """Stage 1 by keyword: `clear-safe` allows, `clear-spam` removes, anything else is unsure."""
-
-    version = "keywords-1"
-
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
-        def row(text: str) -> list[float]:
-            scores = SAFE if "clear-safe" in text else SPAM if "clear-spam" in text else UNSURE
-            return [scores[c] for c in CATEGORIES]
-
-        return np.array([row(text) for text in texts])
+from tests.unit.test_bench_agent import KeywordScorer
 
 
 class FakeAgent(AgentStage):
