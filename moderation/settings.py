@@ -397,6 +397,15 @@ class ReadabilitySettings(BaseModel):
         description="texts longer than this many times the training texts' 99.9th percentile "
         "length are not allowed by stage 1",
     )
+    passage_check_chars: int = Field(
+        default=400,
+        ge=0,
+        description="a text at least this long is allowed by stage 1 only when none of its "
+        "sentences, read alone, is more likely violating than safe (0: off)",
+    )
+    max_passages: int = Field(
+        default=64, ge=1, description="sentences of one text read alone (the first ones)"
+    )
 
 
 class WorkerSettings(BaseModel):

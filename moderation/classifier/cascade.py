@@ -54,7 +54,14 @@ from moderation.classifier.agent import (
 )
 from moderation.classifier.decide import Outcome, decide
 from moderation.classifier.injection import CLEAN, InjectionScreen, screen_post
-from moderation.classifier.readability import READABLE, assess
+from moderation.classifier.readability import (
+    PASSAGE_PREFIX,
+    READABLE,
+    Readability,
+    assess,
+    diluted,
+    passages,
+)
 from moderation.events import ModerationVerdict, PostSubmitted, ReviewPriority, ReviewRequested
 from moderation.events import utc_now as _utc_now
 from moderation.llm.provider import error_kind
@@ -146,6 +153,41 @@ def stage1_thresholds(scorer: Scorer, settings: Settings) -> ThresholdSettings:
     return settings.thresholds.model_copy(update={"allow": chosen.allow, "remove": chosen.remove})
 
 
+def _diluted_allows(
+    posts: Sequence[PostSubmitted],
+    outcomes: Sequence[Outcome],
+    scorer: Scorer,
+    settings: Settings,
+) -> dict[int, Category]:
+    """The long posts stage 1 would allow although one of their sentences, read alone, is
+    more likely violating than safe (`readability.diluted`), by index: one model call for the
+    sentences of every such post in the batch."""
+    floor = settings.readability.passage_check_chars
+    if floor == 0:
+        return {}
+    candidates = [
+        (index, passages(post.text, settings.readability.max_passages))
+        for index, (post, outcome) in enumerate(zip(posts, outcomes, strict=True))
+        if outcome.decision is Decision.ALLOW and len(post.text) >= floor
+    ]
+    candidates = [(index, found) for index, found in candidates if len(found) > 1]
+    if not candidates:
+        return {}
+    texts = [sentence for _, found in candidates for sentence in found]
+    rows: list[list[float]] = scorer.predict_proba(texts).tolist()
+    flagged: dict[int, Category] = {}
+    start = 0
+    for index, found in candidates:
+        scores = [
+            dict(zip(CATEGORIES, row, strict=True)) for row in rows[start : start + len(found)]
+        ]
+        start += len(found)
+        category = diluted(scores)
+        if category is not None:
+            flagged[index] = category
+    return flagged
+
+
 def first_stage(
     posts: Sequence[PostSubmitted],
     scorer: Scorer,
@@ -171,10 +213,11 @@ def first_stage(
     # Scripted test models have no vocabulary: the word rule is then off, the others apply.
     vocabulary: frozenset[str] | None = getattr(scorer, "vocabulary", None) or None
     training_length: int | None = getattr(scorer, "training_length", None)
+    all_scores = [dict(zip(CATEGORIES, row, strict=True)) for row in rows]
+    outcomes = [decide(scores, thresholds) for scores in all_scores]
+    passage_rule = _diluted_allows(posts, outcomes, scorer, settings)
     results: list[FirstStage] = []
-    for index, (post, row) in enumerate(zip(posts, rows, strict=True)):
-        scores = dict(zip(CATEGORIES, row, strict=True))
-        outcome = decide(scores, thresholds)
+    for index, (post, scores, outcome) in enumerate(zip(posts, all_scores, outcomes, strict=True)):
         readability = READABLE
         if deadline is not None and time.monotonic() > deadline:
             STAGE1_UNSCREENED.inc()
@@ -192,6 +235,9 @@ def first_stage(
                     vocabulary=vocabulary,
                     training_length=training_length,
                 )
+                if index in passage_rule:
+                    signal = PASSAGE_PREFIX + passage_rule[index].value
+                    readability = Readability(tuple(sorted({*readability.signals, signal})))
                 if not readability.readable:
                     UNREADABLE.labels(rule=readability.signals[0].split(":")[0]).inc()
                     withheld = (

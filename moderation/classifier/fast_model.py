@@ -385,6 +385,27 @@ def _calibrated(scores: FloatArray, platt: FloatArray) -> FloatArray:
     return probabilities
 
 
+# The strengths of the prior shift tried on validation (0: the training mix's priors).
+PRIOR_SHIFT_GRID = tuple(round(0.05 * step, 2) for step in range(11))
+
+
+def prior_offsets(shares: FloatArray, strength: float) -> FloatArray:
+    """Logit offsets that move each column `strength` of the way from its training share to
+    an even prior: the share of safe posts in training (about 70 %) says which sources were
+    packaged, not how often real traffic is safe, and at full weight it wins the argmax of
+    most threats and self-harm posts the model half recognizes."""
+    clipped = np.clip(shares, 1e-4, 1 - 1e-4)
+    offsets: FloatArray = -strength * np.log(clipped / (1 - clipped))
+    return offsets
+
+
+def _shifted(probabilities: FloatArray, offsets: FloatArray) -> FloatArray:
+    clipped = np.clip(probabilities, 1e-12, 1 - 1e-12)
+    z = np.log(clipped / (1 - clipped)) + offsets
+    shifted: FloatArray = 1 / (1 + np.exp(-z))
+    return shifted
+
+
 @dataclass(frozen=True)
 class SemanticHead:
     """One-vs-rest logistic models on the static embedding, Platt-calibrated like the n-grams."""
@@ -445,6 +466,7 @@ class FastModel:
         training_length: int | None = None,
         semantic: SemanticHead | None = None,
         chosen_thresholds: dict[str, Any] | None = None,
+        prior_shift: float = 0.0,
     ) -> None:
         k = len(trained_categories)
         if weights.shape != (1 << config.hash_bits, k) or intercepts.shape != (k,):
@@ -484,6 +506,9 @@ class FastModel:
             if chosen_thresholds
             else None
         )
+        # How far the columns are moved toward an even prior (`prior_offsets`), chosen on
+        # validation for macro F1 at training; 0 for artifacts from before it.
+        self.prior_shift = prior_shift
         self._embedder: StaticEmbedder | None = None
         self._columns = np.array([CATEGORIES.index(c) for c in trained_categories], dtype=np.intp)
         self._minors_column = CATEGORIES.index(Category.SEXUAL_MINORS)
@@ -507,19 +532,41 @@ class FastModel:
                 )
         return self._embedder
 
+    def learned_proba(self, texts: Sequence[str]) -> FloatArray:
+        """The trained columns' calibrated probabilities (both heads mixed), before the prior
+        shift and the lexicon signals; shape (len(texts), len(trained_categories))."""
+        scores = self.decision_scores(texts).astype(np.float64)
+        learned = _calibrated(scores, self._platt)
+        if self.semantic is not None:
+            vectors = self.embedder().embed(list(texts))
+            semantic = _calibrated(self.semantic.scores(vectors), self.semantic.platt)
+            weight = self.config.embedding_weight
+            learned = (1 - weight) * learned + weight * semantic
+        return learned
+
+    def training_shares(self) -> FloatArray:
+        """Each trained category's share of the training rows, in trained-column order."""
+        counts = np.array(
+            [self.training_counts.get(c.value, 0) for c in self.trained_categories], np.float64
+        )
+        shares: FloatArray = counts / max(counts.sum(), 1.0)
+        return shares
+
     def predict_proba(self, texts: Sequence[str]) -> FloatArray:
-        """Calibrated probabilities, shape (len(texts), 9), columns in `CATEGORIES` order."""
+        """Probabilities, shape (len(texts), 9), columns in `CATEGORIES` order: calibrated,
+        then shifted toward an even prior by `prior_shift`, then raised by the lexicon signals."""
+        if len(texts) == 0 or not self.trained_categories:
+            return self.with_signals(texts, None)
+        return self.with_signals(texts, self.learned_proba(texts))
+
+    def with_signals(self, texts: Sequence[str], learned: FloatArray | None) -> FloatArray:
+        """The full probability matrix of `learned_proba`'s columns (None: no trained column)."""
         probabilities = np.zeros((len(texts), len(CATEGORIES)), dtype=np.float64)
         if len(texts) == 0:
             return probabilities
-        if self.trained_categories:
-            scores = self.decision_scores(texts).astype(np.float64)
-            learned = _calibrated(scores, self._platt)
-            if self.semantic is not None:
-                vectors = self.embedder().embed(list(texts))
-                semantic = _calibrated(self.semantic.scores(vectors), self.semantic.platt)
-                weight = self.config.embedding_weight
-                learned = (1 - weight) * learned + weight * semantic
+        if learned is not None:
+            if self.prior_shift:
+                learned = _shifted(learned, prior_offsets(self.training_shares(), self.prior_shift))
             probabilities[:, self._columns] = learned
         for column, signal_of in (
             (self._minors_column, sexual_minors_signal),
@@ -550,6 +597,7 @@ class FastModel:
             "training_length": self.training_length,
             "vocabulary_words": len(self.vocabulary),
             "chosen_thresholds": self.chosen_thresholds,
+            "prior_shift": self.prior_shift,
             "embedding": (
                 {"name": self.config.embedding, "sha256": self.semantic.digest}
                 if self.semantic is not None
@@ -644,6 +692,7 @@ class FastModel:
             training_length=metadata.get("training_length"),
             semantic=semantic,
             chosen_thresholds=metadata.get("chosen_thresholds"),
+            prior_shift=float(metadata.get("prior_shift", 0.0)),
         )
 
 
@@ -844,6 +893,7 @@ def _train(
         )
         if validation[0]:
             validation_task = bar.add_task("fast model: validation metrics", total=1)
+            model.prior_shift = _choose_prior_shift(model, *validation)
             report = evaluate(
                 model,
                 [
@@ -860,6 +910,28 @@ def _train(
     model.training_seconds = round(time.monotonic() - started, 2)
     logger.info("trained %s in %.1fs", model.version, model.training_seconds)
     return model
+
+
+def _choose_prior_shift(
+    model: FastModel, texts: Sequence[str], labels: Sequence[Category]
+) -> float:
+    """The `PRIOR_SHIFT_GRID` strength with the best macro F1 on validation (ties: the weaker)."""
+    from moderation.evaluation import score_probabilities
+
+    learned = model.learned_proba(texts)
+    records = [
+        {"text": text, "label": label.value} for text, label in zip(texts, labels, strict=True)
+    ]
+    best, best_f1 = 0.0, -1.0
+    for strength in PRIOR_SHIFT_GRID:
+        model.prior_shift = strength
+        report = score_probabilities(
+            model.with_signals(texts, learned), records, model_version=None
+        )
+        if report.macro_f1 is not None and report.macro_f1 > best_f1 + 1e-9:
+            best, best_f1 = strength, report.macro_f1
+    model.prior_shift = best
+    return best
 
 
 def _choose_thresholds(

@@ -25,6 +25,14 @@ uncertain (the agent, else a human), names itself in the verdict's signals, and 
   what the model reads: "I will ѕhооt every teacher ..." came out P(safe) 0.96. One disguised
   word is enough, as in a real post: the rest of it is written to look harmless.
 
+A fifth rule needs the model itself, so `cascade.first_stage` applies it with `passages` and
+`diluted`: `passage:<category>`, a text of at least `readability.passage_check_chars`
+characters that the model would allow as a whole, but one of whose sentences, read alone, it
+finds more likely `<category>` than safe. The model reads a long text as one bag of n-grams and
+one mean vector, so a threat in the middle of an essay is diluted by the sentences around it:
+a short violating post set inside a long safe text was allowed 72 % of the time, and 39 % with
+this rule, which kept 91 % of the long safe texts' allows (`data/README.md`).
+
 The rules only ever withhold an allow; they are measured on the gold split in `data/README.md`.
 """
 
@@ -32,16 +40,18 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import pycld2  # type: ignore[import-untyped]
 
 from moderation.settings import ReadabilitySettings
+from moderation.taxonomy import VIOLATING, Category
 
 UNFAMILIAR_WORDS = "unfamiliar-words"
 LENGTH = "length"
 DISGUISED_WORDS = "disguised-words"
+PASSAGE_PREFIX = "passage:"
 LANGUAGE_PREFIX = "language:"
 LABEL_PREFIX = "unreadable:"
 
@@ -49,6 +59,11 @@ LABEL_PREFIX = "unreadable:"
 _WORD = re.compile(r"[^\W\d_]{2,}")
 # Below this share of unknown words a detected foreign language is taken for noise.
 _FOREIGN_LANGUAGE_MIN_UNFAMILIAR = 0.3
+
+# Sentence ends: `.`, `!`, `?` or `…` before white space, or a line break.
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?…])\s+|\s*\n\s*")
+# Shorter pieces join the next one: a salutation or "Ok." is not read alone.
+_MIN_PASSAGE_CHARS = 40
 
 # --- disguised words (`disguised`). Each pattern starts with a character class that ordinary
 # text rarely contains (the regex engine skips to it quickly) and has no nested repetition over
@@ -208,3 +223,32 @@ def assess(
     if disguised(text, vocabulary):
         signals.append(DISGUISED_WORDS)
     return Readability(tuple(sorted(signals))) if signals else READABLE
+
+
+def passages(text: str, limit: int) -> list[str]:
+    """The sentences of `text` (short ones joined to the next), at most `limit` of them."""
+    found: list[str] = []
+    pending = ""
+    for piece in _SENTENCE_BREAK.split(text):
+        pending = f"{pending} {piece}".strip() if pending else piece.strip()
+        if len(pending) >= _MIN_PASSAGE_CHARS:
+            found.append(pending)
+            pending = ""
+            if len(found) == limit:
+                return found
+    if pending:
+        found.append(pending)
+    return found
+
+
+def diluted(passage_scores: Sequence[Mapping[Category, float]]) -> Category | None:
+    """The violating category one passage is read as more likely than safe (the most
+    probable such one), or None; spam is left out: a link in an essay is not a threat."""
+    worst: tuple[float, Category] | None = None
+    for scores in passage_scores:
+        safe = scores[Category.SAFE]
+        for category in VIOLATING:
+            if category is not Category.SPAM and scores[category] > safe:
+                if worst is None or scores[category] > worst[0]:
+                    worst = (scores[category], category)
+    return worst[1] if worst is not None else None

@@ -14,6 +14,7 @@ from moderation.classifier import fast_model
 from moderation.classifier.artifacts import ArtifactRefused, artifact_digest
 from moderation.classifier.embedding import load_embedder
 from moderation.classifier.fast_model import (
+    PRIOR_SHIFT_GRID,
     SELF_HARM_SIGNAL,
     SIGNAL_NEAR,
     SIGNAL_SAME_POST,
@@ -21,6 +22,7 @@ from moderation.classifier.fast_model import (
     ensure_fast_model,
     fit_platt,
     measure_throughput,
+    prior_offsets,
     self_harm_signal,
     sexual_minors_signal,
     train_fast_model,
@@ -378,3 +380,39 @@ def test_thresholds_for_the_error_budget_are_chosen_on_validation_and_saved(
     loaded = FastModel.load(model.save(tmp_path))
     assert loaded.chosen_thresholds == model.chosen_thresholds
     assert loaded.error_budget_thresholds == model.error_budget_thresholds
+
+
+def test_the_prior_shift_moves_each_column_toward_an_even_prior() -> None:
+    shares = np.array([0.7, 0.2, 0.1])
+    assert np.allclose(prior_offsets(shares, 0.0), 0.0)
+    full = prior_offsets(shares, 1.0)
+    # At full strength a probability equal to the column's training share becomes 0.5.
+    shifted = fast_model._shifted(shares[None, :], full)
+    assert np.allclose(shifted, 0.5)
+    # Half-way: the majority column goes down, the minority ones up, each still in order.
+    half = prior_offsets(shares, 0.5)
+    assert half[0] < 0 < half[1] < half[2]
+    column = np.array([[0.05, 0.05, 0.05], [0.5, 0.5, 0.5], [0.95, 0.95, 0.95]])
+    moved = fast_model._shifted(column, half)
+    assert (np.diff(moved, axis=0) > 0).all()
+    # The argmax of a post the calibrated model calls 60 % safe, 35 % violence changes.
+    post = np.array([[0.6, 0.01, 0.35]])
+    assert post.argmax() == 0 and fast_model._shifted(post, half).argmax() == 2
+
+
+def test_the_prior_shift_is_chosen_on_validation_and_saved(
+    model: FastModel, tmp_path: Path
+) -> None:
+    assert model.prior_shift in PRIOR_SHIFT_GRID
+    path = model.save(tmp_path)
+    metadata = json.loads((path / "metadata.json").read_text())
+    assert metadata["prior_shift"] == model.prior_shift
+    assert FastModel.load(path).prior_shift == model.prior_shift
+    # An artifact from before the shift predicts as it always did (strength 0).
+    del metadata["prior_shift"]
+    (path / "metadata.json").write_text(json.dumps(metadata))
+    old = FastModel.load(path)
+    texts = ["you moron", "lovely evening at the beach"]
+    assert old.prior_shift == 0.0
+    learned = old.learned_proba(texts)
+    np.testing.assert_allclose(old.predict_proba(texts)[:, list(old._columns)], learned)

@@ -17,7 +17,9 @@ from moderation.classifier.readability import (
     READABLE,
     assess,
     detected_language,
+    diluted,
     disguised,
+    passages,
     words,
 )
 from moderation.events import PostSubmitted
@@ -199,3 +201,98 @@ def test_leetspeak_counts_only_when_the_model_knows_the_word() -> None:
     assert disguised("see you at the b3ach", VOCABULARY)
     assert not disguised("see you at the b3ach", VOCABULARY - {"beach"})
     assert not disguised("see you at the b3ach", None)  # no vocabulary: leetspeak is not judged
+
+
+# --- the passage rule: a long text is read sentence by sentence before stage 1 allows it --------
+
+THREAT = "Tonight I will hurt him badly."
+ESSAY = (
+    "We spent the whole summer at the beach with friends and family. "
+    "My sister made soup for dinner and we talked about the game for hours. "
+    "Does anyone know a good recipe for banana bread, the one with walnuts? "
+    "Thanks everyone for coming, what a lovely sunset it was on the last day. "
+    "Next year we will rent the same house again and bring the dog along. "
+    "The kids want to learn to sail, so we booked a week of lessons. "
+)
+
+
+class ReadsShortThreats(ConfidentlySafe):
+    """Reads a short sentence with "hurt" as violence; anything longer dilutes it to safe."""
+
+    training_length = 10_000
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
+        out = super().predict_proba(texts)
+        for row, text in enumerate(texts):
+            if "hurt" in text and len(text) < 100:
+                out[row, CATEGORIES.index(Category.SAFE)] = 0.2
+                out[row, CATEGORIES.index(Category.VIOLENCE)] = 0.7
+        return out
+
+
+def stage_one_reading(settings: Settings, *texts: str) -> list[tuple[Decision, list[str]]]:
+    posts = [PostSubmitted(post_id=f"p{i}", text=t, author_id="u") for i, t in enumerate(texts)]
+    results = first_stage(posts, ReadsShortThreats(), settings, agent_enabled=True)
+    return [(r.verdict.decision, r.verdict.signals) for r in results]
+
+
+def test_a_threat_inside_a_long_text_withholds_the_allow(settings: Settings) -> None:
+    buried = ESSAY[:200] + THREAT + " " + ESSAY[200:]
+    assert len(buried) >= settings.readability.passage_check_chars
+    results = stage_one_reading(settings, buried, ESSAY, THREAT)
+    assert results == [
+        (Decision.REVIEW, ["unreadable:passage:violence"]),
+        (Decision.ALLOW, []),  # every sentence reads safe alone
+        # Short: the passage rule does not apply, the whole-text scores do (no threshold
+        # passed, so uncertain, with no readability signal).
+        (Decision.REVIEW, []),
+    ]
+
+
+def test_the_passage_rule_is_a_setting(settings: Settings) -> None:
+    buried = ESSAY + THREAT
+    off = settings.model_copy(
+        update={"readability": settings.readability.model_copy(update={"passage_check_chars": 0})}
+    )
+    assert stage_one_reading(off, buried) == [(Decision.ALLOW, [])]
+    longer = settings.model_copy(
+        update={
+            "readability": settings.readability.model_copy(
+                update={"passage_check_chars": len(buried) + 1}
+            )
+        }
+    )
+    assert stage_one_reading(longer, buried) == [(Decision.ALLOW, [])]
+    assert stage_one_reading(settings, buried) == [
+        (Decision.REVIEW, ["unreadable:passage:violence"])
+    ]
+
+
+def test_passages_are_sentences_with_short_pieces_joined() -> None:
+    text = "Hi. Ok.\nThis sentence is long enough to be read alone by itself. Short! " + THREAT
+    assert passages(text, 64) == [
+        "Hi. Ok. This sentence is long enough to be read alone by itself.",
+        "Short! Tonight I will hurt him badly.",
+    ]
+    assert passages(text, 1) == ["Hi. Ok. This sentence is long enough to be read alone by itself."]
+    assert passages("no break at all", 64) == ["no break at all"]
+
+
+def scores_of(**given: float) -> dict[Category, float]:
+    return {c: given.get(c.value, 0.0) for c in CATEGORIES}
+
+
+def test_diluted_names_the_strongest_category_read_as_more_likely_than_safe() -> None:
+    assert diluted([scores_of(safe=0.9, violence=0.3), scores_of(safe=0.6, hate=0.5)]) is None
+    assert (
+        diluted(
+            [
+                scores_of(safe=0.3, harassment=0.4),
+                scores_of(safe=0.9),
+                scores_of(safe=0.2, violence=0.7, hate=0.5),
+            ]
+        )
+        is Category.VIOLENCE
+    )
+    # Spam in one sentence of an essay is not what the rule is for.
+    assert diluted([scores_of(safe=0.1, spam=0.9)]) is None
