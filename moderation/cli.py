@@ -236,10 +236,12 @@ def evaluate(
     from moderation.classifier.injection_model import load_detector
     from moderation.evaluation_card import write_model_card
     from moderation.evaluation_loso import render_loso, run_leave_one_source_out
-    from moderation.evaluation_routing import render_routing, route_records
+    from moderation.evaluation_routing import long_text_routing, render_routing, route_records
 
     # The gold routing is the worker's: fast model, both injection screens, readability rules.
-    routing = route_records(model, records, settings, detector=load_detector(settings))
+    detector = load_detector(settings)
+    routing = route_records(model, records, settings, detector=detector)
+    long_texts = long_text_routing(model, records, settings, detector=detector)
     dataset_dir = build_dataset(settings.stack.cache_dir)  # cached: the one the model learned
     holdout = run_leave_one_source_out(
         dataset_dir, settings, console=None if as_json else progress_console
@@ -252,6 +254,7 @@ def evaluate(
             evaluated=f"`{dataset}`" if dataset else "Gold split",
             gold=report,
             gold_routing=routing,
+            long_texts=long_texts,
             loso=holdout,
             settings=settings,
         )
@@ -261,6 +264,7 @@ def evaluate(
                 report.model_dump(mode="json")
                 | {
                     "stage1_routing": routing.model_dump(mode="json"),
+                    "long_texts": long_texts.model_dump(mode="json") if long_texts else None,
                     "leave_one_source_out": holdout.model_dump(mode="json"),
                 }
             )

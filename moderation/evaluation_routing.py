@@ -8,6 +8,8 @@ human), and the two errors that matter most: violating rows allowed and safe row
 
 from __future__ import annotations
 
+import random
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -132,3 +134,87 @@ def render_routing(routing: RoutingShares, console: Console, *, title: str) -> N
         _percent(routing.safe_removed),
     )
     console.print(table)
+
+
+# --- long texts: a violating post buried in a safe one (the passage rule) -----------------------
+
+# A buried post is at most this long, and its host text at least this long.
+BURIED_POST_CHARS = 300
+HOST_TEXT_CHARS = 600
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+class LongTextRouting(BaseModel):
+    """Stage 1 on long texts, with the passage rule (`readability.passages`) and without it."""
+
+    buried_posts: int = Field(
+        description="texts made of a short violating row set between two sentences of a long "
+        "safe row of the same dataset (its label: the violating row's)"
+    )
+    buried_allowed: float | None
+    buried_allowed_without_rule: float | None
+    long_safe_posts: int = Field(description=f"safe rows of at least {HOST_TEXT_CHARS} chars")
+    long_safe_allowed: float | None
+    long_safe_allowed_without_rule: float | None
+
+
+def buried_records(
+    records: Sequence[Mapping[str, str]], *, count: int = 300, seed: int = 0
+) -> list[dict[str, str]]:
+    """`count` long texts, each a short violating row (not spam) inside a long safe row."""
+    hosts = [
+        str(r["text"])
+        for r in records
+        if r["label"] == Category.SAFE.value and len(str(r["text"])) >= HOST_TEXT_CHARS
+    ]
+    posts = [
+        r
+        for r in records
+        if r["label"] not in (Category.SAFE.value, Category.SPAM.value)
+        and len(str(r["text"])) <= BURIED_POST_CHARS
+    ]
+    if not hosts or not posts:
+        return []
+    rng = random.Random(seed)
+    buried: list[dict[str, str]] = []
+    for _ in range(count):
+        sentences = _SENTENCE_END.split(rng.choice(hosts))
+        post = rng.choice(posts)
+        at = rng.randrange(len(sentences) + 1)
+        text = " ".join([*sentences[:at], str(post["text"]), *sentences[at:]])
+        buried.append({"text": text, "label": str(post["label"])})
+    return buried
+
+
+def long_text_routing(
+    scorer: Scorer,
+    records: Sequence[Mapping[str, str]],
+    settings: Settings,
+    detector: InjectionDetector | None = None,
+) -> LongTextRouting | None:
+    """How often stage 1 allows a buried violating post, and the long safe rows' allows, with
+    the passage rule and without it (None when `records` have no long safe or short
+    violating rows)."""
+    buried = buried_records(records)
+    long_safe = [
+        r
+        for r in records
+        if r["label"] == Category.SAFE.value and len(str(r["text"])) >= HOST_TEXT_CHARS
+    ]
+    if not buried or not long_safe:
+        return None
+    without = settings.model_copy(
+        update={"readability": settings.readability.model_copy(update={"passage_check_chars": 0})}
+    )
+    on_buried = route_records(scorer, buried, settings, detector)
+    off_buried = route_records(scorer, buried, without, detector)
+    on_safe = route_records(scorer, long_safe, settings, detector)
+    off_safe = route_records(scorer, long_safe, without, detector)
+    return LongTextRouting(
+        buried_posts=len(buried),
+        buried_allowed=on_buried.violating_allowed,
+        buried_allowed_without_rule=off_buried.violating_allowed,
+        long_safe_posts=len(long_safe),
+        long_safe_allowed=on_safe.allowed,
+        long_safe_allowed_without_rule=off_safe.allowed,
+    )

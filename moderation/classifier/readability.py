@@ -30,8 +30,9 @@ A fifth rule needs the model itself, so `cascade.first_stage` applies it with `p
 characters that the model would allow as a whole, but one of whose sentences, read alone, it
 finds more likely `<category>` than safe. The model reads a long text as one bag of n-grams and
 one mean vector, so a threat in the middle of an essay is diluted by the sentences around it:
-a short violating post set inside a long safe text was allowed 72 % of the time, and 39 % with
-this rule, which kept 91 % of the long safe texts' allows (`data/README.md`).
+a short violating post set inside a long safe text of the gold split was allowed 69 % of the
+time, and 36 % with this rule, which kept 89 % of the long safe texts' allows (`data/MODEL_CARD.md`,
+"Long texts"; `moderation eval --loso` measures it again for every model).
 
 The rules only ever withhold an allow; they are measured on the gold split in `data/README.md`.
 """

@@ -24,7 +24,9 @@ from moderation.classifier.fast_model import (
     measure_throughput,
     prior_offsets,
     self_harm_signal,
+    semantic_inputs,
     sexual_minors_signal,
+    strongest_tie,
     train_fast_model,
 )
 from moderation.settings import ModelStoreSettings, Settings, StackSettings, ThresholdSettings
@@ -328,7 +330,8 @@ def test_the_semantic_head_is_saved_with_the_embedding_it_was_trained_on(
         "sha256": load_embedder().digest,
     }
     with np.load(path / "model.npz", allow_pickle=False) as archive:
-        assert archive["semantic_weights"].shape == (load_embedder().dim, 3)
+        # The embedding's dimensions, then the offensive-language score (`offensive.py`).
+        assert archive["semantic_weights"].shape == (load_embedder().dim + 1, 3)
 
 
 def test_a_model_trained_on_another_embedding_refuses_to_score(
@@ -348,7 +351,7 @@ def test_the_semantic_head_carries_meaning_the_ngrams_never_saw(model: FastModel
     # 40 posts per category still places them nearer harassment than safe.
     unseen = ["you are a dumb fool and everybody hates you", "you are an ugly fool"]
     assert model.semantic is not None
-    vectors = model.embedder().embed(unseen)
+    vectors = semantic_inputs(model.embedder(), unseen, model.config)
     scores = model.semantic.scores(vectors)
     harassment = model.trained_categories.index(Category.HARASSMENT)
     safe = model.trained_categories.index(Category.SAFE)
@@ -361,6 +364,7 @@ def test_an_ngram_only_configuration_trains_without_the_embedding(
     monkeypatch.setattr(fast_model, "DEFAULT_CONFIG", fast_model.FastModelConfig(embedding=""))
     plain = train_fast_model(synthetic(20, seed=3), [], progress=False)
     assert plain.semantic is None
+    assert plain.config.offensive  # unused without the semantic head it belongs to
     assert plain.metadata()["embedding"] is None
     assert plain.predict_proba(["WIN a FREE car now"]).shape == (1, len(CATEGORIES))
 
@@ -416,3 +420,20 @@ def test_the_prior_shift_is_chosen_on_validation_and_saved(
     assert old.prior_shift == 0.0
     learned = old.learned_proba(texts)
     np.testing.assert_allclose(old.predict_proba(texts)[:, list(old._columns)], learned)
+
+
+def test_among_strengths_validation_cannot_tell_apart_the_strongest_wins() -> None:
+    assert strongest_tie({0.0: 0.70, 0.15: 0.774, 0.3: 0.769, 0.4: 0.772, 0.5: 0.756}) == 0.4
+    assert strongest_tie({0.0: 0.80, 0.1: 0.70}) == 0.0  # a clear best stays the best
+    assert strongest_tie({0.0: 0.5}) == 0.0
+
+
+def test_without_the_offensive_score_the_semantic_head_reads_the_embedding_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fast_model, "DEFAULT_CONFIG", fast_model.FastModelConfig(offensive=""))
+    trained = train_fast_model(synthetic(20, seed=3), [], progress=False)
+    assert trained.semantic is not None
+    assert trained.semantic.weights.shape == (load_embedder().dim, 3)
+    assert trained.config.fingerprint() != fast_model.FastModelConfig().fingerprint()
+    assert trained.predict_proba(["WIN a FREE car now"]).shape == (1, len(CATEGORIES))

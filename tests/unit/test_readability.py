@@ -22,6 +22,7 @@ from moderation.classifier.readability import (
     passages,
     words,
 )
+from moderation.evaluation_routing import buried_records, long_text_routing
 from moderation.events import PostSubmitted
 from moderation.settings import ReadabilitySettings, Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision
@@ -224,7 +225,7 @@ class ReadsShortThreats(ConfidentlySafe):
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
         out = super().predict_proba(texts)
         for row, text in enumerate(texts):
-            if "hurt" in text and len(text) < 100:
+            if "hurt" in text and len(text) < 200:
                 out[row, CATEGORIES.index(Category.SAFE)] = 0.2
                 out[row, CATEGORIES.index(Category.VIOLENCE)] = 0.7
         return out
@@ -296,3 +297,25 @@ def test_diluted_names_the_strongest_category_read_as_more_likely_than_safe() ->
     )
     # Spam in one sentence of an essay is not what the rule is for.
     assert diluted([scores_of(safe=0.1, spam=0.9)]) is None
+
+
+def test_the_long_text_report_measures_buried_posts_with_and_without_the_rule(
+    settings: Settings,
+) -> None:
+    long_safe = [{"text": ESSAY * 2 + f"Day {n} was the best.", "label": "safe"} for n in range(3)]
+    records = [
+        *long_safe,
+        {"text": THREAT, "label": "violence"},
+        {"text": "WIN a FREE car now hurt", "label": "spam"},  # spam is never buried
+        {"text": "ok", "label": "safe"},  # too short to host
+    ]
+    buried = buried_records(records, count=20, seed=1)
+    assert len(buried) == 20
+    assert all(THREAT in row["text"] and row["label"] == "violence" for row in buried)
+    assert all(len(row["text"]) > len(ESSAY) for row in buried)
+    report = long_text_routing(ReadsShortThreats(), records, settings)
+    assert report is not None
+    assert (report.buried_posts, report.long_safe_posts) == (300, 3)
+    assert report.buried_allowed == 0.0 and report.buried_allowed_without_rule == 1.0
+    assert report.long_safe_allowed == report.long_safe_allowed_without_rule == 1.0
+    assert long_text_routing(ReadsShortThreats(), records[3:], settings) is None

@@ -1,0 +1,91 @@
+"""An offensive-language score learned from ~200k posts nobody on the team wrote.
+
+Stage 1's own sources hold few toxic posts in the voice of real comment sections: held out,
+RealToxicityPrompts (Perspective-scored web text) was flagged 1.6 % of the time, because no other
+source taught the model that register. `alt-profanity-check` (MIT licence) ships a linear SVM,
+calibrated, on TF-IDF words, trained on about 200,000 human-labelled tweets and Wikipedia
+comments (offensive or not). Zero-shot on our data it scores 78 % of the RealToxicityPrompts
+texts above 0.5 and under 6 % of any safe source (`data/README.md`, "Offensive-language
+score"). It is one input of the fast model's semantic head (`fast_model.py`), beside the
+embedding: the head learns, per category, how much to trust it (profanity aimed at no one is
+safe; an insult is harassment).
+
+The two model files are read from the installed package (not imported: its import unpickles them
+unchecked) after their digests are checked against the ones pinned here, so only the files of
+the pinned wheel are ever unpickled. `scikit-learn` and `joblib` are pinned to the versions the
+package was built with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any, cast
+
+import joblib  # type: ignore[import-untyped]
+import numpy as np
+import numpy.typing as npt
+
+OFFENSIVE_PACKAGE = "alt-profanity-check==1.9.1"
+OFFENSIVE_NAME = "alt-profanity-check-1.9.1"
+_DIGESTS = {
+    "vectorizer.joblib": "19c5200dc6a41f026e0558e2f164f5fe8d8f58e502b46b37e4385037fcfa4831",
+    "model.joblib": "aeafc04849d4d93db4721cf30a86ebf22085595294b8a07d51918e7fa98f538b",
+}
+
+
+class OffensiveScorerUnavailable(RuntimeError):
+    """The pinned package is missing, or its files are not the pinned ones."""
+
+
+def definition() -> str:
+    """What the scores depend on: the pinned files."""
+    pinned = ",".join(f"{name}={digest}" for name, digest in sorted(_DIGESTS.items()))
+    return f"{OFFENSIVE_NAME};{pinned}"
+
+
+def _data_dir() -> Path:
+    spec = importlib.util.find_spec("profanity_check")
+    if spec is None or not spec.submodule_search_locations:
+        raise OffensiveScorerUnavailable(f"the offensive score needs {OFFENSIVE_PACKAGE}")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def _checked(path: Path) -> Path:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != _DIGESTS[path.name]:
+        raise OffensiveScorerUnavailable(
+            f"{path} has sha256 {digest}, not the pinned {_DIGESTS[path.name]} "
+            f"({OFFENSIVE_PACKAGE})"
+        )
+    return path
+
+
+class OffensiveScorer:
+    """P(offensive) of each text, from the pinned package's vectorizer and calibrated SVM."""
+
+    def __init__(self, vectorizer: Any, model: Any) -> None:
+        self._vectorizer = vectorizer
+        self._model = model
+
+    def scores(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
+        if not texts:
+            return np.zeros(0, dtype=np.float64)
+        probabilities = self._model.predict_proba(self._vectorizer.transform(list(texts)))
+        return cast(npt.NDArray[np.float64], np.asarray(probabilities[:, 1], dtype=np.float64))
+
+
+@cache
+def load_offensive_scorer() -> OffensiveScorer:
+    """The scorer (loaded once per process, ~0.3 s).
+
+    Raises:
+        OffensiveScorerUnavailable: the package is not installed, or a file is not the pinned one.
+    """
+    directory = _data_dir()
+    vectorizer = joblib.load(_checked(directory / "vectorizer.joblib"))
+    model = joblib.load(_checked(directory / "model.joblib"))
+    return OffensiveScorer(vectorizer, model)
