@@ -65,17 +65,31 @@ def _checked(path: Path) -> Path:
 
 
 class OffensiveScorer:
-    """P(offensive) of each text, from the pinned package's vectorizer and calibrated SVM."""
+    """P(offensive) of each text, from the pinned package's vectorizer and calibrated SVM.
+
+    The model (`CalibratedClassifierCV` over five `LinearSVC` folds, sigmoid calibration) is
+    read into plain arrays once and applied with one sparse product: its `predict_proba` costs
+    about 2 ms of checks per call, twice the fast model's own time on a batch of 500 short
+    posts. The result is the same average of the folds' calibrated probabilities.
+    """
 
     def __init__(self, vectorizer: Any, model: Any) -> None:
         self._vectorizer = vectorizer
-        self._model = model
+        folds = model.calibrated_classifiers_
+        if list(model.classes_) != [0, 1] or any(f.method != "sigmoid" for f in folds):
+            raise OffensiveScorerUnavailable("expected a binary, sigmoid-calibrated model")
+        self._weights = np.column_stack([f.estimator.coef_.ravel() for f in folds])
+        self._intercepts = np.array([float(f.estimator.intercept_[0]) for f in folds])
+        self._slopes = np.array([float(f.calibrators[0].a_) for f in folds])
+        self._offsets = np.array([float(f.calibrators[0].b_) for f in folds])
 
     def scores(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
         if not texts:
             return np.zeros(0, dtype=np.float64)
-        probabilities = self._model.predict_proba(self._vectorizer.transform(list(texts)))
-        return cast(npt.NDArray[np.float64], np.asarray(probabilities[:, 1], dtype=np.float64))
+        decision = self._vectorizer.transform(list(texts)) @ self._weights + self._intercepts
+        # sklearn's sigmoid calibration: P = 1 / (1 + exp(a * decision + b)), per fold.
+        calibrated = 1.0 / (1.0 + np.exp(self._slopes * decision + self._offsets))
+        return cast(npt.NDArray[np.float64], np.asarray(calibrated.mean(axis=1)))
 
 
 @cache

@@ -6,6 +6,8 @@ import importlib.util
 import shutil
 from pathlib import Path
 
+import joblib  # type: ignore[import-untyped]
+import numpy as np
 import pytest
 
 from moderation.classifier import offensive
@@ -43,3 +45,17 @@ def test_the_definition_names_the_pinned_files() -> None:
     definition = offensive.definition()
     assert offensive.OFFENSIVE_NAME in definition
     assert all(digest in definition for digest in offensive._DIGESTS.values())
+
+
+def test_the_plain_arrays_give_the_package_models_probabilities() -> None:
+    texts = [
+        "you are a pathetic worthless idiot",
+        "this fucking printer again",
+        "lovely sunset at the beach with my sister",
+        "",
+        "go back where you came from, nobody wants your kind here",
+    ]
+    vectorizer = joblib.load(offensive._data_dir() / "vectorizer.joblib")
+    model = joblib.load(offensive._data_dir() / "model.joblib")
+    expected = model.predict_proba(vectorizer.transform(texts))[:, 1]
+    np.testing.assert_allclose(load_offensive_scorer().scores(texts), expected, atol=1e-12)
