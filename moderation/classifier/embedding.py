@@ -17,8 +17,6 @@ ships ready weights without torch and keeps stage 1 above 20,000 posts/s per cor
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -28,6 +26,8 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp  # type: ignore[import-untyped]
+
+from moderation.classifier.pinned_files import checked_digest, package_dir, pinned_definition
 
 EMBEDDER_PACKAGE = "wordllama==0.4.0.post1"
 EMBEDDER_NAME = "wordllama-l2-supercat-256"
@@ -53,15 +53,12 @@ class EmbedderUnavailable(RuntimeError):
 
 def definition() -> str:
     """What the vectors depend on: the pinned files, the pooling and the clipping."""
-    pinned = ",".join(f"{name}={digest}" for name, digest in sorted(_DIGESTS.items()))
-    return f"{EMBEDDER_NAME};{pinned};mean-pool,unit-norm;clip={EMBED_CHARS};strip-spaces"
+    pinned = pinned_definition(EMBEDDER_NAME, _DIGESTS)
+    return f"{pinned};mean-pool,unit-norm;clip={EMBED_CHARS};strip-spaces"
 
 
 def _package_dir() -> Path:
-    spec = importlib.util.find_spec("wordllama")
-    if spec is None or not spec.submodule_search_locations:
-        raise EmbedderUnavailable(f"the embedding needs {EMBEDDER_PACKAGE} installed")
-    return Path(next(iter(spec.submodule_search_locations)))
+    return package_dir("wordllama", EMBEDDER_PACKAGE, EmbedderUnavailable)
 
 
 def _clip(text: str) -> str:
@@ -134,18 +131,6 @@ def _words(text: str) -> list[str]:
     return found[:1] + [word[1:] for word in found[1:]]
 
 
-def _checked_digest(path: Path) -> str:
-    try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError as error:
-        raise EmbedderUnavailable(f"cannot read {path}: {error}") from None
-    if digest != _DIGESTS[path.name]:
-        raise EmbedderUnavailable(
-            f"{path} has sha256 {digest}, not the one pinned for {EMBEDDER_PACKAGE}"
-        )
-    return digest
-
-
 @cache
 def load_embedder() -> StaticEmbedder:
     """The pinned static embedding, read once per process from the installed package."""
@@ -155,7 +140,10 @@ def load_embedder() -> StaticEmbedder:
     package = _package_dir()
     weights_path = package.joinpath(*_WEIGHTS)
     tokenizer_path = package.joinpath(*_TOKENIZER)
-    digests = [_checked_digest(path) for path in (weights_path, tokenizer_path)]
+    digests = [
+        checked_digest(path, _DIGESTS, EMBEDDER_PACKAGE, EmbedderUnavailable)
+        for path in (weights_path, tokenizer_path)
+    ]
     table = load_file(str(weights_path))["embedding.weight"].astype(np.float32)
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     tokenizer.no_padding()

@@ -18,8 +18,6 @@ package was built with.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -28,6 +26,8 @@ from typing import Any, cast
 import joblib  # type: ignore[import-untyped]
 import numpy as np
 import numpy.typing as npt
+
+from moderation.classifier.pinned_files import checked_digest, package_dir, pinned_definition
 
 OFFENSIVE_PACKAGE = "alt-profanity-check==1.9.1"
 OFFENSIVE_NAME = "alt-profanity-check-1.9.1"
@@ -43,24 +43,15 @@ class OffensiveScorerUnavailable(RuntimeError):
 
 def definition() -> str:
     """What the scores depend on: the pinned files."""
-    pinned = ",".join(f"{name}={digest}" for name, digest in sorted(_DIGESTS.items()))
-    return f"{OFFENSIVE_NAME};{pinned}"
+    return pinned_definition(OFFENSIVE_NAME, _DIGESTS)
 
 
 def _data_dir() -> Path:
-    spec = importlib.util.find_spec("profanity_check")
-    if spec is None or not spec.submodule_search_locations:
-        raise OffensiveScorerUnavailable(f"the offensive score needs {OFFENSIVE_PACKAGE}")
-    return Path(next(iter(spec.submodule_search_locations))) / "data"
+    return package_dir("profanity_check", OFFENSIVE_PACKAGE, OffensiveScorerUnavailable) / "data"
 
 
 def _checked(path: Path) -> Path:
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != _DIGESTS[path.name]:
-        raise OffensiveScorerUnavailable(
-            f"{path} has sha256 {digest}, not the pinned {_DIGESTS[path.name]} "
-            f"({OFFENSIVE_PACKAGE})"
-        )
+    checked_digest(path, _DIGESTS, OFFENSIVE_PACKAGE, OffensiveScorerUnavailable)
     return path
 
 

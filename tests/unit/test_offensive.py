@@ -31,7 +31,7 @@ def test_files_other_than_the_pinned_ones_are_never_unpickled(
     with (data / "model.joblib").open("ab") as file:
         file.write(b"\0")  # one byte more: a different file
     monkeypatch.setattr(offensive, "_data_dir", lambda: data)
-    with pytest.raises(OffensiveScorerUnavailable, match="not the pinned"):
+    with pytest.raises(OffensiveScorerUnavailable, match="not the one pinned"):
         load_offensive_scorer.__wrapped__()
 
 
