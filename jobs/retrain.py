@@ -14,9 +14,12 @@ the gold split, the time split and the out-of-source set) must beat the champion
 regress. Both models see the same
 posts, so a category is compared post by post: `lost` are its posts the champion got right and
 the challenger gets wrong, `gained` the reverse. It regresses when the net loss is more than
-`tolerance` of its support *and* beyond retraining noise (McNemar's test, one-sided 95 %:
-`lost - gained > 1.645 * sqrt(lost + gained)`). Per-category F1 alone is too noisy for this:
-retraining on the same data in another order moves the F1 of a 20-post category by 0.05.
+`tolerance` of its support *and* beyond retraining noise (McNemar's exact test, one-sided 95 %:
+of the `lost + gained` posts that changed, `lost` or more would go one way by chance with
+probability under 0.05; `sign_test_p`). Per-category F1 alone is too noisy for this: retraining
+on the same data in another order moves the F1 of a 20-post category by 0.05. The exact test,
+not its normal approximation: at a few changed posts the approximation called 3 lost and 0
+gained "beyond noise" (3 > 1.645 * sqrt(3)), which happens by chance one time in eight.
 """
 
 from __future__ import annotations
@@ -123,8 +126,15 @@ def build_training_set(
     )
 
 
-# One-sided 95 % quantile of the standard normal: McNemar's test of the promotion rule.
-Z_95 = 1.645
+# One-sided significance level of McNemar's exact test in the promotion rule.
+REGRESSION_ALPHA = 0.05
+
+
+def sign_test_p(lost: int, gained: int) -> float:
+    """P(`lost` or more of the `lost + gained` changed posts go wrong, each way equally likely)."""
+    changed = lost + gained
+    tail: int = sum(math.comb(changed, k) for k in range(lost, changed + 1))
+    return tail / (1 << changed)
 
 
 @dataclass(frozen=True)
@@ -227,7 +237,7 @@ def decide_promotion(
                 continue
             lost, gained = paired_changes(ours, theirs, category)
             net = lost - gained
-            if net > rules.tolerance * support and net > Z_95 * math.sqrt(lost + gained):
+            if net > rules.tolerance * support and sign_test_p(lost, gained) < REGRESSION_ALPHA:
                 regressions.append(
                     f"{split}/{category}: {lost} of {support} posts lost, {gained} gained "
                     f"(net {net / support:.1%} > {rules.tolerance:.1%}, beyond noise)"

@@ -6,7 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
-from jobs.retrain import SplitScore, build_training_set, decide_promotion, latest_human_labels
+from jobs.retrain import (
+    SplitScore,
+    build_training_set,
+    decide_promotion,
+    latest_human_labels,
+    sign_test_p,
+)
 from moderation.settings import NightlySettings
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -114,7 +120,7 @@ def test_a_significant_loss_on_one_category_blocks_promotion() -> None:
 
 
 def test_a_loss_within_noise_is_not_a_regression() -> None:
-    # One hate post of 20 goes wrong: 5 % > the 2 % tolerance, but 1 < 1.645 * sqrt(1).
+    # One hate post of 20 goes wrong: 5 % > the 2 % tolerance, but by chance one time in two.
     champion = {"gold": score(0.60, {"spam": (40, 10), "hate": (18, 2)})}
     challenger = {"gold": score(0.70, {"spam": (50, 0), "hate": (17, 3)})}
     decision = decide_promotion(champion, challenger, RULES)
@@ -143,3 +149,19 @@ def test_overall_is_the_mean_over_splits() -> None:
     assert decision.champion_overall == 0.40
     assert decision.challenger_overall == 0.75
     assert decision.promote
+
+
+def test_the_noise_test_is_exact_at_a_few_changed_posts() -> None:
+    assert sign_test_p(0, 0) == 1.0
+    assert sign_test_p(1, 0) == 0.5
+    assert sign_test_p(3, 0) == 0.125  # the normal approximation called this beyond noise
+    assert sign_test_p(5, 0) == 1 / 32
+    assert sign_test_p(8, 0) == 1 / 256
+    assert sign_test_p(6, 1) == 8 / 128
+    # Three of 87 violence posts lost, none gained: 3.4 % > 2 %, but not beyond noise.
+    champion = {"gold": score(0.60, {"spam": (40, 10), "violence": (80, 7)})}
+    challenger = {"gold": score(0.70, {"spam": (50, 0), "violence": (77, 10)})}
+    assert decide_promotion(champion, challenger, RULES).promote
+    # Six lost: p = 1/64, a regression.
+    challenger = {"gold": score(0.70, {"spam": (50, 0), "violence": (74, 13)})}
+    assert decide_promotion(champion, challenger, RULES).regressions
