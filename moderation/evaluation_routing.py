@@ -9,7 +9,6 @@ human), and the two errors that matter most: violating rows allowed and safe row
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -18,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from moderation.classifier.cascade import Scorer, first_stage
-from moderation.classifier.readability import LABEL_PREFIX
+from moderation.classifier.readability import LABEL_PREFIX, sentences
 from moderation.events import PostSubmitted
 from moderation.settings import Settings
 from moderation.taxonomy import Category, Decision
@@ -141,7 +140,6 @@ def render_routing(routing: RoutingShares, console: Console, *, title: str) -> N
 # A buried post is at most this long, and its host text at least this long.
 BURIED_POST_CHARS = 300
 HOST_TEXT_CHARS = 600
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 class LongTextRouting(BaseModel):
@@ -158,15 +156,19 @@ class LongTextRouting(BaseModel):
     long_safe_allowed_without_rule: float | None
 
 
+def _long_safe(records: Sequence[Mapping[str, str]]) -> list[Mapping[str, str]]:
+    return [
+        r
+        for r in records
+        if r["label"] == Category.SAFE.value and len(str(r["text"])) >= HOST_TEXT_CHARS
+    ]
+
+
 def buried_records(
     records: Sequence[Mapping[str, str]], *, count: int = 300, seed: int = 0
 ) -> list[dict[str, str]]:
     """`count` long texts, each a short violating row (not spam) inside a long safe row."""
-    hosts = [
-        str(r["text"])
-        for r in records
-        if r["label"] == Category.SAFE.value and len(str(r["text"])) >= HOST_TEXT_CHARS
-    ]
+    hosts = [str(r["text"]) for r in _long_safe(records)]
     posts = [
         r
         for r in records
@@ -178,10 +180,10 @@ def buried_records(
     rng = random.Random(seed)
     buried: list[dict[str, str]] = []
     for _ in range(count):
-        sentences = _SENTENCE_END.split(rng.choice(hosts))
+        host = sentences(rng.choice(hosts))
         post = rng.choice(posts)
-        at = rng.randrange(len(sentences) + 1)
-        text = " ".join([*sentences[:at], str(post["text"]), *sentences[at:]])
+        at = rng.randrange(len(host) + 1)
+        text = " ".join([*host[:at], str(post["text"]), *host[at:]])
         buried.append({"text": text, "label": str(post["label"])})
     return buried
 
@@ -196,11 +198,7 @@ def long_text_routing(
     the passage rule and without it (None when `records` have no long safe or short
     violating rows)."""
     buried = buried_records(records)
-    long_safe = [
-        r
-        for r in records
-        if r["label"] == Category.SAFE.value and len(str(r["text"])) >= HOST_TEXT_CHARS
-    ]
+    long_safe = _long_safe(records)
     if not buried or not long_safe:
         return None
     without = settings.model_copy(

@@ -226,11 +226,16 @@ def assess(
     return Readability(tuple(sorted(signals))) if signals else READABLE
 
 
+def sentences(text: str) -> list[str]:
+    """`text` cut after `.`, `!`, `?` or `…` before white space, and at line breaks."""
+    return [piece for piece in _SENTENCE_BREAK.split(text) if piece]
+
+
 def passages(text: str, limit: int) -> list[str]:
     """The sentences of `text` (short ones joined to the next), at most `limit` of them."""
     found: list[str] = []
     pending = ""
-    for piece in _SENTENCE_BREAK.split(text):
+    for piece in sentences(text):
         pending = f"{pending} {piece}".strip() if pending else piece.strip()
         if len(pending) >= _MIN_PASSAGE_CHARS:
             found.append(pending)

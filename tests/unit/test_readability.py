@@ -20,6 +20,7 @@ from moderation.classifier.readability import (
     diluted,
     disguised,
     passages,
+    sentences,
     words,
 )
 from moderation.evaluation_routing import buried_records, long_text_routing
@@ -277,6 +278,7 @@ def test_passages_are_sentences_with_short_pieces_joined() -> None:
     ]
     assert passages(text, 1) == ["Hi. Ok. This sentence is long enough to be read alone by itself."]
     assert passages("no break at all", 64) == ["no break at all"]
+    assert sentences("One. Two!\n\nThree… four 3.5 km") == ["One.", "Two!", "Three…", "four 3.5 km"]
 
 
 def scores_of(**given: float) -> dict[Category, float]:
