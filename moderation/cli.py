@@ -13,15 +13,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from moderation import stack
-from moderation.api.cli import app as api_keys_app
+from moderation.devtools import stack
+from moderation.devtools.stack.component import ComponentStatus
+from moderation.devtools.stack.dapr import with_stack_tokens
+from moderation.devtools.stack.runtime import StackError
+from moderation.services.api.cli import app as api_keys_app
 from moderation.settings import PROJECT_ROOT, Settings, get_settings
-from moderation.stack.component import ComponentStatus
-from moderation.stack.dapr import with_stack_tokens
-from moderation.stack.runtime import StackError
 
 if TYPE_CHECKING:  # imported lazily below: loading the model stack is slow
-    from moderation.classifier.fast_model import FastModel
+    from moderation.classifier.fast.model import FastModel
 
 app = typer.Typer(help="Event-driven content moderation.", no_args_is_help=True)
 stack_app = typer.Typer(help="The local stack: Kafka, PostgreSQL, Dapr, the LLM server.")
@@ -117,7 +117,7 @@ def show_settings() -> None:
 @app.command("api")
 def api() -> None:
     """Run the ingest API (FastAPI) on `MODERATION_API__HOST`:`MODERATION_API__PORT`."""
-    from moderation.api.cli import run_api
+    from moderation.services.api.cli import run_api
 
     run_api(with_stack_tokens(get_settings()))
 
@@ -125,7 +125,7 @@ def api() -> None:
 @app.command("recorder")
 def recorder() -> None:
     """Run the recorder service: every topic into PostgreSQL."""
-    from moderation.recorder import run_recorder
+    from moderation.services.recorder.app import run_recorder
 
     run_recorder(get_settings())
 
@@ -178,11 +178,11 @@ def evaluate(
 
     With --cascade: also the classifier agent on the posts stage 1 sends on, and the routing.
     """
-    from moderation.classifier.dataset import build_dataset, gold_split_path
-    from moderation.classifier.fast_model import ensure_fast_model
-    from moderation.evaluation import evaluate as run_evaluation
-    from moderation.evaluation import load_jsonl_dataset, render_report
-    from moderation.stack.runtime import console as progress_console
+    from moderation.classifier.fast.model import ensure_fast_model
+    from moderation.datasets.build import build_dataset, gold_split_path
+    from moderation.devtools.stack.runtime import console as progress_console
+    from moderation.evaluation.scores import evaluate as run_evaluation
+    from moderation.evaluation.scores import load_jsonl_dataset, render_report
 
     if limit is not None and not cascade:
         raise _fail(ValueError("--limit applies to --cascade only"))
@@ -205,8 +205,8 @@ def evaluate(
         return
     report = run_evaluation(model, records)
     if cascade:
-        from moderation.demo import llm_endpoint_answers
-        from moderation.evaluation_cascade import evaluate_cascade, render_cascade
+        from moderation.devtools.demo import llm_endpoint_answers
+        from moderation.evaluation.cascade import evaluate_cascade, render_cascade
 
         if not llm_endpoint_answers(settings):
             progress_console.print(
@@ -233,10 +233,10 @@ def evaluate(
             render_report(report, stdout)
         return
 
-    from moderation.classifier.injection_model import load_detector
-    from moderation.evaluation_card import write_model_card
-    from moderation.evaluation_loso import render_loso, run_leave_one_source_out
-    from moderation.evaluation_routing import long_text_routing, render_routing, route_records
+    from moderation.classifier.injection.model import load_detector
+    from moderation.evaluation.card import write_model_card
+    from moderation.evaluation.loso import render_loso, run_leave_one_source_out
+    from moderation.evaluation.routing import long_text_routing, render_routing, route_records
 
     # The gold routing is the worker's: fast model, both injection screens, readability rules.
     detector = load_detector(settings)
@@ -286,13 +286,13 @@ def _threshold_report(
     dataset: Path | None,
 ) -> None:
     """`eval --thresholds`: choose on the validation split, then route `records` both ways."""
-    from moderation.classifier.dataset import build_dataset, load_split
     from moderation.classifier.thresholds import (
         choose_thresholds,
         render,
         render_routing_comparison,
     )
-    from moderation.evaluation_routing import route_records
+    from moderation.datasets.build import build_dataset, load_split
+    from moderation.evaluation.routing import route_records
     from moderation.taxonomy import Category
 
     # The split the model was validated on (cached); gold is only routed, never chosen on.
@@ -358,7 +358,7 @@ def bench(
 
     With --agent: the cascade's agent stage against the configured LLM endpoint instead.
     """
-    from moderation.bench import render, render_agent, run_agent_bench, run_bench
+    from moderation.devtools.bench import render, render_agent, run_agent_bench, run_bench
 
     progress_console = Console(stderr=True)
     if agent:
@@ -388,7 +388,7 @@ def bench(
 @app.command("worker")
 def worker() -> None:
     """Run the classifier worker service (health, readiness, metrics on its port)."""
-    from moderation.classifier.worker import run_worker
+    from moderation.services.worker.app import run_worker
 
     run_worker()
 
@@ -396,7 +396,7 @@ def worker() -> None:
 @app.command("review-service")
 def review_service() -> None:
     """Run the review service (a Dapr app: one durable workflow per review)."""
-    from moderation.review.service import run_review_service
+    from moderation.services.review.app import run_review_service
 
     run_review_service(with_stack_tokens(get_settings()))
 
@@ -468,7 +468,7 @@ def demo(
     ] = DEFAULT_SAMPLES,
 ) -> None:
     """Embedded mode: in-memory broker, SQLite, the same handlers; prints a verdict table."""
-    from moderation.demo import run_demo
+    from moderation.devtools.demo import run_demo
 
     run_demo(get_settings(), samples=samples, console=stdout)
 

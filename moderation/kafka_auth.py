@@ -13,7 +13,8 @@ therefore connects as its own principal and may touch only its own topics and co
   review.decisions, review.escalated and review.requested.dlq;
 - `admin` is the super user of the tooling: topics, ACLs, tests, benchmarks.
 
-`acl_grants` is that list as data: the local stack creates these ACLs (`moderation.stack.kafka`)
+`acl_grants` is that list as data: the local stack creates these ACLs
+(`moderation.devtools.stack.kafka`)
 and the Kubernetes `KafkaUser`s are checked against it (`tests/integration/test_k8s_manifests.py`).
 In production the credentials come from settings (the service's Strimzi `KafkaUser` secret) over
 SASL_SSL; in development they are the local stack's, generated once into its state dir.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The compose stack's broker with SASL/SCRAM and ACLs, as the local stack runs it
-# (moderation/stack/kafka.py): clients authenticate with SCRAM-SHA-512 on the client listener and
+# (moderation/devtools/stack/kafka.py): clients authenticate with SCRAM-SHA-512 on the client listener and
 # are authorised by the ACLs the `topics` service creates (moderation/kafka_auth.py); the KRaft
 # controller listener is on loopback with SASL/PLAIN for the broker's own `admin`.
 #

@@ -34,7 +34,7 @@ from agents import (
 )
 from pydantic import BaseModel, ConfigDict, Field
 
-from moderation.classifier.injection import InjectionScreen
+from moderation.classifier.injection.screen import InjectionScreen
 from moderation.classifier.precedents import DecisionLog
 from moderation.events import PostSubmitted
 from moderation.llm.provider import retry_settings

@@ -53,7 +53,7 @@ from moderation.classifier.agent import (
     render_post,
 )
 from moderation.classifier.decide import Outcome, decide
-from moderation.classifier.injection import CLEAN, InjectionScreen, screen_post
+from moderation.classifier.injection.screen import CLEAN, InjectionScreen, screen_post
 from moderation.classifier.readability import (
     PASSAGE_PREFIX,
     READABLE,
@@ -71,7 +71,7 @@ from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
 from moderation.tracing import configure_agent_tracing
 
 if TYPE_CHECKING:
-    from moderation.classifier.injection_model import InjectionDetector
+    from moderation.classifier.injection.model import InjectionDetector
     from moderation.classifier.precedents import DecisionLog
 
 logger = logging.getLogger(__name__)

@@ -66,7 +66,7 @@ from moderation.settings import ErrorBudget, ThresholdSettings
 from moderation.taxonomy import CATEGORIES, VIOLATING, Category
 
 if TYPE_CHECKING:
-    from moderation.evaluation_routing import RoutingShares
+    from moderation.evaluation.routing import RoutingShares
 
 __all__ = [
     "ErrorBudget",

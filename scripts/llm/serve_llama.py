@@ -8,7 +8,8 @@ autoescape-free, then runs ``llama_cpp.server`` as ``__main__`` with the same ar
 
     python scripts/llm/serve_llama.py --model ... --chat_format chatml-function-calling ...
 
-It runs with the LLM venv's interpreter (``moderation/stack/llm.py``), not the project's, and
+It runs with the LLM venv's interpreter (``moderation/devtools/stack/llm.py``), not the project's,
+and
 leaves the installed package untouched.
 """
 

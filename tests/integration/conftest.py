@@ -13,12 +13,12 @@ import pytest
 from sqlalchemy import Engine
 
 from moderation.db.engine import create_tables, make_engine
-from moderation.review.dapr_tokens import use_api_token
+from moderation.devtools.stack.dapr import DaprRuntime, with_stack_tokens
+from moderation.devtools.stack.kafka import KafkaBroker
+from moderation.devtools.stack.llm import LLMServer
+from moderation.devtools.stack.postgres import PostgresCluster
+from moderation.services.review.dapr_tokens import use_api_token
 from moderation.settings import Settings, get_settings
-from moderation.stack.dapr import DaprRuntime, with_stack_tokens
-from moderation.stack.kafka import KafkaBroker
-from moderation.stack.llm import LLMServer
-from moderation.stack.postgres import PostgresCluster
 
 
 @pytest.fixture(scope="session")

@@ -12,12 +12,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from moderation.devtools.stack.dapr import DaprRuntime
+from moderation.devtools.stack.kafka import delete_topics, ensure_topics
+from moderation.devtools.stack.services import PipelineServices, isolated_settings
 from moderation.events import PostSubmitted
 from moderation.kafka_auth import ADMIN, aiokafka_auth
 from moderation.settings import Settings, get_settings
-from moderation.stack.dapr import DaprRuntime
-from moderation.stack.kafka import delete_topics, ensure_topics
-from moderation.stack.services import PipelineServices, isolated_settings
 from moderation.taxonomy import VIOLATING
 
 # Thresholds no fast-model score can pass: stage 1 decides nothing, every post is uncertain.

@@ -22,12 +22,12 @@ from sqlmodel import Session, col, select
 
 from moderation.db import crud
 from moderation.db.models import Review, Verdict
+from moderation.devtools.stack.kafka import KafkaBroker
+from moderation.devtools.stack.llm import LLMServer
+from moderation.devtools.stack.postgres import PostgresCluster
+from moderation.devtools.stack.services import PipelineServices
 from moderation.events import PostSubmitted, ReviewDecided
 from moderation.settings import Settings
-from moderation.stack.kafka import KafkaBroker
-from moderation.stack.llm import LLMServer
-from moderation.stack.postgres import PostgresCluster
-from moderation.stack.services import PipelineServices
 from moderation.taxonomy import Category, Decision, Stage
 from tests.integration.llm_faults import FaultProxy
 from tests.integration.streams import (

@@ -19,14 +19,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import FastAPI
 from sqlmodel import Session
 
-from moderation.api import create_app
-from moderation.api.internal import create_internal_app
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
+from moderation.devtools.stack.kafka import KafkaBroker
+from moderation.devtools.stack.postgres import PostgresCluster
 from moderation.events import PostSubmitted
+from moderation.services.api import create_app
+from moderation.services.api.internal import create_internal_app
 from moderation.settings import Settings
-from moderation.stack.kafka import KafkaBroker
-from moderation.stack.postgres import PostgresCluster
 from tests.integration.streams import kafka_admin_auth
 
 pytestmark = pytest.mark.integration

@@ -20,16 +20,16 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import ProgrammingError
 from sqlmodel import Session
 
-from moderation.classifier import worker
 from moderation.classifier.artifacts import artifact_digest
-from moderation.classifier.fast_model import MODEL_FILE, FastModel, train_fast_model
-from moderation.classifier.registry_watch import RegistryWatch
+from moderation.classifier.fast.model import MODEL_FILE, FastModel, train_fast_model
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
 from moderation.db.models import ModelStatus
 from moderation.db.roles import SERVICE_ROLES
+from moderation.devtools.stack.postgres import PostgresCluster
+from moderation.services.worker import app as worker
+from moderation.services.worker.registry_watch import RegistryWatch
 from moderation.settings import Settings
-from moderation.stack.postgres import PostgresCluster
 from tests.unit.test_fast_model import synthetic
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from moderation.devtools.stack.kafka import KafkaBroker
+from moderation.devtools.stack.llm import LLMServer
+from moderation.devtools.stack.postgres import PostgresCluster
 from moderation.settings import PROJECT_ROOT, Settings
-from moderation.stack.kafka import KafkaBroker
-from moderation.stack.llm import LLMServer
-from moderation.stack.postgres import PostgresCluster
 from moderation.taxonomy import CATEGORIES
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,7 @@ def test_dataset_build_script_writes_its_splits() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    from moderation.classifier.dataset import gold_split_path
+    from moderation.datasets.build import gold_split_path
 
     gold = gold_split_path()
     manifest = json.loads((gold.parent / "manifest.json").read_text())
@@ -70,7 +70,7 @@ def test_demo_prints_a_verdict_for_every_sample(llm: LLMServer, settings: Settin
 
 @pytest.mark.timeout(900)
 def test_eval_json_reports_every_category(tmp_path: Path) -> None:
-    from moderation.classifier.dataset import gold_split_path
+    from moderation.datasets.build import gold_split_path
 
     result = moderation("eval", "--dataset", str(gold_split_path()), "--json")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from moderation.devtools.stack.runtime import cache_entry, require_tool, run, step
 from moderation.settings import Settings
-from moderation.stack.runtime import cache_entry, require_tool, run, step
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,8 @@ from dapr.ext.workflow import (
     WorkflowStatus,
 )
 
+from moderation.devtools.stack.dapr import DaprRuntime
 from moderation.settings import Settings
-from moderation.stack.dapr import DaprRuntime
 from tests.integration.streams import kafka_admin_auth, topics_of_their_own
 
 pytestmark = pytest.mark.integration

@@ -3,7 +3,8 @@
 kustomize (built from the Go module proxy) renders the base and the `dev` and `prod` overlays.
 Each object is validated strictly, as an API server with strict field validation would:
 built-in kinds against Kubernetes 1.33's schemas (kubernetes-validate), custom resources against
-their CRD's schema (Dapr, KEDA, CloudNativePG, Strimzi, pinned in `moderation.stack.k8s_tools`).
+their CRD's schema (Dapr, KEDA, CloudNativePG, Strimzi, pinned in
+`moderation.devtools.stack.k8s_tools`).
 Then the pieces the platform relies on are checked against the settings and services they
 deploy. No cluster and no running stack: only the tools, installed into the cache on first use.
 """
@@ -24,11 +25,11 @@ import yaml
 from pydantic import BaseModel
 
 from moderation.db.roles import DAPR_STATE_ROLE, SERVICE_GRANTS, SERVICE_ROLES
+from moderation.devtools.stack import k8s_tools
+from moderation.devtools.stack.k8s_tools import K8sTools, ManifestValidator
+from moderation.devtools.stack.services import service_specs
 from moderation.kafka_auth import acl_grants
 from moderation.settings import PROJECT_ROOT, Settings
-from moderation.stack import k8s_tools
-from moderation.stack.k8s_tools import K8sTools, ManifestValidator
-from moderation.stack.services import service_specs
 
 # The first test installs the tools when the cache is cold (about a minute with warm Go and
 # Maven caches, a few minutes without).
@@ -251,7 +252,8 @@ def test_a_typo_fails_validation(
 def test_the_services_run_as_the_local_stack_runs_them(
     target: str, rendered: dict[str, list[Obj]]
 ) -> None:
-    """Command, port and probes of each service are those of `moderation/stack/services.py`."""
+    """Command, port and probes of each service are those of
+    `moderation/devtools/stack/services.py`."""
     deployments = of_kind(rendered[target], "Deployment")
     assert set(deployments) == SERVICES | {"vllm"}
     services = of_kind(rendered[target], "Service")

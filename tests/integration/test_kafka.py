@@ -8,8 +8,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from moderation.devtools.stack.kafka import KafkaBroker
 from moderation.settings import Settings
-from moderation.stack.kafka import KafkaBroker
 from tests.integration.streams import kafka_admin_auth
 
 pytestmark = pytest.mark.integration

@@ -20,10 +20,10 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
+from moderation.devtools.stack.kafka import KafkaBroker
 from moderation.events import ReviewDecided
 from moderation.kafka_auth import Principal, aiokafka_auth
 from moderation.settings import Settings
-from moderation.stack.kafka import KafkaBroker
 from moderation.taxonomy import Category, Decision
 from tests.integration.streams import topics_of_their_own
 

@@ -28,8 +28,8 @@ from agents import (
 from openai import AsyncOpenAI
 from pydantic import BaseModel, Field
 
+from moderation.devtools.stack.llm import LLMServer
 from moderation.settings import Settings
-from moderation.stack.llm import LLMServer
 
 pytestmark = pytest.mark.integration
 

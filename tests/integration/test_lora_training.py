@@ -1,6 +1,7 @@
 """LoRA fine-tuning for real, on CPU: the SFT export, the training venv, a few steps on SmolLM2.
 
-The training venv (`moderation.stack.train_env`, the `[train]` extra) is installed if missing, and
+The training venv (`moderation.devtools.stack.train_env`, the `[train]` extra) is installed if
+missing, and
 `jobs.lora_train` runs through the same subprocess path the nightly job uses (`train_adapter`),
 on the local SmolLM2-135M GGUF. Only vLLM's part cannot run here (CUDA-only); the unit tests play
 it with an HTTP double.
@@ -26,8 +27,8 @@ import pytest
 from jobs.lora import TrainingJob, read_metrics, split_by_time, train_adapter
 from jobs.sft import sft_examples, write_jsonl
 from moderation.classifier.agent import Policy
+from moderation.devtools.stack.train_env import ensure_train_venv, local_base_model
 from moderation.settings import PROJECT_ROOT, Settings
-from moderation.stack.train_env import ensure_train_venv, local_base_model
 from moderation.taxonomy import CATEGORIES, Category
 
 # A cold install downloads ~6 GB of wheels (about a minute from a PyPI mirror); training ~2 min.

@@ -20,12 +20,12 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from moderation.db import crud
+from moderation.devtools.stack.browser import ensure_chromium
+from moderation.devtools.stack.kafka import KafkaBroker
+from moderation.devtools.stack.postgres import PostgresCluster
+from moderation.devtools.stack.services import PipelineServices
 from moderation.events import PostSubmitted
 from moderation.settings import PROJECT_ROOT, Settings
-from moderation.stack.browser import ensure_chromium
-from moderation.stack.kafka import KafkaBroker
-from moderation.stack.postgres import PostgresCluster
-from moderation.stack.services import PipelineServices
 from tests.integration.streams import produce, running_services, topics_of_their_own, wait_for
 
 pytestmark = pytest.mark.integration

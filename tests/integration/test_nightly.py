@@ -23,18 +23,18 @@ from sqlmodel import Session, col, select
 
 from jobs.retrain import decide_promotion, score_splits
 from jobs.schedule import schedule_nightly
-from moderation.classifier.dataset import build_dataset, dedup_key, load_split
-from moderation.classifier.fast_model import FastModel, ensure_fast_model
-from moderation.classifier.registry_watch import register_champion
+from moderation.classifier.fast.model import FastModel, ensure_fast_model
+from moderation.datasets.build import build_dataset, dedup_key, load_split
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
 from moderation.db.models import Decision, JobRun, Review, Verdict
+from moderation.devtools.stack.dapr import DaprRuntime
+from moderation.devtools.stack.kafka import KafkaBroker, delete_topics, ensure_topics
+from moderation.devtools.stack.postgres import PostgresCluster
+from moderation.devtools.stack.services import PipelineServices, isolated_settings
 from moderation.events import PostSubmitted, review_id_for
+from moderation.services.worker.registry_watch import register_champion
 from moderation.settings import PROJECT_ROOT, Settings
-from moderation.stack.dapr import DaprRuntime
-from moderation.stack.kafka import KafkaBroker, delete_topics, ensure_topics
-from moderation.stack.postgres import PostgresCluster
-from moderation.stack.services import PipelineServices, isolated_settings
 from tests.drift_posts import lookalike_safe, scam_wave
 from tests.integration.streams import STAGE_ONE_DECIDES_NOTHING, produce, running_services, wait_for
 

@@ -11,14 +11,14 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import Session
 
-from moderation.classifier.fast_model import ensure_fast_model
-from moderation.classifier.registry_watch import register_champion
+from moderation.classifier.fast.model import ensure_fast_model
 from moderation.db import crud
+from moderation.devtools.stack.kafka import KafkaBroker, delete_topics, ensure_topics
+from moderation.devtools.stack.postgres import PostgresCluster
+from moderation.devtools.stack.services import PipelineServices, isolated_settings
 from moderation.events import PostSubmitted
+from moderation.services.worker.registry_watch import register_champion
 from moderation.settings import Settings
-from moderation.stack.kafka import KafkaBroker, delete_topics, ensure_topics
-from moderation.stack.postgres import PostgresCluster
-from moderation.stack.services import PipelineServices, isolated_settings
 from tests.integration.streams import produce
 
 pytestmark = pytest.mark.integration

@@ -14,9 +14,9 @@ from sqlalchemy import JSON, DateTime, MetaData
 from sqlmodel import Field, Session, SQLModel, create_engine, select, text
 
 from moderation.db.roles import DAPR_STATE_ROLE, SERVICE_ROLES
+from moderation.devtools.stack.dapr import DaprRuntime
+from moderation.devtools.stack.postgres import PostgresCluster
 from moderation.settings import Settings
-from moderation.stack.dapr import DaprRuntime
-from moderation.stack.postgres import PostgresCluster
 
 pytestmark = pytest.mark.integration
 

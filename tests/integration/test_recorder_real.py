@@ -25,6 +25,8 @@ from sqlmodel import Session
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
 from moderation.db.models import PostStatus
+from moderation.devtools.stack.kafka import KafkaBroker, delete_topics, ensure_topics
+from moderation.devtools.stack.postgres import PostgresCluster
 from moderation.events import (
     DeadLetter,
     Event,
@@ -33,10 +35,8 @@ from moderation.events import (
     ReviewDecided,
     ReviewRequested,
 )
-from moderation.recorder import Recorder, RetryPolicy, create_app
+from moderation.services.recorder.app import Recorder, RetryPolicy, create_app
 from moderation.settings import Settings
-from moderation.stack.kafka import KafkaBroker, delete_topics, ensure_topics
-from moderation.stack.postgres import PostgresCluster
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
 from tests.integration.streams import kafka_admin_auth
 

@@ -29,14 +29,14 @@ from sqlmodel import Session, col, select
 
 from moderation.db import crud
 from moderation.db.models import Decision, Review
+from moderation.devtools.stack.browser import ensure_chromium
+from moderation.devtools.stack.dapr import DaprRuntime
+from moderation.devtools.stack.kafka import KafkaBroker
+from moderation.devtools.stack.postgres import PostgresCluster
+from moderation.devtools.stack.services import PipelineServices
 from moderation.events import PostSubmitted, review_id_for
-from moderation.review.instances import read_workflow_state
+from moderation.services.review.instances import read_workflow_state
 from moderation.settings import PROJECT_ROOT, Settings
-from moderation.stack.browser import ensure_chromium
-from moderation.stack.dapr import DaprRuntime
-from moderation.stack.kafka import KafkaBroker
-from moderation.stack.postgres import PostgresCluster
-from moderation.stack.services import PipelineServices
 from tests.integration.streams import (
     STAGE_ONE_DECIDES_NOTHING,
     kafka_admin_auth,

@@ -7,10 +7,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from moderation import stack
 from moderation.cli import app
+from moderation.devtools import stack
+from moderation.devtools.stack.dapr import DaprRuntime
 from moderation.settings import Settings
-from moderation.stack.dapr import DaprRuntime
 
 pytestmark = pytest.mark.integration
 

@@ -19,12 +19,12 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from moderation.db import crud
+from moderation.devtools.stack.dapr import DaprRuntime
+from moderation.devtools.stack.kafka import KafkaBroker
+from moderation.devtools.stack.llm import LLMServer
+from moderation.devtools.stack.postgres import PostgresCluster
+from moderation.devtools.stack.services import PipelineServices
 from moderation.settings import Settings
-from moderation.stack.dapr import DaprRuntime
-from moderation.stack.kafka import KafkaBroker
-from moderation.stack.llm import LLMServer
-from moderation.stack.postgres import PostgresCluster
-from moderation.stack.services import PipelineServices
 from tests.integration.streams import (
     STAGE_ONE_DECIDES_NOTHING,
     running_services,

@@ -11,8 +11,8 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from moderation.api.publisher import InMemoryPublisher
 from moderation.db.engine import create_tables, make_engine
+from moderation.services.api.publisher import InMemoryPublisher
 from moderation.settings import Settings
 
 
@@ -45,7 +45,7 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def internal_client(app: FastAPI, client: httpx.AsyncClient) -> httpx.AsyncClient:
     """An HTTP client on the app's internal listener (readiness, metrics), lifespan started."""
-    from moderation.api.internal import create_internal_app
+    from moderation.services.api.internal import create_internal_app
 
     transport = httpx.ASGITransport(app=create_internal_app(app))
     return httpx.AsyncClient(transport=transport, base_url="http://api-internal")

@@ -10,7 +10,7 @@ import pytest
 
 from moderation.classifier import agent
 from moderation.classifier.agent import build_instructions, load_policy, render_post
-from moderation.classifier.injection import CLEAN
+from moderation.classifier.injection.screen import CLEAN
 from moderation.events import PostSubmitted
 from moderation.taxonomy import CATEGORIES, Category
 

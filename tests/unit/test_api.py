@@ -19,14 +19,14 @@ from sqlalchemy import Engine, event
 from sqlmodel import Session
 from typer.testing import CliRunner
 
-from moderation.api import create_app
-from moderation.api.cli import app as api_keys_cli
-from moderation.api.loadgen import measure_ingest
-from moderation.api.publisher import InMemoryPublisher, KafkaPublisher, PublishUnavailable
-from moderation.api.routes.submit_lane import SubmitFastLane
 from moderation.db import crud
 from moderation.db.engine import make_engine
+from moderation.devtools.loadgen import measure_ingest
 from moderation.events import ModerationVerdict, PostSubmitted
+from moderation.services.api import create_app
+from moderation.services.api.cli import app as api_keys_cli
+from moderation.services.api.publisher import InMemoryPublisher, KafkaPublisher, PublishUnavailable
+from moderation.services.api.routes.submit_lane import SubmitFastLane
 from moderation.settings import Settings, get_settings
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
 
@@ -609,7 +609,7 @@ async def test_the_public_port_has_no_readiness_detail_and_no_metrics(
 
 
 async def test_the_internal_listener_is_not_ready_before_the_lifespan(app: FastAPI) -> None:
-    from moderation.api.internal import create_internal_app
+    from moderation.services.api.internal import create_internal_app
 
     transport = httpx.ASGITransport(app=create_internal_app(app))
     async with httpx.AsyncClient(transport=transport, base_url="http://internal") as internal:

@@ -12,11 +12,11 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from moderation.api import create_app
-from moderation.api.limits import Buckets, TokenBucket, retry_after
-from moderation.api.publisher import InMemoryPublisher
-from moderation.api.routes.submit_lane import SubmitFastLane
 from moderation.db import crud
+from moderation.services.api import create_app
+from moderation.services.api.limits import Buckets, TokenBucket, retry_after
+from moderation.services.api.publisher import InMemoryPublisher
+from moderation.services.api.routes.submit_lane import SubmitFastLane
 from moderation.settings import ApiSettings, Settings
 
 

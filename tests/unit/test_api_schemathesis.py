@@ -29,11 +29,11 @@ from sqlmodel import Session
 # Imported here, before the app's lifespan imports it in a background thread: the conftest's
 # autouse fixture importing the Agents SDK at the same moment would deadlock the two imports.
 import moderation.classifier.agent  # noqa: F401
-from moderation.api import create_app
-from moderation.api.publisher import InMemoryPublisher
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
 from moderation.events import ModerationVerdict, PostSubmitted, ReviewRequested
+from moderation.services.api import create_app
+from moderation.services.api.publisher import InMemoryPublisher
 from moderation.settings import ApiSettings, Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
 

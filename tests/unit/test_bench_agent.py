@@ -16,8 +16,9 @@ from rich.console import Console
 from sqlalchemy import Engine, create_engine
 from typer.testing import CliRunner
 
-from moderation import bench, stack
-from moderation.bench import (
+from moderation.classifier.cascade import AGENT_TOOL_CALLS, FirstStage, first_stage
+from moderation.devtools import bench, stack
+from moderation.devtools.bench import (
     AgentResult,
     CounterSnapshot,
     agent_performance,
@@ -29,7 +30,6 @@ from moderation.bench import (
     injection_report,
     tally_cascade,
 )
-from moderation.classifier.cascade import AGENT_TOOL_CALLS, FirstStage, first_stage
 from moderation.events import PostSubmitted, ReviewRequested
 from moderation.settings import Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
@@ -312,8 +312,8 @@ def started_components(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[
 
     Returns the components the command asked the stack to start.
     """
-    import moderation.classifier.dataset as dataset
-    import moderation.classifier.fast_model as fast_model
+    import moderation.classifier.fast.model as fast_model
+    import moderation.datasets.build as dataset
     import moderation.llm.provider as provider
     import moderation.tracing as tracing
 

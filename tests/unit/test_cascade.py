@@ -31,7 +31,7 @@ from moderation.classifier.cascade import (
     first_stage,
     stage1_thresholds,
 )
-from moderation.classifier.injection import CLEAN, InjectionScreen
+from moderation.classifier.injection.screen import CLEAN, InjectionScreen
 from moderation.classifier.precedents import Precedent
 from moderation.db.crud import AuthorVerdict
 from moderation.events import PostSubmitted, ReviewPriority, utc_now

@@ -24,9 +24,9 @@ import jsonschema  # type: ignore[import-untyped]  # no types-jsonschema in the 
 import pytest
 import yaml
 
-from moderation.api.workflows import DaprReviewWorkflows
 from moderation.db.roles import DAPR_STATE_ROLE
 from moderation.kafka_auth import PRINCIPALS
+from moderation.services.api.workflows import DaprReviewWorkflows
 from moderation.settings import DaprSettings, DatabaseSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[2]

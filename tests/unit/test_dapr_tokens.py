@@ -14,12 +14,12 @@ from dapr.conf import settings as sdk_settings
 from pydantic import SecretStr
 
 import jobs.schedule
-from moderation.api.workflows import DaprReviewWorkflows
-from moderation.review.dapr_tokens import api_token_headers, use_api_token
-from moderation.review.service import SUBSCRIPTION_ROUTE, create_app
+from moderation.devtools.stack.dapr import stack_tokens, with_stack_tokens
+from moderation.devtools.stack.services import service_env
+from moderation.services.api.workflows import DaprReviewWorkflows
+from moderation.services.review.app import SUBSCRIPTION_ROUTE, create_app
+from moderation.services.review.dapr_tokens import api_token_headers, use_api_token
 from moderation.settings import DaprSettings, Settings, StackSettings
-from moderation.stack.dapr import stack_tokens, with_stack_tokens
-from moderation.stack.services import service_env
 
 APP_TOKEN = "app-token-from-daprd"
 

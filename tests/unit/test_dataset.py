@@ -14,8 +14,9 @@ from typing import BinaryIO
 
 import pytest
 
-from moderation.classifier import dataset
-from moderation.classifier.dataset import (
+from moderation.classifier.fast.model import sexual_minors_signal
+from moderation.datasets import build as dataset
+from moderation.datasets.build import (
     BuildStats,
     DatasetError,
     SourceArchive,
@@ -30,7 +31,6 @@ from moderation.classifier.dataset import (
     label_from_perspective,
     split_records,
 )
-from moderation.classifier.fast_model import sexual_minors_signal
 from moderation.taxonomy import CATEGORIES, Category
 
 PAYLOAD = b"pinned archive bytes"

@@ -11,7 +11,7 @@ import numpy.typing as npt
 import pytest
 from rich.console import Console
 
-from moderation.evaluation import (
+from moderation.evaluation.scores import (
     EvalReport,
     average_precision,
     calibration_error,

@@ -15,13 +15,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from moderation import cli, demo
-from moderation.classifier import fast_model, worker
+from moderation import cli
 from moderation.classifier.agent import AgentVerdict
 from moderation.classifier.cascade import AgentFallback, AgentJudgement, AgentStage, first_stage
-from moderation.classifier.injection import InjectionScreen
-from moderation.evaluation_cascade import Route, evaluate_cascade, final_routes
+from moderation.classifier.fast import model as fast_model
+from moderation.classifier.injection.screen import InjectionScreen
+from moderation.devtools import demo
+from moderation.evaluation.cascade import Route, evaluate_cascade, final_routes
 from moderation.events import PostSubmitted
+from moderation.services.worker import app as worker
 from moderation.settings import Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision
 from tests.scripted_llm import ScriptedModel, ScriptedProvider, allow_json, remove_json

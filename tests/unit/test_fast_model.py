@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moderation.classifier import dataset as dataset_module
-from moderation.classifier import fast_model
 from moderation.classifier.artifacts import ArtifactRefused, artifact_digest
 from moderation.classifier.embedding import load_embedder
-from moderation.classifier.fast_model import (
+from moderation.classifier.fast import model as fast_model
+from moderation.classifier.fast.model import (
     PRIOR_SHIFT_GRID,
     SELF_HARM_SIGNAL,
     SIGNAL_NEAR,
@@ -29,6 +28,7 @@ from moderation.classifier.fast_model import (
     strongest_tie,
     train_fast_model,
 )
+from moderation.datasets import build as dataset_module
 from moderation.settings import ModelStoreSettings, Settings, StackSettings, ThresholdSettings
 from moderation.taxonomy import CATEGORIES, Category
 

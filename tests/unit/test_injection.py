@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from moderation.classifier.cascade import first_stage
-from moderation.classifier.injection import (
+from moderation.classifier.injection.screen import (
     CLEAN,
     ENCODED_PAYLOAD,
     FAKE_SYSTEM,

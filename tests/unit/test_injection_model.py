@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moderation.classifier import injection_corpus, injection_model
 from moderation.classifier.artifacts import ArtifactRefused
-from moderation.classifier.injection_corpus import (
+from moderation.classifier.injection import corpus as injection_corpus
+from moderation.classifier.injection import model as injection_model
+from moderation.classifier.injection.corpus import (
     INJECTION_EXAMPLES,
     TEAM_BENIGN,
     TEAM_INJECTIONS,
@@ -23,7 +24,7 @@ from moderation.classifier.injection_corpus import (
     promptinject_attacks,
     read_examples,
 )
-from moderation.classifier.injection_model import (
+from moderation.classifier.injection.model import (
     DEFAULT_CONFIG,
     METADATA_FILE,
     MODEL_FILE,

@@ -1,4 +1,5 @@
-"""How a CRD's OpenAPI schema becomes a strict JSON schema (moderation/stack/k8s_tools.py)."""
+"""How a CRD's OpenAPI schema becomes a strict JSON schema
+(moderation/devtools/stack/k8s_tools.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]  # ships no type information
 
-from moderation.stack.k8s_tools import strict_schema
+from moderation.devtools.stack.k8s_tools import strict_schema
 
 CRD_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -39,13 +39,13 @@ from jobs.sft import Example
 from moderation.classifier.artifacts import artifact_digest
 from moderation.db import crud
 from moderation.db.models import ModelStatus
-from moderation.settings import Settings
-from moderation.stack.train_env import (
+from moderation.devtools.stack.train_env import (
     ensure_train_venv,
     has_pins,
     train_requirements,
     train_venv_dir,
 )
+from moderation.settings import Settings
 from moderation.taxonomy import CATEGORIES
 
 API_KEY = "test-vllm-key"
@@ -491,7 +491,9 @@ def test_an_interpreter_with_the_train_pins_trains_itself(
     assert not has_pins([installed, "pytest==0.0.1"])
     assert not has_pins(["no-such-package-here==1.0"])
     # The nightly image installs the extra into its only venv: no second venv there.
-    monkeypatch.setattr("moderation.stack.train_env.train_requirements", lambda: [installed])
+    monkeypatch.setattr(
+        "moderation.devtools.stack.train_env.train_requirements", lambda: [installed]
+    )
     base = Settings()
     stack = base.stack.model_copy(update={"cache_dir": tmp_path})
     assert ensure_train_venv(base.model_copy(update={"stack": stack})) == Path(sys.executable)

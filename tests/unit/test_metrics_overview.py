@@ -16,8 +16,6 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from moderation.api import create_app
-from moderation.api.publisher import InMemoryPublisher
 from moderation.db import crud
 from moderation.db.models import (
     AuditLog,
@@ -31,6 +29,8 @@ from moderation.db.models import (
     Verdict,
 )
 from moderation.events import utc_now
+from moderation.services.api import create_app
+from moderation.services.api.publisher import InMemoryPublisher
 from moderation.settings import Settings
 
 NOW = datetime(2026, 11, 21, 12, 30, tzinfo=UTC)

@@ -1,4 +1,5 @@
-"""Workers follow the model registry without a restart (`moderation.classifier.registry_watch`).
+"""Workers follow the model registry without a restart
+(`moderation.services.worker.registry_watch`).
 
 Real fast-model artifacts in tmp dirs (one tiny model trained per module, copied under other
 versions: only the version matters here), a SQLite registry, the worker's handler on the
@@ -24,20 +25,20 @@ from prometheus_client import REGISTRY
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from moderation.classifier import worker
 from moderation.classifier.artifacts import artifact_digest
 from moderation.classifier.cascade import AgentStage
-from moderation.classifier.fast_model import (
+from moderation.classifier.fast.model import (
     METADATA_FILE,
     MODEL_FILE,
     FastModel,
     train_fast_model,
 )
-from moderation.classifier.registry_watch import RegistryWatch
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
 from moderation.db.models import ModelStatus
 from moderation.events import ModerationVerdict, PostSubmitted
+from moderation.services.worker import app as worker
+from moderation.services.worker.registry_watch import RegistryWatch
 from moderation.settings import Settings
 from moderation.taxonomy import CATEGORIES, Category, Stage
 from tests.scripted_llm import ScriptedModel, ScriptedProvider, remove_json
@@ -266,7 +267,7 @@ async def test_a_champion_that_does_not_load_leaves_the_old_model_serving(
     promote(engine, "fast-broken", broken, digest=artifact_digest(broken))
     failed = reloads("fast", "failed")
 
-    with caplog.at_level(logging.ERROR, logger="moderation.classifier.registry_watch"):
+    with caplog.at_level(logging.ERROR, logger="moderation.services.worker.registry_watch"):
         for _ in range(3):
             await watch.poll()
 
@@ -338,7 +339,7 @@ async def test_a_champion_the_registry_may_not_vouch_for_is_refused_and_the_old_
         promote(engine, "fast-evil", path)
     refused = reloads("fast", "refused")
 
-    with caplog.at_level(logging.ERROR, logger="moderation.classifier.registry_watch"):
+    with caplog.at_level(logging.ERROR, logger="moderation.services.worker.registry_watch"):
         for _ in range(2):
             await watch.poll()
 
@@ -360,13 +361,13 @@ async def test_with_the_registry_down_the_worker_keeps_serving_then_catches_up(
     base = FastModel.load(artifact("fast-base"))
     state = worker.WorkerState()
     watch = RegistryWatch(state, down, reload_settings)
-    with caplog.at_level(logging.WARNING, logger="moderation.classifier.registry_watch"):
+    with caplog.at_level(logging.WARNING, logger="moderation.services.worker.registry_watch"):
         await watch.start(lambda: base)
         await watch.stop()
         for _ in range(3):
             await watch.poll()
     assert state.scorer is base
-    [logged] = [r for r in caplog.records if r.name == "moderation.classifier.registry_watch"]
+    [logged] = [r for r in caplog.records if r.name == "moderation.services.worker.registry_watch"]
     assert "not reachable" in logged.getMessage()
 
     # The registry answers again: the base model is registered, as no champion exists...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from moderation.actors import actor_display, actor_key_id, actor_key_ids, key_actor
-from moderation.api.security import Principal
+from moderation.services.api.security import Principal
 
 
 def test_a_key_is_recorded_by_its_id_and_shown_with_its_name() -> None:

@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 import jobs.nightly
 from jobs.nightly import BaseData, exclusive_run, run_nightly
 from moderation.classifier.artifacts import artifact_digest
-from moderation.classifier.fast_model import train_fast_model
+from moderation.classifier.fast.model import train_fast_model
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
 from moderation.db.models import Decision, JobRun, ModelStatus, ModelVersion, Post, Verdict

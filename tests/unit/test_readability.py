@@ -23,7 +23,7 @@ from moderation.classifier.readability import (
     sentences,
     words,
 )
-from moderation.evaluation_routing import buried_records, long_text_routing
+from moderation.evaluation.routing import buried_records, long_text_routing
 from moderation.events import PostSubmitted
 from moderation.settings import ReadabilitySettings, Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision

@@ -15,7 +15,6 @@ from prometheus_client import REGISTRY
 from sqlalchemy import Engine, exc
 from sqlmodel import Session
 
-from moderation import recorder as recorder_module
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
 from moderation.db.models import PostStatus
@@ -29,7 +28,8 @@ from moderation.events import (
     ReviewRequested,
     review_id_for,
 )
-from moderation.recorder import Recorder, RetryPolicy, create_app, create_broker
+from moderation.services.recorder import app as recorder_module
+from moderation.services.recorder.app import Recorder, RetryPolicy, create_app, create_broker
 from moderation.settings import DatabaseSettings, Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
 

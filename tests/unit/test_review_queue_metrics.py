@@ -11,7 +11,7 @@ from sqlmodel import Session
 from moderation.db.engine import create_tables, make_engine
 from moderation.db.models import Review, ReviewStatus
 from moderation.events import utc_now
-from moderation.review.queue_metrics import ReviewQueueCollector
+from moderation.services.review.queue_metrics import ReviewQueueCollector
 from moderation.settings import Settings
 
 

@@ -16,11 +16,6 @@ from fastapi.routing import APIRoute
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from moderation.api import create_app
-from moderation.api.deps import get_workflows
-from moderation.api.publisher import InMemoryPublisher
-from moderation.api.security import principal_of
-from moderation.api.workflows import DaprReviewWorkflows, WorkflowUnavailable
 from moderation.classifier.agent import load_policy
 from moderation.db import crud
 from moderation.db.models import ApiKey, PostStatus, ReviewStatus
@@ -32,6 +27,11 @@ from moderation.events import (
     ReviewRequested,
     utc_now,
 )
+from moderation.services.api import create_app
+from moderation.services.api.deps import get_workflows
+from moderation.services.api.publisher import InMemoryPublisher
+from moderation.services.api.security import principal_of
+from moderation.services.api.workflows import DaprReviewWorkflows, WorkflowUnavailable
 from moderation.settings import Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
 

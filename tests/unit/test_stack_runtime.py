@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from moderation.stack.dapr import _flags
-from moderation.stack.runtime import (
+from moderation.devtools.stack.dapr import _flags
+from moderation.devtools.stack.runtime import (
     ManagedProcess,
     StackError,
     cache_entry,

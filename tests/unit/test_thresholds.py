@@ -37,7 +37,7 @@ from moderation.classifier.thresholds import (
     render_routing_comparison,
     route,
 )
-from moderation.evaluation_routing import RoutingShares
+from moderation.evaluation.routing import RoutingShares
 from moderation.settings import Settings, ThresholdSettings
 from moderation.taxonomy import CATEGORIES, VIOLATING, Category, Decision
 
@@ -366,7 +366,8 @@ class KeywordScorer:
 
 def test_cli_eval_thresholds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import moderation.cli as cli
-    from moderation.classifier import dataset, fast_model
+    from moderation.classifier.fast import model as fast_model
+    from moderation.datasets import build as dataset
 
     records = [{"text": f"buy cheap pills now {n}", "label": "spam"} for n in range(40)]
     records += [{"text": f"lovely walk in the park today {n}", "label": "safe"} for n in range(60)]

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 
-from moderation.classifier import worker
 from moderation.classifier.cascade import AgentStage, first_stage
 from moderation.events import DeadLetter, ModerationVerdict, PostSubmitted, ReviewRequested
+from moderation.services.worker import app as worker
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
 from tests.scripted_llm import ScriptedModel as ScriptedLLM
 from tests.scripted_llm import ScriptedProvider, remove_json
@@ -185,7 +185,7 @@ def test_consumer_lag_is_the_high_watermark_past_the_batch() -> None:
 
     from aiokafka import TopicPartition
 
-    from moderation.classifier.worker import CONSUMER_LAG, _record_lag
+    from moderation.services.worker.app import CONSUMER_LAG, _record_lag
 
     watermarks = {TopicPartition("posts", 0): 120, TopicPartition("posts", 1): 7}
     message = SimpleNamespace(consumer=SimpleNamespace(highwater=watermarks.get))

@@ -1,5 +1,0 @@
-"""The ingest API (FastAPI): posts in, PostSubmitted events out to Kafka."""
-
-from moderation.api.app import create_app
-
-__all__ = ["create_app"]

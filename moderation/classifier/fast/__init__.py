@@ -1,0 +1,1 @@
+"""The fast (stage 1) model: features, lexicon, calibration, the artifact and its training."""

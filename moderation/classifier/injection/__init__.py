@@ -1,0 +1,1 @@
+"""The prompt-injection screen: rules, the learned detector and its corpus."""

@@ -1,0 +1,1 @@
+"""Training and evaluation data: pinned sources, readers and the split."""

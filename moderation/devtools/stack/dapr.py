@@ -1,0 +1,357 @@
+"""The Dapr runtime: `daprd`, `placement` and `scheduler`, built with Go from the module proxy.
+
+`go install github.com/dapr/dapr/cmd/daprd@vX` refuses modules with replace directives, so
+`scripts/dapr/go.mod` is a wrapper module that requires dapr and repeats its replaces. Its
+go.sum is dapr's own (the checksum database does not answer for some of dapr's dependencies
+here, and dapr's go.sum was itself verified when the dapr module was downloaded).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from moderation.db.roles import DAPR_STATE_ROLE
+from moderation.devtools.stack.component import ComponentStatus
+from moderation.devtools.stack.runtime import (
+    ManagedProcess,
+    StackError,
+    cache_entry,
+    ensure_ports_free,
+    http_ok,
+    require_tool,
+    rss_mib,
+    run,
+    step,
+    wait_for_process,
+)
+from moderation.kafka_auth import credentials
+from moderation.local_secrets import local_secret
+from moderation.settings import PROJECT_ROOT, Settings
+
+WRAPPER_DIR = PROJECT_ROOT / "scripts" / "dapr"
+COMPONENTS_DIR = PROJECT_ROOT / "components"
+CONFIG_FILE = COMPONENTS_DIR / "configuration.yaml"
+BINARIES = ("daprd", "placement", "scheduler")
+BUILD_PACKAGE = "github.com/dapr/dapr"
+LOOPBACK = "127.0.0.1"
+
+
+def stack_tokens(settings: Settings) -> dict[str, str]:
+    """Dapr's token variables for the local stack's daprd and every process talking to it.
+
+    `DAPR_API_TOKEN` (daprd then requires it on its API) and `APP_API_TOKEN` (daprd sends it
+    to the app): the settings' tokens when set, otherwise tokens generated once into the stack's
+    state dir (`<state_dir>/dapr/*-token`, 0600, ignored by git), so that daprd, the services
+    the stack starts and the commands run next to it agree without any configuration.
+    """
+    directory = settings.stack.state_dir / "dapr"
+    api, app = settings.dapr.api_token, settings.dapr.app_token
+    return {
+        "DAPR_API_TOKEN": api.get_secret_value() if api else local_secret(directory / "api-token"),
+        "APP_API_TOKEN": app.get_secret_value() if app else local_secret(directory / "app-token"),
+    }
+
+
+def with_stack_tokens(settings: Settings) -> Settings:
+    """In development, `settings` with the local stack's Dapr tokens where none is set."""
+    if settings.environment != "development":
+        return settings
+    tokens = stack_tokens(settings)
+    dapr = settings.dapr.model_copy(
+        update={
+            "api_token": SecretStr(tokens["DAPR_API_TOKEN"]),
+            "app_token": SecretStr(tokens["APP_API_TOKEN"]),
+        }
+    )
+    return settings.model_copy(update={"dapr": dapr})
+
+
+def binary_version(path: Path) -> str | None:
+    """`<binary> --version` prints the version injected by ldflags (e.g. 1.18.2)."""
+    try:
+        result = subprocess.run(  # noqa: S603 - fixed argv
+            [str(path), "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except OSError:
+        return None
+    return result.stdout.strip().splitlines()[0] if result.stdout.strip() else None
+
+
+class DaprRuntime:
+    name = "dapr"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dapr = settings.dapr
+        self.state_dir = settings.stack.state_dir
+        self.placement = ManagedProcess(name="dapr-placement", argv=[], state_dir=self.state_dir)
+        self.scheduler = ManagedProcess(name="dapr-scheduler", argv=[], state_dir=self.state_dir)
+        self.daprd = ManagedProcess(
+            name=f"daprd-{self.dapr.app_id}", argv=[], state_dir=self.state_dir, cwd=PROJECT_ROOT
+        )
+
+    # --- install -------------------------------------------------------------------------
+
+    @property
+    def build_dir(self) -> Path:
+        return self.settings.stack.cache_dir / "dapr" / f"dapr-{self.dapr.version}"
+
+    def binaries(self) -> dict[str, Path]:
+        """Reuse an installed runtime (PATH or ~/.dapr/bin) whose daprd has our version.
+
+        placement and scheduler have no --version flag: they are taken from the same directory
+        as the matching daprd (that is how `dapr init --slim` lays them out).
+        """
+        directories = [Path.home() / ".dapr" / "bin"]
+        on_path = shutil.which("daprd")
+        if on_path:
+            directories.insert(0, Path(on_path).parent)
+        for directory in directories:
+            paths = {binary: directory / binary for binary in BINARIES}
+            if all(path.is_file() for path in paths.values()) and (
+                binary_version(paths["daprd"]) == self.dapr.version
+            ):
+                return paths
+        return {binary: self.build_dir / "bin" / binary for binary in BINARIES}
+
+    def install(self) -> None:
+        if all(path.is_file() for path in self.binaries().values()):
+            return
+        go = require_tool(
+            "go", "install Go >= 1.26 (https://go.dev/doc/install or `apt-get install golang`)"
+        )
+        label = f"dapr {self.dapr.version}: build daprd, placement, scheduler (cold: ~5-20 min)"
+        with step(label):
+            cache_entry(
+                self.build_dir.parent, self.build_dir.name, lambda staging: self._build(go, staging)
+            )
+
+    def _build(self, go: str, staging: Path) -> None:
+        version = self.dapr.version
+        module = f"{BUILD_PACKAGE}@v{version}"
+        work = staging / "module"
+        work.mkdir()
+        shutil.copy(WRAPPER_DIR / "go.mod", work / "go.mod")
+        wrapper = (work / "go.mod").read_text()
+        if f"require {BUILD_PACKAGE} v{version}" not in wrapper:
+            raise StackError(
+                f"scripts/dapr/go.mod does not require {module}: update it with the version"
+            )
+        info = json.loads(
+            run([go, "mod", "download", "-json", module], f"downloading {module}", cwd=work)
+        )
+        if "Error" in info:
+            raise StackError(f"downloading {module}: {info['Error']}")
+        dapr_sum = Path(info["Dir"]) / "go.sum"
+        (work / "go.sum").write_text(
+            dapr_sum.read_text()
+            + f"{BUILD_PACKAGE} v{version} {info['Sum']}\n"
+            + f"{BUILD_PACKAGE} v{version}/go.mod {info['GoModSum']}\n"
+        )
+        commit = info.get("Origin", {}).get("Hash", "")
+        ldflags = " ".join(
+            [
+                "-s -w",
+                f"-X {BUILD_PACKAGE}/pkg/buildinfo.version={version}",
+                f"-X {BUILD_PACKAGE}/pkg/buildinfo.gitcommit={commit}",
+                f"-X {BUILD_PACKAGE}/pkg/buildinfo.gitversion=v{version}",
+                f"-X github.com/dapr/kit/logger.DaprVersion={version}",
+            ]
+        )
+        run(
+            [go, "build", "-mod=mod", "-tags", "stablecomponents", "-ldflags", ldflags,
+             "-o", str(staging / "bin") + "/", *(f"{BUILD_PACKAGE}/cmd/{b}" for b in BINARIES)],
+            f"building Dapr {version}",
+            cwd=work,
+            env={"CGO_ENABLED": "0", "GOFLAGS": ""},
+        )  # fmt: skip
+        shutil.rmtree(work)
+
+    # --- run -----------------------------------------------------------------------------
+
+    def secrets_file(self) -> Path:
+        return self.state_dir / "dapr" / "secrets.json"
+
+    def _write_secrets(self) -> None:
+        """The local file secret store's content, from settings (never committed)."""
+        path = self.secrets_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        review = credentials(self.settings, "review")
+        # daprd logs in as Dapr's own role, which owns dapr_state and may not connect to the
+        # application database (`moderation.db.roles`; the stack gives it the dev password).
+        db = self.settings.db
+        state_store = db.model_copy(update={"user": DAPR_STATE_ROLE})
+        secrets = {
+            "dapr-state-connection-string": state_store.libpq_dsn(db.dapr_state_name),
+            "kafka-sasl-password": review.password if review else "",
+        }
+        path.write_text(json.dumps(secrets, indent=2))
+        path.chmod(0o600)
+
+    def sidecar_env(self) -> dict[str, str]:
+        """Values the components read through `envRef`."""
+        review = credentials(self.settings, "review")
+        return {
+            "MODERATION_KAFKA_BOOTSTRAP_SERVERS": self.settings.kafka.bootstrap_servers,
+            "MODERATION_KAFKA_SASL_USERNAME": (review.username if review else ""),
+            "MODERATION_DAPR_SECRETS_FILE": str(self.secrets_file()),
+        }
+
+    def _start_control_plane(
+        self,
+        process: ManagedProcess,
+        grpc_port: int,
+        healthz_port: int,
+        metrics_port: int,
+        extra_flags: dict[str, object],
+        extra_ports: list[int],
+    ) -> None:
+        """placement and scheduler share their flags for ports, loopback and health."""
+        if process.running():
+            return
+        ensure_ports_free(process.name, [grpc_port, healthz_port, metrics_port, *extra_ports])
+        binary = self.binaries()[process.name.removeprefix("dapr-")]
+        process.argv = [
+            str(binary),
+            *_flags(
+                {
+                    "port": grpc_port,
+                    "listen-address": LOOPBACK,
+                    "healthz-port": healthz_port,
+                    "healthz-listen-address": LOOPBACK,
+                    "metrics-port": metrics_port,
+                    "metrics-listen-address": LOOPBACK,
+                    **extra_flags,
+                }
+            ),
+        ]
+        with step(f"dapr: start {process.name} on {LOOPBACK}:{grpc_port}"):
+            process.start()
+            wait_for_process(process, process.name, partial(_healthz, healthz_port), 120)
+
+    def start(self) -> None:
+        d = self.dapr
+        self._start_control_plane(
+            self.placement, d.placement_port, d.placement_healthz_port, d.placement_metrics_port,
+            extra_flags={}, extra_ports=[],
+        )  # fmt: skip
+        scheduler_data = self.state_dir / "dapr" / "scheduler"
+        scheduler_data.mkdir(parents=True, exist_ok=True)
+        peer = f"http://{LOOPBACK}:{d.scheduler_etcd_peer_port}"
+        self._start_control_plane(
+            self.scheduler, d.scheduler_port, d.scheduler_healthz_port, d.scheduler_metrics_port,
+            extra_flags={
+                "etcd-data-dir": scheduler_data,
+                "etcd-client-port": d.scheduler_etcd_client_port,
+                "etcd-client-listen-address": LOOPBACK,
+                "etcd-initial-cluster": f"dapr-scheduler-server-0={peer}",
+            },
+            extra_ports=[d.scheduler_etcd_client_port, d.scheduler_etcd_peer_port],
+        )  # fmt: skip
+        self.start_sidecar()
+
+    def start_sidecar(self, *, app_port: int | None = None) -> None:
+        """Start the review service's daprd (tests restart it to prove workflows are durable).
+
+        With `app_port`, daprd talks to the review service there (pub/sub deliveries); without,
+        it serves only the building blocks (the stack's default: the service may not run).
+        """
+        if self.daprd.running():
+            return
+        d = self.dapr
+        app = {"app-port": app_port, "app-channel-address": LOOPBACK} if app_port else {}
+        ensure_ports_free(f"daprd ({d.app_id})", [d.http_port, d.grpc_port, d.metrics_port])
+        self._write_secrets()
+        self.daprd.argv = [
+            str(self.binaries()["daprd"]),
+            *_flags(
+                {
+                    "app-id": d.app_id,
+                    "mode": "standalone",
+                    "dapr-http-port": d.http_port,
+                    "dapr-grpc-port": d.grpc_port,
+                    "dapr-listen-addresses": LOOPBACK,
+                    "metrics-port": d.metrics_port,
+                    "metrics-listen-address": LOOPBACK,
+                    "placement-host-address": f"{LOOPBACK}:{d.placement_port}",
+                    "scheduler-host-address": f"{LOOPBACK}:{d.scheduler_port}",
+                    "resources-path": COMPONENTS_DIR,
+                    "config": CONFIG_FILE,
+                    "log-level": "info",
+                    **app,
+                }
+            ),
+        ]
+        # daprd reads its two tokens from the environment (self-hosted mode).
+        self.daprd.env = self.sidecar_env() | stack_tokens(self.settings)
+        with step(f"dapr: start daprd for {d.app_id} (http {d.http_port}, grpc {d.grpc_port})"):
+            self.daprd.start()
+            # With an app, /healthz waits for the app; the building blocks are ready before that.
+            ready = self.sidecar_outbound_ready if app_port else self.sidecar_healthy
+            wait_for_process(self.daprd, f"daprd ({d.app_id})", ready, 120)
+
+    def sidecar_healthy(self) -> bool:
+        """daprd's /v1.0/healthz answers 204 once components and actors are ready."""
+        return http_ok(f"{self.dapr.http_endpoint}/v1.0/healthz", statuses=(204,))
+
+    def sidecar_outbound_ready(self) -> bool:
+        """/v1.0/healthz/outbound: components and building blocks ready (app or not)."""
+        return http_ok(f"{self.dapr.http_endpoint}/v1.0/healthz/outbound", statuses=(204,))
+
+    def stop_sidecar(self, *, crash: bool = False) -> None:
+        if crash:
+            self.daprd.kill()
+        else:
+            self.daprd.stop()
+
+    def stop(self) -> None:
+        for process in (self.daprd, self.scheduler, self.placement):
+            process.stop()
+
+    def status(self) -> list[ComponentStatus]:
+        d = self.dapr
+        rows = []
+        checks: list[tuple[ManagedProcess, str, Callable[[], bool]]] = [
+            (
+                self.placement,
+                f"127.0.0.1:{d.placement_port}",
+                partial(_healthz, d.placement_healthz_port),
+            ),
+            (
+                self.scheduler,
+                f"127.0.0.1:{d.scheduler_port}",
+                partial(_healthz, d.scheduler_healthz_port),
+            ),
+            (self.daprd, f"{d.http_endpoint} grpc:{d.grpc_port}", self.sidecar_healthy),
+        ]
+        for process, endpoint, probe in checks:
+            pid = process.pid()
+            healthy = pid is not None and probe()
+            rows.append(
+                ComponentStatus(
+                    name=process.name,
+                    running=pid is not None,
+                    healthy=healthy,
+                    endpoint=endpoint,
+                    pid=pid,
+                    rss_mib=rss_mib(pid) if pid else None,
+                    detail=f"Dapr {d.version}",
+                )
+            )
+        return rows
+
+
+def _flags(flags: dict[str, object]) -> list[str]:
+    """{"app-id": "x", "port": 1} -> ["--app-id", "x", "--port", "1"]."""
+    return [item for name, value in flags.items() for item in (f"--{name}", str(value))]
+
+
+def _healthz(port: int) -> bool:
+    return http_ok(f"http://{LOOPBACK}:{port}/healthz", statuses=(200, 204))

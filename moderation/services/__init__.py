@@ -1,0 +1,1 @@
+"""One folder per process: api, worker, recorder, review (each with its app factory)."""

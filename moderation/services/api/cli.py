@@ -1,0 +1,124 @@
+"""Command-line pieces of the API: `api-keys create`, and `run_api` behind `moderation api`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+from collections.abc import Iterator
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+
+from moderation.db.engine import create_tables, make_engine
+from moderation.services.api.security import create_key, parse_scopes
+from moderation.settings import Settings, get_settings
+
+app = typer.Typer(help="API keys of the ingest API (hashed at rest).", no_args_is_help=True)
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True)
+
+
+@app.callback()
+def api_keys() -> None:
+    """API keys of the ingest API: created here, hashed at rest, shown once."""
+
+
+@app.command("create")
+def create(
+    name: Annotated[str, typer.Option(help="who or what uses the key, e.g. 'forum-backend'")],
+    scopes: Annotated[
+        str, typer.Option(help="comma-separated: submit, read, moderate, admin (admin: all)")
+    ] = "submit",
+) -> None:
+    """Create a key and print it once on stdout (only its hash is stored)."""
+    try:
+        wanted = parse_scopes(scopes)
+    except ValueError as error:
+        stderr.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(code=2) from None
+    settings = get_settings()
+    engine = make_engine(settings)
+    try:
+        create_tables(engine)
+        plaintext, principal = create_key(engine, name=name, scopes=wanted)
+    finally:
+        engine.dispose()
+    stderr.print(
+        f"created API key '{principal.name}' (id {principal.key_id}, scopes "
+        f"{', '.join(sorted(principal.scopes))}); it is shown only once:"
+    )
+    stdout.print(plaintext, markup=False, highlight=False)
+
+
+class InternalServer(uvicorn.Server):
+    """The internal listener's server: it leaves signals to the public server, which stops it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def api_servers(settings: Settings) -> tuple[uvicorn.Server, InternalServer]:
+    """The public server (the API, its lifespan) and the internal one (probes, metrics)."""
+    from moderation.services.api.app import create_app
+    from moderation.services.api.internal import create_internal_app
+
+    app = create_app(settings)
+    public = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.api.host,
+            port=settings.api.port,
+            workers=1,
+            # "auto": uvloop/httptools when installed, else asyncio/h11.
+            loop="auto",
+            http="auto",
+            lifespan="on",
+            log_level="info",
+            # One log line per request would cost more than the request itself at 3,000/s.
+            access_log=False,
+            # The app applies `api.trusted_proxies` itself (uvicorn's default trusts 127.0.0.1).
+            proxy_headers=False,
+        )
+    )
+    internal = InternalServer(
+        uvicorn.Config(
+            create_internal_app(app),
+            host=settings.api.internal_host,
+            port=settings.api.internal_port,
+            lifespan="off",
+            # The same level as the public server: each Config sets uvicorn's loggers' level.
+            log_level="info",
+            access_log=False,
+            proxy_headers=False,
+        )
+    )
+    return public, internal
+
+
+async def serve_api(public: uvicorn.Server, internal: InternalServer) -> None:
+    """Serve both until the public server stops (SIGTERM/SIGINT), then stop the internal one."""
+    internal_task = asyncio.create_task(internal.serve())
+    try:
+        await public.serve()
+    finally:
+        internal.should_exit = True
+        await internal_task
+
+
+def run_api(settings: Settings) -> None:
+    """Serve the API with uvicorn in this process (one worker) until SIGTERM/SIGINT: the public
+    port (`api.port`) and the internal one (`api.internal_port`: readiness, metrics)."""
+    from moderation.telemetry import configure_tracing
+
+    configure_tracing("api", settings)
+    public, internal = api_servers(settings)
+    # Everything imported so far lives as long as the process: keep it out of the collector's
+    # full passes, which otherwise rescan it while the API allocates per request.
+    gc.freeze()
+    with asyncio.Runner(loop_factory=public.config.get_loop_factory()) as runner:
+        runner.run(serve_api(public, internal))

@@ -1,0 +1,487 @@
+"""`/v1/reviews`: the human review queue (scope `moderate`), and the decision log export.
+
+A moderator lists the queue, claims a review (a lock that runs out after
+`settings.review.claim_seconds`; claiming again extends it), and decides it. A decision is
+not written as a fact here: the route marks the review decided (a conditional UPDATE, so a
+second decision gets 409), audits it, and hands the `ReviewDecided` event to the review's Dapr
+workflow, which validates, records and publishes it. When the workflow cannot be reached the
+review is reopened and the answer is 503.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from moderation.actors import actor_display, actor_key_ids
+from moderation.db import crud
+from moderation.db.models import ReviewStatus, Verdict
+from moderation.db.schemas import (
+    DecisionAccepted,
+    DecisionCreate,
+    PrecedentPublic,
+    ReviewPublic,
+    ReviewsPublic,
+    ReviewStatsPublic,
+    SuggestionPublic,
+)
+from moderation.events import ReviewDecided, ReviewPriority, utc_now
+from moderation.services.api.deps import ApiState, ModerateKey, StateDep, WorkflowsDep
+from moderation.services.api.routes.errors import ApiError, unavailable_response
+from moderation.services.api.security import Principal, Scope
+from moderation.services.api.workflows import WorkflowUnavailable
+from moderation.services.review.activities import invalid_decision
+from moderation.taxonomy import Category
+from moderation.taxonomy import Decision as VerdictDecision
+
+if TYPE_CHECKING:
+    from moderation.classifier.precedents import DecisionLog
+
+router = APIRouter(prefix="/v1", tags=["reviews"])
+
+PRECEDENTS_SHOWN = 3
+# Far past any queue, and inside the databases' 64-bit OFFSET (beyond it a query fails: a 500).
+MAX_OFFSET = 1_000_000_000
+PRECEDENT_POOL = 500
+CSV_COLUMNS = (
+    "decided_at",
+    "review_id",
+    "post_id",
+    "label",
+    "decision",
+    "moderator",
+    "note",
+    "overrode",
+    "policy_version",
+    "moderator_display",
+)
+
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing, unknown or revoked API key"},
+    403: {"description": "the key lacks the `moderate` scope"},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such review"}}
+
+
+# --- what a review shows besides its row: the policy text and precedents ----------------------
+
+
+def _import_helpers() -> None:
+    # The policy parser lives with the classifier agent (the OpenAI Agents SDK) and the
+    # precedent ranking needs scikit-learn: seconds of imports the ingest path never needs.
+    import moderation.classifier.agent
+    import moderation.classifier.precedents  # noqa: F401
+
+
+def preload_in_background() -> None:
+    """Import the review helpers in a thread, so the API starts at once and the first review
+    request finds them loaded (a request arriving earlier waits for the import)."""
+    threading.Thread(target=_import_helpers, name="review-helpers-import", daemon=True).start()
+
+
+def _policy_section(category: str, version: str) -> str | None:
+    from moderation.classifier.agent import load_policy
+
+    try:
+        return load_policy(version).sections[Category(category)]
+    except (FileNotFoundError, ValueError, KeyError):
+        return None  # a category or policy version this release does not know
+
+
+def _decision_log(state: ApiState) -> DecisionLog:
+    if state.decision_log is None:
+        from moderation.classifier.precedents import SqlDecisionLog
+
+        state.decision_log = SqlDecisionLog(state.engine, pool_size=PRECEDENT_POOL)
+    return state.decision_log
+
+
+def _suggestion(verdict: Verdict | None) -> SuggestionPublic | None:
+    if verdict is None:
+        return None
+    return SuggestionPublic(
+        stage=verdict.stage,
+        decision=verdict.decision,
+        primary_category=verdict.primary_category,
+        confidence=verdict.confidence,
+        scores=verdict.scores,
+        rationale=verdict.rationale,
+        model_version=verdict.model_version,
+        policy_version=verdict.policy_version,
+        policy_sections=verdict.policy_sections,
+        signals=verdict.signals,
+    )
+
+
+async def _precedents(state: ApiState, view: crud.ReviewView) -> list[PrecedentPublic]:
+    if not view.text:
+        return []
+    # One more than shown: the post's own earlier decision (an appeal's) is no precedent.
+    found = await _decision_log(state).precedents(view.text, limit=PRECEDENTS_SHOWN + 1)
+    return [
+        PrecedentPublic(
+            post_id=p.post_id,
+            text=p.text,
+            label=p.label,
+            decision=p.decision,
+            note=p.note,
+            similarity=p.similarity,
+        )
+        for p in found
+        if p.post_id != view.review.post_id
+    ][:PRECEDENTS_SHOWN]
+
+
+def _key_names(engine: Engine, actors: list[str | None]) -> dict[int, str]:
+    with Session(engine) as session:
+        return crud.api_key_names(session, actors=actors)
+
+
+async def public_reviews(state: ApiState, views: Sequence[crud.ReviewView]) -> list[ReviewPublic]:
+    """The API shape of reviews, with suggestion, policy section and precedents."""
+    await run_in_threadpool(_import_helpers)  # at once when the preload finished
+    default_version = state.settings.models.policy_version
+    actors = [v.review.claimed_by for v in views] + [v.review.decided_by for v in views]
+    names = {}
+    if actor_key_ids(actors):
+        names = await run_in_threadpool(_key_names, state.engine, actors)
+    items = []
+    for view in views:
+        review, verdict = view.review, view.verdict
+        version = verdict.policy_version if verdict is not None else default_version
+        claimed_by = review.claimed_by if view.status is ReviewStatus.CLAIMED else None
+        items.append(
+            ReviewPublic(
+                review_id=review.review_id,
+                post_id=review.post_id,
+                text=view.text,
+                author_id=view.author_id,
+                status=view.status,
+                priority=review.priority,
+                reason=review.reason,
+                category=review.category,
+                claimed_by=claimed_by,
+                claimed_by_display=actor_display(claimed_by, names),
+                claim_expires_at=(
+                    review.claim_expires_at if view.status is ReviewStatus.CLAIMED else None
+                ),
+                sla_due_at=review.sla_due_at,
+                escalated_at=review.escalated_at,
+                decided_at=review.decided_at,
+                decided_by=review.decided_by,
+                decided_by_display=actor_display(review.decided_by, names),
+                created_at=review.created_at,
+                appeal_of=review.appeal_of,
+                suggestion=_suggestion(verdict),
+                policy_section=_policy_section(review.category, version),
+                precedents=await _precedents(state, view),
+            )
+        )
+    return items
+
+
+async def public_review(state: ApiState, view: crud.ReviewView) -> ReviewPublic:
+    """The API shape of one review."""
+    [item] = await public_reviews(state, [view])
+    return item
+
+
+# --- database calls (blocking: run in the thread pool) ----------------------------------------
+
+
+def _list(
+    engine: Engine,
+    status: ReviewStatus | None,
+    category: Category | None,
+    priority: ReviewPriority | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[crud.ReviewView], int]:
+    with Session(engine) as session:
+        return crud.list_reviews(
+            session,
+            now=utc_now(),
+            status=status,
+            category=category,
+            priority=priority,
+            limit=limit,
+            offset=offset,
+        )
+
+
+def _get(engine: Engine, review_id: str) -> crud.ReviewView | None:
+    with Session(engine) as session:
+        return crud.get_review(session, review_id=review_id, now=utc_now())
+
+
+def _claim(engine: Engine, review_id: str, moderator: str, seconds: float) -> crud.ReviewView:
+    """Claim it for `moderator` (`key:<id>`), or raise 404 / 409 saying why not."""
+    with Session(engine) as session:
+        now = utc_now()
+        claimed = crud.claim_review(
+            session, review_id=review_id, moderator=moderator, now=now, claim_seconds=seconds
+        )
+        if claimed is not None:
+            return claimed
+        current = crud.get_review(session, review_id=review_id, now=now)
+        holder = current.review.claimed_by if current is not None else None
+        names = crud.api_key_names(session, actors=[holder])
+    if current is None:
+        raise _not_found(review_id)
+    if current.status is ReviewStatus.DECIDED:
+        raise ApiError(409, f"review '{review_id}' is already decided")
+    expires = current.review.claim_expires_at
+    until = f" until {expires.isoformat()}" if expires is not None else ""
+    holder_display = actor_display(holder, names)
+    raise ApiError(409, f"review '{review_id}' is claimed by '{holder_display}'{until}")
+
+
+def _claim_next(
+    engine: Engine, moderator: str, seconds: float, category: Category | None
+) -> crud.ReviewView | None:
+    with Session(engine) as session:
+        return crud.claim_next(
+            session, moderator=moderator, now=utc_now(), claim_seconds=seconds, category=category
+        )
+
+
+def _begin(engine: Engine, decision: ReviewDecided, is_admin: bool) -> crud.DecisionStart:
+    with Session(engine) as session:
+        return crud.begin_decision(session, decision=decision, is_admin=is_admin)
+
+
+def _revert(engine: Engine, decision: ReviewDecided, reason: str) -> bool:
+    with Session(engine) as session:
+        return crud.revert_decision(session, decision=decision, reason=reason)
+
+
+def _stats(engine: Engine) -> crud.ReviewStats:
+    with Session(engine) as session:
+        return crud.review_stats(session, now=utc_now())
+
+
+def _decision_log_rows(engine: Engine, limit: int) -> list[crud.DecisionLogRow]:
+    with Session(engine) as session:
+        return crud.decision_log(session, limit=limit)
+
+
+def _not_found(review_id: str) -> ApiError:
+    return ApiError(404, f"review '{review_id}' not found")
+
+
+# --- routes (fixed paths before `/reviews/{review_id}`) ----------------------------------------
+
+
+@router.get(
+    "/reviews",
+    response_model=ReviewsPublic,
+    summary="The review queue: most urgent first, oldest first within a priority",
+    responses=AUTH_ERRORS,
+)
+async def list_reviews(
+    state: StateDep,
+    _principal: ModerateKey,
+    status: Annotated[
+        ReviewStatus | None, Query(description="effective status: a lapsed claim is pending")
+    ] = None,
+    category: Category | None = None,
+    priority: ReviewPriority | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> ReviewsPublic:
+    """A page of reviews matching the filters, and how many match in all."""
+    views, total = await run_in_threadpool(
+        _list, state.engine, status, category, priority, limit, offset
+    )
+    items = await public_reviews(state, views)
+    return ReviewsPublic(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get(
+    "/reviews/stats",
+    response_model=ReviewStatsPublic,
+    summary="Queue statistics (as Bluesky Ozone's)",
+    responses=AUTH_ERRORS,
+)
+async def review_stats(state: StateDep, _principal: ModerateKey) -> ReviewStatsPublic:
+    """Open reviews by status, and the last 24 hours' inbound, actioned and handling time."""
+    stats = await run_in_threadpool(_stats, state.engine)
+    return ReviewStatsPublic(**stats._asdict())
+
+
+@router.post(
+    "/reviews/claim-next",
+    response_model=ReviewPublic,
+    summary="Claim the most urgent, oldest claimable review",
+    responses={**AUTH_ERRORS, 204: {"description": "nothing to claim"}},
+)
+async def claim_next_review(
+    state: StateDep, principal: ModerateKey, category: Category | None = None
+) -> ReviewPublic | Response:
+    """Claim the next review (your own live claim counts as claimable); 204 when none is left."""
+    seconds = state.settings.review.claim_seconds
+    view = await run_in_threadpool(_claim_next, state.engine, principal.actor, seconds, category)
+    if view is None:
+        return Response(status_code=204)
+    return await public_review(state, view)
+
+
+@router.get(
+    "/reviews/{review_id}",
+    response_model=ReviewPublic,
+    summary="One review",
+    responses={**AUTH_ERRORS, **NOT_FOUND},
+)
+async def get_review(review_id: str, state: StateDep, _principal: ModerateKey) -> ReviewPublic:
+    """The review with the post, the model's suggestion, the policy section and precedents."""
+    view = await run_in_threadpool(_get, state.engine, review_id)
+    if view is None:
+        raise _not_found(review_id)
+    return await public_review(state, view)
+
+
+@router.post(
+    "/reviews/{review_id}/claim",
+    response_model=ReviewPublic,
+    summary="Claim a review (or extend your claim)",
+    responses={
+        **AUTH_ERRORS,
+        **NOT_FOUND,
+        409: {"description": "another moderator holds a live claim, or it is decided"},
+    },
+)
+async def claim_review(review_id: str, state: StateDep, principal: ModerateKey) -> ReviewPublic:
+    """Claim it for `review.claim_seconds`; two moderators racing get one 200 and one 409."""
+    seconds = state.settings.review.claim_seconds
+    view = await run_in_threadpool(_claim, state.engine, review_id, principal.actor, seconds)
+    return await public_review(state, view)
+
+
+def _overrode(verdict: Verdict | None) -> VerdictDecision | None:
+    return VerdictDecision(verdict.decision) if verdict is not None else None
+
+
+def _refusal(review_id: str, outcome: crud.DecisionStart, principal: Principal) -> ApiError:
+    if outcome is crud.DecisionStart.NOT_FOUND:
+        return _not_found(review_id)
+    if outcome is crud.DecisionStart.ALREADY_DECIDED:
+        return ApiError(409, f"review '{review_id}' is already decided")
+    return ApiError(
+        403,
+        f"'{principal.display}' does not hold the claim on review '{review_id}': claim it first",
+    )
+
+
+@router.post(
+    "/reviews/{review_id}/decision",
+    status_code=202,
+    response_model=DecisionAccepted,
+    summary="Decide a claimed review",
+    responses={
+        **AUTH_ERRORS,
+        **NOT_FOUND,
+        403: {"description": "the key lacks `moderate`, or someone else holds the claim"},
+        409: {"description": "the review is already decided"},
+        422: {
+            "description": "invalid label, decision or note; allow needs label safe, remove a "
+            "violating label"
+        },
+        503: {"description": "the review's workflow could not be reached; nothing was decided"},
+    },
+)
+async def decide_review(
+    review_id: str,
+    body: DecisionCreate,
+    state: StateDep,
+    principal: ModerateKey,
+    workflows: WorkflowsDep,
+) -> Response:
+    """Hand the decision to the review's workflow (202); only the claimer or an admin may.
+
+    The review is marked decided first, so a concurrent second decision gets 409; if the
+    workflow cannot be told, it is reopened (claimed by you again) and the answer is 503.
+    """
+    view = await run_in_threadpool(_get, state.engine, review_id)
+    if view is None:
+        raise _not_found(review_id)
+    if view.status is ReviewStatus.DECIDED:
+        raise _refusal(review_id, crud.DecisionStart.ALREADY_DECIDED, principal)
+    decision = ReviewDecided(
+        review_id=review_id,
+        post_id=view.review.post_id,
+        label=body.label,
+        decision=VerdictDecision(body.decision),
+        moderator_id=principal.actor,
+        note=body.note,
+        overrode=_overrode(view.verdict),
+    )
+    # The workflow's own rule: what it would refuse must not mark the review decided here.
+    problem = invalid_decision(decision)
+    if problem is not None:
+        raise ApiError(
+            422,
+            f"invalid request: {problem}",
+            errors=[{"field": "label", "message": problem, "type": "label_mismatch"}],
+        )
+    is_admin = principal.allows(Scope.ADMIN)
+    outcome = await run_in_threadpool(_begin, state.engine, decision, is_admin)
+    if outcome is not crud.DecisionStart.STARTED:
+        raise _refusal(review_id, outcome, principal)
+    try:
+        await workflows.raise_decision(review_id, decision.model_dump(mode="json"))
+    except WorkflowUnavailable as error:
+        await run_in_threadpool(_revert, state.engine, decision, str(error))
+        state.metrics.unavailable.labels("decision", "dapr").inc()
+        return unavailable_response(error.reason)
+    except Exception as error:
+        await run_in_threadpool(_revert, state.engine, decision, repr(error))
+        raise
+    accepted = DecisionAccepted(review_id=review_id, event_id=decision.event_id)
+    return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
+
+
+def _csv_cell(value: object) -> str:
+    if value is None:
+        return ""
+    text = value.isoformat() if hasattr(value, "isoformat") else str(value)
+    # A cell starting like a formula would run as one in a spreadsheet (CSV injection).
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+@router.get(
+    "/decisions.csv",
+    summary="The decision log as CSV, newest first",
+    response_class=Response,
+    responses={
+        **AUTH_ERRORS,
+        200: {"content": {"text/csv": {}}, "description": ", ".join(CSV_COLUMNS)},
+    },
+)
+async def export_decisions(
+    state: StateDep,
+    _principal: ModerateKey,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+) -> Response:
+    """Every human decision (the latest `limit`) with the policy version it was made under."""
+    rows = await run_in_threadpool(_decision_log_rows, state.engine, limit)
+    names = await run_in_threadpool(_key_names, state.engine, [row.moderator for row in rows])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    writer.writerows(
+        [_csv_cell(value) for value in (*row, actor_display(row.moderator, names))] for row in rows
+    )
+    return Response(
+        buffer.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="decisions.csv"'},
+    )

@@ -1,0 +1,1 @@
+"""The recorder: projects every topic into the read model."""

@@ -1,0 +1,235 @@
+"""The review service: a Dapr app that turns `review.requested` into one workflow per review.
+
+Dapr's Kafka pub/sub delivers `review.requested` to it (a programmatic subscription, raw payload:
+the events are plain JSON written by FastStream, not CloudEvents), and only that topic. For each
+event it schedules the workflow `review_id` unless it exists (a redelivery starts nothing new). A
+payload that is not a `ReviewRequested` goes to `review.requested.dlq` with its error; when Dapr
+cannot schedule, the delivery is answered RETRY and Dapr redelivers it.
+
+Run with `moderation review-service` next to its daprd (`--app-port settings.review.service_port`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+from dapr.clients import DaprClient
+from dapr.ext.workflow import DaprWorkflowClient
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
+from pydantic import ValidationError
+
+from jobs.schedule import job_router
+from moderation.db.engine import create_tables, make_engine
+from moderation.events import DeadLetter, Event, ReviewRequested, utc_now
+from moderation.services.review.activities import ReviewActivities
+from moderation.services.review.dapr_tokens import AppTokenGuard, use_api_token
+from moderation.services.review.instances import read_workflow_state
+from moderation.services.review.queue_metrics import ReviewQueueCollector
+from moderation.services.review.workflow import WORKFLOW_NAME, build_runtime, workflow_input
+from moderation.settings import Settings, get_settings
+from moderation.telemetry import carrier_of, configure_tracing
+
+logger = logging.getLogger(__name__)
+
+SUBSCRIPTION_ROUTE = "/events/review-requested"
+WORKFLOWS_STARTED = Counter(
+    "moderation_review_workflows_started_total", "review workflows scheduled"
+)
+DUPLICATES = Counter(
+    "moderation_review_requests_duplicate_total", "review requests whose workflow already existed"
+)
+DEAD_LETTERS = Counter("moderation_review_dead_letters_total", "review requests dead-lettered")
+
+
+class DaprSink:
+    """Publishes events as raw JSON through the sidecar's Kafka pub/sub, keyed by post id."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client = DaprClient(f"127.0.0.1:{settings.dapr.grpc_port}")
+
+    def publish(self, topic: str, event: Event) -> None:
+        self.publish_raw(topic, event.model_dump_json(), event.post_id)
+
+    def publish_raw(self, topic: str, payload: str, key: str | None) -> None:
+        metadata = {"rawPayload": "true"} | ({"partitionKey": key} if key else {})
+        self.client.publish_event(
+            pubsub_name=self.settings.dapr.pubsub_name,
+            topic_name=topic,
+            data=payload,
+            data_content_type="application/json",
+            publish_metadata=metadata,
+        )
+
+    def close(self) -> None:
+        self.client.close()  # type: ignore[no-untyped-call]  # untyped in the SDK
+
+
+def delivered_payload(body: bytes) -> bytes:
+    """The raw event inside what Dapr delivers (a CloudEvent wrapping the raw Kafka value)."""
+    try:
+        envelope = json.loads(body)
+    except json.JSONDecodeError:
+        return body
+    if isinstance(envelope, dict) and "data_base64" in envelope:
+        return base64.b64decode(envelope["data_base64"])
+    if isinstance(envelope, dict) and "specversion" in envelope and "data" in envelope:
+        data = envelope["data"]
+        return data.encode() if isinstance(data, str) else json.dumps(data).encode()
+    return body
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The review service; only daprd (with `dapr.app_token`) may call it, probes excepted.
+
+    Raises:
+        ValueError: no app token outside development (anyone who reaches the port could then
+            start reviews or the nightly job).
+    """
+    run_settings = settings or get_settings()
+    topics = run_settings.kafka.topics
+    state: dict[str, Any] = {}
+    app_token = run_settings.dapr.app_token
+    if app_token is None and run_settings.environment != "development":
+        raise ValueError("MODERATION_DAPR__APP_TOKEN (or APP_API_TOKEN) must be set")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        use_api_token(run_settings)  # before the first SDK client
+        engine = make_engine(run_settings)
+        await asyncio.to_thread(create_tables, engine)
+        sink = DaprSink(run_settings)
+        runtime = build_runtime(run_settings, ReviewActivities(engine, sink, run_settings))
+        runtime.start()
+        queue_metrics = ReviewQueueCollector(engine)
+        REGISTRY.register(queue_metrics)
+        state["runtime"] = runtime
+        state["sink"] = sink
+        state["client"] = DaprWorkflowClient(
+            host="127.0.0.1", port=str(run_settings.dapr.grpc_port)
+        )
+        try:
+            yield
+        finally:
+            REGISTRY.unregister(queue_metrics)
+            runtime.shutdown()
+            state["client"].close()
+            sink.close()
+            engine.dispose()
+
+    app = FastAPI(title="review service", lifespan=lifespan)
+    if app_token is not None:
+        app.add_middleware(AppTokenGuard, token=app_token)
+    else:
+        logger.warning("no Dapr app token: anyone who reaches the port may call the Dapr routes")
+    # The stack's Dapr app also receives the triggers of the local nightly schedule.
+    app.include_router(job_router(run_settings))
+
+    @app.get("/dapr/subscribe")
+    def subscribe() -> list[dict[str, Any]]:
+        return [
+            {
+                "pubsubname": run_settings.dapr.pubsub_name,
+                "topic": topics.review_requested,
+                "route": SUBSCRIPTION_ROUTE,
+                "metadata": {"rawPayload": "true"},
+            }
+        ]
+
+    @app.post(SUBSCRIPTION_ROUTE)
+    async def review_requested(request: Request) -> JSONResponse:
+        payload = delivered_payload(await request.body())
+        try:
+            event = ReviewRequested.model_validate_json(payload)
+        except ValidationError as error:
+            await asyncio.to_thread(_dead_letter, state["sink"], topics, payload, error)
+            return JSONResponse({"status": "SUCCESS"})  # handled: it is in the dead-letter topic
+        # daprd passes the trace context of the delivery in the HTTP headers.
+        trace = carrier_of(request.headers)
+        try:
+            await asyncio.to_thread(_start_workflow, state["client"], event, run_settings, trace)
+        except Exception as error:  # noqa: BLE001 - Dapr redelivers; the error is logged
+            logger.warning(
+                "could not schedule %s (%s); Dapr will redeliver", event.review_id, error
+            )
+            return JSONResponse({"status": "RETRY"})
+        return JSONResponse({"status": "SUCCESS"})
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        runtime = state.get("runtime")
+        ready = runtime is not None and runtime.wait_for_worker_ready(timeout=0.5)
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _start_workflow(
+    client: DaprWorkflowClient,
+    event: ReviewRequested,
+    settings: Settings,
+    trace: dict[str, str] | None = None,
+) -> None:
+    """Schedule the review's workflow unless it exists (idempotent on the review id)."""
+    if read_workflow_state(client, event.review_id) is not None:
+        DUPLICATES.inc()
+        return
+    try:
+        client.schedule_new_workflow(
+            WORKFLOW_NAME,
+            input=workflow_input(event, settings, trace),
+            instance_id=event.review_id,
+        )
+    except Exception:
+        # Two deliveries raced: the other one scheduled it.
+        if read_workflow_state(client, event.review_id) is None:
+            raise
+        DUPLICATES.inc()
+        return
+    WORKFLOWS_STARTED.inc()
+
+
+def _dead_letter(sink: DaprSink, topics: Any, payload: bytes, error: ValidationError) -> None:
+    DEAD_LETTERS.inc()
+    letter = DeadLetter(
+        source_topic=topics.review_requested,
+        # Dapr does not pass the Kafka coordinates of a delivery to the app.
+        partition=-1,
+        offset=-1,
+        consumer_group="review-service",
+        key=None,
+        payload=payload.decode(errors="replace"),
+        error=str(error)[:2_000],
+        error_type=type(error).__name__,
+        failed_at=utc_now(),
+    )
+    sink.publish_raw(topics.review_requested + topics.dlq_suffix, letter.model_dump_json(), None)
+
+
+def run_review_service(settings: Settings | None = None) -> None:
+    """`moderation review-service`: serve until stopped."""
+    settings = settings or get_settings()
+    configure_tracing("review-service", settings)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.worker.service_host,
+        port=settings.review.service_port,
+        log_level="warning",
+    )

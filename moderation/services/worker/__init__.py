@@ -1,0 +1,1 @@
+"""The classifier worker: consumes posts, runs the cascade, publishes verdicts."""

@@ -1,0 +1,294 @@
+"""The classifier worker: posts.submitted → the cascade → moderation.verdicts (+ review.requested).
+
+Consumes in batches (one fast-model call per batch); stage-1 verdicts leave at once, the posts in
+the uncertain band then go to the classifier agent (`moderation.classifier.cascade`). Offsets are
+committed only after every verdict of the batch is acknowledged by Kafka (FastStream
+`NACK_ON_ERROR`: an exception rewinds the batch and it is redelivered; duplicates are harmless
+because the recorder upserts on (post_id, stage, model_version)). A message that cannot be
+parsed goes to `posts.submitted.dlq` with its error and the rest of the batch goes on.
+
+The models served follow the registry without a restart
+(`moderation.services.worker.registry_watch`):
+the fast champion is swapped in between batches, and the agent switches to a promoted LoRA adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import TopicPartition
+from faststream import AckPolicy, Context
+from faststream.asgi import AsgiFastStream
+from faststream.kafka import KafkaBroker, KafkaRouter
+from faststream.kafka.message import KafkaMessage
+from prometheus_client import Counter, Gauge, Histogram
+from pydantic import ValidationError
+
+from moderation.classifier.cascade import AgentStage, Scorer, first_stage, second_stage
+from moderation.events import DeadLetter, PostSubmitted
+from moderation.kafka_auth import faststream_security
+from moderation.services.asgi import asgi_service, batch_records, serve
+from moderation.services.worker.registry_watch import RegistryWatch
+from moderation.settings import Settings, get_settings
+from moderation.telemetry import PostTraces, configure_tracing
+
+logger = logging.getLogger(__name__)
+JSON_HEADERS = {"content-type": "application/json"}
+
+POSTS_SCORED = Counter(
+    "moderation_worker_posts_total",
+    "posts decided, by the stage that decided, its decision and primary category",
+    ["stage", "decision", "category"],
+)
+SUBMIT_TO_VERDICT = Histogram(
+    "moderation_worker_submit_to_verdict_seconds",
+    "from the post's submission to its verdict leaving the worker, by stage",
+    ["stage"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+CONSUMER_LAG = Gauge(
+    "moderation_worker_consumer_lag",
+    "records of posts.submitted not yet consumed, per partition (at the last batch)",
+    ["partition"],
+)
+DEAD_LETTERS = Counter("moderation_worker_dead_letters_total", "messages sent to the DLQ")
+BATCH_SECONDS = Histogram("moderation_worker_batch_seconds", "time to score and publish a batch")
+
+
+if TYPE_CHECKING:
+    from moderation.classifier.injection.model import InjectionDetector
+
+
+@dataclass
+class WorkerState:
+    # Replaced whole when the registry promotes a model; a batch keeps the one it started with.
+    scorer: Scorer | None = None
+    # None: no agent (disabled, or not configured in the demo); uncertain posts go to review.
+    agent: AgentStage | None = None
+    # None: the regex injection screen alone (`worker.learned_injection_detector` off).
+    detector: InjectionDetector | None = None
+
+
+settings: Settings = get_settings()
+topics = settings.kafka.topics
+# The handlers live on a router so the embedded demo can mount them on one in-memory broker
+# together with the recorder's; the service mounts them on its own Kafka broker.
+router = KafkaRouter()
+verdict_publisher = router.publisher(topics.verdicts, title="verdicts")
+review_publisher = router.publisher(topics.review_requested, title="review-requests")
+dead_letter_publisher = router.publisher(topics.posts_submitted + topics.dlq_suffix, title="dlq")
+state = WorkerState()
+
+
+@router.subscriber(
+    topics.posts_submitted,
+    group_id=settings.worker.classifier_group,
+    batch=True,
+    max_records=settings.worker.max_batch,
+    batch_timeout_ms=settings.worker.batch_timeout_ms,
+    auto_offset_reset="earliest",
+    ack_policy=AckPolicy.NACK_ON_ERROR,
+    title="posts-submitted",
+)
+async def handle_posts_submitted(message: KafkaMessage = Context("message")) -> None:  # noqa: B008
+    """Score a batch of PostSubmitted events and publish their verdicts."""
+    started = time.perf_counter()
+    scorer = state.scorer
+    if scorer is None:
+        raise RuntimeError("the classifier worker has no model loaded")
+    records = batch_records(message.raw_message)
+    _record_lag(message, records)
+    posts: list[PostSubmitted] = []
+    traces = PostTraces(JSON_HEADERS)
+    pending: list[asyncio.Future[Any] | None] = []
+    for record in records:
+        try:
+            posts.append(PostSubmitted.model_validate_json(record.value or b""))
+            traces.start(posts[-1].post_id, record.headers)
+        except ValidationError as error:
+            DEAD_LETTERS.inc()
+            pending.append(
+                await _publish(
+                    dead_letter_publisher,
+                    DeadLetter.from_record(
+                        record, error, consumer_group=settings.worker.classifier_group
+                    ),
+                    record.key,
+                )
+            )
+
+    agent = state.agent
+    # Off the event loop, within a time budget: the loop also answers /healthz and keeps the
+    # consumer's heartbeats, so no batch of hostile posts may hold it.
+    stage1 = await asyncio.to_thread(
+        first_stage,
+        posts,
+        scorer,
+        settings,
+        agent_enabled=agent is not None,
+        deadline=time.monotonic() + settings.worker.stage1_budget_seconds,
+        detector=state.detector,
+    )
+    # Stage 1's verdicts leave before the agent runs: the clear cases do not wait for it.
+    for result in stage1:
+        post_id = result.post.post_id
+        headers = traces.headers(post_id)
+        verdict = result.verdict
+        pending.append(await _publish(verdict_publisher, verdict, verdict.key(), headers))
+        if result.review is not None:
+            review = result.review
+            pending.append(await _publish(review_publisher, review, review.key(), headers))
+        if not result.to_agent:
+            _count(result.post, "model", verdict.decision.value, verdict.primary_category.value)
+            traces.end(post_id, decided_by="model")
+    uncertain = [result for result in stage1 if result.to_agent]
+    if agent is not None and uncertain:
+        judged = await second_stage(uncertain, agent, settings, contexts=traces.contexts())
+        for item, (agent_verdict, agent_review) in zip(uncertain, judged, strict=True):
+            post_id = item.post.post_id
+            headers = traces.headers(post_id)
+            if agent_verdict is not None:
+                key = agent_verdict.key()
+                pending.append(await _publish(verdict_publisher, agent_verdict, key, headers))
+                decision, category = agent_verdict.decision, agent_verdict.primary_category
+                _count(item.post, "agent", decision.value, category.value)
+            if agent_review is not None:
+                key = agent_review.key()
+                pending.append(await _publish(review_publisher, agent_review, key, headers))
+                if agent_verdict is None:  # a fallback: the post went to review
+                    _count(item.post, "agent", "review", item.verdict.primary_category.value)
+            traces.end(post_id, decided_by="agent")
+    traces.end_all()
+    # Commit (by returning) only once Kafka acknowledged every verdict of the batch.
+    await asyncio.gather(*(ack for ack in pending if ack is not None))
+    BATCH_SECONDS.observe(time.perf_counter() - started)
+
+
+def _count(post: PostSubmitted, stage: str, decision: str, category: str) -> None:
+    POSTS_SCORED.labels(stage=stage, decision=decision, category=category).inc()
+    elapsed = (datetime.now(UTC) - post.submitted_at).total_seconds()
+    SUBMIT_TO_VERDICT.labels(stage=stage).observe(max(0.0, elapsed))
+
+
+def _record_lag(message: KafkaMessage, records: Sequence[Any]) -> None:
+    """Lag per partition: the partition's high watermark minus the batch's next offset."""
+    consumer = getattr(message, "consumer", None)
+    highwater = getattr(consumer, "highwater", None)
+    if highwater is None:
+        return  # the in-memory test broker has no consumer
+    last: dict[Any, int] = {}
+    for record in records:
+        last[TopicPartition(record.topic, record.partition)] = record.offset
+    for partition, offset in last.items():
+        watermark = highwater(partition)
+        if watermark is not None:
+            CONSUMER_LAG.labels(partition=str(partition.partition)).set(watermark - offset - 1)
+
+
+async def _publish(
+    publisher: Any, event: Any, key: bytes | None, headers: dict[str, str] | None = None
+) -> asyncio.Future[Any] | None:
+    """Hand the event to the producer without waiting; the caller awaits all acks at once.
+
+    `headers` carry the post's trace context. Returns the ack future (None from the in-memory
+    test broker, which confirms at once).
+    """
+    future: asyncio.Future[Any] | None = await publisher.publish(
+        event.model_dump_json().encode(),
+        key=key,
+        headers=headers or JSON_HEADERS,
+        no_confirm=True,
+    )
+    return future
+
+
+async def _model_loaded() -> bool:
+    return state.scorer is not None
+
+
+def create_broker() -> KafkaBroker:
+    broker = KafkaBroker(
+        settings.kafka.bootstrap_servers,
+        security=faststream_security(settings, "worker"),
+        client_id="classifier-worker",
+        log_level=logging.DEBUG,  # a line per batch is noise at INFO
+        enable_idempotence=True,  # implies acks="all"
+        linger_ms=settings.worker.linger_ms,
+        # Verdicts of a batch leave together: bigger produce requests, fewer socket writes.
+        max_batch_size=1024 * 1024,
+    )
+    broker.include_router(router)
+    return broker
+
+
+def create_agent_stage(run_settings: Settings) -> tuple[AgentStage, Callable[[], Awaitable[None]]]:
+    """The agent stage on the configured endpoint, reading the decision log; and its closer."""
+    from moderation.classifier.precedents import SqlDecisionLog
+    from moderation.db.engine import make_engine
+    from moderation.llm.provider import ChatCompletionsProvider, create_client
+
+    client = create_client(run_settings.llm)
+    engine = make_engine(run_settings)
+    stage = AgentStage(
+        run_settings,
+        ChatCompletionsProvider(client, run_settings.llm.model),
+        SqlDecisionLog(engine, pool_size=run_settings.agent.precedent_pool),
+    )
+
+    async def close() -> None:
+        await client.close()
+        engine.dispose()
+
+    return stage, close
+
+
+def create_app() -> AsgiFastStream:
+    """The worker service: serves the registry's champions and follows their promotions."""
+    resources = AsyncExitStack()  # closed in reverse: the watch stops before the engine goes
+
+    async def start_agent() -> None:
+        if settings.agent.enabled and state.agent is None:
+            state.agent, close = create_agent_stage(settings)
+            resources.push_async_callback(close)
+            logger.info("classifier agent on %s (%s)", settings.llm.base_url, settings.llm.model)
+
+    async def start_models() -> None:
+        from moderation.classifier.fast.model import ensure_fast_model
+        from moderation.classifier.injection.model import load_detector
+        from moderation.db.engine import make_engine
+
+        state.detector = await asyncio.to_thread(load_detector, settings)
+        engine = make_engine(settings)
+        resources.callback(engine.dispose)
+        watch = RegistryWatch(state, engine, settings)
+        # After the agent: the first registry read also sets the agent's model name.
+        await watch.start(partial(ensure_fast_model, settings))
+        resources.push_async_callback(watch.stop)
+        logger.info("classifier worker scoring with %s", state.scorer and state.scorer.version)
+
+    return asgi_service(
+        create_broker(),
+        title="classifier worker",
+        description="Scores posts.submitted with the fast model; publishes verdicts and reviews.",
+        readiness=[("model", _model_loaded)],
+        on_startup=[start_agent, start_models],
+        on_shutdown=[resources.aclose],
+    )
+
+
+def run_worker() -> None:
+    """`moderation worker`: serve the worker until stopped."""
+    configure_tracing("worker", settings)
+    serve(
+        create_app(),
+        host=settings.worker.service_host,
+        port=settings.worker.classifier_health_port,
+    )
