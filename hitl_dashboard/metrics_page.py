@@ -13,7 +13,8 @@ import pandas as pd
 import streamlit as st
 
 from hitl_dashboard import safe_text, session, ui
-from hitl_dashboard.api_client import ApiError, MetricsOverview, ReviewApi
+from hitl_dashboard.api_client import ApiError, ReviewApi
+from moderation.db.schemas import MetricsOverviewPublic
 
 # Window label → (hours, bucket minutes): about 12 to 28 points per line.
 WINDOWS: dict[str, tuple[float, int]] = {"1 h": (1, 5), "24 h": (24, 60), "7 d": (168, 360)}
@@ -36,7 +37,7 @@ SCORE_LABELS = {
 @st.cache_data(ttl=CACHE_SECONDS, show_spinner="Loading metrics…", max_entries=256)
 def load_overview(
     _client: ReviewApi, cache_key: str, hours: float, bucket_minutes: int
-) -> MetricsOverview:
+) -> MetricsOverviewPublic:
     """The overview, cached per API key (`cache_key`, the key's digest) and window.
 
     Streamlit's cache is shared by every session of the server: keying it by the key means a
@@ -48,7 +49,7 @@ def load_overview(
 # --- frames for the charts (plain functions) --------------------------------------------------
 
 
-def throughput_frame(overview: MetricsOverview) -> pd.DataFrame:
+def throughput_frame(overview: MetricsOverviewPublic) -> pd.DataFrame:
     """One row per bucket: posts, verdicts per stage, human decisions."""
     found = {stage for bucket in overview.throughput for stage in bucket.verdicts}
     stages = [s for s in dict.fromkeys([*STAGE_ORDER, *sorted(found)]) if s in found]
@@ -64,7 +65,7 @@ def throughput_frame(overview: MetricsOverview) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("time") if rows else pd.DataFrame()
 
 
-def has_traffic(overview: MetricsOverview) -> bool:
+def has_traffic(overview: MetricsOverviewPublic) -> bool:
     """Whether anything was submitted, classified or decided in the window."""
     return any(
         bucket.posts or bucket.decisions or any(bucket.verdicts.values())
@@ -72,7 +73,7 @@ def has_traffic(overview: MetricsOverview) -> bool:
     )
 
 
-def latency_series(overview: MetricsOverview) -> dict[str, tuple[str, str]]:
+def latency_series(overview: MetricsOverviewPublic) -> dict[str, tuple[str, str]]:
     """Label ("model · verdict latency") → (stage, measure), for the series with percentiles."""
     return {
         f"{p.stage} · {MEASURE_LABELS.get(p.measure, p.measure)}": (p.stage, p.measure)
@@ -80,7 +81,7 @@ def latency_series(overview: MetricsOverview) -> dict[str, tuple[str, str]]:
     }
 
 
-def latency_frame(overview: MetricsOverview, stage: str, measure: str) -> pd.DataFrame:
+def latency_frame(overview: MetricsOverviewPublic, stage: str, measure: str) -> pd.DataFrame:
     """One row per bucket with verdicts: p50, p95, p99 (ms) of one stage and measure."""
     rows = [
         {"time": p.start, "p50": p.p50_ms, "p95": p.p95_ms, "p99": p.p99_ms}
@@ -90,7 +91,7 @@ def latency_frame(overview: MetricsOverview, stage: str, measure: str) -> pd.Dat
     return pd.DataFrame(rows).set_index("time") if rows else pd.DataFrame()
 
 
-def latency_table(overview: MetricsOverview) -> list[dict[str, Any]]:
+def latency_table(overview: MetricsOverviewPublic) -> list[dict[str, Any]]:
     """The whole window's percentiles, one row per stage and measure."""
     return [
         {
@@ -105,7 +106,7 @@ def latency_table(overview: MetricsOverview) -> list[dict[str, Any]]:
     ]
 
 
-def decision_frame(overview: MetricsOverview) -> pd.DataFrame:
+def decision_frame(overview: MetricsOverviewPublic) -> pd.DataFrame:
     """Stages (rows) × decisions (columns): how many verdicts or human decisions."""
     mix = overview.decision_mix
     if not mix:
@@ -118,7 +119,7 @@ def decision_frame(overview: MetricsOverview) -> pd.DataFrame:
     return table.reindex(stages)
 
 
-def category_frame(overview: MetricsOverview) -> pd.DataFrame:
+def category_frame(overview: MetricsOverviewPublic) -> pd.DataFrame:
     """Categories (rows) × stages (columns): how many verdicts or human labels."""
     mix = overview.category_mix
     if not mix:
@@ -132,7 +133,7 @@ def category_frame(overview: MetricsOverview) -> pd.DataFrame:
     return table.reindex(index=categories, columns=stages)
 
 
-def share_frame(overview: MetricsOverview) -> pd.DataFrame:
+def share_frame(overview: MetricsOverviewPublic) -> pd.DataFrame:
     """One row per bucket with posts: the share of them sent to human review."""
     rows = [
         {"time": bucket.start, "share to humans": bucket.share_to_humans}
@@ -142,7 +143,7 @@ def share_frame(overview: MetricsOverview) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("time") if rows else pd.DataFrame()
 
 
-def agreement_frame(overview: MetricsOverview) -> pd.DataFrame:
+def agreement_frame(overview: MetricsOverviewPublic) -> pd.DataFrame:
     """Human labels (rows) × model / agent: the share of decisions where the stage agreed."""
     rows = [
         {"label": a.label, "model": a.model_agreement, "agent": a.agent_agreement}
@@ -151,7 +152,7 @@ def agreement_frame(overview: MetricsOverview) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("label") if rows else pd.DataFrame()
 
 
-def moderator_frame(overview: MetricsOverview) -> pd.DataFrame:
+def moderator_frame(overview: MetricsOverviewPublic) -> pd.DataFrame:
     """Moderators (rows): mean handling and time to decision in minutes, decisions."""
     rows = [
         {
@@ -169,7 +170,7 @@ def _minutes(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds / 60, 2)
 
 
-def model_score_frame(overview: MetricsOverview) -> pd.DataFrame:
+def model_score_frame(overview: MetricsOverviewPublic) -> pd.DataFrame:
     """Long form for the scores chart: one row per model version and score it has."""
     rows = [
         {
@@ -187,7 +188,7 @@ def model_score_frame(overview: MetricsOverview) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def model_table(overview: MetricsOverview) -> list[dict[str, Any]]:
+def model_table(overview: MetricsOverviewPublic) -> list[dict[str, Any]]:
     """The registry, newest first."""
     return [
         {
@@ -204,7 +205,7 @@ def model_table(overview: MetricsOverview) -> list[dict[str, Any]]:
     ]
 
 
-def job_table(overview: MetricsOverview) -> list[dict[str, Any]]:
+def job_table(overview: MetricsOverviewPublic) -> list[dict[str, Any]]:
     """The latest job runs, newest first."""
     return [
         {
@@ -246,7 +247,7 @@ def _scores_chart(frame: pd.DataFrame) -> alt.LayerChart:
     return alt.LayerChart(layer=[line, points])
 
 
-def _render_throughput(overview: MetricsOverview) -> None:
+def _render_throughput(overview: MetricsOverviewPublic) -> None:
     st.subheader("Throughput")
     if not has_traffic(overview):
         st.info("Nothing was submitted, classified or decided in this window yet.")
@@ -254,7 +255,7 @@ def _render_throughput(overview: MetricsOverview) -> None:
     st.line_chart(throughput_frame(overview), x_label="time", y_label="per bucket")
 
 
-def _render_latency(overview: MetricsOverview) -> None:
+def _render_latency(overview: MetricsOverviewPublic) -> None:
     st.subheader("Latency")
     series = latency_series(overview)
     if not series:
@@ -277,7 +278,7 @@ def _render_latency(overview: MetricsOverview) -> None:
     st.caption(note)
 
 
-def _render_mix(overview: MetricsOverview) -> None:
+def _render_mix(overview: MetricsOverviewPublic) -> None:
     st.subheader("Decisions and categories")
     if not overview.decision_mix:
         st.info("No verdicts or decisions in this window yet.")
@@ -299,7 +300,7 @@ def _render_mix(overview: MetricsOverview) -> None:
         )
 
 
-def _render_humans(overview: MetricsOverview) -> None:
+def _render_humans(overview: MetricsOverviewPublic) -> None:
     st.subheader("Sent to humans")
     share = overview.to_humans
     rate, posts, sent = st.columns(3)
@@ -314,10 +315,10 @@ def _render_humans(overview: MetricsOverview) -> None:
     st.caption("Posts given a review (appeals not counted), by the time they were submitted.")
 
 
-def _render_agreement(overview: MetricsOverview) -> None:
+def _render_agreement(overview: MetricsOverviewPublic) -> None:
     st.subheader("Model vs human agreement")
     total = overview.agreement_total
-    if total is None or total.decisions == 0:
+    if total.decisions == 0:
         st.info("No human decisions in this window yet: nothing to compare.")
         return
     model, agent, decided = st.columns(3)
@@ -331,7 +332,7 @@ def _render_agreement(overview: MetricsOverview) -> None:
     )
 
 
-def _render_queue(overview: MetricsOverview) -> None:
+def _render_queue(overview: MetricsOverviewPublic) -> None:
     st.subheader("Review queue")
     queue = overview.queue
     pending, escalated, claimed, oldest = st.columns(4)
@@ -348,7 +349,7 @@ def _render_queue(overview: MetricsOverview) -> None:
     st.dataframe(frame, key="metrics_moderators")
 
 
-def _render_models(overview: MetricsOverview) -> None:
+def _render_models(overview: MetricsOverviewPublic) -> None:
     st.subheader("Model versions")
     if not overview.model_versions:
         st.info("No model registered yet.")
@@ -361,7 +362,7 @@ def _render_models(overview: MetricsOverview) -> None:
     st.dataframe(model_table(overview), hide_index=True, key="metrics_models")
 
 
-def _render_jobs(overview: MetricsOverview) -> None:
+def _render_jobs(overview: MetricsOverviewPublic) -> None:
     st.subheader("Nightly runs")
     if not overview.job_runs:
         st.info("No job has run yet.")
@@ -369,7 +370,7 @@ def _render_jobs(overview: MetricsOverview) -> None:
     st.dataframe(job_table(overview), hide_index=True, key="metrics_jobs")
 
 
-def _window_caption(overview: MetricsOverview) -> str:
+def _window_caption(overview: MetricsOverviewPublic) -> str:
     window = overview.window
     return (
         f"{ui.format_time(window.since)} → {ui.format_time(window.until)}, in "

@@ -16,8 +16,9 @@ from typing import Any, Literal, TypeAlias
 import streamlit as st
 
 from hitl_dashboard import safe_text, session, ui
-from hitl_dashboard.api_client import ApiError, DecisionChoice, Review, ReviewApi
+from hitl_dashboard.api_client import ApiError, DecisionChoice, ReviewApi
 from hitl_dashboard.session import State
+from moderation.db.schemas import ReviewPublic
 from moderation.taxonomy import CATEGORIES, VIOLATING, Category
 
 CURRENT = "hitl_queue_current"
@@ -54,7 +55,7 @@ def _report(state: State, action: str, exc: ApiError) -> None:
     flash(state, "error", f"{action}: {exc.message}.")
 
 
-def default_label(review: Review) -> str:
+def default_label(review: ReviewPublic) -> str:
     """The label the form starts with: the model's category, else the review's, else safe."""
     for candidate in (
         review.suggestion.primary_category if review.suggestion else None,
@@ -65,7 +66,7 @@ def default_label(review: Review) -> str:
     return Category.SAFE.value
 
 
-def suggested_violation(review: Review) -> str | None:
+def suggested_violation(review: ReviewPublic) -> str | None:
     """The violating category the evidence points to most (for Remove), if any."""
     if review.suggestion is not None:
         scores = {c: s for c, s in review.suggestion.scores.items() if c in VIOLATING}
@@ -78,7 +79,7 @@ def suggested_violation(review: Review) -> str | None:
     return None
 
 
-def start_review(state: State, review: Review) -> None:
+def start_review(state: State, review: ReviewPublic) -> None:
     """Show `review` with a fresh form."""
     state[CURRENT] = review
     state[CHOICE] = None
@@ -127,7 +128,7 @@ def claim_typed_item(state: State, client: ReviewApi) -> None:
 
 def choose(state: State, decision: DecisionChoice) -> None:
     """Pick Allow or Remove; the label follows unless the moderator already chose one."""
-    review: Review | None = state.get(CURRENT)
+    review: ReviewPublic | None = state.get(CURRENT)
     if review is None:
         return
     state[CHOICE] = decision
@@ -147,25 +148,25 @@ def pick_label(state: State, label: str) -> None:
 
 def reveal(state: State) -> None:
     """Unblur the current post (and its precedents)."""
-    review: Review | None = state.get(CURRENT)
+    review: ReviewPublic | None = state.get(CURRENT)
     if review is not None:
         state.setdefault(REVEALED, set()).add(review.review_id)
 
 
-def is_revealed(state: State, review: Review) -> bool:
+def is_revealed(state: State, review: ReviewPublic) -> bool:
     """Whether the moderator revealed this review's post."""
     revealed: set[str] = state.get(REVEALED, set())
     return review.review_id in revealed
 
 
-def needs_blur(review: Review) -> bool:
+def needs_blur(review: ReviewPublic) -> bool:
     """Whether the post is in a sensitive category (by the review or by the model)."""
     return ui.is_sensitive(
         review.category, review.suggestion.primary_category if review.suggestion else None
     )
 
 
-def _claim_ends_soon(review: Review, now: datetime) -> bool:
+def _claim_ends_soon(review: ReviewPublic, now: datetime) -> bool:
     expires = review.claim_expires_at
     if expires is None:
         return False
@@ -185,7 +186,7 @@ def submit_decision(
     Returns:
         Whether the API accepted the decision.
     """
-    review: Review | None = state.get(CURRENT)
+    review: ReviewPublic | None = state.get(CURRENT)
     if review is None:
         flash(state, "error", "Nothing to decide: claim an item first.")
         return False
@@ -271,7 +272,7 @@ def _render_stats(client: ReviewApi) -> None:
     handling.metric("Avg handling", ui.format_duration(stats.avg_handling_seconds))
 
 
-def _render_review(state: State, review: Review) -> None:
+def _render_review(state: State, review: ReviewPublic) -> None:
     st.subheader(safe_text.escape_markdown(f"Review {review.review_id}"))
     claim = (
         f"claimed by {review.claimed_by_display or review.claimed_by} until "
@@ -333,7 +334,7 @@ def _render_review(state: State, review: Review) -> None:
         )
 
 
-def _render_suggestion(review: Review) -> None:
+def _render_suggestion(review: ReviewPublic) -> None:
     st.markdown("**Model suggestion**")
     suggestion = review.suggestion
     if suggestion is None:
@@ -462,7 +463,7 @@ def render() -> None:
     st.title("Review queue")
     _show_flash(state)
     _render_stats(client)
-    review: Review | None = state.get(CURRENT)
+    review: ReviewPublic | None = state.get(CURRENT)
     st.button(
         "Claim next",
         key="claim_next",

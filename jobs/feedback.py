@@ -1,23 +1,22 @@
 """What the moderators said since the last run, and how well the automated stages agreed.
 
-`load_decisions` reads one window of human decisions (with the posts and the automated verdicts
-the moderators saw) from the read model; `summarize` turns a window, and the window before it,
-into the frames of the nightly report.
+`load_decisions` frames one window of human decisions (with the posts and the automated verdicts
+the moderators saw, as `crud.list_feedback_decisions` reads them); `summarize` turns a window, and
+the window before it, into the frames of the nightly report.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
-import sqlalchemy as sa
 from sqlalchemy import Engine
-from sqlmodel import SQLModel
+from sqlmodel import Session
 
-from moderation.db import models  # noqa: F401 - registers the tables on SQLModel.metadata
+from moderation.db import crud
 from moderation.taxonomy import CATEGORIES, Decision, Stage
 
 # The automated stages a moderator's decision is compared with, in the report's order.
@@ -53,92 +52,6 @@ PSI_EPSILON = 1e-4
 HARDEST_TEXT_CHARS = 200
 
 
-def _utc(moment: datetime) -> datetime:
-    # SQLite stores the wall time without its offset: compare in UTC, as the recorder stores.
-    return moment.astimezone(UTC)
-
-
-def _decisions_query(*, since: datetime | None, until: datetime) -> sa.Select[tuple[object, ...]]:
-    tables = SQLModel.metadata.tables
-    decisions, posts = tables["decisions"], tables["posts"]
-    verdicts, reviews = tables["verdicts"], tables["reviews"]
-    window = [decisions.c.decided_at <= _utc(until)]
-    if since is not None:
-        window.append(decisions.c.decided_at > _utc(since))
-    # Per decision and stage, the latest verdict that existed when the moderator decided: the
-    # one the moderator saw (a later re-scoring of the post is not what they judged).
-    ranked = (
-        sa.select(
-            decisions.c.id.label("decision_row"),
-            verdicts.c.stage,
-            verdicts.c.decision,
-            verdicts.c.primary_category,
-            verdicts.c.confidence,
-            verdicts.c.model_version,
-            verdicts.c.scores,
-            sa.func.row_number()
-            .over(
-                partition_by=(decisions.c.id, verdicts.c.stage),
-                order_by=(verdicts.c.occurred_at.desc(), verdicts.c.id.desc()),
-            )
-            .label("recency"),
-        )
-        .select_from(
-            decisions.join(
-                verdicts,
-                sa.and_(
-                    verdicts.c.post_id == decisions.c.post_id,
-                    verdicts.c.occurred_at <= decisions.c.decided_at,
-                ),
-            )
-        )
-        .where(*window, verdicts.c.stage.in_([stage.value for stage in STAGES]))
-        .cte("ranked")
-    )
-    model = ranked.alias("model_verdict")
-    agent = ranked.alias("agent_verdict")
-
-    def latest(verdict: sa.FromClause, stage: Stage) -> sa.ColumnElement[bool]:
-        return sa.and_(
-            verdict.c.decision_row == decisions.c.id,
-            verdict.c.stage == stage.value,
-            verdict.c.recency == 1,
-        )
-
-    return (
-        sa.select(
-            decisions.c.event_id,
-            decisions.c.review_id,
-            decisions.c.post_id,
-            posts.c.text,
-            posts.c.author_id,
-            decisions.c.label,
-            decisions.c.decision,
-            decisions.c.moderator_id,
-            decisions.c.note,
-            decisions.c.decided_at,
-            reviews.c.appeal_of,
-            model.c.decision.label("model_decision"),
-            model.c.primary_category.label("model_category"),
-            model.c.confidence.label("model_confidence"),
-            model.c.model_version.label("model_version"),
-            model.c.scores.label("model_scores"),
-            agent.c.decision.label("agent_decision"),
-            agent.c.primary_category.label("agent_category"),
-            agent.c.confidence.label("agent_confidence"),
-            agent.c.model_version.label("agent_version"),
-        )
-        .select_from(decisions)
-        # Outer joins: a decision counts even when its post or review is not recorded yet.
-        .outerjoin(posts, posts.c.id == decisions.c.post_id)
-        .outerjoin(reviews, reviews.c.review_id == decisions.c.review_id)
-        .outerjoin(model, latest(model, Stage.MODEL))
-        .outerjoin(agent, latest(agent, Stage.AGENT))
-        .where(*window)
-        .order_by(decisions.c.decided_at, decisions.c.id)
-    )
-
-
 def load_decisions(
     engine: Engine, *, until: datetime, since: datetime | None = None
 ) -> pd.DataFrame:
@@ -154,8 +67,11 @@ def load_decisions(
         until: the window's end, included.
         since: the window's start, excluded; None reads every decision up to `until`.
     """
-    with engine.connect() as connection:
-        frame = pd.read_sql(_decisions_query(since=since, until=until), connection)
+    with Session(engine) as session:
+        rows = crud.list_feedback_decisions(session, since=since, until=until)
+    frame = pd.DataFrame.from_records(
+        rows, columns=list(crud.FeedbackDecision._fields), coerce_float=True
+    )
     # SQLite hands back naive timestamps, PostgreSQL the session's zone: both become UTC.
     frame["decided_at"] = pd.to_datetime(frame["decided_at"], utc=True)
     # A missing verdict's scores arrive as None or NaN depending on the driver: None for all.

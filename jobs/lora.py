@@ -35,12 +35,12 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from jobs.sft import Example, sft_examples, write_jsonl
-from moderation.classifier.agent import load_policy
+from moderation.cache import cache_entry, console, step
 from moderation.classifier.artifacts import ArtifactRefused, artifact_digest, load_checked
 from moderation.db import crud
 from moderation.db.models import ModelStatus, ModelVersion
-from moderation.devtools.stack.runtime import cache_entry, console, step
 from moderation.devtools.stack.train_env import ensure_train_venv, local_base_model
+from moderation.policy import load_policy
 from moderation.services.worker.registry_watch import AGENT_LORA
 from moderation.settings import PROJECT_ROOT, LoraSettings, Settings
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine, text
-from sqlmodel import Session, col, select
+from sqlalchemy import Engine
+from sqlmodel import Session
 
 from jobs.feedback import load_decisions, summarize
 from jobs.report import render_feedback
@@ -34,12 +34,14 @@ from jobs.retrain import (
     score_splits,
 )
 from jobs.snapshot import Snapshot, write_snapshot
+from moderation.cache import console, step
 from moderation.classifier.artifacts import ArtifactRefused, artifact_digest
-from moderation.classifier.fast.model import FastModel, ensure_fast_model, train_fast_model
+from moderation.classifier.fast.model import FastModel
+from moderation.classifier.fast.store import ensure_fast_model
+from moderation.classifier.fast.training import train_fast_model
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
 from moderation.db.models import JobRun
-from moderation.devtools.stack.runtime import console, step
 from moderation.events import utc_now
 from moderation.services.worker.registry_watch import (
     Champion,
@@ -100,21 +102,14 @@ def exclusive_run(engine: Engine, lock_file: Path) -> Iterator[bool]:
     exclusive `flock` on `lock_file`, released by the kernel when the process dies.
     """
     if engine.dialect.name == "postgresql":
-        with engine.connect() as connection:
-            acquired = bool(
-                connection.execute(
-                    text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
-                ).scalar()
-            )
-            connection.commit()  # the lock is held by the session, not by a transaction
+        # A session bound to one connection: the lock lives as long as that connection.
+        with engine.connect() as connection, Session(connection) as session:
+            acquired = crud.try_advisory_lock(session, key=ADVISORY_LOCK_KEY)
             try:
                 yield acquired
             finally:
                 if acquired:
-                    connection.execute(
-                        text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY}
-                    )
-                    connection.commit()
+                    crud.release_advisory_lock(session, key=ADVISORY_LOCK_KEY)
         return
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with lock_file.open("a") as handle:
@@ -132,16 +127,6 @@ def exclusive_run(engine: Engine, lock_file: Path) -> Iterator[bool]:
 # --- windows --------------------------------------------------------------------------------------
 
 
-def _runs(session: Session, status: str) -> list[JobRun]:
-    return list(
-        session.exec(
-            select(JobRun)
-            .where(JobRun.job == JOB, JobRun.status == status)
-            .order_by(col(JobRun.id).desc())
-        ).all()
-    )
-
-
 def _window_bound(run: JobRun | None, key: str) -> datetime | None:
     value = run.details.get(key) if run is not None else None
     return datetime.fromisoformat(value) if value else None
@@ -149,7 +134,7 @@ def _window_bound(run: JobRun | None, key: str) -> datetime | None:
 
 def abandon_dead_runs(session: Session) -> list[int]:
     """Mark runs still `running` as `abandoned`; only called while holding the lock."""
-    dead = _runs(session, "running")
+    dead = crud.list_job_runs(session, job=JOB, status="running")
     for run in dead:
         crud.finish_job_run(
             session,
@@ -375,7 +360,7 @@ def _run_locked(
     now = utc_now()
     with Session(engine) as session:
         abandoned = abandon_dead_runs(session)
-        succeeded = _runs(session, "succeeded")
+        succeeded = crud.list_job_runs(session, job=JOB, status="succeeded")
         last = succeeded[0] if succeeded else None
         since = _window_bound(last, "window_end")
         previous_since = _window_bound(last, "window_start")

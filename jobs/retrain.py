@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 
 from jobs.feedback import latest_per_post
-from moderation.datasets.build import dedup_key
+from moderation.datasets.records import dedup_key
 from moderation.evaluation.scores import EvalReport, score_probabilities
 from moderation.settings import NightlySettings
 from moderation.taxonomy import CATEGORIES

@@ -36,13 +36,13 @@ import pandas as pd
 from moderation.classifier.agent import (
     AgentVerdict,
     CategoryScores,
-    Policy,
     build_instructions,
     render_post,
     stable_nonce,
 )
 from moderation.classifier.injection.screen import screen_post
 from moderation.events import PostSubmitted
+from moderation.policy import Policy
 from moderation.taxonomy import CATEGORIES, Category, Decision
 
 COLUMNS = ("post_id", "author_id", "text", "label", "decision", "note", "decided_at")

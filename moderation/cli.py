@@ -178,9 +178,10 @@ def evaluate(
 
     With --cascade: also the classifier agent on the posts stage 1 sends on, and the routing.
     """
-    from moderation.classifier.fast.model import ensure_fast_model
+    from moderation.cache import console as progress_console
+    from moderation.classifier.fast.store import ensure_fast_model
     from moderation.datasets.build import build_dataset, gold_split_path
-    from moderation.devtools.stack.runtime import console as progress_console
+    from moderation.datasets.sources import DatasetError
     from moderation.evaluation.scores import evaluate as run_evaluation
     from moderation.evaluation.scores import load_jsonl_dataset, render_report
 
@@ -198,7 +199,7 @@ def evaluate(
         model = ensure_fast_model(settings, progress=not as_json)
     except (OSError, ValueError) as error:
         raise _fail(error) from None
-    except StackError as error:  # the dataset could not be downloaded or verified
+    except DatasetError as error:  # the dataset could not be downloaded or verified
         raise _fail(error) from None
     if thresholds:
         _threshold_report(model, records, settings, as_json=as_json, dataset=dataset)
@@ -286,13 +287,9 @@ def _threshold_report(
     dataset: Path | None,
 ) -> None:
     """`eval --thresholds`: choose on the validation split, then route `records` both ways."""
-    from moderation.classifier.thresholds import (
-        choose_thresholds,
-        render,
-        render_routing_comparison,
-    )
+    from moderation.classifier.thresholds import choose_thresholds, render
     from moderation.datasets.build import build_dataset, load_split
-    from moderation.evaluation.routing import route_records
+    from moderation.evaluation.routing import render_routing_comparison, route_records
     from moderation.taxonomy import Category
 
     # The split the model was validated on (cached); gold is only routed, never chosen on.
@@ -358,7 +355,8 @@ def bench(
 
     With --agent: the cascade's agent stage against the configured LLM endpoint instead.
     """
-    from moderation.devtools.bench import render, render_agent, run_agent_bench, run_bench
+    from moderation.devtools.bench.agent import render_agent, run_agent_bench
+    from moderation.devtools.bench.pipeline import render, run_bench
 
     progress_console = Console(stderr=True)
     if agent:
@@ -390,7 +388,7 @@ def worker() -> None:
     """Run the classifier worker service (health, readiness, metrics on its port)."""
     from moderation.services.worker.app import run_worker
 
-    run_worker()
+    run_worker(get_settings())
 
 
 @app.command("review-service")

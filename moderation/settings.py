@@ -421,7 +421,7 @@ class WorkerSettings(BaseModel):
     learned_injection_detector: bool = Field(
         default=True,
         description="back the regex injection screen with the learned detector "
-        "(`classifier/injection_model.py`; trained on first use like the fast model)",
+        "(`classifier/injection/model.py`; trained on first use like the fast model)",
     )
     injection_detector_dir: Path | None = Field(
         default=None,

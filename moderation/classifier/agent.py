@@ -1,11 +1,12 @@
 """The classifier agent (stage 2): policy-as-prompt verdicts with the OpenAI Agents SDK.
 
-Its instructions are the versioned policy in `data/policy/<version>.md` (every `## <category>`
-section, in the taxonomy's order), as gpt-oss-safeguard's bring-your-own-policy and Llama Guard's
-category list do. The post is data, never instructions: it reaches the model in the user message
-between tags carrying a fresh random nonce (`<post-3fa9...>` ... `</post-3fa9...>`), below an
-explicit instruction hierarchy, with the injection screen's findings. Two read-only tools look up
-the author's recent verdicts and the most similar past human decisions.
+Its instructions are the versioned policy in `data/policy/<version>.md` (parsed by
+`moderation.policy`; every `## <category>` section, in the taxonomy's order), as
+gpt-oss-safeguard's bring-your-own-policy and Llama Guard's category list do. The post is data,
+never instructions: it reaches the model in the user message between tags carrying a fresh
+random nonce (`<post-3fa9...>` ... `</post-3fa9...>`), below an explicit instruction hierarchy,
+with the injection screen's findings. Two read-only tools look up the author's recent verdicts
+and the most similar past human decisions.
 
 The prompt is a function of the post, its stage-1 facts and the request's nonce
 (`build_instructions`, `render_post`), so the nightly job can export SFT examples that match it
@@ -22,7 +23,6 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from agents import (
@@ -35,56 +35,20 @@ from agents import (
 from pydantic import BaseModel, ConfigDict, Field
 
 from moderation.classifier.injection.screen import InjectionScreen
-from moderation.classifier.precedents import DecisionLog
 from moderation.events import PostSubmitted
 from moderation.llm.provider import retry_settings
-from moderation.settings import PROJECT_ROOT, Settings
+from moderation.policy import Policy, load_policy
+from moderation.precedents import DecisionLog
+from moderation.settings import Settings
 from moderation.taxonomy import CATEGORIES, VIOLATING, Category, Decision
 
 logger = logging.getLogger(__name__)
 
-POLICY_DIR = PROJECT_ROOT / "data" / "policy"
 AGENT_NAME = "moderation-classifier"
-_HEADING = re.compile(r"^## (\w+)\s*$", re.MULTILINE)
 _DELIMITER = re.compile(r"<(/?)(post)", re.IGNORECASE)
 # 64 random bits per request: a post cannot guess the tag that would close its data block.
 NONCE_BYTES = 8
 NONCE_DRAWS = 8  # a real collision is ~1e-15 per draw; the bound keeps a broken source finite
-
-
-# --- the policy ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Policy:
-    version: str
-    preamble: str
-    sections: Mapping[Category, str]
-
-    def section(self, category: Category) -> str:
-        return f"## {category.value}\n\n{self.sections[category]}"
-
-
-@lru_cache(maxsize=8)
-def load_policy(version: str) -> Policy:
-    """Parse `data/policy/<version>.md`: its preamble and one section per category."""
-    path = POLICY_DIR / f"{version}.md"
-    if not path.is_file():
-        raise FileNotFoundError(f"no policy {version!r}: {path} does not exist")
-    text = path.read_text()
-    parts = _HEADING.split(text)
-    preamble = parts[0].split("\n", 1)[1].strip() if "\n" in parts[0] else ""
-    sections: dict[Category, str] = {}
-    for heading, body in zip(parts[1::2], parts[2::2], strict=True):
-        try:
-            category = Category(heading)
-        except ValueError:
-            raise ValueError(f"{path}: section '## {heading}' is not a category") from None
-        sections[category] = body.strip()
-    missing = [c.value for c in CATEGORIES if c not in sections]
-    if missing:
-        raise ValueError(f"{path}: no section for {', '.join(missing)}")
-    return Policy(version=version, preamble=preamble, sections=sections)
 
 
 INSTRUCTIONS = """\

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -72,7 +72,7 @@ from moderation.tracing import configure_agent_tracing
 
 if TYPE_CHECKING:
     from moderation.classifier.injection.model import InjectionDetector
-    from moderation.classifier.precedents import DecisionLog
+    from moderation.precedents import DecisionLog
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -582,3 +582,25 @@ def _agent_verdict(
         else None
     )
     return verdict, review
+
+
+def create_agent_stage(run_settings: Settings) -> tuple[AgentStage, Callable[[], Awaitable[None]]]:
+    """The agent stage on the configured endpoint, reading the decision log; and its closer."""
+    # Imported here: the evaluation and the tests build stages without a database or a client.
+    from moderation.db.engine import make_engine
+    from moderation.llm.provider import ChatCompletionsProvider, create_client
+    from moderation.precedents import SqlDecisionLog
+
+    client = create_client(run_settings.llm)
+    engine = make_engine(run_settings)
+    stage = AgentStage(
+        run_settings,
+        ChatCompletionsProvider(client, run_settings.llm.model),
+        SqlDecisionLog(engine, pool_size=run_settings.agent.precedent_pool),
+    )
+
+    async def close() -> None:
+        await client.close()
+        engine.dispose()
+
+    return stage, close

@@ -6,7 +6,7 @@ source taught the model that register. `alt-profanity-check` (MIT licence) ships
 calibrated, on TF-IDF words, trained on about 200,000 human-labelled tweets and Wikipedia
 comments (offensive or not). Zero-shot on our data it scores 78 % of the RealToxicityPrompts
 texts above 0.5 and under 6 % of any safe source (`data/README.md`, "Offensive-language
-score"). It is one input of the fast model's semantic head (`fast_model.py`), beside the
+score"). It is one input of the fast model's semantic head (`fast/model.py`), beside the
 embedding: the head learns, per category, how much to trust it (profanity aimed at no one is
 safe; an insult is harassment).
 

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -65,16 +64,12 @@ from rich.table import Table
 from moderation.settings import ErrorBudget, ThresholdSettings
 from moderation.taxonomy import CATEGORIES, VIOLATING, Category
 
-if TYPE_CHECKING:
-    from moderation.evaluation.routing import RoutingShares
-
 __all__ = [
     "ErrorBudget",
     "ThresholdChoice",
     "choose_for_validation",
     "choose_thresholds",
     "render",
-    "render_routing_comparison",
     "route",
 ]
 
@@ -500,31 +495,3 @@ def render(choice: ThresholdChoice, console: Console) -> None:
         _percent(choice.configured_rates.automation),
     )
     console.print(budgets)
-
-
-def render_routing_comparison(
-    configured: RoutingShares, chosen: RoutingShares, console: Console, *, title: str
-) -> None:
-    """Print stage-1 routing (`evaluation_routing.route_records`) under two sets of thresholds."""
-    table = Table(title=f"{title} ({configured.posts} posts; first_stage)")
-    for column in ("", "configured", "chosen"):
-        table.add_column(column, justify="left" if not column else "right")
-    for name, before, after in (
-        ("allowed", configured.allowed, chosen.allowed),
-        ("removed", configured.removed, chosen.removed),
-        ("to agent/review", configured.sent_on, chosen.sent_on),
-        ("decided alone (automation)", configured.decided, chosen.decided),
-        ("unreadable (allow withheld)", configured.unreadable, chosen.unreadable),
-    ):
-        table.add_row(name, _percent(before), _percent(after))
-    table.add_row(
-        f"violating allowed (of {configured.violating_posts})",
-        _error_rate(configured.violating_allowed),
-        _error_rate(chosen.violating_allowed),
-    )
-    table.add_row(
-        f"safe removed (of {configured.safe_posts})",
-        _error_rate(configured.safe_removed),
-        _error_rate(chosen.safe_removed),
-    )
-    console.print(table)

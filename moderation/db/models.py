@@ -129,8 +129,12 @@ class Review(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
 
 
-class Decision(SQLModel, table=True):
-    """Append-only: one row per human decision event."""
+class HumanDecision(SQLModel, table=True):
+    """Append-only: one row per human decision event (`ReviewDecided`).
+
+    Not `Decision`: that is the allow / remove / review enum (`moderation.taxonomy`) which
+    verdicts and human decisions carry.
+    """
 
     __tablename__ = "decisions"
 

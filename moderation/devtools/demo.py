@@ -22,13 +22,14 @@ from rich.table import Table
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from moderation.classifier.cascade import create_agent_stage
 from moderation.db import crud
 from moderation.db.engine import make_engine
 from moderation.events import PostSubmitted, ReviewRequested
 from moderation.services.recorder.app import Recorder, RecorderState
 from moderation.services.review.activities import CollectingSink, ReviewActivities
-from moderation.services.worker import app as worker
 from moderation.services.worker import registry_watch
+from moderation.services.worker.app import Worker
 from moderation.settings import Settings
 
 DECISION_STYLE = {"allow": "green", "remove": "red", "review": "yellow"}
@@ -64,7 +65,7 @@ def llm_endpoint_answers(settings: Settings) -> bool:
 
 
 async def push_samples(
-    settings: Settings, engine: Engine, samples: list[dict[str, Any]], *, use_agent: bool = False
+    worker: Worker, engine: Engine, samples: list[dict[str, Any]], *, use_agent: bool = False
 ) -> list[str]:
     """Publish the samples to `posts.submitted` on an in-memory broker carrying both services.
 
@@ -72,9 +73,9 @@ async def push_samples(
     """
     close_agent = None
     if use_agent:
-        worker.state.agent, close_agent = worker.create_agent_stage(settings)
+        worker.state.agent, close_agent = create_agent_stage(worker.settings)
     try:
-        return await _publish_samples(settings, engine, samples)
+        return await _publish_samples(worker, engine, samples)
     finally:
         if close_agent is not None:
             worker.state.agent = None
@@ -94,8 +95,9 @@ def review_tasks_router(settings: Settings, engine: Engine) -> KafkaRouter:
 
 
 async def _publish_samples(
-    settings: Settings, engine: Engine, samples: list[dict[str, Any]]
+    worker: Worker, engine: Engine, samples: list[dict[str, Any]]
 ) -> list[str]:
+    settings = worker.settings
     broker = KafkaBroker()
     broker.include_router(worker.router)
     broker.include_router(Recorder(settings, state=RecorderState(engine=engine)).router)
@@ -118,13 +120,14 @@ async def _publish_samples(
 
 
 def run_demo(settings: Settings, *, samples: Path, console: Console) -> None:
-    from moderation.classifier.fast.model import ensure_fast_model
+    from moderation.classifier.fast.store import ensure_fast_model
     from moderation.classifier.injection.model import load_detector
 
     settings = demo_settings(settings)
     console.rule("moderation demo · embedded mode (in-memory broker, SQLite)")
     model = ensure_fast_model(settings, progress=True)
-    worker.state.scorer = model
+    worker = Worker(settings)
+    worker.state.serve(model)
     worker.state.detector = load_detector(settings)
     engine = make_engine(settings)
     registry_watch.register_champion(engine, model, settings)
@@ -143,7 +146,7 @@ def run_demo(settings: Settings, *, samples: Path, console: Console) -> None:
         " (the agent takes seconds a post on a CPU)" if use_agent else ""
     )
     with console.status(waiting):
-        post_ids = asyncio.run(push_samples(settings, engine, posts, use_agent=use_agent))
+        post_ids = asyncio.run(push_samples(worker, engine, posts, use_agent=use_agent))
     elapsed = time.perf_counter() - started
 
     table = Table(

@@ -1,7 +1,7 @@
 """The whole cascade on a labelled dataset (`moderation eval --cascade`).
 
 Stage 1 is the real `cascade.first_stage` on the fast model. The posts it sends on go to the real
-agent stage: `cascade.second_stage` on the worker's own `AgentStage` (`worker.create_agent_stage`:
+agent stage: `cascade.second_stage` on the worker's own `AgentStage` (`cascade.create_agent_stage`:
 the configured OpenAI-compatible endpoint, its retries, timeouts, circuit breaker and `combine`),
 in chunks of `agent.concurrency` posts so no post waits for a slot. The agent runs whatever
 `agent.enabled` says (this measures it); its tools read the configured database as the worker's
@@ -29,12 +29,23 @@ from rich.progress import Progress
 from rich.table import Table
 
 from moderation.classifier.cascade import AgentStage, FirstStage, Scorer, first_stage, second_stage
-from moderation.devtools.bench import AgentResult, fallback_reason
 from moderation.evaluation.routing import MAX_POST_CHARS, ROUTING_BATCH
 from moderation.evaluation.scores import EvalReport, render_report, score_probabilities
-from moderation.events import PostSubmitted
+from moderation.events import ModerationVerdict, PostSubmitted, ReviewRequested
 from moderation.settings import Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision
+
+FALLBACK_PREFIX = "agent unavailable ("
+
+AgentResult = tuple[ModerationVerdict | None, ReviewRequested | None]
+"""What `second_stage` answers per post: (agent verdict or None after a fallback, review)."""
+
+
+def fallback_reason(review: ReviewRequested | None) -> str:
+    """The fallback's label from its review reason (`agent unavailable (<reason>); ...`)."""
+    if review is None or not review.reason.startswith(FALLBACK_PREFIX):
+        return "unknown"
+    return review.reason[len(FALLBACK_PREFIX) :].split(")", 1)[0] or "unknown"
 
 
 class Route(StrEnum):
@@ -214,7 +225,7 @@ async def _judge_with(
     """Run the agent stage: `stage`, or the worker's on the configured endpoint (then closed)."""
     if stage is not None:
         return await judge_all(items, stage, settings, console), stage.model_name
-    from moderation.services.worker.app import create_agent_stage
+    from moderation.classifier.cascade import create_agent_stage
 
     worker_stage, close = create_agent_stage(settings)
     try:

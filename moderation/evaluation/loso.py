@@ -1,11 +1,11 @@
 """Leave-one-source-out evaluation: how stage 1 does on a source it never saw.
 
-For every external source of the dataset (a pinned package archive, `dataset.SOURCES`), the fast
-model is trained without it: `train_fast_model` on the train rows of every other source, with the
-validation rows of every other source for its validation metrics (as the product model), same
-configuration. It is then scored on *all* rows of the held-out source (train, validation and gold
-alike): flagged-vs-safe and per-category metrics (`evaluation.score_probabilities`) and stage-1
-routing through the real `first_stage` (`evaluation_routing`).
+For every external source of the dataset (a pinned package archive, `datasets.sources.SOURCES`),
+the fast model is trained without it: `train_fast_model` on the train rows of every other source,
+with the validation rows of every other source for its validation metrics (as the product model),
+same configuration. It is then scored on *all* rows of the held-out source (train, validation and
+gold alike): flagged-vs-safe and per-category metrics (`evaluation.scores.score_probabilities`)
+and stage-1 routing through the real `first_stage` (`evaluation.routing`).
 
 The project's own sources (`project`, `project-seed`) are written by the team: they stay in
 training but are never held out, since a score on text the team wrote says how it was written,
@@ -34,20 +34,11 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from moderation.classifier.cascade import Scorer
-from moderation.classifier.fast.model import (
-    DEFAULT_CONFIG,
-    METADATA_FILE,
-    FastModel,
-    train_fast_model,
-)
-from moderation.datasets.build import (
-    EVALUATION_ONLY,
-    EVALUATION_ONLY_FILE,
-    PROJECT_SOURCE,
-    SEED_SOURCE,
-    SOURCES,
-    SPLITS,
-)
+from moderation.classifier.fast.config import DEFAULT_CONFIG
+from moderation.classifier.fast.model import METADATA_FILE, FastModel
+from moderation.classifier.fast.training import train_fast_model
+from moderation.datasets.build import EVALUATION_ONLY, EVALUATION_ONLY_FILE, SPLITS
+from moderation.datasets.sources import PROJECT_SOURCE, SEED_SOURCE, SOURCES
 from moderation.evaluation.routing import RoutingShares, route_records
 from moderation.evaluation.scores import CategoryMetrics, FlaggedMetrics, score_probabilities
 from moderation.settings import Settings

@@ -135,6 +135,39 @@ def render_routing(routing: RoutingShares, console: Console, *, title: str) -> N
     console.print(table)
 
 
+def _error_rate(value: float | None) -> str:
+    # Two decimals: a budget of 0.5 % must not look met at 0.52 %.
+    return "-" if value is None else f"{value:.2%}"
+
+
+def render_routing_comparison(
+    configured: RoutingShares, chosen: RoutingShares, console: Console, *, title: str
+) -> None:
+    """Print stage-1 routing (`route_records`) under two sets of thresholds."""
+    table = Table(title=f"{title} ({configured.posts} posts; first_stage)")
+    for column in ("", "configured", "chosen"):
+        table.add_column(column, justify="left" if not column else "right")
+    for name, before, after in (
+        ("allowed", configured.allowed, chosen.allowed),
+        ("removed", configured.removed, chosen.removed),
+        ("to agent/review", configured.sent_on, chosen.sent_on),
+        ("decided alone (automation)", configured.decided, chosen.decided),
+        ("unreadable (allow withheld)", configured.unreadable, chosen.unreadable),
+    ):
+        table.add_row(name, _percent(before), _percent(after))
+    table.add_row(
+        f"violating allowed (of {configured.violating_posts})",
+        _error_rate(configured.violating_allowed),
+        _error_rate(chosen.violating_allowed),
+    )
+    table.add_row(
+        f"safe removed (of {configured.safe_posts})",
+        _error_rate(configured.safe_removed),
+        _error_rate(chosen.safe_removed),
+    )
+    console.print(table)
+
+
 # --- long texts: a violating post buried in a safe one (the passage rule) -----------------------
 
 # A buried post is at most this long, and its host text at least this long.

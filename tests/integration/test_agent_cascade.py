@@ -29,6 +29,7 @@ from moderation.devtools.stack.services import PipelineServices
 from moderation.events import PostSubmitted, ReviewDecided
 from moderation.settings import Settings
 from moderation.taxonomy import Category, Decision, Stage
+from tests import crud_helpers
 from tests.integration.llm_faults import FaultProxy
 from tests.integration.streams import (
     STAGE_ONE_DECIDES_NOTHING,
@@ -133,7 +134,7 @@ def stage1_decisions(engine: Engine, post_ids: list[str]) -> dict[str, str]:
     with Session(engine) as session:
         return {
             v.post_id: v.decision
-            for v in crud.list_verdicts(session, post_ids=post_ids, stage=Stage.MODEL)
+            for v in crud_helpers.list_verdicts(session, post_ids=post_ids, stage=Stage.MODEL)
         }
 
 
@@ -239,7 +240,7 @@ async def test_llm_failures_are_retried_then_reviewed_never_allowed(
     # Retried (500, 429) or repaired once (garbage) before giving up, for every post.
     assert seen >= requests_per_post * len(batch)
     with Session(read_model) as session:
-        statuses = crud.post_statuses(session, post_ids=list(found))
+        statuses = crud_helpers.post_statuses(session, post_ids=list(found))
     assert set(statuses.values()) == {"in_review"}
 
 

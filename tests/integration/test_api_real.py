@@ -24,7 +24,7 @@ from moderation.db.engine import create_tables, make_engine
 from moderation.devtools.stack.kafka import KafkaBroker
 from moderation.devtools.stack.postgres import PostgresCluster
 from moderation.events import PostSubmitted
-from moderation.services.api import create_app
+from moderation.services.api import build_app
 from moderation.services.api.internal import create_internal_app
 from moderation.settings import Settings
 from tests.integration.streams import kafka_admin_auth
@@ -60,7 +60,7 @@ def api_key(api_settings: Settings, postgres: PostgresCluster, unique: str) -> s
 async def app(
     api_settings: Settings, kafka: KafkaBroker, postgres: PostgresCluster
 ) -> AsyncIterator[FastAPI]:
-    app = create_app(api_settings)
+    app = build_app(api_settings)
     async with app.router.lifespan_context(app):
         yield app
 

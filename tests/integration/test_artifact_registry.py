@@ -21,13 +21,14 @@ from sqlalchemy.exc import ProgrammingError
 from sqlmodel import Session
 
 from moderation.classifier.artifacts import artifact_digest
-from moderation.classifier.fast.model import MODEL_FILE, FastModel, train_fast_model
+from moderation.classifier.fast.model import MODEL_FILE, FastModel
+from moderation.classifier.fast.training import train_fast_model
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
 from moderation.db.models import ModelStatus
 from moderation.db.roles import SERVICE_ROLES
 from moderation.devtools.stack.postgres import PostgresCluster
-from moderation.services.worker import app as worker
+from moderation.services.worker.app import WorkerState
 from moderation.services.worker.registry_watch import RegistryWatch
 from moderation.settings import Settings
 from tests.unit.test_fast_model import synthetic
@@ -138,8 +139,8 @@ async def test_a_tampered_or_escaping_champion_leaves_the_old_model_serving(
 ) -> None:
     good = put(registry_settings, trained, "fast-good")
     promote(owner, "fast-good", good, artifact_digest(good))
-    state = worker.WorkerState()
-    watch = RegistryWatch(state, as_worker, registry_settings)
+    state = WorkerState()
+    watch = RegistryWatch(as_worker, registry_settings, serve=state.serve)
     await watch.start(lambda: pytest.fail("the champion should have loaded"))
     await watch.stop()  # polled by hand below
     assert state.scorer is not None and state.scorer.version == "fast-good"
@@ -185,8 +186,8 @@ async def test_a_worker_on_an_empty_registry_serves_the_base_and_still_follows(
             settings.model_copy(update={"db": db.model_copy(update={"user": "moderation_worker"})})
         )
         base = FastModel.load(put(settings, trained, "fast-base-empty"))
-        state = worker.WorkerState()
-        watch = RegistryWatch(state, as_worker, settings)
+        state = WorkerState()
+        watch = RegistryWatch(as_worker, settings, serve=state.serve)
         await watch.start(lambda: base)
         await watch.stop()
         assert state.scorer is base

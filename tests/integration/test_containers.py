@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from moderation.devtools.stack.runtime import cache_entry, require_tool, run, step
+from moderation.cache import cache_entry, step
+from moderation.devtools.stack.runtime import require_tool, run
 from moderation.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -26,8 +26,8 @@ import pytest
 
 from jobs.lora import TrainingJob, read_metrics, split_by_time, train_adapter
 from jobs.sft import sft_examples, write_jsonl
-from moderation.classifier.agent import Policy
 from moderation.devtools.stack.train_env import ensure_train_venv, local_base_model
+from moderation.policy import Policy
 from moderation.settings import PROJECT_ROOT, Settings
 from moderation.taxonomy import CATEGORIES, Category
 

@@ -26,6 +26,7 @@ from moderation.devtools.stack.postgres import PostgresCluster
 from moderation.devtools.stack.services import PipelineServices
 from moderation.events import PostSubmitted
 from moderation.settings import PROJECT_ROOT, Settings
+from tests import crud_helpers
 from tests.integration.streams import produce, running_services, topics_of_their_own, wait_for
 
 pytestmark = pytest.mark.integration
@@ -60,7 +61,8 @@ def services(metrics_settings: Settings, postgres: PostgresCluster) -> Iterator[
 
 def model_verdicts(engine: Engine, post_ids: list[str]) -> bool:
     with Session(engine) as session:
-        return crud.count_verdicts(session, post_ids=post_ids, stage="model") == len(post_ids)
+        counted = crud_helpers.count_verdicts(session, post_ids=post_ids, stage="model")
+        return counted == len(post_ids)
 
 
 @pytest.mark.timeout(900)

@@ -23,11 +23,13 @@ from sqlmodel import Session, col, select
 
 from jobs.retrain import decide_promotion, score_splits
 from jobs.schedule import schedule_nightly
-from moderation.classifier.fast.model import FastModel, ensure_fast_model
-from moderation.datasets.build import build_dataset, dedup_key, load_split
+from moderation.classifier.fast.model import FastModel
+from moderation.classifier.fast.store import ensure_fast_model
+from moderation.datasets.build import build_dataset, load_split
+from moderation.datasets.records import dedup_key
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
-from moderation.db.models import Decision, JobRun, Review, Verdict
+from moderation.db.models import HumanDecision, JobRun, Review, Verdict
 from moderation.devtools.stack.dapr import DaprRuntime
 from moderation.devtools.stack.kafka import KafkaBroker, delete_topics, ensure_topics
 from moderation.devtools.stack.postgres import PostgresCluster
@@ -173,7 +175,7 @@ async def test_a_scam_wave_is_labelled_learned_promoted_and_served_without_a_res
             decide(drift_settings, key, review_id, label)
 
     await asyncio.to_thread(moderate_all)
-    decided = select(func.count()).select_from(Decision)
+    decided = select(func.count()).select_from(HumanDecision)
     await asyncio.to_thread(
         wait_for, lambda: count(engine, decided) >= len(posts), 300, "decisions recorded"
     )

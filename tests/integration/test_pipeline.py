@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import Session
 
-from moderation.classifier.fast.model import ensure_fast_model
+from moderation.classifier.fast.store import ensure_fast_model
 from moderation.db import crud
 from moderation.devtools.stack.kafka import KafkaBroker, delete_topics, ensure_topics
 from moderation.devtools.stack.postgres import PostgresCluster
@@ -19,6 +19,7 @@ from moderation.devtools.stack.services import PipelineServices, isolated_settin
 from moderation.events import PostSubmitted
 from moderation.services.worker.registry_watch import register_champion
 from moderation.settings import Settings
+from tests import crud_helpers
 from tests.integration.streams import produce
 
 pytestmark = pytest.mark.integration
@@ -57,7 +58,7 @@ def services(
 def model_verdict_counts(engine: Engine, post_ids: list[str]) -> dict[str, int]:
     """post_id -> number of stage-1 verdict rows, for these posts."""
     with Session(engine) as session:
-        return crud.verdicts_per_post(session, post_ids=post_ids, stage="model")
+        return crud_helpers.verdicts_per_post(session, post_ids=post_ids, stage="model")
 
 
 def wait_for_verdicts(engine: Engine, post_ids: list[str], timeout: float) -> dict[str, int]:
@@ -103,7 +104,7 @@ async def test_posts_get_verdicts_recorded(
 
     # The model that produced the verdicts is the registered fast-model champion.
     with Session(read_model) as session:
-        versions = {v.model_version for v in crud.list_verdicts(session, post_ids=post_ids)}
+        versions = {v.model_version for v in crud_helpers.list_verdicts(session, post_ids=post_ids)}
         champion = crud.get_champion(session, kind="fast")
     assert champion is not None
     assert versions == {champion.version}

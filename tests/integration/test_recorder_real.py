@@ -35,9 +35,10 @@ from moderation.events import (
     ReviewDecided,
     ReviewRequested,
 )
-from moderation.services.recorder.app import Recorder, RetryPolicy, create_app
+from moderation.services.recorder.app import Recorder, RetryPolicy, build_app
 from moderation.settings import Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
+from tests import crud_helpers
 from tests.integration.streams import kafka_admin_auth
 
 pytestmark = pytest.mark.integration
@@ -163,7 +164,7 @@ class Database:
         return await asyncio.to_thread(run)
 
     async def statuses(self, post_ids: Sequence[str]) -> dict[str, PostStatus]:
-        return await self.read(lambda s: crud.post_statuses(s, post_ids=post_ids))
+        return await self.read(lambda s: crud_helpers.post_statuses(s, post_ids=post_ids))
 
     def delete_prefix(self, prefix: str) -> None:
         with self.engine.begin() as connection:
@@ -206,7 +207,7 @@ async def running(
 ) -> AsyncIterator[tuple[Recorder, AsgiFastStream]]:
     """The recorder service started for real: lifespan, engine, consumer group."""
     recorder = Recorder(real[0], retry=RETRY)
-    app = create_app(recorder)
+    app = build_app(recorder.settings, recorder=recorder)
     async with TestApp(app):
         yield recorder, app
 
@@ -310,7 +311,7 @@ async def test_poison_messages_go_to_the_dlq_and_do_not_block_the_partition(
     (rejected,) = await consume_dead_letters(settings, topics.verdicts + topics.dlq_suffix, 1)
     assert rejected.error_type == "DataError"
     assert ModerationVerdict.model_validate_json(rejected.payload).event_id == too_long.event_id
-    verdicts = await database.read(lambda s: crud.list_verdicts(s, post_ids=[post_id]))
+    verdicts = await database.read(lambda s: crud_helpers.list_verdicts(s, post_ids=[post_id]))
     assert [v.model_version for v in verdicts] == ["fast-it"]  # never a truncated copy
 
 
@@ -410,7 +411,7 @@ async def test_postgres_restart_under_load_loses_and_doubles_nothing(
     retries_before = metric("moderation_recorder_db_retries_total")
 
     async def recorded_count() -> int:
-        return await database.read(lambda s: crud.count_posts(s, post_ids=post_ids))
+        return await database.read(lambda s: crud_helpers.count_posts(s, post_ids=post_ids))
 
     producer = Producer(settings)
     await producer.producer.start()
@@ -450,8 +451,8 @@ async def test_postgres_restart_under_load_loses_and_doubles_nothing(
         )
 
     await wait_for(everything_recorded, f"{FAULT_POSTS} posts with their final status", within=120)
-    verdicts = await database.read(lambda s: crud.verdicts_per_post(s, post_ids=post_ids))
+    verdicts = await database.read(lambda s: crud_helpers.verdicts_per_post(s, post_ids=post_ids))
     decided = [post_id for post_id, status in expected.items() if status is PostStatus.DECIDED]
-    decisions = await database.read(lambda s: crud.count_decisions(s, post_ids=post_ids))
+    decisions = await database.read(lambda s: crud_helpers.count_decisions(s, post_ids=post_ids))
     assert verdicts == dict.fromkeys(post_ids, 1)  # exactly one verdict row per post
     assert decisions == len(decided) == FAULT_POSTS // 10  # one decision per reviewed post

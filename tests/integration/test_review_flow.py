@@ -28,7 +28,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from moderation.db import crud
-from moderation.db.models import Decision, Review
+from moderation.db.models import HumanDecision, Review
 from moderation.devtools.stack.browser import ensure_chromium
 from moderation.devtools.stack.dapr import DaprRuntime
 from moderation.devtools.stack.kafka import KafkaBroker
@@ -37,6 +37,7 @@ from moderation.devtools.stack.services import PipelineServices
 from moderation.events import PostSubmitted, review_id_for
 from moderation.services.review.instances import read_workflow_state
 from moderation.settings import PROJECT_ROOT, Settings
+from tests import crud_helpers
 from tests.integration.streams import (
     STAGE_ONE_DECIDES_NOTHING,
     kafka_admin_auth,
@@ -190,10 +191,10 @@ async def test_a_review_is_claimed_decided_recorded_and_published(
         key = crud.authenticate_api_key(session, key=moderators["mod-a"])
     assert key is not None and published["moderator_id"] == f"key:{key.id}"
 
-    def recorded() -> Decision | None:
+    def recorded() -> HumanDecision | None:
         with Session(read_model) as session:
             return session.exec(
-                select(Decision).where(col(Decision.review_id) == review_id)
+                select(HumanDecision).where(col(HumanDecision.review_id) == review_id)
             ).first()
 
     decision = await asyncio.to_thread(wait_for, recorded, 60, "decision row")
@@ -245,7 +246,7 @@ async def test_an_appeal_reopens_a_decided_post_as_a_new_high_priority_review(
     assert reopened.priority == "high"
     assert workflow_status(review_settings, appeal_id) == WorkflowStatus.RUNNING
     with Session(read_model) as session:
-        assert crud.post_statuses(session, post_ids=[post_id])[post_id] == "in_review"
+        assert crud_helpers.post_statuses(session, post_ids=[post_id])[post_id] == "in_review"
 
 
 @pytest.mark.timeout(300)
@@ -297,7 +298,9 @@ async def test_review_service_and_daprd_killed_mid_wait_the_same_workflow_comple
         "the same workflow instance completed",
     )
     with Session(read_model) as session:
-        decisions = session.exec(select(Decision).where(col(Decision.review_id) == review_id))
+        decisions = session.exec(
+            select(HumanDecision).where(col(HumanDecision.review_id) == review_id)
+        )
         assert len(decisions.all()) == 1
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from moderation.classifier.cascade import FirstStage, first_stage
-from moderation.classifier.fast.model import ensure_fast_model
+from moderation.classifier.fast.store import ensure_fast_model
 from moderation.classifier.readability import assess
 from moderation.events import PostSubmitted
 from moderation.settings import Settings

@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import pytest
 
 from moderation.classifier import agent
-from moderation.classifier.agent import build_instructions, load_policy, render_post
+from moderation.classifier.agent import build_instructions, render_post
 from moderation.classifier.injection.screen import CLEAN
 from moderation.events import PostSubmitted
+from moderation.policy import load_policy
 from moderation.taxonomy import CATEGORIES, Category
 
 OPENING = re.compile(r"^<post-([0-9a-f]{16})>$", re.MULTILINE)

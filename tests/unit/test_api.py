@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 
 from moderation.db import crud
 from moderation.db.engine import make_engine
-from moderation.devtools.loadgen import measure_ingest
+from moderation.devtools.bench.loadgen import measure_ingest
 from moderation.events import ModerationVerdict, PostSubmitted
-from moderation.services.api import create_app
+from moderation.services.api import build_app
 from moderation.services.api.cli import app as api_keys_cli
 from moderation.services.api.publisher import InMemoryPublisher, KafkaPublisher, PublishUnavailable
 from moderation.services.api.routes.submit_lane import SubmitFastLane
@@ -41,7 +41,7 @@ def app(
     engine: Engine,
 ) -> FastAPI:
     """The app as served, and without the submit fast lane (the FastAPI route answers)."""
-    app = create_app(settings, publisher=publisher, engine=engine)
+    app = build_app(settings, publisher=publisher, engine=engine)
     if request.param == "fastapi-route":
         lane: object = SubmitFastLane
         app.user_middleware = [m for m in app.user_middleware if m.cls is not lane]
@@ -378,7 +378,7 @@ async def test_revoked_key_is_401(
     key = make_key(engine, "submit")
     with Session(engine) as session:
         assert crud.revoke_api_key(session, prefix=key.split("_")[1])
-    app = create_app(settings, publisher=publisher, engine=engine)
+    app = build_app(settings, publisher=publisher, engine=engine)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:

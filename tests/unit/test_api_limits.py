@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from moderation.db import crud
-from moderation.services.api import create_app
+from moderation.services.api import build_app
 from moderation.services.api.limits import Buckets, TokenBucket, retry_after
 from moderation.services.api.publisher import InMemoryPublisher
 from moderation.services.api.routes.submit_lane import SubmitFastLane
@@ -44,7 +44,7 @@ def make_app(
     """`make_app(**api_settings)`: the app as served, or without its submit fast lane."""
 
     def build(**api: Any) -> FastAPI:
-        app = create_app(settings_with(**api), publisher=publisher, engine=engine)
+        app = build_app(settings_with(**api), publisher=publisher, engine=engine)
         if request.param == "fastapi-route":
             lane: object = SubmitFastLane
             app.user_middleware = [m for m in app.user_middleware if m.cls is not lane]
@@ -481,7 +481,7 @@ async def test_cors_allows_only_the_listed_origins_without_credentials(
 
 @pytest.fixture
 def document() -> Iterator[dict[str, Any]]:
-    yield create_app(Settings()).openapi()
+    yield build_app(Settings()).openapi()
 
 
 def test_every_v1_operation_documents_429_and_the_error_body(document: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ import moderation.classifier.agent  # noqa: F401
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
 from moderation.events import ModerationVerdict, PostSubmitted, ReviewRequested
-from moderation.services.api import create_app
+from moderation.services.api import build_app
 from moderation.services.api.publisher import InMemoryPublisher
 from moderation.settings import ApiSettings, Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
@@ -71,7 +71,7 @@ def _seed(engine: Engine) -> None:
 
 
 def _app(settings: Settings, engine: Engine | None = None) -> FastAPI:
-    return create_app(
+    return build_app(
         settings, publisher=InMemoryPublisher(), engine=engine, workflows=FakeWorkflows()
     )
 

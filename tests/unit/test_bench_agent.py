@@ -17,19 +17,22 @@ from sqlalchemy import Engine, create_engine
 from typer.testing import CliRunner
 
 from moderation.classifier.cascade import AGENT_TOOL_CALLS, FirstStage, first_stage
-from moderation.devtools import bench, stack
-from moderation.devtools.bench import (
-    AgentResult,
+from moderation.devtools import stack
+from moderation.devtools.bench import agent as agent_bench
+from moderation.devtools.bench import report
+from moderation.devtools.bench.performance import (
     CounterSnapshot,
     agent_performance,
     counter_delta,
     counter_values,
-    fallback_reason,
+)
+from moderation.devtools.bench.tally import (
     final_outcomes,
     gold_agreement,
     injection_report,
     tally_cascade,
 )
+from moderation.evaluation.cascade import AgentResult, fallback_reason
 from moderation.events import PostSubmitted, ReviewRequested
 from moderation.settings import Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
@@ -296,11 +299,11 @@ def test_agent_performance_with_no_run_answered() -> None:
 
 def test_only_the_local_adapter_counts_as_the_local_llm() -> None:
     settings = Settings()
-    assert bench._is_local_llm(settings)
+    assert agent_bench._is_local_llm(settings)
     remote = settings.model_copy(
         update={"llm": settings.llm.model_copy(update={"base_url": "http://vllm:8000/v1"})}
     )
-    assert not bench._is_local_llm(remote)
+    assert not agent_bench._is_local_llm(remote)
 
 
 # --- the whole command, scripted ----------------------------------------------------------------
@@ -312,7 +315,7 @@ def started_components(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[
 
     Returns the components the command asked the stack to start.
     """
-    import moderation.classifier.fast.model as fast_model
+    import moderation.classifier.fast.store as fast_store
     import moderation.datasets.build as dataset
     import moderation.llm.provider as provider
     import moderation.tracing as tracing
@@ -334,11 +337,11 @@ def started_components(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[
         return create_engine("sqlite://")
 
     monkeypatch.setattr(stack, "up", lambda settings, names: started.append(names))
-    monkeypatch.setattr(bench, "make_engine", sqlite)
-    monkeypatch.setattr(bench, "create_tables", lambda engine: None)
-    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(agent_bench, "make_engine", sqlite)
+    monkeypatch.setattr(agent_bench, "create_tables", lambda engine: None)
+    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path / "results")
     monkeypatch.setattr(dataset, "gold_split_path", lambda settings: gold)
-    monkeypatch.setattr(fast_model, "ensure_fast_model", lambda s, progress: KeywordScorer())
+    monkeypatch.setattr(fast_store, "ensure_fast_model", lambda s, progress: KeywordScorer())
     monkeypatch.setattr(provider, "ChatCompletionsProvider", lambda c, m: ScriptedProvider(model))
     monkeypatch.setattr(tracing, "configure_agent_tracing", lambda upload_to_openai: None)
     return started
@@ -350,7 +353,7 @@ def test_run_agent_bench_end_to_end_with_a_scripted_agent(
     settings = fast_settings(max_attempts=1, concurrency=1, tool_choice="required")
     output = io.StringIO()
 
-    result = bench.run_agent_bench(
+    result = agent_bench.run_agent_bench(
         settings, sample=5, agent_limit=2, console=Console(file=output, width=200)
     )
 
@@ -388,7 +391,7 @@ def test_run_agent_bench_end_to_end_with_a_scripted_agent(
     assert written["run"] == result["run"] and "results_file" not in written
 
     rendered = io.StringIO()
-    bench.render_agent(result, Console(file=rendered, width=200))
+    agent_bench.render_agent(result, Console(file=rendered, width=200))
     text = rendered.getvalue()
     assert "gold sample" in text and "http_500 1" in text
     assert "injection set: 0 of 54 ended as allow" in text
@@ -403,7 +406,7 @@ def test_cli_bench_agent_passes_its_options(monkeypatch: pytest.MonkeyPatch) -> 
         calls.append({"sample": sample, "agent_limit": agent_limit})
         return {"run": "x"}
 
-    monkeypatch.setattr(bench, "run_agent_bench", fake)
+    monkeypatch.setattr(agent_bench, "run_agent_bench", fake)
     runner = CliRunner()
 
     answer = runner.invoke(app, ["bench", "--agent", "--json", "--agent-limit", "3"])

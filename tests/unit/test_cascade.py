@@ -21,7 +21,6 @@ from moderation.classifier.agent import (
     AgentVerdict,
     CategoryScores,
     build_instructions,
-    load_policy,
     render_post,
 )
 from moderation.classifier.cascade import (
@@ -32,9 +31,10 @@ from moderation.classifier.cascade import (
     stage1_thresholds,
 )
 from moderation.classifier.injection.screen import CLEAN, InjectionScreen
-from moderation.classifier.precedents import Precedent
 from moderation.db.crud import AuthorVerdict
 from moderation.events import PostSubmitted, ReviewPriority, utc_now
+from moderation.policy import load_policy
+from moderation.precedents import Precedent
 from moderation.settings import Settings, ThresholdSettings
 from moderation.taxonomy import CATEGORIES, VIOLATING, Category, Decision, Stage
 from tests.scripted_llm import (

@@ -23,6 +23,7 @@ from moderation.events import (
 )
 from moderation.settings import Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
+from tests import crud_helpers
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
@@ -86,13 +87,13 @@ def status(session: Session, post_id: str) -> PostStatus:
 
 
 def test_recording_a_post_twice_keeps_one_row(session: Session) -> None:
-    assert crud.record_post_submitted(session, event=post("p1")) is True
-    assert crud.record_post_submitted(session, event=post("p1", text="other")) is False
+    assert crud_helpers.record_post_submitted(session, event=post("p1")) is True
+    assert crud_helpers.record_post_submitted(session, event=post("p1", text="other")) is False
     stored = crud.get_post(session, post_id="p1")
     assert stored is not None
     assert (stored.text, stored.author_id, stored.metadata_) == ("hello", "u1", {"lang": "en"})
     assert stored.status is PostStatus.PENDING
-    assert crud.count_posts(session) == 1
+    assert crud_helpers.count_posts(session) == 1
 
 
 def test_a_batch_writes_each_table_once_and_counts_duplicates(session: Session) -> None:
@@ -105,23 +106,27 @@ def test_a_batch_writes_each_table_once_and_counts_duplicates(session: Session) 
     assert first.duplicates == 1
     assert sum(again.inserted.values()) == 0
     assert again.duplicates == 4
-    assert crud.count_posts(session) == 2
-    assert crud.count_verdicts(session) == 1
+    assert crud_helpers.count_posts(session) == 2
+    assert crud_helpers.count_verdicts(session) == 1
 
 
 def test_one_verdict_per_post_stage_and_model_version(session: Session) -> None:
-    assert crud.record_verdict(session, event=verdict("p1", Decision.ALLOW)) is True
+    assert crud_helpers.record_verdict(session, event=verdict("p1", Decision.ALLOW)) is True
     # A redelivered verdict has a new event id but the same natural key.
-    assert crud.record_verdict(session, event=verdict("p1", Decision.ALLOW)) is False
-    assert crud.record_verdict(session, event=verdict("p1", Decision.ALLOW, model_version="fast-2"))
-    assert crud.record_verdict(session, event=verdict("p1", Decision.ALLOW, stage=Stage.AGENT))
+    assert crud_helpers.record_verdict(session, event=verdict("p1", Decision.ALLOW)) is False
+    assert crud_helpers.record_verdict(
+        session, event=verdict("p1", Decision.ALLOW, model_version="fast-2")
+    )
+    assert crud_helpers.record_verdict(
+        session, event=verdict("p1", Decision.ALLOW, stage=Stage.AGENT)
+    )
 
-    assert crud.count_verdicts(session, post_ids=["p1"]) == 3
-    assert crud.count_verdicts(session, post_ids=["p1"], stage=Stage.MODEL) == 2
-    assert crud.count_verdicts(session, stage="agent") == 1
-    assert crud.verdicts_per_post(session, stage=Stage.MODEL) == {"p1": 2}
-    assert crud.verdicts_per_post(session, post_ids=["nope"]) == {}
-    assert [v.model_version for v in crud.list_verdicts(session, stage=Stage.MODEL)] == [
+    assert crud_helpers.count_verdicts(session, post_ids=["p1"]) == 3
+    assert crud_helpers.count_verdicts(session, post_ids=["p1"], stage=Stage.MODEL) == 2
+    assert crud_helpers.count_verdicts(session, stage="agent") == 1
+    assert crud_helpers.verdicts_per_post(session, stage=Stage.MODEL) == {"p1": 2}
+    assert crud_helpers.verdicts_per_post(session, post_ids=["nope"]) == {}
+    assert [v.model_version for v in crud_helpers.list_verdicts(session, stage=Stage.MODEL)] == [
         "fast-1",
         "fast-2",
     ]
@@ -131,9 +136,9 @@ def test_reviews_one_per_post_and_decisions_append_only(session: Session) -> Non
     assert crud.record_review_requested(session, event=review("p1")) is True
     assert crud.record_review_requested(session, event=review("p1")) is False
     first, second = decided("p1"), decided("p1", Decision.ALLOW)
-    assert crud.record_review_decided(session, event=first) is True
-    assert crud.record_review_decided(session, event=first) is False
-    assert crud.record_review_decided(session, event=second) is True
+    assert crud_helpers.record_review_decided(session, event=first) is True
+    assert crud_helpers.record_review_decided(session, event=first) is False
+    assert crud_helpers.record_review_decided(session, event=second) is True
 
     trail = crud.get_post_trail(session, post_id="p1")
     assert trail.post is None  # the post itself has not arrived
@@ -162,15 +167,15 @@ def test_record_events_refuses_an_event_without_a_table(session: Session) -> Non
 def test_a_model_verdict_sets_the_status(
     session: Session, decision: Decision, expected: PostStatus
 ) -> None:
-    crud.record_post_submitted(session, event=post("p1"))
-    crud.record_verdict(session, event=verdict("p1", decision))
+    crud_helpers.record_post_submitted(session, event=post("p1"))
+    crud_helpers.record_verdict(session, event=verdict("p1", decision))
     assert status(session, "p1") is expected
 
 
 def test_a_verdict_that_arrives_before_its_post_still_sets_the_status(session: Session) -> None:
-    crud.record_verdict(session, event=verdict("p1", Decision.REMOVE))
+    crud_helpers.record_verdict(session, event=verdict("p1", Decision.REMOVE))
     assert crud.get_post(session, post_id="p1") is None
-    crud.record_post_submitted(session, event=post("p1"))
+    crud_helpers.record_post_submitted(session, event=post("p1"))
     assert status(session, "p1") is PostStatus.REMOVED
 
 
@@ -185,17 +190,17 @@ def test_post_and_verdict_in_one_batch_in_either_order(session: Session) -> None
 def test_the_agent_verdict_outranks_the_model_verdict(session: Session, agent_first: bool) -> None:
     model = verdict("p1", Decision.REVIEW, at=T0 + timedelta(seconds=5))
     agent = verdict("p1", Decision.ALLOW, stage=Stage.AGENT, model_version="agent-1", at=T0)
-    crud.record_post_submitted(session, event=post("p1"))
+    crud_helpers.record_post_submitted(session, event=post("p1"))
     for event in [agent, model] if agent_first else [model, agent]:
-        crud.record_verdict(session, event=event)
+        crud_helpers.record_verdict(session, event=event)
     assert status(session, "p1") is PostStatus.ALLOWED
 
 
 def test_the_latest_verdict_of_a_stage_wins(session: Session) -> None:
-    crud.record_post_submitted(session, event=post("p1"))
+    crud_helpers.record_post_submitted(session, event=post("p1"))
     later = verdict("p1", Decision.REMOVE, model_version="fast-2", at=T0 + timedelta(minutes=1))
-    crud.record_verdict(session, event=later)
-    crud.record_verdict(session, event=verdict("p1", Decision.ALLOW, at=T0))  # late arrival
+    crud_helpers.record_verdict(session, event=later)
+    crud_helpers.record_verdict(session, event=verdict("p1", Decision.ALLOW, at=T0))  # late arrival
     assert status(session, "p1") is PostStatus.REMOVED
 
 
@@ -206,34 +211,34 @@ def test_a_review_request_alone_means_in_review(session: Session) -> None:
 
 def test_a_human_decision_is_final(session: Session) -> None:
     crud.record_events(session, events=[post("p1"), verdict("p1", Decision.REVIEW), review("p1")])
-    crud.record_review_decided(session, event=decided("p1"))
+    crud_helpers.record_review_decided(session, event=decided("p1"))
     assert status(session, "p1") is PostStatus.DECIDED
     trail = crud.get_post_trail(session, post_id="p1")
     assert [r.status for r in trail.reviews] == [ReviewStatus.DECIDED]
 
     # A later automated verdict never moves a decided post back.
     late = verdict("p1", Decision.ALLOW, stage=Stage.AGENT, model_version="agent-1")
-    crud.record_verdict(session, event=late)
+    crud_helpers.record_verdict(session, event=late)
     assert status(session, "p1") is PostStatus.DECIDED
 
 
 def test_a_decision_before_its_review_and_post_still_decides_both(session: Session) -> None:
-    crud.record_review_decided(session, event=decided("p1"))
+    crud_helpers.record_review_decided(session, event=decided("p1"))
     crud.record_review_requested(session, event=review("p1"))
-    crud.record_post_submitted(session, event=post("p1"))
+    crud_helpers.record_post_submitted(session, event=post("p1"))
     assert status(session, "p1") is PostStatus.DECIDED
     trail = crud.get_post_trail(session, post_id="p1")
     assert [r.status for r in trail.reviews] == [ReviewStatus.DECIDED]
 
 
 def test_a_human_stage_verdict_decides(session: Session) -> None:
-    crud.record_post_submitted(session, event=post("p1"))
-    crud.record_verdict(
+    crud_helpers.record_post_submitted(session, event=post("p1"))
+    crud_helpers.record_verdict(
         session, event=verdict("p1", Decision.ALLOW, stage=Stage.HUMAN, model_version="mod-1")
     )
     assert status(session, "p1") is PostStatus.DECIDED
-    assert crud.count_posts(session, status=PostStatus.DECIDED) == 1
-    assert crud.count_posts(session, post_ids=["p1", "p2"], status=PostStatus.PENDING) == 0
+    assert crud_helpers.count_posts(session, status=PostStatus.DECIDED) == 1
+    assert crud_helpers.count_posts(session, post_ids=["p1", "p2"], status=PostStatus.PENDING) == 0
 
 
 def test_post_trail_lists_everything_in_order(session: Session) -> None:
@@ -350,7 +355,7 @@ def test_registry_has_one_champion_per_kind(session: Session) -> None:
 
     promoted = crud.promote_model_version(session, kind="fast", version="v1")
     assert promoted.status is ModelStatus.CHAMPION
-    statuses = {m.version: m.status for m in crud.list_model_versions(session, kind="fast")}
+    statuses = {m.version: m.status for m in crud_helpers.list_model_versions(session, kind="fast")}
     assert statuses == {"v1": ModelStatus.CHAMPION, "v2": ModelStatus.RETIRED}
     other = crud.get_champion(session, kind="agent-lora")
     assert other is not None and other.version == "l1"
@@ -398,7 +403,7 @@ def test_job_runs_start_and_finish(session: Session) -> None:
 
 def test_post_statuses_of_recorded_posts(session: Session) -> None:
     crud.record_events(session, events=[post("a"), post("b"), verdict("b", Decision.REMOVE)])
-    assert crud.post_statuses(session, post_ids=["a", "b", "missing"]) == {
+    assert crud_helpers.post_statuses(session, post_ids=["a", "b", "missing"]) == {
         "a": PostStatus.PENDING,
         "b": PostStatus.REMOVED,
     }
@@ -458,7 +463,7 @@ def review_status(session: Session, review_id: str) -> ReviewStatus:
 def test_an_open_appeal_puts_a_decided_post_back_in_review(session: Session) -> None:
     first = decided("p1")
     crud.record_events(session, events=[post("p1"), verdict("p1", Decision.REVIEW), review("p1")])
-    crud.record_review_decided(session, event=first)
+    crud_helpers.record_review_decided(session, event=first)
     assert status(session, "p1") is PostStatus.DECIDED
 
     assert crud.record_review_requested(session, event=appeal("p1", 1, first.event_id)) is True
@@ -555,7 +560,7 @@ def test_escalation_raises_the_priority_one_step_until_decided(session: Session)
     crud.record_human_decision(session, event=decided_review("p1", "review-p1"))
     assert crud.escalate_review(session, review_id="review-p1", now=T0) is None
     assert crud.escalate_review(session, review_id="review-nope", now=T0) is None
-    actions = [entry.action for entry in crud.list_audit(session, entity_id="review-p1")]
+    actions = [entry.action for entry in crud_helpers.list_audit(session, entity_id="review-p1")]
     assert actions == ["review.claim", "review.escalate", "review.escalate", "review.escalate"]
 
 

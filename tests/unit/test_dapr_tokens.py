@@ -17,7 +17,7 @@ import jobs.schedule
 from moderation.devtools.stack.dapr import stack_tokens, with_stack_tokens
 from moderation.devtools.stack.services import service_env
 from moderation.services.api.workflows import DaprReviewWorkflows
-from moderation.services.review.app import SUBSCRIPTION_ROUTE, create_app
+from moderation.services.review.app import SUBSCRIPTION_ROUTE, build_app
 from moderation.services.review.dapr_tokens import api_token_headers, use_api_token
 from moderation.settings import DaprSettings, Settings, StackSettings
 
@@ -47,7 +47,7 @@ async def review_service(
         pid = 4242
 
     monkeypatch.setattr(jobs.schedule, "launch_nightly", lambda settings: Child())
-    app = create_app(with_tokens(app=APP_TOKEN))
+    app = build_app(with_tokens(app=APP_TOKEN))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://review") as http:
         yield http
@@ -104,8 +104,8 @@ def test_the_review_service_refuses_to_start_without_an_app_token_in_production(
         kafka={"username": "review", "password": "from-strimzi"},
     )
     with pytest.raises(ValueError, match="MODERATION_DAPR__APP_TOKEN"):
-        create_app(production)
-    create_app(with_tokens())  # development: allowed, with a warning
+        build_app(production)
+    build_app(with_tokens())  # development: allowed, with a warning
 
 
 def test_tokens_default_to_dapr_s_own_variables(monkeypatch: pytest.MonkeyPatch) -> None:

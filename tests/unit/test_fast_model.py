@@ -11,24 +11,21 @@ import pytest
 
 from moderation.classifier.artifacts import ArtifactRefused, artifact_digest
 from moderation.classifier.embedding import load_embedder
-from moderation.classifier.fast import model as fast_model
-from moderation.classifier.fast.model import (
-    PRIOR_SHIFT_GRID,
+from moderation.classifier.fast import store, training
+from moderation.classifier.fast.calibration import fit_platt, prior_offsets, shift
+from moderation.classifier.fast.config import DEFAULT_CONFIG, FastModelConfig
+from moderation.classifier.fast.features import semantic_inputs
+from moderation.classifier.fast.lexicon import (
     SELF_HARM_SIGNAL,
     SIGNAL_NEAR,
     SIGNAL_SAME_POST,
-    FastModel,
-    ensure_fast_model,
-    fit_platt,
-    measure_throughput,
-    prior_offsets,
     self_harm_signal,
-    semantic_inputs,
     sexual_minors_signal,
-    strongest_tie,
-    train_fast_model,
 )
-from moderation.datasets import build as dataset_module
+from moderation.classifier.fast.model import FastModel
+from moderation.classifier.fast.store import ensure_fast_model
+from moderation.classifier.fast.training import PRIOR_SHIFT_GRID, strongest_tie, train_fast_model
+from moderation.evaluation.scores import measure_throughput
 from moderation.settings import ModelStoreSettings, Settings, StackSettings, ThresholdSettings
 from moderation.taxonomy import CATEGORIES, Category
 
@@ -271,8 +268,8 @@ def test_ensure_fast_model_trains_once_then_loads(
         builds.append(cache_dir)
         return dataset_dir
 
-    monkeypatch.setattr(dataset_module, "build_dataset", fake_build)
-    monkeypatch.setattr(dataset_module, "dataset_fingerprint", lambda: "fingerprint-1")
+    monkeypatch.setattr(store, "build_dataset", fake_build)
+    monkeypatch.setattr(store, "dataset_fingerprint", lambda: "fingerprint-1")
     settings = Settings(
         models=ModelStoreSettings(artifact_dir=tmp_path / "models"),
         stack=StackSettings(cache_dir=tmp_path / "cache"),
@@ -285,13 +282,13 @@ def test_ensure_fast_model_trains_once_then_loads(
     assert second.version == first.version
     assert second.dataset_fingerprint == "fingerprint-1"
     # A new dataset fingerprint means a new model.
-    monkeypatch.setattr(dataset_module, "dataset_fingerprint", lambda: "fingerprint-2")
+    monkeypatch.setattr(store, "dataset_fingerprint", lambda: "fingerprint-2")
     ensure_fast_model(settings, progress=False)
     assert len(builds) == 2
-    assert fast_model.find_artifact(
+    assert store.find_artifact(
         tmp_path / "models" / "fast",
         dataset_fingerprint="fingerprint-1",
-        config_fingerprint=fast_model.DEFAULT_CONFIG.fingerprint(),
+        config_fingerprint=DEFAULT_CONFIG.fingerprint(),
         policy_version="v1",
     ) == (tmp_path / "models" / "fast" / first.version)
 
@@ -361,7 +358,7 @@ def test_the_semantic_head_carries_meaning_the_ngrams_never_saw(model: FastModel
 def test_an_ngram_only_configuration_trains_without_the_embedding(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(fast_model, "DEFAULT_CONFIG", fast_model.FastModelConfig(embedding=""))
+    monkeypatch.setattr(training, "DEFAULT_CONFIG", FastModelConfig(embedding=""))
     plain = train_fast_model(synthetic(20, seed=3), [], progress=False)
     assert plain.semantic is None
     assert plain.config.offensive  # unused without the semantic head it belongs to
@@ -391,17 +388,17 @@ def test_the_prior_shift_moves_each_column_toward_an_even_prior() -> None:
     assert np.allclose(prior_offsets(shares, 0.0), 0.0)
     full = prior_offsets(shares, 1.0)
     # At full strength a probability equal to the column's training share becomes 0.5.
-    shifted = fast_model._shifted(shares[None, :], full)
+    shifted = shift(shares[None, :], full)
     assert np.allclose(shifted, 0.5)
     # Half-way: the majority column goes down, the minority ones up, each still in order.
     half = prior_offsets(shares, 0.5)
     assert half[0] < 0 < half[1] < half[2]
     column = np.array([[0.05, 0.05, 0.05], [0.5, 0.5, 0.5], [0.95, 0.95, 0.95]])
-    moved = fast_model._shifted(column, half)
+    moved = shift(column, half)
     assert (np.diff(moved, axis=0) > 0).all()
     # The argmax of a post the calibrated model calls 60 % safe, 35 % violence changes.
     post = np.array([[0.6, 0.01, 0.35]])
-    assert post.argmax() == 0 and fast_model._shifted(post, half).argmax() == 2
+    assert post.argmax() == 0 and shift(post, half).argmax() == 2
 
 
 def test_the_prior_shift_is_chosen_on_validation_and_saved(
@@ -431,9 +428,9 @@ def test_among_strengths_validation_cannot_tell_apart_the_strongest_wins() -> No
 def test_without_the_offensive_score_the_semantic_head_reads_the_embedding_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(fast_model, "DEFAULT_CONFIG", fast_model.FastModelConfig(offensive=""))
+    monkeypatch.setattr(training, "DEFAULT_CONFIG", FastModelConfig(offensive=""))
     trained = train_fast_model(synthetic(20, seed=3), [], progress=False)
     assert trained.semantic is not None
     assert trained.semantic.weights.shape == (load_embedder().dim, 3)
-    assert trained.config.fingerprint() != fast_model.FastModelConfig().fingerprint()
+    assert trained.config.fingerprint() != FastModelConfig().fingerprint()
     assert trained.predict_proba(["WIN a FREE car now"]).shape == (1, len(CATEGORIES))

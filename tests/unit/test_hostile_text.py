@@ -23,7 +23,8 @@ from hypothesis import settings as examples
 from hypothesis import strategies as st
 
 from moderation.classifier.cascade import first_stage
-from moderation.classifier.fast.model import FastModel, train_fast_model
+from moderation.classifier.fast.model import FastModel
+from moderation.classifier.fast.training import train_fast_model
 from moderation.classifier.injection.screen import OBFUSCATION, screen_post
 from moderation.events import PostSubmitted
 from moderation.settings import Settings

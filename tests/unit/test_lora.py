@@ -47,6 +47,7 @@ from moderation.devtools.stack.train_env import (
 )
 from moderation.settings import Settings
 from moderation.taxonomy import CATEGORIES
+from tests import crud_helpers
 
 API_KEY = "test-vllm-key"
 BASE = "test-base-model"
@@ -180,7 +181,7 @@ def decisions(count: int = 8) -> pd.DataFrame:
 
 def registry(engine: Engine) -> list[tuple[str, ModelStatus, str]]:
     with Session(engine) as session:
-        rows = crud.list_model_versions(session, kind=KIND)
+        rows = crud_helpers.list_model_versions(session, kind=KIND)
         return [(row.version, row.status, row.artifact_uri) for row in rows]
 
 

@@ -17,7 +17,7 @@ from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from hitl_dashboard import metrics_page
-from hitl_dashboard.api_client import MetricsOverview
+from moderation.db.schemas import MetricsOverviewPublic
 from tests.unit.markdown_shown import shown
 from tests.unit.test_dashboard import GOOD_KEY, FakeReviewApi, new_app, signed_in, titles
 
@@ -181,7 +181,18 @@ def empty_overview() -> dict[str, Any]:
         "to_humans": {"posts": 0, "sent_to_humans": 0, "share": None},
         "agreement": [],
         "agreement_total": agreement("all", 1, 0, 0) | {"decisions": 0},
-        "queue": {"pending": 0, "escalated": 0, "claimed": 0, "moderators": []},
+        "queue": {
+            "pending": 0,
+            "escalated": 0,
+            "claimed": 0,
+            "inbound_24h": 0,
+            "actioned_24h": 0,
+            "action_rate": None,
+            "avg_handling_seconds": None,
+            "oldest_pending_at": None,
+            "oldest_pending_age_seconds": None,
+            "moderators": [],
+        },
         "model_versions": [],
         "job_runs": [],
     }
@@ -425,7 +436,7 @@ def test_a_revoked_key_on_the_metrics_page_signs_out(api: MetricsApi) -> None:
 
 
 def test_frames_pivot_the_mixes_in_stage_and_taxonomy_order() -> None:
-    overview = MetricsOverview.model_validate(busy_overview())
+    overview = MetricsOverviewPublic.model_validate(busy_overview())
 
     decisions = metrics_page.decision_frame(overview)
     categories = metrics_page.category_frame(overview)
@@ -447,7 +458,7 @@ def test_frames_pivot_the_mixes_in_stage_and_taxonomy_order() -> None:
 
 
 def test_frames_of_an_empty_overview_are_empty() -> None:
-    overview = MetricsOverview.model_validate(empty_overview())
+    overview = MetricsOverviewPublic.model_validate(empty_overview())
 
     assert not metrics_page.has_traffic(overview)
     assert metrics_page.latency_series(overview) == {}

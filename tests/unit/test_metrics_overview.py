@@ -19,7 +19,7 @@ from sqlmodel import Session
 from moderation.db import crud
 from moderation.db.models import (
     AuditLog,
-    Decision,
+    HumanDecision,
     JobRun,
     ModelStatus,
     ModelVersion,
@@ -29,7 +29,7 @@ from moderation.db.models import (
     Verdict,
 )
 from moderation.events import utc_now
-from moderation.services.api import create_app
+from moderation.services.api import build_app
 from moderation.services.api.publisher import InMemoryPublisher
 from moderation.settings import Settings
 
@@ -42,7 +42,7 @@ def at(hour: int, minute: int, second: int = 0) -> datetime:
 
 @pytest.fixture
 def app(settings: Settings, publisher: InMemoryPublisher, engine: Engine) -> FastAPI:
-    return create_app(settings, publisher=publisher, engine=engine)
+    return build_app(settings, publisher=publisher, engine=engine)
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def add_decision(
     session: Session, post_id: str, *, moderator: str, label: str, decision: str, when: datetime
 ) -> None:
     session.add(
-        Decision(
+        HumanDecision(
             event_id=f"decision-{post_id}",
             review_id=f"review-{post_id}",
             post_id=post_id,

@@ -27,17 +27,13 @@ from sqlmodel import Session
 
 from moderation.classifier.artifacts import artifact_digest
 from moderation.classifier.cascade import AgentStage
-from moderation.classifier.fast.model import (
-    METADATA_FILE,
-    MODEL_FILE,
-    FastModel,
-    train_fast_model,
-)
+from moderation.classifier.fast.model import METADATA_FILE, MODEL_FILE, FastModel
+from moderation.classifier.fast.training import train_fast_model
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
 from moderation.db.models import ModelStatus
 from moderation.events import ModerationVerdict, PostSubmitted
-from moderation.services.worker import app as worker
+from moderation.services.worker.app import Worker, WorkerState, create_broker
 from moderation.services.worker.registry_watch import RegistryWatch
 from moderation.settings import Settings
 from moderation.taxonomy import CATEGORIES, Category, Stage
@@ -87,17 +83,28 @@ def artifact(trained: Path, reload_settings: Settings) -> Callable[[str], Path]:
     return copy
 
 
-@pytest.fixture(scope="module")
-def kafka_broker() -> KafkaBroker:
-    return worker.create_broker()
+@pytest.fixture
+def worker() -> Worker:
+    """The worker's router (the handler, its publishers) and the models it serves."""
+    return Worker(Settings())
 
 
 @pytest.fixture
-def served() -> Iterator[worker.WorkerState]:
+def kafka_broker(worker: Worker) -> KafkaBroker:
+    return create_broker(worker)
+
+
+@pytest.fixture
+def served(worker: Worker) -> Iterator[WorkerState]:
     """The worker's own state (the handler reads it), emptied afterwards."""
     yield worker.state
     worker.state.scorer = None
     worker.state.agent = None
+
+
+def watching(state: WorkerState, engine: Engine, settings: Settings) -> RegistryWatch:
+    """A registry watch serving into `state`, as the worker's start-up builds it."""
+    return RegistryWatch(engine, settings, serve=state.serve, agent=state.agent)
 
 
 def promote(
@@ -148,9 +155,11 @@ async def wait_until(condition: Callable[[], bool]) -> None:
             await asyncio.sleep(0.01)
 
 
-async def verdicts_for(kafka_broker: KafkaBroker, *texts: str) -> list[ModerationVerdict]:
+async def verdicts_for(
+    worker: Worker, kafka_broker: KafkaBroker, *texts: str
+) -> list[ModerationVerdict]:
     """One batch through the worker's handler; the verdicts it published."""
-    topic = worker.topics.posts_submitted
+    topic = worker.settings.kafka.topics.posts_submitted
     async with TestKafkaBroker(kafka_broker) as broker:
         for number, text in enumerate(texts):
             post = PostSubmitted(post_id=f"p{number}", text=text, author_id="u1")
@@ -168,8 +177,8 @@ async def test_start_up_serves_the_registry_champion(
     engine: Engine, reload_settings: Settings, artifact: Callable[[str], Path]
 ) -> None:
     promote(engine, "fast-champion", f"file://{artifact('fast-champion')}")
-    state = worker.WorkerState()
-    watch = RegistryWatch(state, engine, reload_settings)
+    state = WorkerState()
+    watch = watching(state, engine, reload_settings)
     await watch.start(no_base)
     await watch.stop()
 
@@ -182,8 +191,8 @@ async def test_start_up_with_an_empty_registry_serves_and_registers_the_base(
     engine: Engine, reload_settings: Settings, artifact: Callable[[str], Path]
 ) -> None:
     base = FastModel.load(artifact("fast-base"))
-    state = worker.WorkerState()
-    watch = RegistryWatch(state, engine, reload_settings)
+    state = WorkerState()
+    watch = watching(state, engine, reload_settings)
     await watch.start(lambda: base)
     await watch.stop()
 
@@ -201,8 +210,8 @@ async def test_start_up_never_demotes_a_champion_even_one_it_cannot_load(
     promote(engine, "fast-broken", reload_settings.models.artifact_dir / "fast" / "missing")
     base = FastModel.load(artifact("fast-base"))
     failed = reloads("fast", "failed")
-    state = worker.WorkerState()
-    watch = RegistryWatch(state, engine, reload_settings)
+    state = WorkerState()
+    watch = watching(state, engine, reload_settings)
     await watch.start(lambda: base)
     await watch.stop()
 
@@ -218,19 +227,20 @@ async def test_a_promoted_champion_is_served_from_the_next_batch(
     engine: Engine,
     reload_settings: Settings,
     artifact: Callable[[str], Path],
-    served: worker.WorkerState,
+    worker: Worker,
+    served: WorkerState,
     kafka_broker: KafkaBroker,
 ) -> None:
     promote(engine, "fast-old", artifact("fast-old"))
-    watch = RegistryWatch(served, engine, reload_settings)
+    watch = watching(served, engine, reload_settings)
     await watch.start(no_base)
     try:
-        before = await verdicts_for(kafka_broker, "lovely morning at the park")
+        before = await verdicts_for(worker, kafka_broker, "lovely morning at the park")
         loaded = reloads("fast", "loaded")
 
         promote(engine, "fast-new", artifact("fast-new"))  # the nightly promotes
         await wait_until(lambda: served.scorer is not None and served.scorer.version == "fast-new")
-        after = await verdicts_for(kafka_broker, "lovely morning at the park")
+        after = await verdicts_for(worker, kafka_broker, "lovely morning at the park")
     finally:
         await watch.stop()
 
@@ -243,11 +253,11 @@ async def test_a_promoted_champion_is_served_from_the_next_batch(
 
 async def polled_by_hand(
     engine: Engine, settings: Settings, good: Path
-) -> tuple[worker.WorkerState, RegistryWatch]:
+) -> tuple[WorkerState, RegistryWatch]:
     """A watch serving the champion `fast-good` (at `good`), stopped: tests call `poll()`."""
     promote(engine, "fast-good", good)
-    state = worker.WorkerState()
-    watch = RegistryWatch(state, engine, settings)
+    state = WorkerState()
+    watch = watching(state, engine, settings)
     await watch.start(no_base)
     await watch.stop()
     return state, watch
@@ -359,8 +369,8 @@ async def test_with_the_registry_down_the_worker_keeps_serving_then_catches_up(
 ) -> None:
     down = make_engine(reload_settings, url=f"sqlite:///{tmp_path / 'no-such-dir' / 'r.db'}")
     base = FastModel.load(artifact("fast-base"))
-    state = worker.WorkerState()
-    watch = RegistryWatch(state, down, reload_settings)
+    state = WorkerState()
+    watch = watching(state, down, reload_settings)
     with caplog.at_level(logging.WARNING, logger="moderation.services.worker.registry_watch"):
         await watch.start(lambda: base)
         await watch.stop()
@@ -406,28 +416,29 @@ class Uncertain:
         return out
 
 
-async def agent_versions(kafka_broker: KafkaBroker) -> list[str]:
-    verdicts = await verdicts_for(kafka_broker, "hmm")
+async def agent_versions(worker: Worker, kafka_broker: KafkaBroker) -> list[str]:
+    verdicts = await verdicts_for(worker, kafka_broker, "hmm")
     return [v.model_version for v in verdicts if v.stage is Stage.AGENT]
 
 
 async def test_the_agent_lora_champion_names_the_agents_model(
     engine: Engine,
     reload_settings: Settings,
-    served: worker.WorkerState,
+    worker: Worker,
+    served: WorkerState,
     kafka_broker: KafkaBroker,
 ) -> None:
     base_name = worker.settings.llm.model
     provider = NamingProvider(ScriptedModel([remove_json(Category.SPAM)]))
     served.scorer = Uncertain()
     served.agent = AgentStage(worker.settings, provider, None)
-    watch = RegistryWatch(served, engine, reload_settings)  # polled by hand
+    watch = watching(served, engine, reload_settings)  # polled by hand
     await watch.poll()
-    assert await agent_versions(kafka_broker) == [base_name]
+    assert await agent_versions(worker, kafka_broker) == [base_name]
 
     promote(engine, LORA, "/models/lora/v2", kind="agent-lora")
     await watch.poll()
-    assert await agent_versions(kafka_broker) == [LORA]
+    assert await agent_versions(worker, kafka_broker) == [LORA]
     assert provider.names[-1] == LORA  # the name vLLM selects the adapter by
     assert metric("moderation_worker_model_info", kind="agent", version=LORA) == 1
 
@@ -439,13 +450,13 @@ async def test_the_agent_lora_champion_names_the_agents_model(
         session.add(adapter)
         session.commit()
     await watch.poll()
-    assert await agent_versions(kafka_broker) == [base_name]
+    assert await agent_versions(worker, kafka_broker) == [base_name]
     assert provider.names[-1] == base_name
     assert metric("moderation_worker_model_info", kind="agent", version=LORA) is None
 
 
 async def test_an_agent_run_keeps_the_model_name_it_started_with(
-    served: worker.WorkerState, kafka_broker: KafkaBroker
+    worker: Worker, served: WorkerState, kafka_broker: KafkaBroker
 ) -> None:
     """A promotion during a run: its verdict names the model that answered it."""
 
@@ -457,5 +468,5 @@ async def test_an_agent_run_keeps_the_model_name_it_started_with(
     served.scorer = Uncertain()
     model = ScriptedModel([promoted_meanwhile])
     served.agent = AgentStage(worker.settings, ScriptedProvider(model), None)
-    assert await agent_versions(kafka_broker) == [worker.settings.llm.model]
-    assert await agent_versions(kafka_broker) == [LORA]
+    assert await agent_versions(worker, kafka_broker) == [worker.settings.llm.model]
+    assert await agent_versions(worker, kafka_broker) == [LORA]

@@ -24,24 +24,16 @@ def test_rows_from_before_key_ids_stay_readable_and_are_marked() -> None:
 
 
 def test_the_dashboard_shows_the_moderator_with_its_name() -> None:
-    from hitl_dashboard.api_client import MetricsOverview
     from hitl_dashboard.metrics_page import moderator_frame
+    from moderation.db.schemas import MetricsOverviewPublic
+    from tests.unit.test_metrics_dashboard import empty_overview
 
-    overview = MetricsOverview.model_validate(
-        {
-            "window": {
-                "since": "2026-01-01T00:00:00+00:00",
-                "until": "2026-01-01T01:00:00+00:00",
-                "hours": 1,
-                "bucket_minutes": 5,
-            },
-            "queue": {
-                "moderators": [
-                    {"moderator": "key:1", "moderator_display": "sam (key:1)", "decided": 2},
-                    {"moderator": "key:2", "moderator_display": "sam (key:2)", "decided": 1},
-                ]
-            },
-        }
-    )
+    answer = empty_overview()
+    no_means = {"mean_handling_seconds": None, "mean_time_to_decision_seconds": None}
+    answer["queue"]["moderators"] = [
+        {"moderator": "key:1", "moderator_display": "sam (key:1)", "decided": 2, **no_means},
+        {"moderator": "key:2", "moderator_display": "sam (key:2)", "decided": 1, **no_means},
+    ]
+    overview = MetricsOverviewPublic.model_validate(answer)
 
     assert list(moderator_frame(overview).index) == ["sam (key:1)", "sam (key:2)"]

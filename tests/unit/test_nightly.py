@@ -18,12 +18,13 @@ from sqlmodel import Session, col, select
 import jobs.nightly
 from jobs.nightly import BaseData, exclusive_run, run_nightly
 from moderation.classifier.artifacts import artifact_digest
-from moderation.classifier.fast.model import train_fast_model
+from moderation.classifier.fast.training import train_fast_model
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
-from moderation.db.models import Decision, JobRun, ModelStatus, ModelVersion, Post, Verdict
+from moderation.db.models import HumanDecision, JobRun, ModelStatus, ModelVersion, Post, Verdict
 from moderation.events import utc_now
 from moderation.settings import ModelStoreSettings, NightlySettings, Settings
+from tests import crud_helpers
 from tests.drift_posts import lookalike_safe, scam_wave
 from tests.unit.test_fast_model import synthetic
 
@@ -97,7 +98,7 @@ def add_decisions(engine: Engine, labelled: list[tuple[str, str]]) -> None:
                 )
             )
             session.add(
-                Decision(
+                HumanDecision(
                     event_id=uuid.uuid4().hex,
                     review_id=f"review-{post_id}",
                     post_id=post_id,
@@ -125,7 +126,7 @@ def runs(engine: Engine) -> list[JobRun]:
 
 def fast_versions(engine: Engine) -> list[ModelVersion]:
     with Session(engine) as session:
-        return crud.list_model_versions(session, kind="fast")
+        return crud_helpers.list_model_versions(session, kind="fast")
 
 
 def test_a_night_without_enough_decisions_reports_and_does_not_retrain(

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from faststream import TestApp
 from faststream.kafka import KafkaBroker, TestKafkaBroker
+from faststream.kafka.subscriber.usecase import LogicSubscriber
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, exc
 from sqlmodel import Session
@@ -29,9 +30,10 @@ from moderation.events import (
     review_id_for,
 )
 from moderation.services.recorder import app as recorder_module
-from moderation.services.recorder.app import Recorder, RetryPolicy, create_app, create_broker
+from moderation.services.recorder.app import Recorder, RetryPolicy, build_app, create_broker
 from moderation.settings import DatabaseSettings, Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
+from tests import crud_helpers
 
 FAST_RETRY = RetryPolicy(initial_seconds=0.01, max_seconds=0.02, rewind_pause_seconds=0.0)
 
@@ -77,7 +79,7 @@ def recorder(settings: Settings) -> Iterator[Recorder]:
 @pytest.fixture
 async def broker(recorder: Recorder) -> AsyncIterator[KafkaBroker]:
     """The recorder's broker in memory, with its lifespan (engine) started."""
-    app = create_app(recorder)
+    app = build_app(recorder.settings, recorder=recorder)
     (kafka_broker,) = app.brokers
     assert isinstance(kafka_broker, KafkaBroker)
     async with TestKafkaBroker(kafka_broker) as test_broker, TestApp(app):
@@ -164,8 +166,8 @@ async def test_duplicates_are_harmless(recorder: Recorder, broker: KafkaBroker) 
     await broker.publish_batch(verdict, verdict, topic=topics.verdicts)
 
     with session_for(recorder) as session:
-        assert crud.count_posts(session) == 1
-        assert crud.verdicts_per_post(session) == {"p1": 1}
+        assert crud_helpers.count_posts(session) == 1
+        assert crud_helpers.verdicts_per_post(session) == {"p1": 1}
     duplicates = metric(
         "moderation_recorder_events_total", topic=topics.posts_submitted, outcome="duplicate"
     )
@@ -187,7 +189,7 @@ async def test_a_poison_message_goes_to_the_dlq_and_the_batch_goes_on(
     )
 
     with session_for(recorder) as session:
-        assert crud.count_posts(session, post_ids=["p1", "p2", "p9"]) == 2
+        assert crud_helpers.count_posts(session, post_ids=["p1", "p2", "p9"]) == 2
     dlq = recorder.dead_letter_publishers[topic]
     letters = [DeadLetter.model_validate(call.args[0]) for call in dlq.mock.call_args_list]
     assert [letter.payload_encoding for letter in letters] == ["utf-8", "utf-8", "base64"]
@@ -260,7 +262,7 @@ async def test_an_event_the_database_rejects_is_isolated_and_dead_lettered(
     await broker.publish_batch(*posts, topic=topic)
 
     with session_for(recorder) as session:
-        assert crud.count_posts(session) == 7
+        assert crud_helpers.count_posts(session) == 7
         assert crud.get_post(session, post_id="p3") is None
     dlq = recorder.dead_letter_publishers[topic]
     (call,) = dlq.mock.call_args_list
@@ -312,12 +314,13 @@ async def test_a_written_batch_is_acknowledged(recorder: Recorder) -> None:
     await recorder.handle(message)
     assert message.calls == ["ack"]
     with session_for(recorder) as session:
-        assert crud.count_verdicts(session, post_ids=["p1"]) == 1
+        assert crud_helpers.count_verdicts(session, post_ids=["p1"]) == 1
 
 
 async def test_probes_and_metrics(recorder: Recorder, broker: KafkaBroker) -> None:
     assert await recorder.database_ready() is True
-    app = create_app(recorder)  # a second app on the same recorder: only its routes are used
+    # A second app on the same recorder: only its routes are used.
+    app = build_app(recorder.settings, recorder=recorder)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://recorder") as client:
         assert (await client.get("/healthz")).status_code == 200
@@ -333,15 +336,22 @@ def test_no_engine_means_not_ready(settings: Settings) -> None:
         service._record_sync([make_post("p1")])
 
 
-def test_module_level_service_uses_the_settings_topics() -> None:
-    topics = recorder_module.settings.kafka.topics
+def test_the_service_uses_the_settings_topics() -> None:
+    service = Recorder(Settings())  # as `build_app(settings)` builds it for the process
+    topics = service.settings.kafka.topics
     # Escalations are written by the review workflow's own activity, not projected.
     recorded = sorted(set(topics.main_topics()) - {topics.review_escalated})
-    assert sorted(recorder_module.subscriber.topic_names) == recorded
-    assert sorted(recorder_module.recorder.event_types) == recorded
-    assert sorted(recorder_module.dead_letter_publishers) == recorded
-    broker = create_broker(recorder_module.recorder)
+    assert sorted(service.subscriber.topic_names) == recorded
+    assert sorted(service.event_types) == recorded
+    assert sorted(service.dead_letter_publishers) == recorded
+    broker = create_broker(service)
     assert broker.config.broker_config.allow_auto_create_topics is False
+    (served,) = build_app(Settings()).brokers
+    assert isinstance(served, KafkaBroker)
+    (subscriber,) = served.subscribers
+    assert isinstance(subscriber, LogicSubscriber)
+    assert sorted(subscriber.topic_names) == recorded
+    assert served.config.broker_config.allow_auto_create_topics is False
 
 
 def test_open_database_creates_the_tables(settings: Settings) -> None:
@@ -351,7 +361,7 @@ def test_open_database_creates_the_tables(settings: Settings) -> None:
         assert service.state.tables_ready is True
         engine = make_engine(settings)
         with Session(engine) as session:
-            assert crud.count_posts(session) == 0
+            assert crud_helpers.count_posts(session) == 0
         engine.dispose()
     finally:
         service.close_database()

@@ -16,7 +16,6 @@ from fastapi.routing import APIRoute
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from moderation.classifier.agent import load_policy
 from moderation.db import crud
 from moderation.db.models import ApiKey, PostStatus, ReviewStatus
 from moderation.events import (
@@ -27,13 +26,15 @@ from moderation.events import (
     ReviewRequested,
     utc_now,
 )
-from moderation.services.api import create_app
+from moderation.policy import load_policy
+from moderation.services.api import build_app
 from moderation.services.api.deps import get_workflows
 from moderation.services.api.publisher import InMemoryPublisher
 from moderation.services.api.security import principal_of
 from moderation.services.api.workflows import DaprReviewWorkflows, WorkflowUnavailable
 from moderation.settings import Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
+from tests import crud_helpers
 
 REVIEW_TOPIC = "review.requested"
 
@@ -64,7 +65,7 @@ def workflows() -> FakeWorkflows:
 def app(
     settings: Settings, publisher: InMemoryPublisher, engine: Engine, workflows: FakeWorkflows
 ) -> FastAPI:
-    app = create_app(settings, publisher=publisher, engine=engine)
+    app = build_app(settings, publisher=publisher, engine=engine)
     # The way a test (or another deployment) swaps the Dapr gateway.
     app.dependency_overrides[get_workflows] = lambda: workflows
     return app
@@ -176,7 +177,7 @@ def record_decision(
 
 def audit(engine: Engine, review_id: str) -> list[tuple[str, str, dict[str, Any] | None]]:
     with Session(engine) as session:
-        entries = crud.list_audit(session, entity="review", entity_id=review_id)
+        entries = crud_helpers.list_audit(session, entity="review", entity_id=review_id)
     return [(entry.action, entry.actor, entry.after) for entry in entries]
 
 
@@ -250,7 +251,7 @@ async def test_a_review_shows_the_post_suggestion_policy_and_precedents(
     record_decision(engine, "unrelated", decision=Decision.ALLOW)
     review_id = seed_review(engine, "p1", text="buy cheap pills at pharma-deal dot net")
     with Session(engine) as session:  # the agent's verdict outranks the model's
-        crud.record_verdict(session, event=verdict("p1", stage=Stage.AGENT))
+        crud_helpers.record_verdict(session, event=verdict("p1", stage=Stage.AGENT))
 
     response = await client.get(f"/v1/reviews/{review_id}", headers=alice)
 
@@ -913,7 +914,7 @@ async def test_every_review_endpoint_is_401_without_a_key_and_403_without_the_sc
     assert detail(forbidden).startswith(f"API key 'wrong' lacks scope '{scope}'")
     assert workflows.raised == [] and publisher.records == []
     with Session(engine) as session:
-        assert crud.list_audit(session, entity="review") == []
+        assert crud_helpers.list_audit(session, entity="review") == []
 
 
 async def test_auth_is_checked_before_the_body(client: httpx.AsyncClient) -> None:
@@ -929,7 +930,7 @@ async def test_a_gateway_given_to_create_app_is_used_and_closed_once(
     settings: Settings, publisher: InMemoryPublisher, engine: Engine, alice: dict[str, str]
 ) -> None:
     gateway = FakeWorkflows()
-    app = create_app(settings, publisher=publisher, engine=engine, workflows=gateway)
+    app = build_app(settings, publisher=publisher, engine=engine, workflows=gateway)
     review_id = seed_review(engine, "p1")
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

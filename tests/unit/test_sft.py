@@ -20,9 +20,10 @@ from jobs.sft import (
     verdict_answer,
     write_jsonl,
 )
-from moderation.classifier.agent import AgentVerdict, load_policy
+from moderation.classifier.agent import AgentVerdict
 from moderation.classifier.cascade import AgentStage, first_stage
 from moderation.events import PostSubmitted
+from moderation.policy import load_policy
 from moderation.settings import Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision
 from tests.scripted_llm import ScriptedModel, ScriptedProvider, allow_json

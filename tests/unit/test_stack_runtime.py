@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from moderation.cache import cache_entry
 from moderation.devtools.stack.dapr import _flags
 from moderation.devtools.stack.runtime import (
     ManagedProcess,
     StackError,
-    cache_entry,
     ensure_ports_free,
     port_is_free,
     require_tool,

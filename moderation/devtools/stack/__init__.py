@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import time
 
+from moderation.cache import console, step
 from moderation.devtools.stack.component import Component, ComponentStatus
 from moderation.devtools.stack.dapr import DaprRuntime
 from moderation.devtools.stack.kafka import KafkaBroker
 from moderation.devtools.stack.llm import LLMServer
 from moderation.devtools.stack.postgres import PostgresCluster
-from moderation.devtools.stack.runtime import StackError, console, step
+from moderation.devtools.stack.runtime import StackError
 from moderation.settings import Settings
 
 

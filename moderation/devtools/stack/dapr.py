@@ -17,18 +17,17 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from moderation.cache import cache_entry, step
 from moderation.db.roles import DAPR_STATE_ROLE
 from moderation.devtools.stack.component import ComponentStatus
 from moderation.devtools.stack.runtime import (
     ManagedProcess,
     StackError,
-    cache_entry,
     ensure_ports_free,
     http_ok,
     require_tool,
     rss_mib,
     run,
-    step,
     wait_for_process,
 )
 from moderation.kafka_auth import credentials

@@ -33,7 +33,8 @@ import jsonschema  # type: ignore[import-untyped]  # ships no type information
 import kubernetes_validate  # type: ignore[import-untyped]  # ships no type information
 import yaml
 
-from moderation.devtools.stack.runtime import StackError, cache_entry, require_tool, run, step
+from moderation.cache import cache_entry, step
+from moderation.devtools.stack.runtime import StackError, require_tool, run
 from moderation.settings import PROJECT_ROOT, Settings
 
 KUSTOMIZE_MODULE = "sigs.k8s.io/kustomize/kustomize/v5"

@@ -12,18 +12,16 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from moderation.cache import cache_entry, console, step
 from moderation.devtools.stack.component import ComponentStatus
 from moderation.devtools.stack.kafka_acls import delete_acls, ensure_acls
 from moderation.devtools.stack.runtime import (
     ManagedProcess,
     StackError,
-    cache_entry,
-    console,
     ensure_ports_free,
     require_tool,
     rss_mib,
     run,
-    step,
     tcp_answers,
     wait_for_process,
 )

@@ -20,17 +20,16 @@ from pathlib import Path
 import httpx
 from rich.markup import escape
 
+from moderation.cache import cache_entry, step
 from moderation.devtools.stack.component import ComponentStatus
 from moderation.devtools.stack.runtime import (
     ManagedProcess,
     StackError,
-    cache_entry,
     ensure_ports_free,
     http_ok,
     require_tool,
     rss_mib,
     run,
-    step,
     wait_for_process,
 )
 from moderation.settings import PROJECT_ROOT, Settings, get_settings

@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from moderation.cache import step
 from moderation.devtools.stack.component import ComponentStatus
 from moderation.devtools.stack.runtime import (
     StackError,
@@ -20,7 +21,6 @@ from moderation.devtools.stack.runtime import (
     pid_alive,
     rss_mib,
     run,
-    step,
     wait_until,
 )
 from moderation.settings import Settings

@@ -1,4 +1,7 @@
-"""Plumbing shared by the stack components: cache entries, processes, ports, timing."""
+"""Plumbing shared by the stack components: processes, ports, readiness.
+
+Cache entries and the progress console are `moderation.cache`'s (the runtime uses them too).
+"""
 
 from __future__ import annotations
 
@@ -9,31 +12,17 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from rich.console import Console
 
-console = Console(stderr=True, highlight=False)
+from moderation.cache import step
 
 
 class StackError(RuntimeError):
     """A component could not be installed or started; the message says what to do."""
-
-
-@contextlib.contextmanager
-def step(label: str) -> Iterator[None]:
-    """Print how long a setup step took, or that it failed."""
-    started = time.monotonic()
-    console.print(f"[dim]…[/dim] {label}")
-    try:
-        yield
-    except BaseException:
-        console.print(f"[red]✗[/red] {label} [dim]({time.monotonic() - started:.1f}s)[/dim]")
-        raise
-    console.print(f"[green]✓[/green] {label} [dim]({time.monotonic() - started:.1f}s)[/dim]")
 
 
 def require_tool(name: str, install_hint: str) -> str:
@@ -42,33 +31,6 @@ def require_tool(name: str, install_hint: str) -> str:
     if path is None:
         raise StackError(f"`{name}` is not installed: {install_hint}")
     return path
-
-
-def cache_entry(root: Path, key: str, build: Callable[[Path], None]) -> Path:
-    """Return the cache entry `root/key`, building it first if it is absent.
-
-    `build` fills a temporary sibling directory that is renamed into place only when it
-    returns, so an interrupted download or build never leaves a half-written entry behind.
-    Two processes filling the same entry at once both succeed: the first rename wins.
-    """
-    final = root / key
-    if final.is_dir():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".{key}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        build(staging)
-        try:
-            staging.rename(final)
-        except OSError:
-            # Another process filled the same entry first; it holds the same content.
-            if not final.is_dir():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return final
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

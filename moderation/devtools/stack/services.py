@@ -11,13 +11,13 @@ import sys
 from dataclasses import dataclass
 from functools import partial
 
+from moderation.cache import step
 from moderation.db.roles import SERVICE_ROLES
 from moderation.devtools.stack.dapr import stack_tokens
 from moderation.devtools.stack.runtime import (
     ManagedProcess,
     ensure_ports_free,
     http_ok,
-    step,
     wait_for_process,
 )
 from moderation.settings import PROJECT_ROOT, Settings

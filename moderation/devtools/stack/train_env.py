@@ -21,8 +21,9 @@ from pathlib import Path
 
 from rich.markup import escape
 
+from moderation.cache import cache_entry, step
 from moderation.devtools.stack.llm import LLMServer
-from moderation.devtools.stack.runtime import StackError, cache_entry, run, step
+from moderation.devtools.stack.runtime import StackError, run
 from moderation.settings import PROJECT_ROOT, Settings
 
 PYPROJECT = PROJECT_ROOT / "pyproject.toml"

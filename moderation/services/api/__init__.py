@@ -1,5 +1,5 @@
 """The ingest API (FastAPI): posts in, PostSubmitted events out to Kafka."""
 
-from moderation.services.api.app import create_app
+from moderation.services.api.app import build_app
 
-__all__ = ["create_app"]
+__all__ = ["build_app"]

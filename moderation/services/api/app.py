@@ -1,4 +1,4 @@
-"""The ingest API application: `create_app(settings)` wires routes, errors and resources."""
+"""The ingest API application: `build_app(settings)` wires routes, errors and resources."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ with `Retry-After`. Bodies above the size limit are refused with 413.
 """
 
 
-def create_app(
+def build_app(
     settings: Settings,
     *,
     publisher: Publisher | None = None,
@@ -81,7 +81,6 @@ def create_app(
             workflows=gateway,
             limits=limits,
         )
-        reviews.preload_in_background()
         try:
             yield
         finally:

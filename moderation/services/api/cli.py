@@ -64,10 +64,10 @@ class InternalServer(uvicorn.Server):
 
 def api_servers(settings: Settings) -> tuple[uvicorn.Server, InternalServer]:
     """The public server (the API, its lifespan) and the internal one (probes, metrics)."""
-    from moderation.services.api.app import create_app
+    from moderation.services.api.app import build_app
     from moderation.services.api.internal import create_internal_app
 
-    app = create_app(settings)
+    app = build_app(settings)
     public = uvicorn.Server(
         uvicorn.Config(
             app,

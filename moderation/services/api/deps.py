@@ -27,7 +27,7 @@ from moderation.services.api.workflows import ReviewWorkflows
 from moderation.settings import Settings
 
 if TYPE_CHECKING:
-    from moderation.classifier.precedents import DecisionLog
+    from moderation.precedents import DecisionLog
 
 
 @dataclass

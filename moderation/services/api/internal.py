@@ -15,7 +15,7 @@ from moderation.services.api.routes import health
 
 
 def create_internal_app(public: FastAPI) -> FastAPI:
-    """The internal app of `public` (built by `create_app`): `/healthz`, `/readyz`, `/metrics`."""
+    """The internal app of `public` (built by `build_app`): `/healthz`, `/readyz`, `/metrics`."""
     app = FastAPI(
         title="moderation ingest API (internal)",
         openapi_url=None,

@@ -11,6 +11,9 @@ acknowledged: offsets are committed manually after the database transaction comm
   back: nothing is dropped and nothing is acknowledged before it is written.
 - Any other failure rewinds the batch (nack: seek back) so it is redelivered; duplicates are
   harmless because every write is an insert-or-ignore.
+
+`Recorder(settings)` holds the router (subscriber and dead-letter publishers), its state and the
+batch logic; `build_app(settings)` is the process.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from moderation.events import (
 )
 from moderation.kafka_auth import faststream_security
 from moderation.services.asgi import asgi_service, batch_records, serve
-from moderation.settings import Settings, get_settings
+from moderation.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -338,8 +341,15 @@ def create_broker(service: Recorder) -> KafkaBroker:
     return broker
 
 
-def create_app(service: Recorder) -> AsgiFastStream:
-    """The recorder service: the broker plus `/healthz`, `/readyz` (Kafka + DB) and `/metrics`."""
+def build_app(settings: Settings, *, recorder: Recorder | None = None) -> AsgiFastStream:
+    """The recorder service: the broker plus `/healthz`, `/readyz` (Kafka + DB) and `/metrics`.
+
+    Args:
+        settings: the settings tree.
+        recorder: the router to serve; default `Recorder(settings)` (tests pass one with a
+            shorter retry).
+    """
+    service = recorder or Recorder(settings)
 
     async def open_database() -> None:
         await asyncio.to_thread(service.open_database)
@@ -358,20 +368,10 @@ def create_app(service: Recorder) -> AsgiFastStream:
     return app
 
 
-settings: Settings = get_settings()
-recorder = Recorder(settings)
-# Module-level names, as for the worker: tests and the embedded demo use them directly.
-router = recorder.router
-subscriber = recorder.subscriber
-dead_letter_publishers = recorder.dead_letter_publishers
-state = recorder.state
-
-
-def run_recorder(settings: Settings | None = None) -> None:
+def run_recorder(settings: Settings) -> None:
     """`moderation recorder`: serve the recorder until stopped (health on its own port)."""
-    service = recorder if settings is None or settings is recorder.settings else Recorder(settings)
     serve(
-        create_app(service),
-        host=service.settings.worker.service_host,
-        port=service.settings.worker.recorder_health_port,
+        build_app(settings),
+        host=settings.worker.service_host,
+        port=settings.worker.recorder_health_port,
     )

@@ -6,7 +6,8 @@ event it schedules the workflow `review_id` unless it exists (a redelivery start
 payload that is not a `ReviewRequested` goes to `review.requested.dlq` with its error; when Dapr
 cannot schedule, the delivery is answered RETRY and Dapr redelivers it.
 
-Run with `moderation review-service` next to its daprd (`--app-port settings.review.service_port`).
+`build_app(settings)` is the process; run it with `moderation review-service` next to its daprd
+(`--app-port settings.review.service_port`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from moderation.services.review.dapr_tokens import AppTokenGuard, use_api_token
 from moderation.services.review.instances import read_workflow_state
 from moderation.services.review.queue_metrics import ReviewQueueCollector
 from moderation.services.review.workflow import WORKFLOW_NAME, build_runtime, workflow_input
-from moderation.settings import Settings, get_settings
+from moderation.settings import Settings
 from moderation.telemetry import carrier_of, configure_tracing
 
 logger = logging.getLogger(__name__)
@@ -88,35 +89,32 @@ def delivered_payload(body: bytes) -> bytes:
     return body
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def build_app(settings: Settings) -> FastAPI:
     """The review service; only daprd (with `dapr.app_token`) may call it, probes excepted.
 
     Raises:
         ValueError: no app token outside development (anyone who reaches the port could then
             start reviews or the nightly job).
     """
-    run_settings = settings or get_settings()
-    topics = run_settings.kafka.topics
+    topics = settings.kafka.topics
     state: dict[str, Any] = {}
-    app_token = run_settings.dapr.app_token
-    if app_token is None and run_settings.environment != "development":
+    app_token = settings.dapr.app_token
+    if app_token is None and settings.environment != "development":
         raise ValueError("MODERATION_DAPR__APP_TOKEN (or APP_API_TOKEN) must be set")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        use_api_token(run_settings)  # before the first SDK client
-        engine = make_engine(run_settings)
+        use_api_token(settings)  # before the first SDK client
+        engine = make_engine(settings)
         await asyncio.to_thread(create_tables, engine)
-        sink = DaprSink(run_settings)
-        runtime = build_runtime(run_settings, ReviewActivities(engine, sink, run_settings))
+        sink = DaprSink(settings)
+        runtime = build_runtime(settings, ReviewActivities(engine, sink, settings))
         runtime.start()
         queue_metrics = ReviewQueueCollector(engine)
         REGISTRY.register(queue_metrics)
         state["runtime"] = runtime
         state["sink"] = sink
-        state["client"] = DaprWorkflowClient(
-            host="127.0.0.1", port=str(run_settings.dapr.grpc_port)
-        )
+        state["client"] = DaprWorkflowClient(host="127.0.0.1", port=str(settings.dapr.grpc_port))
         try:
             yield
         finally:
@@ -132,13 +130,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     else:
         logger.warning("no Dapr app token: anyone who reaches the port may call the Dapr routes")
     # The stack's Dapr app also receives the triggers of the local nightly schedule.
-    app.include_router(job_router(run_settings))
+    app.include_router(job_router(settings))
 
     @app.get("/dapr/subscribe")
     def subscribe() -> list[dict[str, Any]]:
         return [
             {
-                "pubsubname": run_settings.dapr.pubsub_name,
+                "pubsubname": settings.dapr.pubsub_name,
                 "topic": topics.review_requested,
                 "route": SUBSCRIPTION_ROUTE,
                 "metadata": {"rawPayload": "true"},
@@ -156,7 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # daprd passes the trace context of the delivery in the HTTP headers.
         trace = carrier_of(request.headers)
         try:
-            await asyncio.to_thread(_start_workflow, state["client"], event, run_settings, trace)
+            await asyncio.to_thread(_start_workflow, state["client"], event, settings, trace)
         except Exception as error:  # noqa: BLE001 - Dapr redelivers; the error is logged
             logger.warning(
                 "could not schedule %s (%s); Dapr will redeliver", event.review_id, error
@@ -223,12 +221,11 @@ def _dead_letter(sink: DaprSink, topics: Any, payload: bytes, error: ValidationE
     sink.publish_raw(topics.review_requested + topics.dlq_suffix, letter.model_dump_json(), None)
 
 
-def run_review_service(settings: Settings | None = None) -> None:
+def run_review_service(settings: Settings) -> None:
     """`moderation review-service`: serve until stopped."""
-    settings = settings or get_settings()
     configure_tracing("review-service", settings)
     uvicorn.run(
-        create_app(settings),
+        build_app(settings),
         host=settings.worker.service_host,
         port=settings.review.service_port,
         log_level="warning",

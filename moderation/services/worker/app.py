@@ -7,9 +7,10 @@ committed only after every verdict of the batch is acknowledged by Kafka (FastSt
 because the recorder upserts on (post_id, stage, model_version)). A message that cannot be
 parsed goes to `posts.submitted.dlq` with its error and the rest of the batch goes on.
 
-The models served follow the registry without a restart
-(`moderation.services.worker.registry_watch`):
-the fast champion is swapped in between batches, and the agent switches to a promoted LoRA adapter.
+`Worker(settings)` holds the router (subscriber and publishers) and the models it serves;
+`build_app(settings)` is the process. The models served follow the registry without a restart
+(`moderation.services.worker.registry_watch`): the fast champion is swapped in between batches,
+and the agent switches to a promoted LoRA adapter.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,13 +33,22 @@ from faststream.kafka.message import KafkaMessage
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
-from moderation.classifier.cascade import AgentStage, Scorer, first_stage, second_stage
+from moderation.classifier.cascade import (
+    AgentStage,
+    Scorer,
+    create_agent_stage,
+    first_stage,
+    second_stage,
+)
 from moderation.events import DeadLetter, PostSubmitted
 from moderation.kafka_auth import faststream_security
 from moderation.services.asgi import asgi_service, batch_records, serve
 from moderation.services.worker.registry_watch import RegistryWatch
-from moderation.settings import Settings, get_settings
+from moderation.settings import Settings
 from moderation.telemetry import PostTraces, configure_tracing
+
+if TYPE_CHECKING:
+    from moderation.classifier.injection.model import InjectionDetector
 
 logger = logging.getLogger(__name__)
 JSON_HEADERS = {"content-type": "application/json"}
@@ -63,12 +73,10 @@ DEAD_LETTERS = Counter("moderation_worker_dead_letters_total", "messages sent to
 BATCH_SECONDS = Histogram("moderation_worker_batch_seconds", "time to score and publish a batch")
 
 
-if TYPE_CHECKING:
-    from moderation.classifier.injection.model import InjectionDetector
-
-
 @dataclass
 class WorkerState:
+    """The models a worker serves; only the worker writes them."""
+
     # Replaced whole when the registry promotes a model; a batch keeps the one it started with.
     scorer: Scorer | None = None
     # None: no agent (disabled, or not configured in the demo); uncertain posts go to review.
@@ -76,100 +84,129 @@ class WorkerState:
     # None: the regex injection screen alone (`worker.learned_injection_detector` off).
     detector: InjectionDetector | None = None
 
-
-settings: Settings = get_settings()
-topics = settings.kafka.topics
-# The handlers live on a router so the embedded demo can mount them on one in-memory broker
-# together with the recorder's; the service mounts them on its own Kafka broker.
-router = KafkaRouter()
-verdict_publisher = router.publisher(topics.verdicts, title="verdicts")
-review_publisher = router.publisher(topics.review_requested, title="review-requests")
-dead_letter_publisher = router.publisher(topics.posts_submitted + topics.dlq_suffix, title="dlq")
-state = WorkerState()
+    def serve(self, scorer: Scorer) -> None:
+        """Score the next batches with `scorer` (the registry watch reports each new one here)."""
+        # One assignment: a batch reads `scorer` once, so it never mixes two models.
+        self.scorer = scorer
 
 
-@router.subscriber(
-    topics.posts_submitted,
-    group_id=settings.worker.classifier_group,
-    batch=True,
-    max_records=settings.worker.max_batch,
-    batch_timeout_ms=settings.worker.batch_timeout_ms,
-    auto_offset_reset="earliest",
-    ack_policy=AckPolicy.NACK_ON_ERROR,
-    title="posts-submitted",
-)
-async def handle_posts_submitted(message: KafkaMessage = Context("message")) -> None:  # noqa: B008
-    """Score a batch of PostSubmitted events and publish their verdicts."""
-    started = time.perf_counter()
-    scorer = state.scorer
-    if scorer is None:
-        raise RuntimeError("the classifier worker has no model loaded")
-    records = batch_records(message.raw_message)
-    _record_lag(message, records)
-    posts: list[PostSubmitted] = []
-    traces = PostTraces(JSON_HEADERS)
-    pending: list[asyncio.Future[Any] | None] = []
-    for record in records:
-        try:
-            posts.append(PostSubmitted.model_validate_json(record.value or b""))
-            traces.start(posts[-1].post_id, record.headers)
-        except ValidationError as error:
-            DEAD_LETTERS.inc()
-            pending.append(
-                await _publish(
-                    dead_letter_publisher,
-                    DeadLetter.from_record(
-                        record, error, consumer_group=settings.worker.classifier_group
-                    ),
-                    record.key,
+class Worker:
+    """The worker's router (subscriber and publishers), its served models and its batch logic.
+
+    The handlers live on a router so the embedded demo can mount them on one in-memory broker
+    together with the recorder's; the service mounts them on its own Kafka broker. Tests inspect
+    the publishers' mocks under FastStream's `TestKafkaBroker`.
+
+    Args:
+        settings: topics, consumer group, batching and thresholds come from here.
+        state: the models served; an empty one by default (the app's start-up fills it).
+    """
+
+    def __init__(self, settings: Settings, *, state: WorkerState | None = None) -> None:
+        self.settings = settings
+        self.state = state or WorkerState()
+        topics = settings.kafka.topics
+        self.router = KafkaRouter()
+        self.verdict_publisher = self.router.publisher(topics.verdicts, title="verdicts")
+        self.review_publisher = self.router.publisher(
+            topics.review_requested, title="review-requests"
+        )
+        self.dead_letter_publisher = self.router.publisher(
+            topics.posts_submitted + topics.dlq_suffix, title="dlq"
+        )
+        self.subscriber = self.router.subscriber(
+            topics.posts_submitted,
+            group_id=settings.worker.classifier_group,
+            batch=True,
+            max_records=settings.worker.max_batch,
+            batch_timeout_ms=settings.worker.batch_timeout_ms,
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            title="posts-submitted",
+        )
+        self.subscriber(self._handler())
+
+    def _handler(self) -> Any:
+        worker = self
+
+        async def handle_posts_submitted(message: KafkaMessage = Context("message")) -> None:  # noqa: B008
+            """Score a batch of PostSubmitted events and publish their verdicts."""
+            await worker.handle(message)
+
+        return handle_posts_submitted
+
+    async def handle(self, message: KafkaMessage) -> None:
+        """Score the batch in `message` and publish its verdicts (the subscriber's work)."""
+        started = time.perf_counter()
+        settings, state = self.settings, self.state
+        scorer = state.scorer
+        if scorer is None:
+            raise RuntimeError("the classifier worker has no model loaded")
+        records = batch_records(message.raw_message)
+        _record_lag(message, records)
+        posts: list[PostSubmitted] = []
+        traces = PostTraces(JSON_HEADERS)
+        pending: list[asyncio.Future[Any] | None] = []
+        for record in records:
+            try:
+                posts.append(PostSubmitted.model_validate_json(record.value or b""))
+                traces.start(posts[-1].post_id, record.headers)
+            except ValidationError as error:
+                DEAD_LETTERS.inc()
+                letter = DeadLetter.from_record(
+                    record, error, consumer_group=settings.worker.classifier_group
                 )
-            )
+                pending.append(await _publish(self.dead_letter_publisher, letter, record.key))
 
-    agent = state.agent
-    # Off the event loop, within a time budget: the loop also answers /healthz and keeps the
-    # consumer's heartbeats, so no batch of hostile posts may hold it.
-    stage1 = await asyncio.to_thread(
-        first_stage,
-        posts,
-        scorer,
-        settings,
-        agent_enabled=agent is not None,
-        deadline=time.monotonic() + settings.worker.stage1_budget_seconds,
-        detector=state.detector,
-    )
-    # Stage 1's verdicts leave before the agent runs: the clear cases do not wait for it.
-    for result in stage1:
-        post_id = result.post.post_id
-        headers = traces.headers(post_id)
-        verdict = result.verdict
-        pending.append(await _publish(verdict_publisher, verdict, verdict.key(), headers))
-        if result.review is not None:
-            review = result.review
-            pending.append(await _publish(review_publisher, review, review.key(), headers))
-        if not result.to_agent:
-            _count(result.post, "model", verdict.decision.value, verdict.primary_category.value)
-            traces.end(post_id, decided_by="model")
-    uncertain = [result for result in stage1 if result.to_agent]
-    if agent is not None and uncertain:
-        judged = await second_stage(uncertain, agent, settings, contexts=traces.contexts())
-        for item, (agent_verdict, agent_review) in zip(uncertain, judged, strict=True):
-            post_id = item.post.post_id
+        agent = state.agent
+        # Off the event loop, within a time budget: the loop also answers /healthz and keeps the
+        # consumer's heartbeats, so no batch of hostile posts may hold it.
+        stage1 = await asyncio.to_thread(
+            first_stage,
+            posts,
+            scorer,
+            settings,
+            agent_enabled=agent is not None,
+            deadline=time.monotonic() + settings.worker.stage1_budget_seconds,
+            detector=state.detector,
+        )
+        # Stage 1's verdicts leave before the agent runs: the clear cases do not wait for it.
+        for result in stage1:
+            post_id = result.post.post_id
             headers = traces.headers(post_id)
-            if agent_verdict is not None:
-                key = agent_verdict.key()
-                pending.append(await _publish(verdict_publisher, agent_verdict, key, headers))
-                decision, category = agent_verdict.decision, agent_verdict.primary_category
-                _count(item.post, "agent", decision.value, category.value)
-            if agent_review is not None:
-                key = agent_review.key()
-                pending.append(await _publish(review_publisher, agent_review, key, headers))
-                if agent_verdict is None:  # a fallback: the post went to review
-                    _count(item.post, "agent", "review", item.verdict.primary_category.value)
-            traces.end(post_id, decided_by="agent")
-    traces.end_all()
-    # Commit (by returning) only once Kafka acknowledged every verdict of the batch.
-    await asyncio.gather(*(ack for ack in pending if ack is not None))
-    BATCH_SECONDS.observe(time.perf_counter() - started)
+            verdict = result.verdict
+            pending.append(await _publish(self.verdict_publisher, verdict, verdict.key(), headers))
+            if result.review is not None:
+                review = result.review
+                pending.append(await _publish(self.review_publisher, review, review.key(), headers))
+            if not result.to_agent:
+                _count(result.post, "model", verdict.decision.value, verdict.primary_category.value)
+                traces.end(post_id, decided_by="model")
+        uncertain = [result for result in stage1 if result.to_agent]
+        if agent is not None and uncertain:
+            judged = await second_stage(uncertain, agent, settings, contexts=traces.contexts())
+            for item, (agent_verdict, agent_review) in zip(uncertain, judged, strict=True):
+                post_id = item.post.post_id
+                headers = traces.headers(post_id)
+                if agent_verdict is not None:
+                    key = agent_verdict.key()
+                    pending.append(
+                        await _publish(self.verdict_publisher, agent_verdict, key, headers)
+                    )
+                    decision, category = agent_verdict.decision, agent_verdict.primary_category
+                    _count(item.post, "agent", decision.value, category.value)
+                if agent_review is not None:
+                    key = agent_review.key()
+                    pending.append(
+                        await _publish(self.review_publisher, agent_review, key, headers)
+                    )
+                    if agent_verdict is None:  # a fallback: the post went to review
+                        _count(item.post, "agent", "review", item.verdict.primary_category.value)
+                traces.end(post_id, decided_by="agent")
+        traces.end_all()
+        # Commit (by returning) only once Kafka acknowledged every verdict of the batch.
+        await asyncio.gather(*(ack for ack in pending if ack is not None))
+        BATCH_SECONDS.observe(time.perf_counter() - started)
 
 
 def _count(post: PostSubmitted, stage: str, decision: str, category: str) -> None:
@@ -210,11 +247,9 @@ async def _publish(
     return future
 
 
-async def _model_loaded() -> bool:
-    return state.scorer is not None
-
-
-def create_broker() -> KafkaBroker:
+def create_broker(worker: Worker) -> KafkaBroker:
+    """A Kafka broker carrying the worker's router."""
+    settings = worker.settings
     broker = KafkaBroker(
         settings.kafka.bootstrap_servers,
         security=faststream_security(settings, "worker"),
@@ -225,33 +260,14 @@ def create_broker() -> KafkaBroker:
         # Verdicts of a batch leave together: bigger produce requests, fewer socket writes.
         max_batch_size=1024 * 1024,
     )
-    broker.include_router(router)
+    broker.include_router(worker.router)
     return broker
 
 
-def create_agent_stage(run_settings: Settings) -> tuple[AgentStage, Callable[[], Awaitable[None]]]:
-    """The agent stage on the configured endpoint, reading the decision log; and its closer."""
-    from moderation.classifier.precedents import SqlDecisionLog
-    from moderation.db.engine import make_engine
-    from moderation.llm.provider import ChatCompletionsProvider, create_client
-
-    client = create_client(run_settings.llm)
-    engine = make_engine(run_settings)
-    stage = AgentStage(
-        run_settings,
-        ChatCompletionsProvider(client, run_settings.llm.model),
-        SqlDecisionLog(engine, pool_size=run_settings.agent.precedent_pool),
-    )
-
-    async def close() -> None:
-        await client.close()
-        engine.dispose()
-
-    return stage, close
-
-
-def create_app() -> AsgiFastStream:
+def build_app(settings: Settings) -> AsgiFastStream:
     """The worker service: serves the registry's champions and follows their promotions."""
+    worker = Worker(settings)
+    state = worker.state
     resources = AsyncExitStack()  # closed in reverse: the watch stops before the engine goes
 
     async def start_agent() -> None:
@@ -261,34 +277,37 @@ def create_app() -> AsgiFastStream:
             logger.info("classifier agent on %s (%s)", settings.llm.base_url, settings.llm.model)
 
     async def start_models() -> None:
-        from moderation.classifier.fast.model import ensure_fast_model
+        from moderation.classifier.fast.store import ensure_fast_model
         from moderation.classifier.injection.model import load_detector
         from moderation.db.engine import make_engine
 
         state.detector = await asyncio.to_thread(load_detector, settings)
         engine = make_engine(settings)
         resources.callback(engine.dispose)
-        watch = RegistryWatch(state, engine, settings)
+        watch = RegistryWatch(engine, settings, serve=state.serve, agent=state.agent)
         # After the agent: the first registry read also sets the agent's model name.
         await watch.start(partial(ensure_fast_model, settings))
         resources.push_async_callback(watch.stop)
         logger.info("classifier worker scoring with %s", state.scorer and state.scorer.version)
 
+    async def model_loaded() -> bool:
+        return state.scorer is not None
+
     return asgi_service(
-        create_broker(),
+        create_broker(worker),
         title="classifier worker",
         description="Scores posts.submitted with the fast model; publishes verdicts and reviews.",
-        readiness=[("model", _model_loaded)],
+        readiness=[("model", model_loaded)],
         on_startup=[start_agent, start_models],
         on_shutdown=[resources.aclose],
     )
 
 
-def run_worker() -> None:
+def run_worker(settings: Settings) -> None:
     """`moderation worker`: serve the worker until stopped."""
     configure_tracing("worker", settings)
     serve(
-        create_app(),
+        build_app(settings),
         host=settings.worker.service_host,
         port=settings.worker.classifier_health_port,
     )

@@ -19,6 +19,9 @@ A registry row is not trusted (issue 11): a fast champion is loaded only from a 
 champion is logged and counted (`outcome="refused"`) and the worker keeps the model it serves.
 A worker whose database role may only read the registry (the production grants) does not
 register its base model; the nightly does.
+
+The watch owns no worker state: it hands each fast model to serve to the worker's `serve`
+callback, and switches the served name of the agent stage it was given.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import ProgrammingError
@@ -45,7 +48,6 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from moderation.classifier.fast.model import FastModel
-    from moderation.services.worker.app import WorkerState
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,14 @@ MODEL_RELOADS = Counter(
     "refused: outside the artifact store, of another digest than registered, or a pickle)",
     ["kind", "outcome"],
 )
+
+
+class ServedAgent(Protocol):
+    """What the watch needs of the agent stage (`moderation.classifier.cascade.AgentStage`)."""
+
+    base_model_name: str
+    # The served name the next runs use: a LoRA adapter's, or the base model's.
+    model_name: str
 
 
 @dataclass(frozen=True)
@@ -150,12 +160,29 @@ def load_champion(champion: Champion, store: Path) -> FastModel:
 
 
 class RegistryWatch:
-    """Serves the registry's champions in `state` and follows promotions (module docstring)."""
+    """Reports the registry's fast champion to `serve` and follows promotions (module docstring).
 
-    def __init__(self, state: WorkerState, engine: Engine, settings: Settings) -> None:
-        self.state = state
+    Args:
+        engine: the registry's database.
+        settings: the artifact store and the poll interval come from here.
+        serve: called with each fast model to serve from the next batch on (start-up included).
+        agent: the agent stage whose served model name follows the `agent-lora` champion; None
+            when the worker runs no agent.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        *,
+        serve: Callable[[FastModel], None],
+        agent: ServedAgent | None = None,
+    ) -> None:
         self.engine = engine
         self.settings = settings
+        self.agent = agent
+        self._serve_model = serve
+        self.served: FastModel | None = None  # the fast model last handed to `serve`
         self._task: asyncio.Task[None] | None = None
         # The base model served while the registry could not be told about it.
         self._unregistered: FastModel | None = None
@@ -165,7 +192,7 @@ class RegistryWatch:
         self._shown: dict[str, str] = {}  # kind → version labelled in MODEL_INFO
 
     async def start(self, base_model: Callable[[], FastModel]) -> None:
-        """Serve the champions, or `base_model()` (called in a thread), and start polling."""
+        """Serve the champion, or `base_model()` (called in a thread), and start polling."""
         champions = await self._read(prepare_and_read_champions)
         if champions is not None:
             self._follow_agent(champions.adapter)
@@ -195,7 +222,7 @@ class RegistryWatch:
         if champions is None:
             return
         self._follow_agent(champions.adapter)
-        served = self.state.scorer
+        served = self.served
         champion = champions.fast
         if champion is None or (served is not None and served.version == champion.version):
             return
@@ -295,12 +322,12 @@ class RegistryWatch:
         return model
 
     def _serve(self, model: FastModel) -> None:
-        # One assignment: a batch reads `state.scorer` once, so it never mixes two models.
-        self.state.scorer = model
+        self.served = model
+        self._serve_model(model)
         self._show(FAST, model.version)
 
     def _follow_agent(self, adapter: str | None) -> None:
-        agent = self.state.agent
+        agent = self.agent
         if agent is None:
             return
         name = adapter or agent.base_model_name

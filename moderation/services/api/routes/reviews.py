@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import csv
 import io
-import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
@@ -35,16 +34,14 @@ from moderation.db.schemas import (
     SuggestionPublic,
 )
 from moderation.events import ReviewDecided, ReviewPriority, utc_now
+from moderation.policy import load_policy
+from moderation.precedents import DecisionLog, SqlDecisionLog
 from moderation.services.api.deps import ApiState, ModerateKey, StateDep, WorkflowsDep
 from moderation.services.api.routes.errors import ApiError, unavailable_response
 from moderation.services.api.security import Principal, Scope
 from moderation.services.api.workflows import WorkflowUnavailable
 from moderation.services.review.activities import invalid_decision
-from moderation.taxonomy import Category
-from moderation.taxonomy import Decision as VerdictDecision
-
-if TYPE_CHECKING:
-    from moderation.classifier.precedents import DecisionLog
+from moderation.taxonomy import Category, Decision
 
 router = APIRouter(prefix="/v1", tags=["reviews"])
 
@@ -75,22 +72,7 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such revi
 # --- what a review shows besides its row: the policy text and precedents ----------------------
 
 
-def _import_helpers() -> None:
-    # The policy parser lives with the classifier agent (the OpenAI Agents SDK) and the
-    # precedent ranking needs scikit-learn: seconds of imports the ingest path never needs.
-    import moderation.classifier.agent
-    import moderation.classifier.precedents  # noqa: F401
-
-
-def preload_in_background() -> None:
-    """Import the review helpers in a thread, so the API starts at once and the first review
-    request finds them loaded (a request arriving earlier waits for the import)."""
-    threading.Thread(target=_import_helpers, name="review-helpers-import", daemon=True).start()
-
-
 def _policy_section(category: str, version: str) -> str | None:
-    from moderation.classifier.agent import load_policy
-
     try:
         return load_policy(version).sections[Category(category)]
     except (FileNotFoundError, ValueError, KeyError):
@@ -99,8 +81,6 @@ def _policy_section(category: str, version: str) -> str | None:
 
 def _decision_log(state: ApiState) -> DecisionLog:
     if state.decision_log is None:
-        from moderation.classifier.precedents import SqlDecisionLog
-
         state.decision_log = SqlDecisionLog(state.engine, pool_size=PRECEDENT_POOL)
     return state.decision_log
 
@@ -148,7 +128,6 @@ def _key_names(engine: Engine, actors: list[str | None]) -> dict[int, str]:
 
 async def public_reviews(state: ApiState, views: Sequence[crud.ReviewView]) -> list[ReviewPublic]:
     """The API shape of reviews, with suggestion, policy section and precedents."""
-    await run_in_threadpool(_import_helpers)  # at once when the preload finished
     default_version = state.settings.models.policy_version
     actors = [v.review.claimed_by for v in views] + [v.review.decided_by for v in views]
     names = {}
@@ -366,8 +345,8 @@ async def claim_review(review_id: str, state: StateDep, principal: ModerateKey) 
     return await public_review(state, view)
 
 
-def _overrode(verdict: Verdict | None) -> VerdictDecision | None:
-    return VerdictDecision(verdict.decision) if verdict is not None else None
+def _overrode(verdict: Verdict | None) -> Decision | None:
+    return Decision(verdict.decision) if verdict is not None else None
 
 
 def _refusal(review_id: str, outcome: crud.DecisionStart, principal: Principal) -> ApiError:
@@ -419,7 +398,7 @@ async def decide_review(
         review_id=review_id,
         post_id=view.review.post_id,
         label=body.label,
-        decision=VerdictDecision(body.decision),
+        decision=Decision(body.decision),
         moderator_id=principal.actor,
         note=body.note,
         overrode=_overrode(view.verdict),

@@ -2,7 +2,8 @@
 
 Read-only. The database-backed `SqlDecisionLog` goes through `crud`; precedents are the recent
 human decisions most similar to the post (character n-gram cosine, robust to spelling tricks),
-ranked in memory over a pool that is refreshed at most every `POOL_TTL_SECONDS`.
+ranked in memory over a pool that is refreshed at most every `POOL_TTL_SECONDS`. The review API
+shows the same precedents to moderators.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from sklearn.feature_extraction.text import HashingVectorizer  # type: ignore[import-untyped]
 
 from moderation.db import crud
 
@@ -45,19 +46,27 @@ class DecisionLog(Protocol):
     async def precedents(self, text: str, *, limit: int) -> list[Precedent]: ...
 
 
-_VECTORIZER = HashingVectorizer(
-    analyzer="char_wb", ngram_range=(3, 5), n_features=2**18, alternate_sign=False, norm="l2"
-)
+@cache
+def _vectorizer() -> Any:
+    # The one lazy import of scikit-learn: it takes seconds, and the review API, which imports
+    # this module, needs it only once a moderator looks at a review with decisions to rank
+    # (`SqlDecisionLog` first builds it in a thread, off the event loop).
+    from sklearn.feature_extraction.text import HashingVectorizer  # type: ignore[import-untyped]
+
+    return HashingVectorizer(
+        analyzer="char_wb", ngram_range=(3, 5), n_features=2**18, alternate_sign=False, norm="l2"
+    )
 
 
 def rank_precedents(
-    text: str, decisions: Sequence[crud.HumanDecision], *, limit: int, matrix: Any = None
+    text: str, decisions: Sequence[crud.DecidedPost], *, limit: int, matrix: Any = None
 ) -> list[Precedent]:
     """The `limit` decisions most similar to `text` (cosine ≥ MIN_SIMILARITY), best first."""
     if not decisions:
         return []
-    pool = matrix if matrix is not None else _VECTORIZER.transform([d.text for d in decisions])
-    similarities = np.asarray((pool @ _VECTORIZER.transform([text]).T).todense()).ravel()
+    vectorizer = _vectorizer()
+    pool = matrix if matrix is not None else vectorizer.transform([d.text for d in decisions])
+    similarities = np.asarray((pool @ vectorizer.transform([text]).T).todense()).ravel()
     best = np.argsort(-similarities, kind="stable")[:limit]
     return [
         Precedent(
@@ -79,7 +88,7 @@ class SqlDecisionLog:
     def __init__(self, engine: Engine, *, pool_size: int) -> None:
         self.engine = engine
         self.pool_size = pool_size
-        self._pool: tuple[float, list[crud.HumanDecision], Any] | None = None
+        self._pool: tuple[float, list[crud.DecidedPost], Any] | None = None
         self._pool_lock = asyncio.Lock()
 
     async def author_verdicts(
@@ -99,16 +108,18 @@ class SqlDecisionLog:
         decisions, matrix = await self._decision_pool()
         return rank_precedents(text, decisions, limit=limit, matrix=matrix)
 
-    async def _decision_pool(self) -> tuple[list[crud.HumanDecision], Any]:
+    async def _decision_pool(self) -> tuple[list[crud.DecidedPost], Any]:
         async with self._pool_lock:
             if self._pool is None or time.monotonic() - self._pool[0] > POOL_TTL_SECONDS:
-                decisions = await asyncio.to_thread(self._load_decisions)
-                matrix = _VECTORIZER.transform([d.text for d in decisions]) if decisions else None
+                decisions, matrix = await asyncio.to_thread(self._load_pool)
                 self._pool = (time.monotonic(), decisions, matrix)
             return self._pool[1], self._pool[2]
 
-    def _load_decisions(self) -> list[crud.HumanDecision]:
+    def _load_pool(self) -> tuple[list[crud.DecidedPost], Any]:
+        """The latest human decisions and their vectors (blocking: run it in a thread)."""
         from sqlmodel import Session
 
         with Session(self.engine) as session:
-            return crud.list_human_decisions(session, limit=self.pool_size)
+            decisions = crud.list_human_decisions(session, limit=self.pool_size)
+        matrix = _vectorizer().transform([d.text for d in decisions]) if decisions else None
+        return decisions, matrix

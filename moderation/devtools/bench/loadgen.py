@@ -1,4 +1,4 @@
-"""Load generator for the ingest API (used by `moderation bench`).
+"""Load generator for the ingest API: the ingest phase of the pipeline benchmark.
 
 It speaks HTTP/1.1 over keep-alive connections with asyncio streams directly: a general-purpose
 client spends more CPU per request than the API itself, and on a 2-core machine the generator
@@ -12,10 +12,11 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+from moderation.devtools.bench.report import latency_percentiles
 
 DEFAULT_BATCH_SIZE = 1_000
 TEXTS = (
@@ -24,18 +25,6 @@ TEXTS = (
     "This recipe needs more garlic. Always more garlic.",
     "Great match last night, what a comeback in the second half!",
 )
-
-
-def latency_percentiles(values_ms: Sequence[float]) -> dict[str, float]:
-    """p50, p95, p99 and max of latencies in milliseconds (nearest rank; zeros when empty)."""
-    ordered = sorted(values_ms)
-    if not ordered:
-        return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
-
-    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": round(ordered[-1], 2)}
 
 
 class HttpError(Exception):

@@ -1,0 +1,80 @@
+"""The fast-model artifact store: the model a process serves, found or trained on first use.
+
+Artifacts live in `settings.models.artifact_dir / "fast"`, one directory per version. One is
+reused when it was trained from the current dataset build with the current configuration and
+policy; otherwise the dataset is built (cached) and a model is trained and saved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from moderation.cache import console
+from moderation.classifier.fast.config import DEFAULT_CONFIG
+from moderation.classifier.fast.model import ARTIFACT_FORMAT, METADATA_FILE, FastModel
+from moderation.classifier.fast.training import train_fast_model
+from moderation.datasets.build import build_dataset, dataset_fingerprint, load_split
+from moderation.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def find_artifact(
+    store: Path, *, dataset_fingerprint: str, config_fingerprint: str, policy_version: str
+) -> Path | None:
+    """The newest artifact in `store` trained from this dataset with this configuration."""
+    matches: list[tuple[str, Path]] = []
+    for metadata_path in store.glob(f"fast-*/{METADATA_FILE}"):
+        try:
+            metadata = json.loads(metadata_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if (
+            metadata.get("format") == ARTIFACT_FORMAT
+            and metadata.get("dataset_fingerprint") == dataset_fingerprint
+            and metadata.get("config_fingerprint") == config_fingerprint
+            and metadata.get("policy_version") == policy_version
+            and (metadata_path.parent / str(metadata.get("files", {}).get("model"))).is_file()
+        ):
+            matches.append((str(metadata.get("trained_at")), metadata_path.parent))
+    return max(matches)[1] if matches else None
+
+
+def ensure_fast_model(settings: Settings, *, progress: bool = True) -> FastModel:
+    """The fast model for the current dataset and configuration, trained on first use.
+
+    Looks in `settings.models.artifact_dir / "fast"`; when no artifact matches, builds the
+    dataset (cached under `settings.stack.cache_dir`), trains with a progress bar, saves the
+    artifact and returns the model. The gold split is never read here.
+    """
+    store = settings.models.artifact_dir / "fast"
+    fingerprint = dataset_fingerprint()
+    existing = find_artifact(
+        store,
+        dataset_fingerprint=fingerprint,
+        config_fingerprint=DEFAULT_CONFIG.fingerprint(),
+        policy_version=settings.models.policy_version,
+    )
+    if existing is not None:
+        model = FastModel.load(existing)
+        logger.info("loaded fast model %s from %s", model.version, existing)
+        return model
+    if progress:
+        console.print("[dim]…[/dim] fast model: no artifact for this dataset yet, training it")
+    dataset_dir = build_dataset(settings.stack.cache_dir)
+    model = train_fast_model(
+        load_split(dataset_dir, "train"),
+        load_split(dataset_dir, "validation"),
+        progress=progress,
+        policy_version=settings.models.policy_version,
+        dataset_fingerprint=fingerprint,
+    )
+    path = model.save(store)
+    if progress:
+        console.print(
+            f"[green]✓[/green] fast model {model.version} trained in "
+            f"{model.training_seconds:.1f}s, saved to {path}"
+        )
+    return model

@@ -1,0 +1,476 @@
+"""The moderators' queue: reviews, claims, decisions and escalations, all audited.
+
+A review's stored `status` is what the last write set; a claim also runs out with time. Every
+read therefore reports the *effective* status at `now` (`effective_review_status`): decided;
+else claimed while a claim is live; else escalated once escalated; else pending. Writes that
+take or release a review are single conditional UPDATEs, so two moderators racing for a review
+(or a decision) get exactly one winner on PostgreSQL and SQLite alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from moderation.db.crud._post_status import _refresh_post_status
+from moderation.db.crud._sql import DECISIONS, REVIEWS, _utc, _verdict_summary
+from moderation.db.crud.audit import AUDIT_ENTITY_REVIEW, append_audit
+from moderation.db.crud.projections import record_events
+from moderation.db.crud.reads import latest_automated_verdicts
+from moderation.db.models import Post, Review, ReviewStatus, Verdict
+from moderation.events import ReviewDecided, ReviewPriority, ReviewRequested, utc_now
+
+# Queue order, most urgent first.
+PRIORITY_ORDER: tuple[ReviewPriority, ...] = (
+    ReviewPriority.URGENT,
+    ReviewPriority.HIGH,
+    ReviewPriority.NORMAL,
+    ReviewPriority.LOW,
+)
+_NEXT_PRIORITY = {
+    ReviewPriority.LOW.value: ReviewPriority.NORMAL.value,
+    ReviewPriority.NORMAL.value: ReviewPriority.HIGH.value,
+    ReviewPriority.HIGH.value: ReviewPriority.URGENT.value,
+}
+
+
+def _priority_rank(column: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
+    ranks = {priority.value: rank for rank, priority in enumerate(PRIORITY_ORDER)}
+    return sa.case(ranks, value=column, else_=len(PRIORITY_ORDER))
+
+
+def _live_claim(now: datetime) -> sa.ColumnElement[bool]:
+    return sa.and_(REVIEWS.c.claimed_by.is_not(None), REVIEWS.c.claim_expires_at > _utc(now))
+
+
+def effective_review_status(now: datetime) -> sa.ColumnElement[str]:
+    """SQL for a review's status at `now`: decided, claimed (live claim), escalated, pending."""
+    return sa.case(
+        (REVIEWS.c.status == ReviewStatus.DECIDED, ReviewStatus.DECIDED.value),
+        (_live_claim(now), ReviewStatus.CLAIMED.value),
+        (REVIEWS.c.escalated_at.is_not(None), ReviewStatus.ESCALATED.value),
+        else_=ReviewStatus.PENDING.value,
+    )
+
+
+def _open_status(now: datetime) -> sa.ColumnElement[Any]:
+    """What an undecided review's stored status should say at `now`."""
+    return sa.case(
+        (_live_claim(now), ReviewStatus.CLAIMED.value),
+        (REVIEWS.c.escalated_at.is_not(None), ReviewStatus.ESCALATED.value),
+        else_=ReviewStatus.PENDING.value,
+    )
+
+
+def _claimable_by(moderator: str, now: datetime) -> sa.ColumnElement[bool]:
+    """Undecided, and unclaimed, or its claim ran out, or `moderator` holds it (extends it)."""
+    return sa.and_(
+        REVIEWS.c.status != ReviewStatus.DECIDED,
+        sa.or_(
+            REVIEWS.c.claimed_by.is_(None),
+            REVIEWS.c.claim_expires_at.is_(None),
+            REVIEWS.c.claim_expires_at <= _utc(now),
+            REVIEWS.c.claimed_by == moderator,
+        ),
+    )
+
+
+class ReviewView(NamedTuple):
+    """A review as moderators see it: its row, its status at the time of reading, its post and
+    the automated verdict it reviews (the post or verdict may not be recorded yet)."""
+
+    review: Review
+    status: ReviewStatus
+    text: str | None
+    author_id: str | None
+    verdict: Verdict | None
+
+
+def _review_query(now: datetime) -> sa.Select[Review, str, str, str]:
+    return sa.select(
+        Review,
+        effective_review_status(now).label("effective_status"),
+        col(Post.text),
+        col(Post.author_id),
+    ).outerjoin(Post, col(Post.id) == col(Review.post_id))
+
+
+def _views(session: Session, rows: Sequence[Any]) -> list[ReviewView]:
+    verdicts = latest_automated_verdicts(session, post_ids=[row[0].post_id for row in rows])
+    return [
+        ReviewView(review, ReviewStatus(status), text, author_id, verdicts.get(review.post_id))
+        for review, status, text, author_id in rows
+    ]
+
+
+def list_reviews(
+    session: Session,
+    *,
+    now: datetime,
+    status: ReviewStatus | str | None = None,
+    category: str | None = None,
+    priority: ReviewPriority | str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[ReviewView], int]:
+    """A page of the queue, most urgent priority first, oldest first within a priority.
+
+    Args:
+        now: the time the effective status (and the `status` filter) refers to.
+        status: only reviews whose effective status is this; by default the open queue
+            (every status but decided).
+        category: only reviews of this category.
+        priority: only reviews of this priority.
+        limit: the page size.
+        offset: reviews skipped before the page.
+
+    Returns:
+        The page and the number of reviews that match the filters.
+    """
+    filters: list[sa.ColumnElement[bool]] = []
+    if status is not None:
+        filters.append(effective_review_status(now) == ReviewStatus(status).value)
+    else:
+        filters.append(REVIEWS.c.status != ReviewStatus.DECIDED.value)
+    if category is not None:
+        filters.append(REVIEWS.c.category == category)
+    if priority is not None:
+        filters.append(REVIEWS.c.priority == ReviewPriority(priority).value)
+    statement = (
+        _review_query(now)
+        .where(*filters)
+        .order_by(
+            _priority_rank(REVIEWS.c.priority), REVIEWS.c.created_at.asc(), REVIEWS.c.id.asc()
+        )
+        .limit(limit)
+        .offset(offset)
+    )
+    rows = session.execute(statement).all()
+    total = session.execute(sa.select(sa.func.count()).select_from(REVIEWS).where(*filters))
+    return _views(session, rows), int(total.scalar_one())
+
+
+def get_review(session: Session, *, review_id: str, now: datetime) -> ReviewView | None:
+    """The review with its effective status at `now`, or None."""
+    row = session.execute(
+        _review_query(now)
+        .where(REVIEWS.c.review_id == review_id)
+        .execution_options(populate_existing=True)
+    ).first()
+    return _views(session, [row])[0] if row is not None else None
+
+
+def _review_state(view: ReviewView) -> dict[str, Any]:
+    review = view.review
+    return {
+        "status": view.status.value,
+        "priority": review.priority,
+        "claimed_by": review.claimed_by,
+        "claim_expires_at": review.claim_expires_at,
+        "decided_by": review.decided_by,
+        "decided_at": review.decided_at,
+    }
+
+
+def _audit_review(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    before: ReviewView,
+    after: dict[str, Any],
+    at: datetime,
+) -> None:
+    verdict = before.verdict
+    append_audit(
+        session,
+        actor=actor,
+        action=action,
+        entity=AUDIT_ENTITY_REVIEW,
+        entity_id=before.review.review_id,
+        before=_review_state(before),
+        after={
+            **after,
+            "post_id": before.review.post_id,
+            "automated_verdict": _verdict_summary(verdict),
+            "policy_version": verdict.policy_version if verdict is not None else None,
+        },
+        at=at,
+        commit=False,
+    )
+
+
+def claim_review(
+    session: Session, *, review_id: str, moderator: str, now: datetime, claim_seconds: float
+) -> ReviewView | None:
+    """Claim a review for `moderator` until `now + claim_seconds` (audited as `review.claim`).
+
+    One conditional UPDATE: it succeeds when the review is undecided and unclaimed, or its
+    claim ran out, or `moderator` already holds it (the claim is then extended).
+
+    Returns:
+        The claimed review, or None when it does not exist, is decided or someone else holds
+        a live claim (`get_review` tells which).
+    """
+    now = _utc(now)
+    before = get_review(session, review_id=review_id, now=now)
+    if before is None:
+        return None
+    expires = now + timedelta(seconds=claim_seconds)
+    claimed = session.execute(
+        sa.update(REVIEWS)
+        .where(REVIEWS.c.review_id == review_id, _claimable_by(moderator, now))
+        .values(
+            claimed_by=moderator,
+            claim_expires_at=expires,
+            status=ReviewStatus.CLAIMED,
+            updated_at=now,
+        )
+        .returning(REVIEWS.c.id)
+    ).first()
+    if claimed is None:
+        session.rollback()
+        return None
+    after = {"status": ReviewStatus.CLAIMED.value, "claimed_by": moderator}
+    _audit_review(
+        session,
+        actor=moderator,
+        action="review.claim",
+        before=before,
+        after={**after, "claim_expires_at": expires, "priority": before.review.priority},
+        at=now,
+    )
+    session.commit()
+    return get_review(session, review_id=review_id, now=now)
+
+
+def claim_next(
+    session: Session,
+    *,
+    moderator: str,
+    now: datetime,
+    claim_seconds: float,
+    category: str | None = None,
+    attempts: int = 5,
+) -> ReviewView | None:
+    """Claim the most urgent, oldest review `moderator` may claim (its own claim included).
+
+    Returns:
+        The claimed review, or None when nothing is claimable.
+    """
+    now = _utc(now)
+    filters = [_claimable_by(moderator, now)]
+    if category is not None:
+        filters.append(REVIEWS.c.category == category)
+    candidates = (
+        sa.select(REVIEWS.c.review_id)
+        .where(*filters)
+        .order_by(
+            _priority_rank(REVIEWS.c.priority), REVIEWS.c.created_at.asc(), REVIEWS.c.id.asc()
+        )
+    )
+    skipped: set[str] = set()
+    for _ in range(attempts):
+        statement = candidates
+        if skipped:
+            statement = statement.where(REVIEWS.c.review_id.not_in(sorted(skipped)))
+        review_id = session.execute(statement.limit(1)).scalar_one_or_none()
+        session.commit()  # end the read: the claim below is its own conditional write
+        if review_id is None:
+            return None
+        claimed = claim_review(
+            session,
+            review_id=review_id,
+            moderator=moderator,
+            now=now,
+            claim_seconds=claim_seconds,
+        )
+        if claimed is not None:
+            return claimed
+        skipped.add(review_id)  # another moderator was faster: take the next one
+    return None
+
+
+class DecisionStart(StrEnum):
+    """What `begin_decision` did."""
+
+    STARTED = "started"
+    NOT_FOUND = "not_found"
+    ALREADY_DECIDED = "already_decided"
+    NOT_CLAIMER = "not_claimer"
+
+
+def begin_decision(session: Session, *, decision: ReviewDecided, is_admin: bool) -> DecisionStart:
+    """Mark the review decided before the workflow records `decision` (audited `review.decide`).
+
+    One conditional UPDATE: only an undecided review, and only by the moderator who claimed it
+    (an admin may decide any undecided review), so a second decision finds it decided.
+    `decided_at` is the decision's `occurred_at`, which `revert_decision` matches on.
+    """
+    review_id = decision.review_id
+    moderator = decision.moderator_id
+    at = _utc(decision.occurred_at)
+    before = get_review(session, review_id=review_id, now=at)
+    if before is None:
+        return DecisionStart.NOT_FOUND
+    conditions = [REVIEWS.c.review_id == review_id, REVIEWS.c.status != ReviewStatus.DECIDED]
+    if not is_admin:
+        conditions.append(REVIEWS.c.claimed_by == moderator)
+    started = session.execute(
+        sa.update(REVIEWS)
+        .where(*conditions)
+        .values(status=ReviewStatus.DECIDED, decided_at=at, decided_by=moderator, updated_at=at)
+        .returning(REVIEWS.c.id)
+    ).first()
+    if started is None:
+        session.rollback()
+        current = get_review(session, review_id=review_id, now=at)
+        if current is None:
+            return DecisionStart.NOT_FOUND
+        if current.status is ReviewStatus.DECIDED:
+            return DecisionStart.ALREADY_DECIDED
+        return DecisionStart.NOT_CLAIMER
+    _audit_review(
+        session,
+        actor=moderator,
+        action="review.decide",
+        before=before,
+        after={
+            "status": ReviewStatus.DECIDED.value,
+            "decided_by": moderator,
+            "decision_event_id": decision.event_id,
+            "label": decision.label.value,
+            "decision": decision.decision.value,
+            "note": decision.note,
+            "overrode": decision.overrode.value if decision.overrode is not None else None,
+            "as_admin": is_admin and before.review.claimed_by != moderator,
+        },
+        at=at,
+    )
+    _refresh_post_status(session, post_id=before.review.post_id)
+    session.commit()
+    return DecisionStart.STARTED
+
+
+def revert_decision(session: Session, *, decision: ReviewDecided, reason: str) -> bool:
+    """Undo `begin_decision` when the workflow could not be told (audited `review.decide.revert`).
+
+    Only that attempt is undone (same moderator and time), and never once the decision was
+    recorded. The review goes back to claimed (a live claim), escalated or pending.
+
+    Returns:
+        Whether the review was reopened.
+    """
+    at = _utc(decision.occurred_at)
+    now = max(at, utc_now())
+    recorded = sa.exists().where(DECISIONS.c.review_id == REVIEWS.c.review_id)
+    reopened = session.execute(
+        sa.update(REVIEWS)
+        .where(
+            REVIEWS.c.review_id == decision.review_id,
+            REVIEWS.c.status == ReviewStatus.DECIDED,
+            REVIEWS.c.decided_by == decision.moderator_id,
+            REVIEWS.c.decided_at == at,
+            ~recorded,
+        )
+        .values(status=_open_status(now), decided_at=None, decided_by=None, updated_at=now)
+        .returning(REVIEWS.c.post_id)
+    ).first()
+    if reopened is None:
+        session.rollback()
+        return False
+    append_audit(
+        session,
+        actor=decision.moderator_id,
+        action="review.decide.revert",
+        entity=AUDIT_ENTITY_REVIEW,
+        entity_id=decision.review_id,
+        before={"status": ReviewStatus.DECIDED.value, "decision_event_id": decision.event_id},
+        after={"reason": reason},
+        at=now,
+        commit=False,
+    )
+    _refresh_post_status(session, post_id=reopened.post_id)
+    session.commit()
+    return True
+
+
+def create_review_task(session: Session, *, event: ReviewRequested, sla_due_at: datetime) -> Review:
+    """The review workflow's first activity: the review row of `event`, with its SLA.
+
+    Idempotent: the row is inserted if neither the recorder nor an earlier attempt did, and
+    `sla_due_at` is set only when it is not set yet.
+    """
+    record_events(session, events=[event])
+    session.execute(
+        sa.update(REVIEWS)
+        .where(REVIEWS.c.review_id == event.review_id, REVIEWS.c.sla_due_at.is_(None))
+        .values(sla_due_at=_utc(sla_due_at), updated_at=utc_now())
+    )
+    session.commit()
+    return session.exec(
+        select(Review)
+        .where(Review.review_id == event.review_id)
+        .execution_options(populate_existing=True)
+    ).one()
+
+
+def escalate_review(
+    session: Session, *, review_id: str, now: datetime, reason: str = "sla expired"
+) -> str | None:
+    """Raise an undecided review's priority one step (urgent stays urgent) and mark it escalated.
+
+    A live claim is kept (its status stays claimed); audited as `review.escalate`.
+
+    Returns:
+        The new priority, or None when the review does not exist or is decided.
+    """
+    now = _utc(now)
+    before = get_review(session, review_id=review_id, now=now)
+    if before is None:
+        return None
+    raised = sa.case(_NEXT_PRIORITY, value=REVIEWS.c.priority, else_=ReviewPriority.URGENT.value)
+    row = session.execute(
+        sa.update(REVIEWS)
+        .where(REVIEWS.c.review_id == review_id, REVIEWS.c.status != ReviewStatus.DECIDED)
+        .values(
+            priority=raised,
+            escalated_at=now,
+            status=sa.case(
+                (_live_claim(now), ReviewStatus.CLAIMED.value),
+                else_=ReviewStatus.ESCALATED.value,
+            ),
+            updated_at=now,
+        )
+        .returning(REVIEWS.c.priority)
+    ).first()
+    if row is None:
+        session.rollback()
+        return None
+    priority = str(row.priority)
+    _audit_review(
+        session,
+        actor="review-workflow",
+        action="review.escalate",
+        before=before,
+        after={"priority": priority, "escalated_at": now, "reason": reason},
+        at=now,
+    )
+    session.commit()
+    return priority
+
+
+def record_human_decision(session: Session, *, event: ReviewDecided) -> bool:
+    """The review workflow's persist activity: record the decision, close its review.
+
+    Idempotent on the decision's event id (the recorder projects the same event).
+
+    Returns:
+        Whether the decision was new.
+    """
+    return record_events(session, events=[event]).inserted["decisions"] == 1

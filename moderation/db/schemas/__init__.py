@@ -1,0 +1,90 @@
+"""Every API shape, defined once: what the REST API accepts and returns, what the dashboard reads.
+
+One module per group of routes: `posts` (`/v1/posts`), `reviews` (`/v1/reviews` and appeals),
+`metrics` (`/v1/metrics/overview`). Tables live in `moderation.db.models`, Kafka payloads in
+`moderation.events`.
+"""
+
+from __future__ import annotations
+
+from moderation.db.schemas.metrics import (
+    AgreementPublic,
+    CategoryCountPublic,
+    DecisionCountPublic,
+    HumanSharePublic,
+    JobRunPublic,
+    LatencyMeasure,
+    LatencyPercentilesPublic,
+    LatencySamplePublic,
+    MetricsOverviewPublic,
+    MetricsWindowPublic,
+    ModelVersionMetricsPublic,
+    ModeratorLoadPublic,
+    QueueMetricsPublic,
+    ThroughputBucketPublic,
+)
+from moderation.db.schemas.posts import (
+    MAX_KEY_CHARS,
+    MAX_TEXT_CHARS,
+    BatchEnvelope,
+    BatchIn,
+    BatchItemResult,
+    BatchResult,
+    DecisionOut,
+    ItemError,
+    PostAccepted,
+    PostIn,
+    PostTrail,
+    ReviewOut,
+    VerdictOut,
+)
+from moderation.db.schemas.reviews import (
+    AppealAccepted,
+    AppealCreate,
+    DecisionAccepted,
+    DecisionCreate,
+    PrecedentPublic,
+    ReviewPublic,
+    ReviewsPublic,
+    ReviewStatsPublic,
+    SuggestionPublic,
+)
+
+__all__ = [
+    "AgreementPublic",
+    "AppealAccepted",
+    "AppealCreate",
+    "BatchEnvelope",
+    "BatchIn",
+    "BatchItemResult",
+    "BatchResult",
+    "CategoryCountPublic",
+    "DecisionAccepted",
+    "DecisionCountPublic",
+    "DecisionCreate",
+    "DecisionOut",
+    "HumanSharePublic",
+    "ItemError",
+    "JobRunPublic",
+    "LatencyMeasure",
+    "LatencyPercentilesPublic",
+    "LatencySamplePublic",
+    "MAX_KEY_CHARS",
+    "MAX_TEXT_CHARS",
+    "MetricsOverviewPublic",
+    "MetricsWindowPublic",
+    "ModelVersionMetricsPublic",
+    "ModeratorLoadPublic",
+    "PostAccepted",
+    "PostIn",
+    "PostTrail",
+    "PrecedentPublic",
+    "QueueMetricsPublic",
+    "ReviewOut",
+    "ReviewPublic",
+    "ReviewStatsPublic",
+    "ReviewsPublic",
+    "SuggestionPublic",
+    "ThroughputBucketPublic",
+    "VerdictOut",
+]

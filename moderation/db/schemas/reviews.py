@@ -1,0 +1,140 @@
+"""Shapes of `/v1/reviews` (the moderators' queue, a decision) and of an appeal (it opens a review).
+
+SQLModel classes without `table=True`: the `Public` / `Create` / `Accepted` family of the review
+tables in `moderation.db.models`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import ConfigDict
+from sqlmodel import Field, SQLModel
+
+from moderation.db.models import ReviewStatus
+from moderation.taxonomy import Category
+
+
+class SuggestionPublic(SQLModel):
+    """The automated verdict a review is about: what the models suggested."""
+
+    stage: str
+    decision: str
+    primary_category: str
+    confidence: float
+    scores: dict[str, float]
+    rationale: str | None
+    model_version: str
+    policy_version: str
+    policy_sections: list[str] = Field(default_factory=list)
+    signals: list[str] = Field(default_factory=list)
+
+
+class PrecedentPublic(SQLModel):
+    """A similar past human decision (char n-gram cosine similarity)."""
+
+    post_id: str
+    text: str
+    label: str
+    decision: str
+    note: str | None
+    similarity: float
+
+
+class ReviewPublic(SQLModel):
+    """A review as the moderators' API shows it.
+
+    `status` is the effective status at the time of the request: a claim that ran out no
+    longer counts as claimed.
+    """
+
+    review_id: str
+    post_id: str
+    text: str | None = Field(description="the post (null while it is not recorded yet)")
+    author_id: str | None
+    status: ReviewStatus
+    priority: str = Field(description="urgent, high, normal or low")
+    reason: str
+    category: str
+    claimed_by: str | None = Field(
+        description="the claiming API key as `key:<id>` (older rows: a key name)"
+    )
+    claimed_by_display: str | None = Field(
+        default=None, description="the claimer as people read it: `name (key:<id>)`"
+    )
+    claim_expires_at: datetime | None
+    sla_due_at: datetime | None
+    escalated_at: datetime | None
+    decided_at: datetime | None
+    decided_by: str | None = Field(
+        description="the deciding API key as `key:<id>` (older rows: a key name)"
+    )
+    decided_by_display: str | None = Field(
+        default=None, description="the decider as people read it: `name (key:<id>)`"
+    )
+    created_at: datetime
+    appeal_of: str | None = Field(description="event_id of the decision this review appeals")
+    suggestion: SuggestionPublic | None
+    policy_section: str | None = Field(description="the policy text for `category`")
+    precedents: list[PrecedentPublic] = Field(description="up to 3 similar past decisions")
+
+
+class ReviewsPublic(SQLModel):
+    """A page of the review queue and how many reviews match the filters."""
+
+    items: list[ReviewPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class DecisionCreate(SQLModel):
+    """A moderator's decision on a claimed review."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    label: Category = Field(description="the category the post falls in (safe when allowed)")
+    decision: Literal["allow", "remove"]
+    note: str | None = Field(default=None, max_length=2_000)
+
+
+class DecisionAccepted(SQLModel):
+    """The decision was handed to the review's workflow, which records and publishes it."""
+
+    review_id: str
+    event_id: str = Field(description="the ReviewDecided event's id")
+    status: Literal["accepted"] = "accepted"
+
+
+class ReviewStatsPublic(SQLModel):
+    """Queue statistics, as Bluesky Ozone's (`crud.review_stats` defines each number)."""
+
+    pending: int = Field(description="undecided, unclaimed, not escalated")
+    escalated: int = Field(description="undecided, unclaimed, escalated past their SLA")
+    claimed: int = Field(description="undecided with a live claim")
+    inbound_24h: int = Field(description="reviews created in the last 24 hours")
+    actioned_24h: int = Field(description="reviews decided in the last 24 hours")
+    action_rate: float | None = Field(
+        description="share of the last 24 hours' decisions that removed the post"
+    )
+    avg_handling_seconds: float | None = Field(
+        description="mean time from review creation to decision, last 24 hours"
+    )
+
+
+class AppealCreate(SQLModel):
+    """Why the submitter disputes a moderator's decision."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    reason: str = Field(min_length=1, max_length=2_000)
+
+
+class AppealAccepted(SQLModel):
+    """The appeal is in Kafka: a high-priority review of the post, linked to the decision."""
+
+    review_id: str
+    post_id: str
+    appeal_of: str
+    status: Literal["accepted"] = "accepted"
