@@ -2,6 +2,11 @@
 
 Each test gets its own topics and consumer group (auto topic creation is off on the broker, so
 they are created here) and post ids with a unique prefix; the recorder runs in this process.
+The messaging behaviours (events of every topic land with their derived status, duplicates are
+harmless, a poison message goes to the DLQ) are written once in tests/unit/test_recorder.py and
+run there in memory and against the real Kafka and PostgreSQL; this module keeps what needs the
+real stack beyond them (poison messages with one PostgreSQL rejects as data, readiness, status
+derivation in PostgreSQL's statements, a PostgreSQL restart under load).
 """
 
 from __future__ import annotations
@@ -213,72 +218,6 @@ async def running(
 
 
 # --- scenarios through the real broker -------------------------------------------------------
-
-
-async def test_events_land_in_postgres_and_status_is_derived(
-    real: tuple[Settings, Database, str], running: tuple[Recorder, AsgiFastStream]
-) -> None:
-    settings, database, prefix = real
-    allowed, removed, decided = (f"{prefix}allowed", f"{prefix}removed", f"{prefix}decided")
-    producer = Producer(settings)
-    await producer.producer.start()
-    try:
-        # `decided` arrives out of order: its decision first, its post last.
-        await producer.send([make_decision(decided), make_review(decided)])
-        await producer.send([make_verdict(removed, Decision.REMOVE), make_post(removed)])
-        await producer.send([make_post(allowed), make_verdict(allowed, Decision.ALLOW)])
-        await producer.send([make_post(decided)])
-    finally:
-        await producer.producer.stop()
-
-    expected = {
-        allowed: PostStatus.ALLOWED,
-        removed: PostStatus.REMOVED,
-        decided: PostStatus.DECIDED,
-    }
-
-    async def all_recorded() -> bool:
-        return await database.statuses(list(expected)) == expected
-
-    await wait_for(all_recorded, "three posts with their derived status", within=60)
-    trail = await database.read(lambda s: crud.get_post_trail(s, post_id=decided))
-    assert len(trail.reviews) == 1 and len(trail.decisions) == 1
-    assert [str(r.status) for r in trail.reviews] == ["decided"]
-
-
-async def test_duplicates_are_harmless(
-    real: tuple[Settings, Database, str], running: tuple[Recorder, AsgiFastStream]
-) -> None:
-    settings, database, prefix = real
-    topics = settings.kafka.topics
-    post_id = f"{prefix}dup"
-    post, verdict, decision = (
-        make_post(post_id),
-        make_verdict(post_id, Decision.ALLOW),
-        make_decision(post_id),
-    )
-    redelivered = make_verdict(post_id, Decision.ALLOW)  # same natural key, new event id
-    producer = Producer(settings)
-    await producer.producer.start()
-    try:
-        await producer.send([post, post, verdict, decision, post, verdict, decision, redelivered])
-    finally:
-        await producer.producer.stop()
-
-    duplicates = {topics.posts_submitted: 2, topics.verdicts: 2, topics.review_decisions: 1}
-
-    async def all_duplicates_seen() -> bool:
-        seen = {
-            topic: metric("moderation_recorder_events_total", topic=topic, outcome="duplicate")
-            for topic in duplicates
-        }
-        return seen == duplicates
-
-    await wait_for(all_duplicates_seen, "every copy consumed", within=60)
-    trail = await database.read(lambda s: crud.get_post_trail(s, post_id=post_id))
-    assert trail.post is not None and trail.post.status is PostStatus.DECIDED
-    assert [v.event_id for v in trail.verdicts] == [verdict.event_id]
-    assert [d.event_id for d in trail.decisions] == [decision.event_id]
 
 
 async def test_poison_messages_go_to_the_dlq_and_do_not_block_the_partition(

@@ -1,24 +1,29 @@
-"""The recorder in memory: FastStream's TestKafkaBroker in front, SQLite behind."""
+"""The recorder: its messaging behaviours run in memory (FastStream's TestKafkaBroker, SQLite
+behind) and against the local Kafka and PostgreSQL (`tests.messaging`); the database's part
+(outages, rejected data, acknowledgement) in memory."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from faststream import TestApp
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.subscriber.usecase import LogicSubscriber
 from prometheus_client import REGISTRY
-from sqlalchemy import Engine, exc
-from sqlmodel import Session
+from sqlalchemy import Engine, exc, text
+from sqlmodel import Session, col, select
 
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
-from moderation.db.models import PostStatus
+from moderation.db.models import Post, PostStatus, Verdict
+from moderation.devtools.stack.postgres import PostgresCluster
 from moderation.events import (
     DeadLetter,
     Event,
@@ -34,6 +39,7 @@ from moderation.services.recorder.app import Recorder, RetryPolicy, build_app, c
 from moderation.settings import DatabaseSettings, Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
 from tests import crud_helpers
+from tests.messaging import Messaging
 
 FAST_RETRY = RetryPolicy(initial_seconds=0.01, max_seconds=0.02, rewind_pause_seconds=0.0)
 
@@ -53,6 +59,12 @@ def make_verdict(post_id: str, decision: Decision = Decision.ALLOW) -> Moderatio
         model_version="fast-1",
         policy_version="v1",
         latency_ms=2.0,
+    )
+
+
+def make_decision(post_id: str) -> ReviewDecided:
+    return ReviewDecided(
+        post_id=post_id, label=Category.SPAM, decision=Decision.REMOVE, moderator_id="m1"
     )
 
 
@@ -91,107 +103,253 @@ def session_for(recorder: Recorder) -> Session:
     return Session(recorder.state.engine)
 
 
-async def test_events_of_every_topic_land_and_status_is_derived(
-    recorder: Recorder, broker: KafkaBroker
-) -> None:
-    topics = recorder.settings.kafka.topics
-    review = ReviewRequested(post_id="p2", reason="unsure", verdict=make_verdict("p2"))
-    decision = ReviewDecided(
-        post_id="p2", label=Category.SPAM, decision=Decision.REMOVE, moderator_id="m1"
-    )
-    await broker.publish(payload(make_post("p1")), topic=topics.posts_submitted, key=b"p1")
-    await broker.publish(payload(make_verdict("p1")), topic=topics.verdicts, key=b"p1")
-    # p2 arrives out of order: the decision first, the post last.
-    await broker.publish(payload(decision), topic=topics.review_decisions, key=b"p2")
-    await broker.publish(payload(review), topic=topics.review_requested, key=b"p2")
-    await broker.publish(payload(make_post("p2")), topic=topics.posts_submitted, key=b"p2")
+# --- messaging behaviours: run in memory (SQLite) and through the local Kafka (PostgreSQL) -----
 
+
+@functools.cache
+def start_local_postgres() -> None:
+    """Start the local stack's PostgreSQL if it is not running (idempotent), once per session."""
+    cluster = PostgresCluster(Settings())
+    cluster.install()
+    cluster.start()
+
+
+def delete_run(settings: Settings, prefix: str) -> None:
+    """Delete the rows a run against the shared PostgreSQL wrote (its post ids start with
+    `prefix`)."""
+    engine = make_engine(settings)
+    try:
+        with engine.begin() as connection:
+            for table, column in (
+                ("posts", "id"),
+                ("verdicts", "post_id"),
+                ("reviews", "post_id"),
+                ("decisions", "post_id"),
+            ):
+                connection.execute(
+                    text(f"DELETE FROM {table} WHERE {column} LIKE :prefix"),
+                    {"prefix": f"{prefix}%"},
+                )
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+async def live_recorder(messaging: Messaging, tmp_path: Path) -> AsyncIterator[Recorder]:
+    """The recorder of a messaging run: on SQLite in memory; against Kafka on the local
+    PostgreSQL (the run's rows deleted after)."""
+    if messaging.real:
+        await asyncio.to_thread(start_local_postgres)
+        settings = messaging.settings
+    else:
+        database = DatabaseSettings(url_override=f"sqlite:///{tmp_path / 'recorder.db'}")
+        settings = messaging.settings.model_copy(update={"db": database})
+    service = Recorder(settings, retry=FAST_RETRY)
+    try:
+        yield service
+    finally:
+        service.close_database()
+        if messaging.real:
+            await asyncio.to_thread(delete_run, settings, messaging.prefix)
+
+
+@pytest.fixture
+async def live_broker(live_recorder: Recorder, messaging: Messaging) -> AsyncIterator[KafkaBroker]:
+    """The recorder's broker with its lifespan (engine) started, in the run's mode."""
+    app = build_app(
+        live_recorder.settings,
+        recorder=live_recorder,
+        principal=messaging.principal("recorder"),
+    )
+    (kafka_broker,) = app.brokers
+    assert isinstance(kafka_broker, KafkaBroker)
+    async with messaging.running(kafka_broker, app) as test_broker:
+        yield test_broker
+
+
+def posts_of_run(session: Session, prefix: str) -> list[str]:
+    """The ids of the recorded posts of a run (in memory, every post: its database is new)."""
+    statement = select(Post.id).where(col(Post.id).startswith(prefix)).order_by(col(Post.id))
+    return list(session.exec(statement).all())
+
+
+def verdicts_of_run(session: Session, prefix: str) -> dict[str, int]:
+    """post_id -> number of verdict rows, for the posts of a run (in memory, every post)."""
+    statement = (
+        select(Verdict.post_id, sa.func.count())
+        .where(col(Verdict.post_id).startswith(prefix))
+        .group_by(col(Verdict.post_id))
+    )
+    return {post_id: int(count) for post_id, count in session.exec(statement).all()}
+
+
+async def test_events_of_every_topic_land_and_status_is_derived(
+    live_recorder: Recorder, live_broker: KafkaBroker, messaging: Messaging
+) -> None:
+    recorder, broker = live_recorder, live_broker
+    topics = recorder.settings.kafka.topics
+    p1, p2, p3 = (messaging.id(name) for name in ("p1", "p2", "p3"))
+    review = ReviewRequested(post_id=p2, reason="unsure", verdict=make_verdict(p2))
+    decision = ReviewDecided(
+        post_id=p2, label=Category.SPAM, decision=Decision.REMOVE, moderator_id="m1"
+    )
+    await broker.publish(payload(make_post(p1)), topic=topics.posts_submitted, key=p1.encode())
+    await broker.publish(payload(make_verdict(p1)), topic=topics.verdicts, key=p1.encode())
+    # p2 arrives out of order: the decision first, the post last.
+    await broker.publish(payload(decision), topic=topics.review_decisions, key=p2.encode())
+    await broker.publish(payload(review), topic=topics.review_requested, key=p2.encode())
+    await broker.publish(payload(make_post(p2)), topic=topics.posts_submitted, key=p2.encode())
+    # p3's verdict comes before its post.
+    removed = make_verdict(p3, Decision.REMOVE)
+    await broker.publish(payload(removed), topic=topics.verdicts, key=p3.encode())
+    await broker.publish(payload(make_post(p3)), topic=topics.posts_submitted, key=p3.encode())
+
+    expected = {p1: PostStatus.ALLOWED, p2: PostStatus.DECIDED, p3: PostStatus.REMOVED}
+
+    def all_recorded() -> bool:
+        with session_for(recorder) as session:
+            trail = crud.get_post_trail(session, post_id=p2)
+            statuses = crud_helpers.post_statuses(session, post_ids=list(expected))
+        return statuses == expected and len(trail.reviews) == len(trail.decisions) == 1
+
+    await messaging.wait_until(all_recorded, "three posts, their status derived")
     with session_for(recorder) as session:
-        p1 = crud.get_post_trail(session, post_id="p1")
-        p2 = crud.get_post_trail(session, post_id="p2")
-    assert p1.post is not None and p1.post.status is PostStatus.ALLOWED
-    assert [v.decision for v in p1.verdicts] == ["allow"]
-    assert p2.post is not None and p2.post.status is PostStatus.DECIDED
-    assert len(p2.reviews) == 1 and [d.event_id for d in p2.decisions] == [decision.event_id]
+        trail1 = crud.get_post_trail(session, post_id=p1)
+        trail2 = crud.get_post_trail(session, post_id=p2)
+        trail3 = crud.get_post_trail(session, post_id=p3)
+    assert trail1.post is not None and trail1.post.status is PostStatus.ALLOWED
+    assert [v.decision for v in trail1.verdicts] == ["allow"]
+    assert trail2.post is not None and trail2.post.status is PostStatus.DECIDED
+    assert len(trail2.reviews) == 1 and [d.event_id for d in trail2.decisions] == [
+        decision.event_id
+    ]
+    assert [str(r.status) for r in trail2.reviews] == ["decided"]
+    assert trail3.post is not None and trail3.post.status is PostStatus.REMOVED
     for publisher in recorder.dead_letter_publishers.values():
         publisher.mock.assert_not_called()
 
 
 async def test_an_appeal_is_a_second_review_of_the_same_post(
-    recorder: Recorder, broker: KafkaBroker
+    live_recorder: Recorder, live_broker: KafkaBroker, messaging: Messaging
 ) -> None:
+    recorder, broker = live_recorder, live_broker
     topics = recorder.settings.kafka.topics
-    first = ReviewRequested(post_id="p1", reason="unsure", verdict=make_verdict("p1"))
+    p1 = messaging.id("p1")
+    key = p1.encode()
+    first = ReviewRequested(post_id=p1, reason="unsure", verdict=make_verdict(p1))
     decision = ReviewDecided(
         review_id=first.review_id,
-        post_id="p1",
+        post_id=p1,
         label=Category.SPAM,
         decision=Decision.REMOVE,
         moderator_id="m1",
         overrode=Decision.REVIEW,
     )
     appeal = ReviewRequested(
-        review_id=review_id_for("p1", 1),
-        post_id="p1",
+        review_id=review_id_for(p1, 1),
+        post_id=p1,
         reason="appeal: not spam",
         priority=ReviewPriority.HIGH,
-        verdict=make_verdict("p1"),
+        verdict=make_verdict(p1),
         appeal_of=decision.event_id,
     )
-    await broker.publish(payload(make_post("p1")), topic=topics.posts_submitted, key=b"p1")
-    await broker.publish(payload(first), topic=topics.review_requested, key=b"p1")
-    await broker.publish(payload(decision), topic=topics.review_decisions, key=b"p1")
+    await broker.publish(payload(make_post(p1)), topic=topics.posts_submitted, key=key)
+    await broker.publish(payload(first), topic=topics.review_requested, key=key)
+    await broker.publish(payload(decision), topic=topics.review_decisions, key=key)
     for _ in range(2):  # a redelivered appeal is the same review
-        await broker.publish(payload(appeal), topic=topics.review_requested, key=b"p1")
+        await broker.publish(payload(appeal), topic=topics.review_requested, key=key)
 
+    def all_recorded() -> bool:
+        with session_for(recorder) as session:
+            trail = crud.get_post_trail(session, post_id=p1)
+        return trail.post is not None and len(trail.reviews) == 2 and len(trail.decisions) == 1
+
+    await messaging.wait_until(all_recorded, "the post, its two reviews and the decision")
     with session_for(recorder) as session:
-        trail = crud.get_post_trail(session, post_id="p1")
+        trail = crud.get_post_trail(session, post_id=p1)
     assert trail.post is not None and trail.post.status is PostStatus.IN_REVIEW
     assert [(r.review_id, r.status, r.appeal_of) for r in trail.reviews] == [
-        ("review-p1", "decided", None),
-        ("review-p1-appeal-1", "pending", decision.event_id),
+        (f"review-{p1}", "decided", None),
+        (f"review-{p1}-appeal-1", "pending", decision.event_id),
     ]
     [recorded] = trail.decisions
-    assert (recorded.review_id, recorded.overrode) == ("review-p1", "review")
+    assert (recorded.review_id, recorded.overrode) == (f"review-{p1}", "review")
 
 
-async def test_duplicates_are_harmless(recorder: Recorder, broker: KafkaBroker) -> None:
+async def test_duplicates_are_harmless(
+    live_recorder: Recorder, live_broker: KafkaBroker, messaging: Messaging
+) -> None:
+    recorder, broker = live_recorder, live_broker
     topics = recorder.settings.kafka.topics
-    post, verdict = payload(make_post("p1")), payload(make_verdict("p1"))
-    duplicates_before = metric(
-        "moderation_recorder_events_total", topic=topics.posts_submitted, outcome="duplicate"
-    )
-    await broker.publish_batch(post, post, topic=topics.posts_submitted)
-    await broker.publish(post, topic=topics.posts_submitted, key=b"p1")
-    await broker.publish_batch(verdict, verdict, topic=topics.verdicts)
+    p1 = messaging.id("p1")
+    verdict, decision = make_verdict(p1), make_decision(p1)
+    redelivered = make_verdict(p1)  # the same natural key, a new event id
+    post = payload(make_post(p1))
+    counted = (topics.posts_submitted, topics.verdicts, topics.review_decisions)
 
-    with session_for(recorder) as session:
-        assert crud_helpers.count_posts(session) == 1
-        assert crud_helpers.verdicts_per_post(session) == {"p1": 1}
-    duplicates = metric(
-        "moderation_recorder_events_total", topic=topics.posts_submitted, outcome="duplicate"
+    def duplicates() -> dict[str, float]:
+        return {
+            topic: metric("moderation_recorder_events_total", topic=topic, outcome="duplicate")
+            for topic in counted
+        }
+
+    before = duplicates()
+    await broker.publish_batch(post, post, topic=topics.posts_submitted)
+    await broker.publish(post, topic=topics.posts_submitted, key=p1.encode())
+    # One batch: one partition, so the first verdict is also the first read against Kafka.
+    await broker.publish_batch(
+        payload(verdict), payload(verdict), payload(redelivered), topic=topics.verdicts
     )
-    assert duplicates - duplicates_before == 2
+    await broker.publish_batch(payload(decision), payload(decision), topic=topics.review_decisions)
+
+    expected = {topics.posts_submitted: 2, topics.verdicts: 2, topics.review_decisions: 1}
+
+    def every_copy_counted() -> bool:
+        after = duplicates()
+        return {topic: after[topic] - before[topic] for topic in counted} == expected
+
+    await messaging.wait_until(every_copy_counted, "every copy consumed")
+    with session_for(recorder) as session:
+        assert posts_of_run(session, messaging.prefix) == [p1]
+        assert verdicts_of_run(session, messaging.prefix) == {p1: 1}
+        trail = crud.get_post_trail(session, post_id=p1)
+    assert trail.post is not None and trail.post.status is PostStatus.DECIDED
+    assert [v.event_id for v in trail.verdicts] == [verdict.event_id]
+    assert [d.event_id for d in trail.decisions] == [decision.event_id]
 
 
 async def test_a_poison_message_goes_to_the_dlq_and_the_batch_goes_on(
-    recorder: Recorder, broker: KafkaBroker
+    live_recorder: Recorder, live_broker: KafkaBroker, messaging: Messaging
 ) -> None:
+    recorder, broker = live_recorder, live_broker
     topic = recorder.settings.kafka.topics.posts_submitted
-    missing_field = json.dumps({"post_id": "p9", "text": "no author"}).encode()
+    p1, p2, p9 = (messaging.id(name) for name in ("p1", "p2", "p9"))
+    missing_field = json.dumps({"post_id": p9, "text": "no author"}).encode()
+    # One batch: against Kafka one partition, the poison in front of p2.
     await broker.publish_batch(
-        payload(make_post("p1")),
+        payload(make_post(p1)),
         b"{not json",
         missing_field,
         b"\xff\xfe binary",
-        payload(make_post("p2")),
+        payload(make_post(p2)),
         topic=topic,
     )
-
-    with session_for(recorder) as session:
-        assert crud_helpers.count_posts(session, post_ids=["p1", "p2", "p9"]) == 2
     dlq = recorder.dead_letter_publishers[topic]
-    letters = [DeadLetter.model_validate(call.args[0]) for call in dlq.mock.call_args_list]
+
+    def all_handled() -> bool:
+        with session_for(recorder) as session:
+            recorded = crud_helpers.count_posts(session, post_ids=[p1, p2, p9])
+        return recorded == 2 and len(dlq.mock.call_args_list) >= 3
+
+    await messaging.wait_until(all_handled, "two posts recorded, three dead letters")
+    with session_for(recorder) as session:
+        assert crud_helpers.count_posts(session, post_ids=[p1, p2, p9]) == 2
+    # In the order of the batch (the letters are keyless: against Kafka they may come back
+    # from different partitions).
+    letters = sorted(
+        (DeadLetter.model_validate(call.args[0]) for call in dlq.mock.call_args_list),
+        key=lambda letter: (letter.partition, letter.offset),
+    )
     assert [letter.payload_encoding for letter in letters] == ["utf-8", "utf-8", "base64"]
     assert letters[0].payload == "{not json"
     assert all(letter.source_topic == topic for letter in letters)
@@ -201,6 +359,9 @@ async def test_a_poison_message_goes_to_the_dlq_and_the_batch_goes_on(
     for other_topic, publisher in recorder.dead_letter_publishers.items():
         if other_topic != topic:
             publisher.mock.assert_not_called()
+
+
+# --- the database's part: in memory only (PostgreSQL: tests/integration/test_recorder_real.py) --
 
 
 async def test_database_outage_is_retried_until_it_is_back(

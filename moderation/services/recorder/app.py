@@ -44,7 +44,7 @@ from moderation.events import (
     ReviewDecided,
     ReviewRequested,
 )
-from moderation.kafka_auth import faststream_security
+from moderation.kafka_auth import Principal, faststream_security
 from moderation.services.asgi import asgi_service, batch_records, serve
 from moderation.settings import Settings
 
@@ -327,11 +327,17 @@ def _json(model: BaseModel) -> bytes:
     return model.model_dump_json().encode()
 
 
-def create_broker(service: Recorder) -> KafkaBroker:
-    """A Kafka broker carrying the recorder's router (topics exist: they are not created here)."""
+def create_broker(service: Recorder, *, principal: Principal = "recorder") -> KafkaBroker:
+    """A Kafka broker carrying the recorder's router (topics exist: they are not created here).
+
+    Args:
+        service: the router to carry, and its settings.
+        principal: who the broker connects as; the tests that run against the real Kafka act
+            as `admin`, to publish events and read the dead letters back.
+    """
     broker = KafkaBroker(
         service.settings.kafka.bootstrap_servers,
-        security=faststream_security(service.settings, "recorder"),
+        security=faststream_security(service.settings, principal),
         client_id="recorder",
         log_level=logging.DEBUG,  # a line per batch is noise at INFO
         enable_idempotence=True,  # dead letters: acks=all, no duplicates on producer retries
@@ -341,13 +347,16 @@ def create_broker(service: Recorder) -> KafkaBroker:
     return broker
 
 
-def build_app(settings: Settings, *, recorder: Recorder | None = None) -> AsgiFastStream:
+def build_app(
+    settings: Settings, *, recorder: Recorder | None = None, principal: Principal = "recorder"
+) -> AsgiFastStream:
     """The recorder service: the broker plus `/healthz`, `/readyz` (Kafka + DB) and `/metrics`.
 
     Args:
         settings: the settings tree.
         recorder: the router to serve; default `Recorder(settings)` (tests pass one with a
             shorter retry).
+        principal: who the broker connects to Kafka as (`create_broker`).
     """
     service = recorder or Recorder(settings)
 
@@ -358,7 +367,7 @@ def build_app(settings: Settings, *, recorder: Recorder | None = None) -> AsgiFa
         await asyncio.to_thread(service.close_database)
 
     app = asgi_service(
-        create_broker(service),
+        create_broker(service, principal=principal),
         title="recorder",
         description="Projects every topic into the PostgreSQL read model.",
         readiness=[("database", service.database_ready)],

@@ -41,7 +41,7 @@ from moderation.classifier.cascade import (
     second_stage,
 )
 from moderation.events import DeadLetter, PostSubmitted
-from moderation.kafka_auth import faststream_security
+from moderation.kafka_auth import Principal, faststream_security
 from moderation.services.asgi import asgi_service, batch_records, serve
 from moderation.services.worker.registry_watch import RegistryWatch
 from moderation.settings import Settings
@@ -247,12 +247,18 @@ async def _publish(
     return future
 
 
-def create_broker(worker: Worker) -> KafkaBroker:
-    """A Kafka broker carrying the worker's router."""
+def create_broker(worker: Worker, *, principal: Principal = "worker") -> KafkaBroker:
+    """A Kafka broker carrying the worker's router.
+
+    Args:
+        worker: the router to carry, and its settings.
+        principal: who the broker connects as; the tests that run against the real Kafka act
+            as `admin`, to publish posts and read the verdicts back.
+    """
     settings = worker.settings
     broker = KafkaBroker(
         settings.kafka.bootstrap_servers,
-        security=faststream_security(settings, "worker"),
+        security=faststream_security(settings, principal),
         client_id="classifier-worker",
         log_level=logging.DEBUG,  # a line per batch is noise at INFO
         enable_idempotence=True,  # implies acks="all"
