@@ -58,3 +58,12 @@ def cache_entry(root: Path, key: str, build: Callable[[Path], None]) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def copy_entry(source: Path, root: Path) -> Path:
+    """`root/<source's name>`, a copy of the directory `source` made atomically if absent."""
+    return cache_entry(root, source.name, lambda staging: _copy_into(source, staging))
+
+
+def _copy_into(source: Path, staging: Path) -> None:
+    shutil.copytree(source, staging, dirs_exist_ok=True)

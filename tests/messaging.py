@@ -34,6 +34,7 @@ from moderation.devtools.stack.kafka import delete_topics, ensure_topics
 from moderation.devtools.stack.services import isolated_settings
 from moderation.kafka_auth import ADMIN, Principal
 from moderation.settings import Settings
+from tests.stack_lock import one_process_at_a_time
 
 Mode = Literal["memory", "kafka"]
 
@@ -120,9 +121,11 @@ async def _readers_positioned(broker: KafkaBroker) -> None:
 @functools.cache
 def start_local_kafka() -> None:
     """Start the local stack's Kafka if it is not running (idempotent), once per test session."""
-    kafka = LocalKafka(Settings())
-    kafka.install()
-    kafka.start()
+    settings = Settings()
+    kafka = LocalKafka(settings)
+    with one_process_at_a_time(settings):
+        kafka.install()
+        kafka.start()
 
 
 @asynccontextmanager

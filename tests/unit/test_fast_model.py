@@ -291,6 +291,15 @@ def test_ensure_fast_model_trains_once_then_loads(
         config_fingerprint=DEFAULT_CONFIG.fingerprint(),
         policy_version="v1",
     ) == (tmp_path / "models" / "fast" / first.version)
+    # A fresh checkout (an empty artifact directory) loads the copy kept in the cache.
+    monkeypatch.setattr(store, "dataset_fingerprint", lambda: "fingerprint-1")
+    fresh = settings.model_copy(
+        update={"models": ModelStoreSettings(artifact_dir=tmp_path / "fresh-checkout")}
+    )
+    again = ensure_fast_model(fresh, progress=False)
+    assert len(builds) == 2  # not rebuilt, not retrained
+    assert again.version == first.version
+    assert (tmp_path / "fresh-checkout" / "fast" / first.version / "metadata.json").is_file()
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,9 @@
 
 Artifacts live in `settings.models.artifact_dir / "fast"`, one directory per version. One is
 reused when it was trained from the current dataset build with the current configuration and
-policy; otherwise the dataset is built (cached) and a model is trained and saved.
+policy; otherwise the dataset is built (cached) and a model is trained and saved. A copy of each
+trained artifact is kept in the cache (`<cache>/fast-model-artifacts/`): a fresh checkout, or a
+test with an artifact directory of its own, loads it from there instead of training again.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from moderation.cache import console
+from moderation.cache import console, copy_entry
 from moderation.classifier.fast.config import DEFAULT_CONFIG
 from moderation.classifier.fast.model import ARTIFACT_FORMAT, METADATA_FILE, FastModel
 from moderation.classifier.fast.training import train_fast_model
@@ -19,6 +21,8 @@ from moderation.datasets.build import build_dataset, dataset_fingerprint, load_s
 from moderation.settings import Settings
 
 logger = logging.getLogger(__name__)
+# Trained artifacts, kept under the cache directory so that a fresh checkout does not retrain.
+CACHED_ARTIFACTS = "fast-model-artifacts"
 
 
 def find_artifact(
@@ -50,14 +54,18 @@ def ensure_fast_model(settings: Settings, *, progress: bool = True) -> FastModel
     artifact and returns the model. The gold split is never read here.
     """
     store = settings.models.artifact_dir / "fast"
+    cached_store = settings.stack.cache_dir / CACHED_ARTIFACTS
     fingerprint = dataset_fingerprint()
-    existing = find_artifact(
-        store,
-        dataset_fingerprint=fingerprint,
-        config_fingerprint=DEFAULT_CONFIG.fingerprint(),
-        policy_version=settings.models.policy_version,
-    )
+    wanted = {
+        "dataset_fingerprint": fingerprint,
+        "config_fingerprint": DEFAULT_CONFIG.fingerprint(),
+        "policy_version": settings.models.policy_version,
+    }
+    existing = find_artifact(store, **wanted)
+    if existing is None and (cached := find_artifact(cached_store, **wanted)) is not None:
+        existing = copy_entry(cached, store)
     if existing is not None:
+        copy_entry(existing, cached_store)  # no-op when the cache already holds it
         model = FastModel.load(existing)
         logger.info("loaded fast model %s from %s", model.version, existing)
         return model
@@ -72,6 +80,7 @@ def ensure_fast_model(settings: Settings, *, progress: bool = True) -> FastModel
         dataset_fingerprint=fingerprint,
     )
     path = model.save(store)
+    copy_entry(path, cached_store)
     if progress:
         console.print(
             f"[green]✓[/green] fast model {model.version} trained in "

@@ -65,7 +65,7 @@ from pydantic import BaseModel
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from moderation.cache import cache_entry, console
+from moderation.cache import cache_entry, console, copy_entry
 from moderation.classifier import embedding as embedding_module
 from moderation.classifier.artifacts import ArtifactRefused, check_digest, read_artifact
 from moderation.classifier.embedding import StaticEmbedder, load_embedder
@@ -578,9 +578,15 @@ def ensure_injection_detector(
     bar and saves the artifact. Gold rows are never trained on.
     """
     store = settings.worker.injection_detector_dir or settings.models.artifact_dir / "injection"
+    # A copy of each trained detector stays in the cache: a fresh checkout loads it from there.
+    cached_store = settings.stack.cache_dir / "injection-detector-artifacts"
     fingerprint = corpus_fingerprint()
     existing = find_artifact(store, corpus=fingerprint, config=config.fingerprint())
+    if existing is None:
+        cached = find_artifact(cached_store, corpus=fingerprint, config=config.fingerprint())
+        existing = copy_entry(cached, store) if cached is not None else None
     if existing is not None:
+        copy_entry(existing, cached_store)  # no-op when the cache already holds it
         detector = InjectionDetector.load(existing)
         logger.info("loaded injection detector %s from %s", detector.version, existing)
         return detector
@@ -591,6 +597,7 @@ def ensure_injection_detector(
         records, config=config, progress=progress, corpus_fingerprint=fingerprint
     )
     path = detector.save(store)
+    copy_entry(path, cached_store)
     if progress:
         console.print(
             f"[green]✓[/green] injection detector {detector.version} trained in "

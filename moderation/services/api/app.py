@@ -19,7 +19,7 @@ from moderation.services.api.deps import ApiState
 from moderation.services.api.limits import ApiLimits, BodySizeLimit
 from moderation.services.api.metrics import ApiMetrics
 from moderation.services.api.publisher import KafkaPublisher, Publisher
-from moderation.services.api.routes import health, metrics_overview, posts, reviews
+from moderation.services.api.routes import appeals, health, metrics_overview, posts, reviews
 from moderation.services.api.routes.errors import ErrorBody, install_error_handlers
 from moderation.services.api.routes.submit_lane import SubmitFastLane
 from moderation.services.api.workflows import DaprReviewWorkflows, ReviewWorkflows
@@ -122,6 +122,7 @@ def build_app(
     if settings.api.trusted_proxies:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.api.trusted_proxies)
     app.include_router(posts.router)
+    app.include_router(appeals.router)
     app.include_router(reviews.router)
     app.include_router(metrics_overview.router)
     app.include_router(health.router)
