@@ -11,13 +11,13 @@ import pytest
 from moderation.settings import Settings
 from tests.messaging import Messaging, kafka_run
 
-# Tests that mostly wait for the local LLM server (one slot, CPU): they run in a lane of their
-# own, beside the rest of the suite, so the two cores are not idle while SmolLM2 generates.
+# Tests that start no service process (the services bind fixed ports and log files, so two of
+# them cannot run at once) and mostly wait for the local LLM server or train on the CPU: they
+# run in a lane of their own, beside the rest of the suite.
 LLM_LANE = (
-    "tests/integration/test_agent_cascade.py",
-    "tests/integration/test_llm_agent.py",
-    "tests/integration/test_tracing.py",
     "tests/integration/test_commands.py::test_demo_prints_a_verdict_for_every_sample",
+    "tests/integration/test_llm_agent.py",
+    "tests/integration/test_lora_training.py",
 )
 # Tests that stop, kill or restart a shared component (Kafka, PostgreSQL, a daprd, the LLM
 # endpoint, the stack itself): they run alone, after both lanes, so no other test sees it.
