@@ -50,7 +50,7 @@ test: venv ## the whole suite against the real local stack (brought up and down 
 	@started=$$(date +%s); status=0; \
 	$(BIN)/moderation stack up || status=$$?; \
 	echo "stack ready after $$(( $$(date +%s) - started ))s"; \
-	if [ $$status -eq 0 ]; then scripts/test-lanes $(PYTEST_ARGS) || status=$$?; fi; \
+	if [ $$status -eq 0 ]; then $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; fi; \
 	$(BIN)/moderation stack down || true; \
 	echo "make test finished in $$(( $$(date +%s) - started ))s (exit $$status)"; \
 	exit $$status

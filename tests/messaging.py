@@ -34,7 +34,6 @@ from moderation.devtools.stack.kafka import delete_topics, ensure_topics
 from moderation.devtools.stack.services import isolated_settings
 from moderation.kafka_auth import ADMIN, Principal
 from moderation.settings import Settings
-from tests.stack_lock import one_process_at_a_time
 
 Mode = Literal["memory", "kafka"]
 
@@ -121,11 +120,9 @@ async def _readers_positioned(broker: KafkaBroker) -> None:
 @functools.cache
 def start_local_kafka() -> None:
     """Start the local stack's Kafka if it is not running (idempotent), once per test session."""
-    settings = Settings()
-    kafka = LocalKafka(settings)
-    with one_process_at_a_time(settings):
-        kafka.install()
-        kafka.start()
+    kafka = LocalKafka(Settings())
+    kafka.install()
+    kafka.start()
 
 
 @asynccontextmanager

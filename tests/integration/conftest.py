@@ -19,7 +19,6 @@ from moderation.devtools.stack.llm import LLMServer
 from moderation.devtools.stack.postgres import PostgresCluster
 from moderation.services.review.dapr_tokens import use_api_token
 from moderation.settings import Settings, get_settings
-from tests.stack_lock import one_process_at_a_time
 
 
 @pytest.fixture(scope="session")
@@ -34,18 +33,16 @@ def settings() -> Settings:
 @pytest.fixture(scope="session")
 def kafka(settings: Settings) -> KafkaBroker:
     broker = KafkaBroker(settings)
-    with one_process_at_a_time(settings):
-        broker.install()
-        broker.start()
+    broker.install()
+    broker.start()
     return broker
 
 
 @pytest.fixture(scope="session")
 def postgres(settings: Settings) -> PostgresCluster:
     cluster = PostgresCluster(settings)
-    with one_process_at_a_time(settings):
-        cluster.install()
-        cluster.start()
+    cluster.install()
+    cluster.start()
     return cluster
 
 
@@ -54,9 +51,8 @@ def dapr(
     settings: Settings, kafka: KafkaBroker, postgres: PostgresCluster
 ) -> Iterator[DaprRuntime]:
     runtime = DaprRuntime(settings)
-    with one_process_at_a_time(settings):
-        runtime.install()
-        runtime.start()
+    runtime.install()
+    runtime.start()
     yield runtime
     # A test may have crashed the sidecar; leave it running for the next test and `stack down`.
     runtime.start_sidecar()
@@ -65,9 +61,8 @@ def dapr(
 @pytest.fixture(scope="session")
 def llm(settings: Settings) -> LLMServer:
     server = LLMServer(settings)
-    with one_process_at_a_time(settings):
-        server.install()
-        server.start()
+    server.install()
+    server.start()
     return server
 
 
@@ -75,8 +70,7 @@ def llm(settings: Settings) -> LLMServer:
 def read_model(settings: Settings, postgres: PostgresCluster) -> Iterator[Engine]:
     """An engine on the read model (tables created), one per test module."""
     engine = make_engine(settings)
-    with one_process_at_a_time(settings):
-        create_tables(engine)
+    create_tables(engine)
     yield engine
     engine.dispose()
 
