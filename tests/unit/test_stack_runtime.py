@@ -113,3 +113,13 @@ def test_flags_render_in_order() -> None:
         "--dapr-grpc-port",
         "50001",
     ]
+
+
+def test_a_kafka_cluster_id_never_starts_with_a_dash() -> None:
+    """The storage tool reads a leading "-" as an option; one random id in 64 had one."""
+    from moderation.devtools.stack.kafka import new_cluster_id
+
+    ids = [new_cluster_id() for _ in range(2_000)]
+    assert not [cluster_id for cluster_id in ids if cluster_id.startswith("-")]
+    assert all(len(cluster_id) == 22 for cluster_id in ids)
+    assert len(set(ids)) == len(ids)

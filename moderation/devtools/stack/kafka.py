@@ -31,6 +31,19 @@ from moderation.settings import PROJECT_ROOT, Settings
 KAFKA_DIR = PROJECT_ROOT / "scripts" / "kafka"
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id (base64url of a random UUID) that does not start with "-".
+
+    The storage tool would read a leading "-" as an option ("--cluster-id: expected one
+    argument"): one id in 64 did, and `stack up` failed at random. Kafka's own
+    `Uuid.randomUuid()` draws again in that case; so does this.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class KafkaBroker:
     name = "kafka"
 
@@ -151,7 +164,7 @@ class KafkaBroker:
             console.print("kafka: storage was formatted without these credentials; starting afresh")
             shutil.rmtree(data)
         with step("kafka: format KRaft storage with the services' SCRAM users"):
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = new_cluster_id()
             run(
                 self._java(
                     "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config),
