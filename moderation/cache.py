@@ -8,10 +8,11 @@ share, so that the runtime never imports the dev tooling.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from rich.console import Console
@@ -67,3 +68,26 @@ def copy_entry(source: Path, root: Path) -> Path:
 
 def _copy_into(source: Path, staging: Path) -> None:
     shutil.copytree(source, staging, dirs_exist_ok=True)
+
+
+def newest_artifact(
+    store: Path, pattern: str, *, metadata_file: str, model_file: str, wanted: Mapping[str, object]
+) -> Path | None:
+    """The newest artifact directory in `store` (matching `pattern`) whose metadata holds every
+    `wanted` key with its value and whose model file exists; None when there is none.
+
+    Metadata that cannot be read or parsed is skipped: a half-deleted artifact is not a match.
+    """
+    matches: list[tuple[str, Path]] = []
+    for metadata_path in store.glob(f"{pattern}/{metadata_file}"):
+        try:
+            metadata = json.loads(metadata_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if (
+            isinstance(metadata, dict)
+            and all(metadata.get(key) == value for key, value in wanted.items())
+            and (metadata_path.parent / model_file).is_file()
+        ):
+            matches.append((str(metadata.get("trained_at")), metadata_path.parent))
+    return max(matches)[1] if matches else None

@@ -28,7 +28,14 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from moderation.classifier.cascade import AgentStage, FirstStage, Scorer, first_stage, second_stage
+from moderation.classifier.cascade import (
+    AgentStage,
+    FirstStage,
+    Scorer,
+    create_agent_stage,
+    first_stage,
+    second_stage,
+)
 from moderation.evaluation.routing import MAX_POST_CHARS, ROUTING_BATCH
 from moderation.evaluation.scores import EvalReport, render_report, score_probabilities
 from moderation.events import ModerationVerdict, PostSubmitted, ReviewRequested
@@ -225,8 +232,6 @@ async def _judge_with(
     """Run the agent stage: `stage`, or the worker's on the configured endpoint (then closed)."""
     if stage is not None:
         return await judge_all(items, stage, settings, console), stage.model_name
-    from moderation.classifier.cascade import create_agent_stage
-
     worker_stage, close = create_agent_stage(settings)
     try:
         return await judge_all(items, worker_stage, settings, console), worker_stage.model_name

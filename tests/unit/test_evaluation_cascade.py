@@ -16,12 +16,12 @@ import pytest
 from typer.testing import CliRunner
 
 from moderation import cli
-from moderation.classifier import cascade as cascade_module
 from moderation.classifier.agent import AgentVerdict
 from moderation.classifier.cascade import AgentFallback, AgentJudgement, AgentStage, first_stage
 from moderation.classifier.fast import store as fast_store
 from moderation.classifier.injection.screen import InjectionScreen
 from moderation.devtools import demo
+from moderation.evaluation import cascade as evaluation_cascade
 from moderation.evaluation.cascade import Route, evaluate_cascade, final_routes
 from moderation.events import PostSubmitted
 from moderation.settings import Settings
@@ -153,7 +153,7 @@ def test_cli_eval_cascade_limit_json(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
     monkeypatch.setattr(cli, "get_settings", lambda: settings)
     monkeypatch.setattr(fast_store, "ensure_fast_model", lambda s, progress: KeywordScorer())
-    monkeypatch.setattr(cascade_module, "create_agent_stage", lambda s: (agent, close))
+    monkeypatch.setattr(evaluation_cascade, "create_agent_stage", lambda s: (agent, close))
     monkeypatch.setattr(demo, "llm_endpoint_answers", lambda s: True)
     runner = CliRunner()
 

@@ -9,13 +9,12 @@ test with an artifact directory of its own, loads it from there instead of train
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-from moderation.cache import console, copy_entry
+from moderation.cache import console, copy_entry, newest_artifact
 from moderation.classifier.fast.config import DEFAULT_CONFIG
-from moderation.classifier.fast.model import ARTIFACT_FORMAT, METADATA_FILE, FastModel
+from moderation.classifier.fast.model import ARTIFACT_FORMAT, METADATA_FILE, MODEL_FILE, FastModel
 from moderation.classifier.fast.training import train_fast_model
 from moderation.datasets.build import build_dataset, dataset_fingerprint, load_split
 from moderation.settings import Settings
@@ -29,21 +28,18 @@ def find_artifact(
     store: Path, *, dataset_fingerprint: str, config_fingerprint: str, policy_version: str
 ) -> Path | None:
     """The newest artifact in `store` trained from this dataset with this configuration."""
-    matches: list[tuple[str, Path]] = []
-    for metadata_path in store.glob(f"fast-*/{METADATA_FILE}"):
-        try:
-            metadata = json.loads(metadata_path.read_text())
-        except (OSError, ValueError):
-            continue
-        if (
-            metadata.get("format") == ARTIFACT_FORMAT
-            and metadata.get("dataset_fingerprint") == dataset_fingerprint
-            and metadata.get("config_fingerprint") == config_fingerprint
-            and metadata.get("policy_version") == policy_version
-            and (metadata_path.parent / str(metadata.get("files", {}).get("model"))).is_file()
-        ):
-            matches.append((str(metadata.get("trained_at")), metadata_path.parent))
-    return max(matches)[1] if matches else None
+    return newest_artifact(
+        store,
+        "fast-*",
+        metadata_file=METADATA_FILE,
+        model_file=MODEL_FILE,
+        wanted={
+            "format": ARTIFACT_FORMAT,
+            "dataset_fingerprint": dataset_fingerprint,
+            "config_fingerprint": config_fingerprint,
+            "policy_version": policy_version,
+        },
+    )
 
 
 def ensure_fast_model(settings: Settings, *, progress: bool = True) -> FastModel:

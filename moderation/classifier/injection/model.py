@@ -65,7 +65,7 @@ from pydantic import BaseModel
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from moderation.cache import cache_entry, console, copy_entry
+from moderation.cache import cache_entry, console, copy_entry, newest_artifact
 from moderation.classifier import embedding as embedding_module
 from moderation.classifier.artifacts import ArtifactRefused, check_digest, read_artifact
 from moderation.classifier.embedding import StaticEmbedder, load_embedder
@@ -551,21 +551,18 @@ def _records_hash(records: Iterable[InjectionRecord]) -> str:
 
 def find_artifact(store: Path, *, corpus: str, config: str) -> Path | None:
     """The newest detector in `store` trained on this corpus with this configuration and code."""
-    matches: list[tuple[str, Path]] = []
-    for metadata_path in store.glob(f"injection-*/{METADATA_FILE}"):
-        try:
-            metadata = json.loads(metadata_path.read_text())
-        except (OSError, ValueError):
-            continue
-        if (
-            metadata.get("format") == ARTIFACT_FORMAT
-            and metadata.get("kind") == ARTIFACT_KIND
-            and metadata.get("corpus_fingerprint") == corpus
-            and metadata.get("config_fingerprint") == config
-            and (metadata_path.parent / MODEL_FILE).is_file()
-        ):
-            matches.append((str(metadata.get("trained_at")), metadata_path.parent))
-    return max(matches)[1] if matches else None
+    return newest_artifact(
+        store,
+        "injection-*",
+        metadata_file=METADATA_FILE,
+        model_file=MODEL_FILE,
+        wanted={
+            "format": ARTIFACT_FORMAT,
+            "kind": ARTIFACT_KIND,
+            "corpus_fingerprint": corpus,
+            "config_fingerprint": config,
+        },
+    )
 
 
 def ensure_injection_detector(
