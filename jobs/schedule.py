@@ -22,7 +22,7 @@ import httpx
 from fastapi import APIRouter, HTTPException
 
 from moderation.db.roles import SERVICE_ROLES
-from moderation.services.review.dapr_tokens import api_token_headers
+from moderation.services.sidecar.tokens import api_token_headers
 from moderation.settings import PROJECT_ROOT, Settings
 
 logger = logging.getLogger(__name__)

@@ -350,15 +350,45 @@ def bench(
         int | None,
         typer.Option(min=0, help="--agent: at most this many agent runs on the sample [all]"),
     ] = None,
+    orchestration: Annotated[
+        bool,
+        typer.Option(
+            "--orchestration",
+            help="measure the agent service's workflows with an instant scripted model, and the "
+            "in-process agent stage beside them",
+        ),
+    ] = False,
+    agent_posts: Annotated[
+        int, typer.Option(min=1, help="--orchestration: hand-offs in the saturation phase")
+    ] = 2_000,
+    agent_rate: Annotated[
+        float, typer.Option(min=1, help="--orchestration: offered hand-offs/s (latency phase)")
+    ] = 100.0,
 ) -> None:
     """Measure the pipeline against the local stack (starts what it needs); JSON with --json.
 
-    With --agent: the cascade's agent stage against the configured LLM endpoint instead.
+    With --agent: the cascade's agent stage against the configured LLM endpoint instead; with
+    --orchestration: the agent service's durable workflows with an instant scripted model.
     """
     from moderation.devtools.bench.agent import render_agent, run_agent_bench
     from moderation.devtools.bench.pipeline import render, run_bench
 
     progress_console = Console(stderr=True)
+    if orchestration:
+        from moderation.devtools.bench.orchestration import (
+            render_orchestration,
+            run_orchestration_bench,
+        )
+
+        result = run_orchestration_bench(
+            get_settings(), posts=agent_posts, rate=agent_rate, seconds=seconds,
+            console=progress_console,
+        )  # fmt: skip
+        if as_json:
+            typer.echo(json.dumps(result))
+        else:
+            render_orchestration(result, stdout)
+        return
     if agent:
         result = run_agent_bench(
             get_settings(), sample=sample, agent_limit=agent_limit, console=progress_console
@@ -397,6 +427,14 @@ def review_service() -> None:
     from moderation.services.review.app import run_review_service
 
     run_review_service(with_stack_tokens(get_settings()))
+
+
+@app.command("agent-service")
+def agent_service() -> None:
+    """Run the agent service (a Dapr app: one durable classifier-agent workflow per post)."""
+    from moderation.services.agent.app import run_agent_service
+
+    run_agent_service(with_stack_tokens(get_settings()))
 
 
 @app.command("dashboard")

@@ -122,6 +122,18 @@ class ReviewRequested(Event):
         return self
 
 
+class AgentRequested(Event):
+    """`agent.requested`: an uncertain post handed from stage 1 to the agent service."""
+
+    post: PostSubmitted
+    verdict: ModerationVerdict = Field(description="stage 1's verdict (its scores and signals)")
+    reason: str = Field(description="why stage 1 could not decide")
+    priority: ReviewPriority = Field(description="the review's priority if it comes to one")
+    screen: list[str] = Field(
+        default_factory=list, description="the injection screen's findings (techniques)"
+    )
+
+
 class ReviewEscalated(Event):
     """`review.escalated`: a review passed its SLA undecided; its priority went up."""
 

@@ -6,11 +6,13 @@ therefore connects as its own principal and may touch only its own topics and co
 
 - `api` writes posts.submitted and review.requested (appeals);
 - `worker` reads posts.submitted (group `classifier`), writes moderation.verdicts,
-  review.requested and posts.submitted.dlq;
+  review.requested, agent.requested (hand-offs to the agent service) and posts.submitted.dlq;
 - `recorder` reads posts.submitted, moderation.verdicts, review.requested and review.decisions
   (group `recorder`), writes their `.dlq` topics;
 - `review` (the review service's daprd) reads review.requested (group: its app id), writes
   review.decisions, review.escalated and review.requested.dlq;
+- `agent` (the agent service's daprd) reads agent.requested (group: its app id), writes
+  moderation.verdicts, review.requested and agent.requested.dlq;
 - `admin` is the super user of the tooling: topics, ACLs, tests, benchmarks.
 
 `acl_grants` is that list as data: the local stack creates these ACLs
@@ -31,8 +33,8 @@ from faststream.security import BaseSecurity, SASLScram256, SASLScram512
 from moderation.local_secrets import local_secret
 from moderation.settings import Settings
 
-Principal = Literal["admin", "api", "worker", "recorder", "review"]
-PRINCIPALS: tuple[Principal, ...] = ("admin", "api", "worker", "recorder", "review")
+Principal = Literal["admin", "api", "worker", "recorder", "review", "agent"]
+PRINCIPALS: tuple[Principal, ...] = ("admin", "api", "worker", "recorder", "review", "agent")
 ADMIN: Principal = "admin"
 
 
@@ -59,7 +61,12 @@ def acl_grants(settings: Settings) -> dict[Principal, Grants]:
         "api": Grants(write=(topics.posts_submitted, topics.review_requested)),
         "worker": Grants(
             read=(topics.posts_submitted,),
-            write=(topics.verdicts, topics.review_requested, topics.posts_submitted + dlq),
+            write=(
+                topics.verdicts,
+                topics.review_requested,
+                topics.agent_requested,
+                topics.posts_submitted + dlq,
+            ),
             groups=(settings.worker.classifier_group,),
         ),
         "recorder": Grants(
@@ -72,6 +79,11 @@ def acl_grants(settings: Settings) -> dict[Principal, Grants]:
             write=(topics.review_decisions, topics.review_escalated, topics.review_requested + dlq),
             # The review service's daprd consumes in the group named after its app id.
             groups=(settings.dapr.app_id,),
+        ),
+        "agent": Grants(
+            read=(topics.agent_requested,),
+            write=(topics.verdicts, topics.review_requested, topics.agent_requested + dlq),
+            groups=(settings.agent_service.app_id,),
         ),
     }
 

@@ -34,6 +34,7 @@ class TopicSettings(BaseModel):
     review_requested: str = "review.requested"
     review_decisions: str = "review.decisions"
     review_escalated: str = "review.escalated"
+    agent_requested: str = "agent.requested"
     dlq_suffix: str = ".dlq"
 
     def main_topics(self) -> list[str]:
@@ -43,6 +44,7 @@ class TopicSettings(BaseModel):
             self.review_requested,
             self.review_decisions,
             self.review_escalated,
+            self.agent_requested,
         ]
 
     def all_topics(self) -> list[str]:
@@ -251,6 +253,12 @@ class AgentSettings(BaseModel):
     enabled: bool = Field(
         default=True, description="off: uncertain posts go straight to human review"
     )
+    runs_in: Literal["agent-service", "worker"] = Field(
+        default="agent-service",
+        description="agent-service: the worker hands uncertain posts to `agent.requested` and "
+        "the agent service runs the agent as one durable Dapr workflow per post; worker: the "
+        "worker runs it inside its batch (the embedded demo, no Dapr)",
+    )
     agent_weight: float = Field(
         default=0.7, ge=0.0, le=1.0, description="weight of the agent's scores against stage 1's"
     )
@@ -446,6 +454,29 @@ class WorkerSettings(BaseModel):
     )
 
 
+class AgentServiceSettings(BaseModel):
+    """The agent service: a Dapr app running the classifier agent as one workflow per post."""
+
+    app_id: str = Field(default="agent-service", description="its Dapr app id (and Kafka group)")
+    service_port: int = Field(default=8005, description="the agent service's app port (daprd)")
+    dapr_http_port: int = 3510
+    dapr_grpc_port: int = 50011
+    dapr_metrics_port: int = 9097
+    max_in_flight: int = Field(
+        default=256,
+        ge=1,
+        description="agent workflows running in this replica before new posts go to review "
+        "(back-pressure: saturated, never allowed)",
+    )
+    activity_concurrency: int = Field(
+        default=64, ge=1, description="workflow activities (model and tool calls) run at once"
+    )
+
+    @property
+    def dapr_grpc_endpoint(self) -> str:
+        return f"127.0.0.1:{self.dapr_grpc_port}"
+
+
 class ReviewSettings(BaseModel):
     """Human review: the review service (a Dapr app), its workflow and the review API."""
 
@@ -601,6 +632,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     worker: WorkerSettings = WorkerSettings()
     review: ReviewSettings = ReviewSettings()
+    agent_service: AgentServiceSettings = AgentServiceSettings()
     dashboard: DashboardSettings = DashboardSettings()
     models: ModelStoreSettings = ModelStoreSettings()
     nightly: NightlySettings = NightlySettings()

@@ -441,7 +441,7 @@ class AgentStage:
             repaired = True
             repair: list[TResponseInputItem] = [
                 {"role": "user", "content": message},
-                {"role": "user", "content": REPAIR_PROMPT.format(problems=_problems(output))},
+                {"role": "user", "content": REPAIR_PROMPT.format(problems=answer_problems(output))},
             ]
             result = await self._runner(repair, context, model_name)
         answer = result.final_output_as(AgentVerdict, raise_if_incorrect_type=True)
@@ -478,7 +478,7 @@ class _KeepLastOutput(RunHooks[AgentContext]):
             context.context.last_output = "".join(texts)
 
 
-def _problems(output: str) -> str:
+def answer_problems(output: str) -> str:
     """What was wrong with the answer, without echoing the answer itself."""
     try:
         AgentVerdict.model_validate_json(output)
@@ -521,18 +521,18 @@ async def second_stage(
     results: list[tuple[ModerationVerdict | None, ReviewRequested | None]] = []
     for item, task in zip(items, tasks, strict=True):
         if task.cancelled():
-            results.append(_fallback(item, AgentFallback("batch_deadline")))
+            results.append(fallback_review(item, AgentFallback("batch_deadline")))
             continue
         error = task.exception()
         if isinstance(error, AgentFallback):
-            results.append(_fallback(item, error))
+            results.append(fallback_review(item, error))
         elif error is not None:
             logger.error(
                 "agent stage failed unexpectedly for %s", item.post.post_id, exc_info=error
             )
-            results.append(_fallback(item, AgentFallback(type(error).__name__, str(error))))
+            results.append(fallback_review(item, AgentFallback(type(error).__name__, str(error))))
         else:
-            results.append(_agent_verdict(item, task.result(), settings))
+            results.append(agent_verdict(item, task.result(), settings))
     return results
 
 
@@ -547,7 +547,7 @@ async def _in_context(context: otel_context.Context | None, work: Awaitable[T]) 
         otel_context.detach(token)
 
 
-def _fallback(
+def fallback_review(
     item: FirstStage, fallback: AgentFallback
 ) -> tuple[ModerationVerdict | None, ReviewRequested | None]:
     AGENT_FALLBACKS.labels(reason=fallback.reason).inc()
@@ -556,7 +556,7 @@ def _fallback(
     return None, _review_request(item.verdict, reason, item.outcome.priority, item.screen)
 
 
-def _agent_verdict(
+def agent_verdict(
     item: FirstStage, judgement: AgentJudgement, settings: Settings
 ) -> tuple[ModerationVerdict | None, ReviewRequested | None]:
     answer = judgement.answer

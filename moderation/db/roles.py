@@ -86,6 +86,8 @@ SERVICE_GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
 }
 SERVICE_ROLES = {
     "worker": "moderation_worker",
+    # The agent service reads what the worker's agent read (precedents, author history).
+    "agent": "moderation_worker",
     "recorder": "moderation_recorder",
     "review": "moderation_review",
     "api": "moderation_api",

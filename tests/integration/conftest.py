@@ -17,7 +17,7 @@ from moderation.devtools.stack.dapr import DaprRuntime, with_stack_tokens
 from moderation.devtools.stack.kafka import KafkaBroker
 from moderation.devtools.stack.llm import LLMServer
 from moderation.devtools.stack.postgres import PostgresCluster
-from moderation.services.review.dapr_tokens import use_api_token
+from moderation.services.sidecar.tokens import use_api_token
 from moderation.settings import Settings, get_settings
 
 

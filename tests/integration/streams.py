@@ -10,12 +10,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from moderation.devtools.stack.dapr import DaprRuntime
 from moderation.devtools.stack.kafka import delete_topics, ensure_topics
 from moderation.devtools.stack.services import PipelineServices, isolated_settings
-from moderation.events import PostSubmitted
+from moderation.events import DeadLetter, PostSubmitted
 from moderation.kafka_auth import ADMIN, aiokafka_auth
 from moderation.settings import Settings, get_settings
 from moderation.taxonomy import VIOLATING
@@ -82,18 +82,49 @@ def topics_of_their_own(settings: Settings, prefix: str) -> Iterator[Settings]:
 def running_services(
     services: PipelineServices, *names: str, dapr: DaprRuntime | None = None
 ) -> Iterator[PipelineServices]:
-    """Start `names`; with `dapr`, first give the review service its daprd (app port set).
+    """Start `names`; with `dapr`, first give the Dapr apps among them (the review and agent
+    services) their daprd (app port set).
 
-    Afterwards the services stop and the stack's own daprd (no app port) is back.
+    Afterwards the services stop, the agent service's daprd too, and the stack's own daprd of
+    the review service (no app port) is back.
     """
+    ports = {
+        "review": services.settings.review.service_port,
+        "agent": services.settings.agent_service.service_port,
+    }
+    apps = [name for name in names if name in ports] if dapr is not None else []
     if dapr is not None:
-        dapr.stop_sidecar()
-        dapr.start_sidecar(app_port=services.settings.review.service_port)
+        for app in apps or ["review"]:
+            dapr.stop_sidecar(app=app)
+            dapr.start_sidecar(app_port=ports[app], app=app)
     services.start(*names, timeout=600)
     try:
         yield services
     finally:
         services.stop("dashboard", *reversed(names))
         if dapr is not None:
-            dapr.stop_sidecar()
+            for app in apps or ["review"]:
+                dapr.stop_sidecar(app=app)
             dapr.start_sidecar()
+
+
+async def consume_dead_letters(settings: Settings, topic: str, count: int) -> list[DeadLetter]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        **kafka_admin_auth(),
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    letters: list[DeadLetter] = []
+    try:
+        async with asyncio.timeout(30):
+            while len(letters) < count:
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    letters.extend(DeadLetter.model_validate_json(r.value) for r in records)
+    finally:
+        await consumer.stop()
+    return sorted(letters, key=lambda letter: (letter.partition, letter.offset))

@@ -1,5 +1,6 @@
-"""The cascade through the real stack: Kafka, PostgreSQL, the worker and recorder as processes,
-and the real local LLM server (llama.cpp + SmolLM2-135M) behind a fault-injecting proxy.
+"""The cascade through the real stack: Kafka, PostgreSQL, Dapr, the worker, the recorder and
+the agent service (one durable Dapr workflow per uncertain post) as processes, and the real
+local LLM server (llama.cpp + SmolLM2-135M) behind a fault-injecting proxy.
 
 The worker runs with thresholds no fast-model score can pass, so every post goes to the agent:
 these tests are about stage 2. The model is tiny: they prove the wiring and the safety of every
@@ -22,6 +23,7 @@ from sqlmodel import Session, col, select
 
 from moderation.db import crud
 from moderation.db.models import Review, Verdict
+from moderation.devtools.stack.dapr import DaprRuntime
 from moderation.devtools.stack.kafka import KafkaBroker
 from moderation.devtools.stack.llm import LLMServer
 from moderation.devtools.stack.postgres import PostgresCluster
@@ -61,7 +63,7 @@ def proxy(settings: Settings, llm: LLMServer) -> Iterator[FaultProxy]:
 
 @pytest.fixture(scope="module")
 def services(
-    cascade_settings: Settings, proxy: FaultProxy, postgres: PostgresCluster
+    cascade_settings: Settings, proxy: FaultProxy, postgres: PostgresCluster, dapr: DaprRuntime
 ) -> Iterator[PipelineServices]:
     running = PipelineServices(
         cascade_settings,
@@ -83,7 +85,7 @@ def services(
             "MODERATION_AGENT__BREAKER_FAILURES": "1000",
         },
     )
-    with running_services(running, "recorder", "worker"):
+    with running_services(running, "recorder", "worker", "agent", dapr=dapr):
         yield running
 
 
@@ -169,7 +171,7 @@ async def test_uncertain_posts_get_an_agent_verdict_and_the_agent_uses_its_tools
     with Session(read_model) as session:
         crud.record_events(session, events=[precedent, decided])
     proxy.set_mode("pass")
-    port = cascade_settings.worker.classifier_health_port
+    port = cascade_settings.agent_service.service_port
     tool_calls_before = metric_total(port, "moderation_agent_tool_calls_total")
     batch = posts(
         f"ok-{unique}",

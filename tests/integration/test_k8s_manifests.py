@@ -28,7 +28,7 @@ from moderation.db.roles import DAPR_STATE_ROLE, SERVICE_GRANTS, SERVICE_ROLES
 from moderation.devtools.stack import k8s_tools
 from moderation.devtools.stack.k8s_tools import K8sTools, ManifestValidator
 from moderation.devtools.stack.services import service_specs
-from moderation.kafka_auth import acl_grants
+from moderation.kafka_auth import Principal, acl_grants
 from moderation.settings import PROJECT_ROOT, Settings
 
 # The first test installs the tools when the cache is cold (about a minute with warm Go and
@@ -40,21 +40,30 @@ TARGETS = ("base", "overlays/dev", "overlays/prod")
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 # The manifests are written for the settings' defaults; the environment must not change them.
 DEFAULTS = Settings.model_construct()
-SERVICES = {"api", "worker", "recorder", "review-service", "dashboard"}
+SERVICES = {"api", "worker", "recorder", "review-service", "agent-service", "dashboard"}
+# The Deployment of each service of `moderation/devtools/stack/services.py` whose name differs.
+DEPLOYMENT_OF = {"review": "review-service", "agent": "agent-service"}
+# The Dapr apps: each app id, its Deployment and the Kafka principal its daprd's pub/sub acts as.
+DAPR_APPS: dict[str, tuple[str, Principal]] = {
+    DEFAULTS.dapr.app_id: ("review-service", "review"),
+    DEFAULTS.agent_service.app_id: ("agent-service", "agent"),
+}
 # Env vars named like these hold credentials: they may only come from a Secret.
 SECRET_NAME = re.compile(r"PASSWORD|API_KEY|TOKEN|SECRET|CONNECTION_STRING", re.IGNORECASE)
 # Kafka's one client listener: TLS and SASL/SCRAM (kafka.yaml), its CA in Strimzi's Secret.
 KAFKA_PORT = 9093
 KAFKA_CA_SECRET = "moderation-kafka-cluster-ca-cert"
 # Each service's Kafka principal (moderation/kafka_auth.py): the review service's daprd and its
-# Python process share `review`. The nightly job and KEDA have principals without a service.
+# Python process share `review`, the agent service's share `agent`. The nightly job and KEDA
+# have principals without a service.
 KAFKA_PRINCIPALS = {"api": "api", "worker": "worker", "recorder": "recorder",
-                    "review-service": "review"}  # fmt: skip
+                    "review-service": "review", "agent-service": "agent"}  # fmt: skip
 KAFKA_CREDENTIAL = re.compile(r"^MODERATION_KAFKA__(USERNAME|PASSWORD)$")
 # The workload of each key of `SERVICE_ROLES` (its PostgreSQL role), and the schema migration,
 # the one pod that logs in as the owner (db-migrate-job.yaml).
 DB_WORKLOADS = {"api": "api", "worker": "worker", "recorder": "recorder",
-                "review": "review-service", "nightly": "moderation-nightly"}  # fmt: skip
+                "review": "review-service", "agent": "agent-service",
+                "nightly": "moderation-nightly"}  # fmt: skip
 MIGRATE = "db-migrate"
 # Role attributes no service role may have (CNPG `managed.roles`).
 ROLE_POWERS = ("superuser", "createdb", "createrole", "replication", "bypassrls")
@@ -211,6 +220,7 @@ BROKEN = [
     ("HorizontalPodAutoscaler", "api", ("spec",), "minReplicas", "two"),
     ("ScaledObject", "worker", ("spec",), "minReplicaCnt", 1),
     ("ScaledObject", "worker", ("spec", "triggers", 0, "metadata"), "lagThreshold", 5000),
+    ("ScaledObject", "agent-service", ("spec",), "maxReplicaCont", 6),
     ("Kafka", "moderation-kafka", ("spec", "kafka", "listeners", 0), "tsl", False),
     ("KafkaTopic", "posts.submitted", ("spec",), "partitons", 6),
     ("KafkaTopic", "posts.submitted", ("metadata",), "lables", {}),
@@ -221,6 +231,7 @@ BROKEN = [
     ("Cluster", "moderation-db", ("spec", "managed", "roles", 0), "passwordSecrt", {}),
     ("Job", "db-migrate", ("spec",), "backofLimit", 10),
     ("Component", "statestore", ("spec", "metadata", 0), "vaule", "x"),
+    ("Component", "kafka-pubsub-agent", ("spec",), "scopes", "agent-service"),
     ("Resiliency", "moderation-resiliency", ("spec", "policies", "retries", "stateRetry"),
      "maxRetires", 5),
 ]  # fmt: skip
@@ -258,7 +269,7 @@ def test_the_services_run_as_the_local_stack_runs_them(
     assert set(deployments) == SERVICES | {"vllm"}
     services = of_kind(rendered[target], "Service")
     for spec in service_specs(DEFAULTS).values():
-        name = "review-service" if spec.name == "review" else spec.name
+        name = DEPLOYMENT_OF.get(spec.name, spec.name)
         [container] = pod_spec(deployments[name])["containers"]
         assert container["args"] == [spec.command]
         image = "moderation-dashboard" if name == "dashboard" else "moderation"
@@ -304,9 +315,55 @@ def test_the_review_service_is_the_dapr_app(target: str, rendered: dict[str, lis
     api_env = env_of(pod_spec(api)["containers"][0])
     assert api_env["MODERATION_DAPR__HOST"]["value"] == f"{DEFAULTS.dapr.app_id}-dapr"
     assert api_env["DAPR_API_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == token_secret
-    for name in SERVICES - {"review-service", "api"}:
+    for name in SERVICES - {"review-service", "agent-service", "api"}:
         template = deployments[name]["spec"]["template"]["metadata"]
         assert "dapr.io/enabled" not in template.get("annotations", {})
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_agent_service_is_a_dapr_app(target: str, rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered[target]
+    deployments = of_kind(objects, "Deployment")
+    agent = DEFAULTS.agent_service
+    template = deployments["agent-service"]["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["dapr.io/enabled"] == "true"
+    assert annotations["dapr.io/app-id"] == agent.app_id
+    assert annotations["dapr.io/app-port"] == str(agent.service_port)
+    assert annotations["dapr.io/config"] in of_kind(objects, "Configuration")
+    assert annotations["dapr.io/enable-metrics"] == "true"
+    assert int(annotations["dapr.io/metrics-port"]) > 0
+    # Nobody outside the pod calls its daprd: the sidecar's API stays on loopback (the default).
+    assert "dapr.io/sidecar-listen-addresses" not in annotations
+    # Its own tokens, never the review service's daprd's (with which the pod that hands
+    # submitted text to an LLM could raise a moderator's decision on a review workflow).
+    review = deployments["review-service"]["spec"]["template"]["metadata"]["annotations"]
+    for key in ("dapr.io/api-token-secret", "dapr.io/app-token-secret"):
+        assert annotations[key] != review[key], key
+    [container] = pod_spec(deployments["agent-service"])["containers"]
+    variables = env_of(container)
+    for variable, key in (("DAPR_API_TOKEN", "dapr.io/api-token-secret"),
+                          ("APP_API_TOKEN", "dapr.io/app-token-secret")):  # fmt: skip
+        reference = variables[variable]["valueFrom"]["secretKeyRef"]
+        assert reference == {"name": annotations[key], "key": "token"}, variable
+    secrets = {
+        variable["valueFrom"]["secretKeyRef"]["name"]
+        for variable in variables.values()
+        if "secretKeyRef" in variable.get("valueFrom", {})
+    }
+    assert not secrets & {review["dapr.io/api-token-secret"], review["dapr.io/app-token-secret"]}
+    # It reads PostgreSQL as the worker's role and calls vLLM (the worker no longer does).
+    assert variables["MODERATION_DB__USER"]["value"] == SERVICE_ROLES["agent"]
+    assert shared_env(objects)["MODERATION_AGENT__RUNS_IN"] == "agent-service"
+    assert variables["MODERATION_LLM__API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == (
+        "moderation-llm"
+    )
+    # It does not mount the model store: it reads no model artifact.
+    claims = {
+        volume.get("persistentVolumeClaim", {}).get("claimName")
+        for volume in pod_spec(deployments["agent-service"])["volumes"]
+    }
+    assert "moderation-models" not in claims
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -329,6 +386,12 @@ def test_dapr_resources_mirror_the_local_components(
     assert configuration["spec"]["metric"]["enabled"] is True
     [resiliency] = of_kind(objects, "Resiliency").values()
     assert set(resiliency["spec"]["targets"]["components"]) == set(components)
+    # Every component is scoped to the Dapr apps that load it; the state store and the
+    # resiliency policies serve both apps.
+    for name, component in components.items():
+        assert set(component["scopes"]) <= set(DAPR_APPS), name
+    assert set(components[DEFAULTS.dapr.statestore_name]["scopes"]) == set(DAPR_APPS)
+    assert set(resiliency["scopes"]) == set(DAPR_APPS)
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -613,15 +676,25 @@ def test_vllm_serves_the_agent_with_lora_on_a_gpu(
 @pytest.mark.parametrize("target", TARGETS)
 def test_scaling_and_disruption_budgets(target: str, rendered: dict[str, list[Obj]]) -> None:
     objects = rendered[target]
-    [scaled] = of_kind(objects, "ScaledObject").values()
-    assert scaled["spec"]["scaleTargetRef"]["name"] == "worker"
-    [trigger] = scaled["spec"]["triggers"]
-    assert trigger["type"] == "kafka"
-    assert trigger["metadata"]["consumerGroup"] == DEFAULTS.worker.classifier_group
-    assert trigger["metadata"]["topic"] == DEFAULTS.kafka.topics.posts_submitted
-    assert int(trigger["metadata"]["lagThreshold"]) > 0
-    partitions = of_kind(objects, "KafkaTopic")[DEFAULTS.kafka.topics.posts_submitted]
-    assert scaled["spec"]["maxReplicaCount"] <= partitions["spec"]["partitions"]
+    scaled_objects = of_kind(objects, "ScaledObject")
+    # The worker on its group's lag on posts.submitted; the agent service on its daprd's group
+    # (its app id) on agent.requested. Each at least one pod, at most one per partition.
+    lags = {
+        "worker": (DEFAULTS.worker.classifier_group, DEFAULTS.kafka.topics.posts_submitted),
+        "agent-service": (DEFAULTS.agent_service.app_id, DEFAULTS.kafka.topics.agent_requested),
+    }
+    assert set(scaled_objects) == set(lags)
+    for name, (group, topic) in lags.items():
+        scaled = scaled_objects[name]
+        assert scaled["spec"]["scaleTargetRef"]["name"] == name
+        [trigger] = scaled["spec"]["triggers"]
+        assert trigger["type"] == "kafka"
+        assert trigger["metadata"]["consumerGroup"] == group
+        assert trigger["metadata"]["topic"] == topic
+        assert int(trigger["metadata"]["lagThreshold"]) > 0
+        partitions = of_kind(objects, "KafkaTopic")[topic]
+        assert scaled["spec"]["maxReplicaCount"] <= partitions["spec"]["partitions"]
+        assert scaled["spec"].get("minReplicaCount", 0) >= 1
     [hpa] = of_kind(objects, "HorizontalPodAutoscaler").values()
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
                                              "name": "api"}  # fmt: skip
@@ -630,8 +703,9 @@ def test_scaling_and_disruption_budgets(target: str, rendered: dict[str, list[Ob
     # The autoscalers own these counts; a `replicas` would fight them on every apply.
     assert "replicas" not in deployments["api"]["spec"]
     assert "replicas" not in deployments["worker"]["spec"]
+    assert "replicas" not in deployments["agent-service"]["spec"]
     budgets = of_kind(objects, "PodDisruptionBudget")
-    assert set(budgets) >= {"api", "worker", "recorder", "review-service"}
+    assert set(budgets) >= {"api", "worker", "recorder", "review-service", "agent-service"}
     for name, budget in budgets.items():
         labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
         assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -655,21 +729,28 @@ def test_network_policies_deny_by_default(target: str, rendered: dict[str, list[
     assert ports("allow-kafka") == {KAFKA_PORT}
     assert ports("allow-vllm") == {8000}
     assert ports("allow-dapr-sidecar") == {50001, 50002}
-    assert {8000, 8001, 8002, 8003, 9090} <= ports("allow-metrics-scraping")
+    # The agent service's daprd: actor calls from its own replicas only, no API from outside.
+    assert ports("allow-agent-dapr-sidecar") == {50002}
+    [agent_peers] = policies["allow-agent-dapr-sidecar"]["spec"]["ingress"]
+    assert agent_peers["from"] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "agent-service"}}}
+    ]
+    assert {8000, 8001, 8002, 8003, 8005, 9090} <= ports("allow-metrics-scraping")
     [scrapers] = policies["allow-metrics-scraping"]["spec"]["ingress"][0]["from"]
     assert scrapers["namespaceSelector"]["matchLabels"] == {
         "kubernetes.io/metadata.name": "monitoring"
     }
+    # vLLM: the agent service and the nightly job; the worker only hands posts off.
     [vllm_clients] = policies["allow-vllm"]["spec"]["ingress"][0]["from"]
     assert set(vllm_clients["podSelector"]["matchExpressions"][0]["values"]) == {
-        "worker", "moderation-nightly",
+        "agent-service", "moderation-nightly",
     }  # fmt: skip
 
 
 # --- issue 11: least privilege --------------------------------------------------------------------
 
-WORKLOAD_NAMES = {"api", "worker", "recorder", "review-service", "dashboard", "vllm",
-                  "moderation-nightly", MIGRATE}  # fmt: skip
+WORKLOAD_NAMES = {"api", "worker", "recorder", "review-service", "agent-service", "dashboard",
+                  "vllm", "moderation-nightly", MIGRATE}  # fmt: skip
 
 
 def selects(selector: Obj, name: str) -> bool:
@@ -743,15 +824,23 @@ def test_egress_is_denied_then_allowed_per_service(
     assert peers("api") == {"kube-dns": {53}, "moderation-kafka": {KAFKA_PORT},
                             "moderation-db": {5432}, "review-service": {50001},
                             "namespace": {4317}}  # fmt: skip
+    # The worker hands uncertain posts to the agent service: no path to vLLM.
+    assert shared_env(rendered[target])["MODERATION_AGENT__RUNS_IN"] == "agent-service"
     assert peers("worker") == {"kube-dns": {53}, "moderation-kafka": {KAFKA_PORT},
-                               "moderation-db": {5432}, "vllm": {8000},
-                               "namespace": {4317}}  # fmt: skip
+                               "moderation-db": {5432}, "namespace": {4317}}  # fmt: skip
     assert peers("recorder") == {"kube-dns": {53}, "moderation-kafka": {KAFKA_PORT},
                                  "moderation-db": {5432}, "namespace": {4317}}  # fmt: skip
     assert peers("review-service") == {"kube-dns": {53}, "moderation-kafka": {KAFKA_PORT},
                                        "moderation-db": {5432}, "review-service": {50002},
                                        "dapr-system": {50001, 50005, 50006, 6500},
                                        "namespace": {4317}}  # fmt: skip
+    # The agent service: its daprd's Kafka, control plane and peers, PostgreSQL, vLLM; never the
+    # review service's daprd.
+    assert peers("agent-service") == {"kube-dns": {53}, "moderation-kafka": {KAFKA_PORT},
+                                      "moderation-db": {5432}, "vllm": {8000},
+                                      "agent-service": {50002},
+                                      "dapr-system": {50001, 50005, 50006, 6500},
+                                      "namespace": {4317}}  # fmt: skip
     assert peers("vllm") == {"kube-dns": {53}, "internet": {443}}
     assert peers("moderation-nightly") == {"kube-dns": {53}, "moderation-db": {5432},
                                            "vllm": {8000}, "internet": {443},
@@ -778,12 +867,12 @@ def test_kafka_and_postgres_admit_only_their_clients(
     ):
         pods = [peer["podSelector"] for peer in peers if "podSelector" in peer]
         admitted = {name for name in WORKLOAD_NAMES if any(selects(p, name) for p in pods)}
-        assert admitted == {"api", "worker", "recorder", "review-service"}
+        assert admitted == {"api", "worker", "recorder", "review-service", "agent-service"}
     postgres = ingress_peers(policies, {"cnpg.io/cluster": "moderation-db"})
     pods = [peer["podSelector"] for peer in postgres if "podSelector" in peer]
     admitted = {name for name in WORKLOAD_NAMES if any(selects(p, name) for p in pods)}
-    assert admitted == {"api", "worker", "recorder", "review-service", "moderation-nightly",
-                        MIGRATE}  # fmt: skip
+    assert admitted == {"api", "worker", "recorder", "review-service", "agent-service",
+                        "moderation-nightly", MIGRATE}  # fmt: skip
     # The dashboard only through the ingress controller.
     [peer] = ingress_peers(policies, {"app.kubernetes.io/name": "dashboard"})
     assert peer == {"namespaceSelector": {"matchLabels": {
@@ -839,11 +928,31 @@ def test_kafka_users_grant_exactly_what_kafka_auth_grants(
         assert user["spec"]["authentication"] == {"type": "scram-sha-512"}, name
     service_users = {name: user for name, user in users.items() if name in services}
     assert granted_acls(service_users) == expected_acls()
-    # KEDA only describes what it measures; the nightly job may do nothing at all.
+    # KEDA only describes what it measures (the ScaledObjects' topics and groups); the nightly
+    # job may do nothing at all.
     assert granted_acls({"keda": users["keda"]}) == {
         ("keda", "topic", DEFAULTS.kafka.topics.posts_submitted, "Describe"),
         ("keda", "group", DEFAULTS.worker.classifier_group, "Describe"),
+        ("keda", "topic", DEFAULTS.kafka.topics.agent_requested, "Describe"),
+        ("keda", "group", DEFAULTS.agent_service.app_id, "Describe"),
     }
+    measured = {
+        (kind, trigger["metadata"][key])
+        for scaled in of_kind(objects, "ScaledObject").values()
+        for trigger in scaled["spec"]["triggers"]
+        for kind, key in (("topic", "topic"), ("group", "consumerGroup"))
+    }
+    assert {(kind, name) for _, kind, name, _ in granted_acls({"keda": users["keda"]})} == measured
+    # The worker hands off to the agent service, which alone reads the hand-offs.
+    readers = {
+        principal
+        for principal, kind, name, operation in granted_acls(service_users)
+        if (kind, name, operation) == ("topic", DEFAULTS.kafka.topics.agent_requested, "Read")
+    }
+    assert readers == {"agent"}
+    assert ("worker", "topic", DEFAULTS.kafka.topics.agent_requested, "Write") in granted_acls(
+        service_users
+    )
     assert granted_acls({"nightly": users["nightly"]}) == set()
     # Only the review service may write a human decision (the forged-events finding).
     writers = {
@@ -857,7 +966,7 @@ def test_kafka_users_grant_exactly_what_kafka_auth_grants(
 def test_the_acl_check_catches_an_extra_grant(rendered: dict[str, list[Obj]]) -> None:
     users = copy.deepcopy(of_kind(rendered["base"], "KafkaUser"))
     assert granted_acls({n: u for n, u in users.items() if n in {"api", "worker", "recorder",
-                         "review"}}) == expected_acls()  # fmt: skip
+                         "review", "agent"}}) == expected_acls()  # fmt: skip
     users["api"]["spec"]["authorization"]["acls"].append(
         {"resource": {"type": "topic", "name": "review.decisions"}, "operations": ["Write"]}
     )
@@ -973,21 +1082,82 @@ def test_dapr_authenticates_to_kafka_as_review_over_tls(
         assert local_metadata[key]["value"] == metadata[key]["value"], key
 
 
+def pubsub_of(objects: list[Obj], app_id: str) -> tuple[str, Obj]:
+    """The one Kafka pub/sub component the daprd of `app_id` loads (its `scopes`)."""
+    [(name, component)] = [
+        (name, component)
+        for name, component in of_kind(objects, "Component").items()
+        if component["spec"]["type"] == "pubsub.kafka" and app_id in component.get("scopes", [])
+    ]
+    return name, component
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_each_dapr_app_authenticates_to_kafka_as_its_own_principal(
+    target: str, rendered: dict[str, list[Obj]]
+) -> None:
+    """Each daprd loads one Kafka pub/sub component, scoped to its app alone, that logs in as
+    its app's principal; the app publishes and subscribes through that component's name."""
+    objects = rendered[target]
+    deployments = of_kind(objects, "Deployment")
+    grants = acl_grants(Settings())
+    pubsubs = [
+        c for c in of_kind(objects, "Component").values() if c["spec"]["type"] == "pubsub.kafka"
+    ]
+    assert len(pubsubs) == len(DAPR_APPS)
+    for app_id, (deployment, principal) in DAPR_APPS.items():
+        name, component = pubsub_of(objects, app_id)
+        assert component["scopes"] == [app_id]  # no other daprd logs in as this principal
+        metadata = {item["name"]: item for item in component["spec"]["metadata"]}
+        assert metadata["authType"]["value"] == "password"
+        assert metadata["saslUsername"]["value"] == principal, app_id
+        assert metadata["saslPassword"]["secretKeyRef"] == {"name": principal, "key": "password"}
+        assert metadata["saslMechanism"]["value"] == "SHA-512"
+        assert metadata["disableTls"]["value"] == "false"
+        assert metadata["caCert"]["secretKeyRef"] == {"name": KAFKA_CA_SECRET, "key": "ca.crt"}
+        assert "skipVerify" not in metadata
+        assert metadata["brokers"]["value"] == (
+            f"{next(iter(of_kind(objects, 'Kafka')))}-kafka-bootstrap:{KAFKA_PORT}"
+        )
+        # Its group is its app id: the one `acl_grants` gives its principal.
+        assert metadata["consumerGroup"]["value"] == "{appID}"
+        assert grants[principal].groups == (app_id,)
+        # The app names that component (MODERATION_DAPR__PUBSUB_NAME, else the default).
+        annotations = deployments[deployment]["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["dapr.io/app-id"] == app_id
+        [container] = pod_spec(deployments[deployment])["containers"]
+        variables = {k: v.get("value") for k, v in env_of(container).items()}
+        environment = shared_env(objects) | variables
+        assert environment.get("MODERATION_DAPR__PUBSUB_NAME", DEFAULTS.dapr.pubsub_name) == name
+        # The Python process presents the same principal as its daprd.
+        assert variables["MODERATION_KAFKA__USERNAME"] == principal
+    # The agent service's daprd authenticates as `agent`, never as `review`.
+    name, component = pubsub_of(objects, DEFAULTS.agent_service.app_id)
+    assert name != DEFAULTS.dapr.pubsub_name
+    metadata = {item["name"]: item for item in component["spec"]["metadata"]}
+    assert metadata["saslUsername"]["value"] == "agent"
+    review_name, _ = pubsub_of(objects, DEFAULTS.dapr.app_id)
+    assert review_name == DEFAULTS.dapr.pubsub_name
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_keda_reads_the_lag_as_its_own_kafka_principal(
     target: str, rendered: dict[str, list[Obj]]
 ) -> None:
     objects = rendered[target]
-    [scaled] = of_kind(objects, "ScaledObject").values()
-    [trigger] = scaled["spec"]["triggers"]
-    assert trigger["metadata"]["bootstrapServers"].endswith(f":{KAFKA_PORT}")
-    auth = of_kind(objects, "TriggerAuthentication")[trigger["authenticationRef"]["name"]]
-    parameters = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
-    parameters |= {ref["parameter"]: ref for ref in auth["spec"]["configMapTargetRef"]}
-    assert (parameters["password"]["name"], parameters["password"]["key"]) == ("keda", "password")
-    assert (parameters["ca"]["name"], parameters["ca"]["key"]) == (KAFKA_CA_SECRET, "ca.crt")
-    plain = of_kind(objects, "ConfigMap")[parameters["username"]["name"]]["data"]
-    assert plain == {"sasl": "scram_sha512", "username": "keda", "tls": "enable"}
+    scaled_objects = of_kind(objects, "ScaledObject")
+    assert set(scaled_objects) == {"worker", "agent-service"}
+    for scaled in scaled_objects.values():
+        [trigger] = scaled["spec"]["triggers"]
+        assert trigger["metadata"]["bootstrapServers"].endswith(f":{KAFKA_PORT}")
+        auth = of_kind(objects, "TriggerAuthentication")[trigger["authenticationRef"]["name"]]
+        parameters = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
+        parameters |= {ref["parameter"]: ref for ref in auth["spec"]["configMapTargetRef"]}
+        assert (parameters["password"]["name"], parameters["password"]["key"]) == (
+            "keda", "password")  # fmt: skip
+        assert (parameters["ca"]["name"], parameters["ca"]["key"]) == (KAFKA_CA_SECRET, "ca.crt")
+        plain = of_kind(objects, "ConfigMap")[parameters["username"]["name"]]["data"]
+        assert plain == {"sasl": "scram_sha512", "username": "keda", "tls": "enable"}
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -1114,8 +1284,10 @@ def test_secrets_are_referenced_never_written(target: str, rendered: dict[str, l
     for auth in of_kind(objects, "TriggerAuthentication").values():
         referenced |= {ref["name"] for ref in auth["spec"].get("secretTargetRef", [])}
     deployments = of_kind(objects, "Deployment")
-    annotations = deployments["review-service"]["spec"]["template"]["metadata"]["annotations"]
-    referenced.add(annotations["dapr.io/api-token-secret"])
+    for deployment, _ in DAPR_APPS.values():
+        annotations = deployments[deployment]["spec"]["template"]["metadata"]["annotations"]
+        referenced.add(annotations["dapr.io/api-token-secret"])
+        referenced.add(annotations["dapr.io/app-token-secret"])
     # Every Secret that must exist is documented (k8s/README.md says how to create it).
     documented = (K8S_DIR / "README.md").read_text()
     for name in referenced:
@@ -1162,8 +1334,8 @@ def test_the_overlays_differ_as_documented(rendered: dict[str, list[Obj]]) -> No
     # A drain can still move a pod: more run than the budget must keep.
     [hpa] = of_kind(prod, "HorizontalPodAutoscaler").values()
     assert hpa["spec"]["minReplicas"] > budgets["api"]["spec"]["minAvailable"]
-    [scaled] = of_kind(prod, "ScaledObject").values()
-    assert scaled["spec"]["minReplicaCount"] > budgets["worker"]["spec"]["minAvailable"]
+    for name, scaled in of_kind(prod, "ScaledObject").items():
+        assert scaled["spec"]["minReplicaCount"] > budgets[name]["spec"]["minAvailable"], name
     prod_deployments = of_kind(prod, "Deployment")
     for name in ("recorder", "review-service"):
         replicas = prod_deployments[name]["spec"]["replicas"]

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from faststream import TestApp
 from faststream.asgi import AsgiFastStream
 from prometheus_client import REGISTRY
@@ -33,7 +33,6 @@ from moderation.db.models import PostStatus
 from moderation.devtools.stack.kafka import KafkaBroker, delete_topics, ensure_topics
 from moderation.devtools.stack.postgres import PostgresCluster
 from moderation.events import (
-    DeadLetter,
     Event,
     ModerationVerdict,
     PostSubmitted,
@@ -44,7 +43,7 @@ from moderation.services.recorder.app import Recorder, RetryPolicy, build_app
 from moderation.settings import Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
 from tests import crud_helpers
-from tests.integration.streams import kafka_admin_auth
+from tests.integration.streams import consume_dead_letters, kafka_admin_auth
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -252,28 +251,6 @@ async def test_poison_messages_go_to_the_dlq_and_do_not_block_the_partition(
     assert ModerationVerdict.model_validate_json(rejected.payload).event_id == too_long.event_id
     verdicts = await database.read(lambda s: crud_helpers.list_verdicts(s, post_ids=[post_id]))
     assert [v.model_version for v in verdicts] == ["fast-it"]  # never a truncated copy
-
-
-async def consume_dead_letters(settings: Settings, topic: str, count: int) -> list[DeadLetter]:
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        **kafka_admin_auth(),
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    letters: list[DeadLetter] = []
-    try:
-        async with asyncio.timeout(30):
-            while len(letters) < count:
-                batch = await consumer.getmany(timeout_ms=500)
-                for records in batch.values():
-                    letters.extend(DeadLetter.model_validate_json(r.value) for r in records)
-    finally:
-        await consumer.stop()
-    return sorted(letters, key=lambda letter: (letter.partition, letter.offset))
 
 
 async def test_readiness_really_checks_kafka_and_the_database(

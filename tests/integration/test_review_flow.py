@@ -35,7 +35,7 @@ from moderation.devtools.stack.kafka import KafkaBroker
 from moderation.devtools.stack.postgres import PostgresCluster
 from moderation.devtools.stack.services import PipelineServices
 from moderation.events import PostSubmitted, review_id_for
-from moderation.services.review.instances import read_workflow_state
+from moderation.services.sidecar.instances import read_workflow_state
 from moderation.settings import PROJECT_ROOT, Settings
 from tests import crud_helpers
 from tests.integration.streams import (

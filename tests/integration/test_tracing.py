@@ -61,6 +61,7 @@ def services(
             # to a human, so it crosses every service.
             **STAGE_ONE_DECIDES_NOTHING,
             "MODERATION_AGENT__ENABLED": "true",
+            "MODERATION_AGENT__RUNS_IN": "worker",
             "MODERATION_AGENT__TOOL_CHOICE": "required",
             "MODERATION_AGENT__CONCURRENCY": "1",
             "MODERATION_TRACING__FILE": str(spans_dir / "{service}.jsonl"),

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from moderation.db.roles import DAPR_STATE_ROLE
-from moderation.kafka_auth import PRINCIPALS
+from moderation.kafka_auth import PRINCIPALS, acl_grants
 from moderation.services.api.workflows import DaprReviewWorkflows
 from moderation.settings import DaprSettings, DatabaseSettings, Settings
 
@@ -46,12 +46,13 @@ LOCAL_IMAGES = {
     "moderation-nightly:local",
 }
 # Images with neither a shell nor an HTTP client (distroless / a bare binary): a container
-# healthcheck cannot run in them. The Dapr ones show through the review service's /readyz; the
-# collector is best effort (spans are dropped while it is down).
+# healthcheck cannot run in them. The Dapr ones show through the review and agent services'
+# /readyz; the collector is best effort (spans are dropped while it is down).
 NO_PROBE_TOOL = {
     "placement": "daprio/placement",
     "scheduler": "daprio/scheduler",
     "review-dapr": "daprio/daprd",
+    "agent-dapr": "daprio/daprd",
     "otel-collector": "otel/opentelemetry-collector-contrib",
 }
 SECRET_NAME = re.compile(r"(?i)(password|passwd|secret|api[_-]?key|token|credential)")
@@ -59,8 +60,14 @@ SECRET_NAME = re.compile(r"(?i)(password|passwd|secret|api[_-]?key|token|credent
 COMPOSE_KAFKA_PRINCIPALS = (*PRINCIPALS, "nightly")
 # Who connects as whom (`admin`: the `topics` service, which creates topics and ACLs).
 KAFKA_LOGINS = {"topics": "admin", "api": "api", "base-model": "worker", "worker": "worker",
-                "recorder": "recorder", "review": "review", "nightly": "nightly"}  # fmt: skip
+                "recorder": "recorder", "review": "review", "agent": "agent",
+                "nightly": "nightly"}  # fmt: skip
 KAFKA_PASSWORD_FILE = "/run/secrets/kafka_password"
+# Each Dapr app's daprd (docker-compose.yaml): its app container, whose network namespace it
+# shares, and the Kafka principal its pub/sub component logs in as.
+DAPRDS = {"review-dapr": ("review", "review"), "agent-dapr": ("agent", "agent")}
+# The agent pair's own Dapr tokens (docker/dapr_secrets.py AGENT_TOKENS_FILE).
+AGENT_TOKENS_ENV_FILE = "./.secrets/dapr-agent-tokens.env"
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -364,7 +371,8 @@ def test_images_follow_the_settings_and_the_lock(
     assert services["kafka"]["image"] == f"apache/kafka:{settings.kafka.version}"
     for name, image in (("placement", "placement"), ("scheduler", "scheduler")):
         assert services[name]["image"] == f"daprio/{image}:{settings.dapr.version}"
-    assert services["review-dapr"]["image"] == f"daprio/daprd:{settings.dapr.version}"
+    for name in DAPRDS:
+        assert services[name]["image"] == f"daprio/daprd:{settings.dapr.version}", name
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
@@ -422,6 +430,7 @@ def test_the_services_run_their_command_and_probe_its_port(
         "worker": ("worker", settings.worker.classifier_health_port),
         "recorder": ("recorder", settings.worker.recorder_health_port),
         "review": ("review-service", settings.review.service_port),
+        "agent": ("agent-service", settings.agent_service.service_port),
         "dashboard": ("dashboard", settings.dashboard.port),
     }
     for name, (command, port) in ports.items():
@@ -534,6 +543,7 @@ def test_compose_secrets_come_from_the_environment_or_files(
     assert compose["secrets"] == {
         "db_password": {"environment": "MODERATION_DB__PASSWORD"},
         "dapr_secrets": {"file": "./.secrets/dapr-secrets.json"},
+        "dapr_agent_secrets": {"file": "./.secrets/dapr-agent-secrets.json"},
         "db_dapr_password": {"file": "./.secrets/postgres/dapr"},
         **{f"kafka_{p}": {"file": f"./.secrets/kafka/{p}"} for p in COMPOSE_KAFKA_PRINCIPALS},
     }
@@ -579,7 +589,7 @@ def test_kafka_matches_the_settings(
     # The topics are created from the settings by the project's own function.
     assert "ensure_topics(get_settings())" in services["topics"]["entrypoint"][-1]
     assert services["topics"]["restart"] == "no"
-    for name in ("api", "worker", "recorder", "review"):
+    for name in ("api", "worker", "recorder", "review", "agent"):
         assert depends_on(services[name])["topics"] == {
             "condition": "service_completed_successfully"
         }
@@ -647,15 +657,21 @@ def test_each_compose_process_connects_as_its_own_kafka_principal(
         script = entrypoint[2].replace("$$", "$")  # as compose passes it (`$$` escapes `$`)
         assert script.startswith(f'MODERATION_KAFKA__PASSWORD="$(cat {KAFKA_PASSWORD_FILE})" ')
     # The services still run their own command through the image's `moderation`.
-    for name in ("api", "worker", "recorder", "review", "nightly"):
+    for name in ("api", "worker", "recorder", "review", "agent", "nightly"):
         assert services[name]["entrypoint"][2].endswith('exec moderation "$$@"'), name
     # Only the broker and those processes hold a Kafka password: never the dashboard, vLLM,
     # Prometheus or Dapr's control plane.
     holders = {name for name, service in services.items() if kafka_secrets(service)}
     assert holders == set(KAFKA_LOGINS) | {"kafka"}
-    # The review service's daprd logs in as `review` (components/pubsub-kafka.yaml).
-    daprd = services["review-dapr"]["environment"]
-    assert daprd["MODERATION_KAFKA_SASL_USERNAME"] == "review"
+    # Each daprd logs in as its app's principal (components/pubsub-kafka.yaml): the review
+    # service's as `review`, the agent service's as `agent`, each with its own secrets file.
+    for name, (_, principal) in DAPRDS.items():
+        daprd = services[name]["environment"]
+        assert daprd["MODERATION_KAFKA_SASL_USERNAME"] == principal, name
+    secrets_files = {
+        services[name]["environment"]["MODERATION_DAPR_SECRETS_FILE"] for name in DAPRDS
+    }
+    assert len(secrets_files) == len(DAPRDS)
 
 
 def test_kafka_passwords_are_generated_once_and_given_to_daprd(tmp_path: Path) -> None:
@@ -674,7 +690,21 @@ def test_kafka_passwords_are_generated_once_and_given_to_daprd(tmp_path: Path) -
     (sasl,) = [m for m in pubsub["spec"]["metadata"] if m["name"] == "saslPassword"]
     output = module.write_secrets("db", tmp_path / "dapr.json", first["review"])
     assert json.loads(output.read_text())[sasl["secretKeyRef"]["key"]] == first["review"]
+    # Each daprd's file is the compose secret its service mounts, with its own principal's
+    # password: `review` for the review service's daprd, `agent` for the agent service's.
     declared = load_compose()["secrets"]
+    services = load_compose()["services"]
+    assert {principal for _, principal in module.DAPRD_SECRETS.values()} == {
+        principal for _, principal in DAPRDS.values()
+    }
+    for name, (_, principal) in DAPRDS.items():
+        [secret] = services[name]["secrets"]
+        target = services[name]["environment"]["MODERATION_DAPR_SECRETS_FILE"]
+        assert target == f"/run/secrets/{secret}", name
+        [(path, owner)] = [v for v in module.DAPRD_SECRETS.values() if v[1] == principal]
+        assert (ROOT / declared[secret]["file"]).resolve() == path, name
+        written = module.write_secrets("db", tmp_path / f"{name}.json", first[owner])
+        assert json.loads(written.read_text())[sasl["secretKeyRef"]["key"]] == first[principal]
     secret_files = {
         name: (ROOT / s["file"]).resolve()
         for name, s in declared.items()
@@ -704,6 +734,34 @@ def test_daprd_runs_next_to_the_review_service(
     assert services["api"]["environment"]["MODERATION_DAPR__HOST"] == "review"
 
 
+def test_daprd_runs_next_to_the_agent_service(
+    services: dict[str, dict[str, Any]], settings: Settings
+) -> None:
+    daprd = services["agent-dapr"]
+    assert daprd["network_mode"] == "service:agent"
+    flags = command_flags(daprd["command"])
+    assert daprd["command"][0] == "./daprd"
+    agent = settings.agent_service
+    assert flags["app-id"] == agent.app_id
+    assert flags["app-port"] == str(agent.service_port)
+    assert flags["app-channel-address"] == "127.0.0.1"
+    assert flags["dapr-http-port"] == str(agent.dapr_http_port)
+    assert flags["dapr-grpc-port"] == str(agent.dapr_grpc_port)
+    assert flags["metrics-port"] == str(agent.dapr_metrics_port)
+    # Nobody outside its network namespace calls it (the agent service dials 127.0.0.1).
+    assert flags["dapr-listen-addresses"] == "127.0.0.1"
+    assert agent.dapr_grpc_endpoint == f"127.0.0.1:{flags['dapr-grpc-port']}"
+    # The same control plane, components and configuration as the review service's daprd.
+    review = command_flags(services["review-dapr"]["command"])
+    for flag in ("placement-host-address", "scheduler-host-address", "resources-path", "config"):
+        assert flags[flag] == review[flag], flag
+    assert daprd["volumes"] == services["review-dapr"]["volumes"]
+    # Its Kafka group is its app id: the one `acl_grants` gives `agent`.
+    assert acl_grants(settings)["agent"].groups == (agent.app_id,)
+    assert services["agent"]["command"] == ["agent-service"]
+    assert depends_on(daprd)["agent"] == {"condition": "service_started"}
+
+
 def test_components_get_every_env_ref_they_read(services: dict[str, dict[str, Any]]) -> None:
     env_refs = {
         item["envRef"]
@@ -716,6 +774,13 @@ def test_components_get_every_env_ref_they_read(services: dict[str, dict[str, An
     secrets_file = daprd["environment"]["MODERATION_DAPR_SECRETS_FILE"]
     assert secrets_file == "/run/secrets/dapr_secrets" and daprd["secrets"] == ["dapr_secrets"]
     assert daprd["environment"]["MODERATION_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    # The agent service's daprd: the same variables, its tokens from its env file.
+    agent = services["agent-dapr"]
+    assert set(agent["environment"]) == env_refs
+    secrets_file = agent["environment"]["MODERATION_DAPR_SECRETS_FILE"]
+    assert secrets_file == "/run/secrets/dapr_agent_secrets"
+    assert agent["secrets"] == ["dapr_agent_secrets"]
+    assert agent["environment"]["MODERATION_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
 
 
 def test_dapr_configuration_differs_only_in_where_traces_go(
@@ -769,13 +834,17 @@ def test_prometheus_scrapes_every_metrics_port(
     # Each service serves /metrics on the port its healthcheck probes.
     expected = {f"{name}:{probe_port(services[name])}" for name in ("api", "worker", "recorder")}
     expected.add(f"review:{probe_port(services['review'])}")
+    expected.add(f"agent:{probe_port(services['agent'])}")
     daprd = command_flags(services["review-dapr"]["command"])
     expected.add(f"review:{daprd['metrics-port']}")  # daprd lives in review's network namespace
+    agent_daprd = command_flags(services["agent-dapr"]["command"])
+    expected.add(f"agent:{agent_daprd['metrics-port']}")  # and the agent's in agent's
     for name in ("placement", "scheduler"):
         expected.add(f"{name}:{command_flags(services[name]['command'])['metrics-port']}")
     expected.add("localhost:9090")
     assert targets == expected
     assert daprd["metrics-port"] == str(settings.dapr.metrics_port)
+    assert agent_daprd["metrics-port"] == str(settings.agent_service.dapr_metrics_port)
     mount = "./docker/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
     assert mount in services["prometheus"]["volumes"]
 
@@ -860,3 +929,37 @@ def test_daprd_api_token_is_shared_by_its_clients(services: dict[str, dict[str, 
         assert services[name]["environment"]["DAPR_API_TOKEN"] == token
     holders = {n for n, s in services.items() if "DAPR_API_TOKEN" in s.get("environment", {})}
     assert holders == {"api", "review", "review-dapr"}
+
+
+def test_the_agent_pair_has_its_own_dapr_tokens(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The agent service hands submitted text to an LLM: it never holds the review daprd's
+    tokens (with them it could raise a moderator's decision on a review workflow). It and its
+    daprd share tokens of their own, generated by docker/dapr_secrets.py into an env file."""
+    review_tokens = {
+        services["review-dapr"]["environment"][name] for name in ("DAPR_API_TOKEN", "APP_API_TOKEN")
+    }
+    module = load_dapr_secrets_module()
+    assert (ROOT / AGENT_TOKENS_ENV_FILE).resolve() == module.AGENT_TOKENS_FILE
+    for name in ("agent", "agent-dapr"):
+        service = services[name]
+        values = set(service["environment"].values())
+        assert not values & review_tokens, name
+        assert not {"DAPR_API_TOKEN", "APP_API_TOKEN"} & set(service["environment"]), name
+        # Optional only so that `docker compose config` loads without .secrets/: the service
+        # refuses to start without an app token.
+        assert service["env_file"] == [{"path": AGENT_TOKENS_ENV_FILE, "required": False}], name
+    holders = {n for n, s in services.items() if "env_file" in s}
+    assert holders == {"agent", "agent-dapr"}
+    # Generated once and kept, one token per variable, nothing compose would need quoted.
+    path = tmp_path / "tokens.env"
+    first = module.agent_tokens(path)
+    assert set(first) == {"DAPR_API_TOKEN", "APP_API_TOKEN"}
+    assert len(set(first.values())) == 2
+    for value in first.values():
+        assert re.fullmatch(r"[A-Za-z0-9_-]{40,}", value)
+    assert module.agent_tokens(path) == first
+    assert path.read_text() == "".join(f"{k}={v}\n" for k, v in first.items())
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert path.parent.stat().st_mode & 0o777 == 0o700

@@ -18,7 +18,7 @@ from moderation.devtools.stack.dapr import stack_tokens, with_stack_tokens
 from moderation.devtools.stack.services import service_env
 from moderation.services.api.workflows import DaprReviewWorkflows
 from moderation.services.review.app import SUBSCRIPTION_ROUTE, build_app
-from moderation.services.review.dapr_tokens import api_token_headers, use_api_token
+from moderation.services.sidecar.tokens import api_token_headers, use_api_token
 from moderation.settings import DaprSettings, Settings, StackSettings
 
 APP_TOKEN = "app-token-from-daprd"

@@ -95,10 +95,12 @@ def test_only_the_rightful_services_may_write_each_topic() -> None:
     }
     assert writers == {
         topics.posts_submitted: {"api"},
-        topics.verdicts: {"worker"},
-        topics.review_requested: {"api", "worker"},  # appeals, and stage 1's review requests
+        topics.verdicts: {"worker", "agent"},  # stage 1's verdicts, and the agent's
+        # Appeals, stage 1's review requests, and the agent's.
+        topics.review_requested: {"api", "worker", "agent"},
         topics.review_decisions: {"review"},  # a human decision comes from the review service
         topics.review_escalated: {"review"},
+        topics.agent_requested: {"worker"},  # only the worker hands posts to the agent
     }
     groups = [group for grants in acl_grants(settings).values() for group in grants.groups]
     assert len(groups) == len(set(groups))  # no two services share a consumer group

@@ -500,8 +500,9 @@ def test_no_engine_means_not_ready(settings: Settings) -> None:
 def test_the_service_uses_the_settings_topics() -> None:
     service = Recorder(Settings())  # as `build_app(settings)` builds it for the process
     topics = service.settings.kafka.topics
-    # Escalations are written by the review workflow's own activity, not projected.
-    recorded = sorted(set(topics.main_topics()) - {topics.review_escalated})
+    # Escalations are written by the review workflow's own activity, not projected; hand-offs to
+    # the agent service end in the verdicts and review requests it publishes.
+    recorded = sorted(set(topics.main_topics()) - {topics.review_escalated, topics.agent_requested})
     assert sorted(service.subscriber.topic_names) == recorded
     assert sorted(service.event_types) == recorded
     assert sorted(service.dead_letter_publishers) == recorded

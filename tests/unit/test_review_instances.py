@@ -7,8 +7,8 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 import pytest
 
-from moderation.services.review import instances
-from moderation.services.review.instances import read_workflow_state
+from moderation.services.sidecar import instances
+from moderation.services.sidecar.instances import read_workflow_state
 
 
 class FakeRpcError(grpc.RpcError, grpc.Call):  # type: ignore[misc]
@@ -49,7 +49,7 @@ class FlakyClient:
 
 @pytest.fixture(autouse=True)
 def no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("moderation.services.review.instances.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("moderation.services.sidecar.instances.time.sleep", lambda seconds: None)
 
 
 def test_a_transient_unknown_error_is_read_again() -> None:

@@ -24,6 +24,7 @@ def test_every_topic_has_a_dead_letter_topic() -> None:
         "review.requested",
         "review.decisions",
         "review.escalated",
+        "agent.requested",
     ]
     assert [t for t in topics.all_topics() if t.endswith(".dlq")] == [
         t + ".dlq" for t in topics.main_topics()

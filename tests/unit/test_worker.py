@@ -14,7 +14,13 @@ import pytest
 from faststream.kafka import KafkaBroker
 
 from moderation.classifier.cascade import AgentStage, first_stage
-from moderation.events import DeadLetter, ModerationVerdict, PostSubmitted, ReviewRequested
+from moderation.events import (
+    AgentRequested,
+    DeadLetter,
+    ModerationVerdict,
+    PostSubmitted,
+    ReviewRequested,
+)
 from moderation.services.worker.app import Worker, create_broker
 from moderation.settings import Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
@@ -221,6 +227,45 @@ async def test_uncertain_posts_go_to_the_agent_and_get_a_second_verdict(
     assert review.post_id == p3 and review.verdict.stage is Stage.AGENT
     assert review.verdict.scores[Category.SPAM] == pytest.approx(0.753)
     assert len(model.requests) == 1
+
+
+async def test_uncertain_posts_are_handed_to_the_agent_service_without_waiting_for_it(
+    worker: Worker, scripted: None, kafka_broker: KafkaBroker, messaging: Messaging
+) -> None:
+    """With the agent in the agent service, the worker publishes stage 1's verdicts and hands
+    each uncertain post to `agent.requested`; it runs no agent and requests no review."""
+    worker.state.handoff = True
+    topic = worker.settings.kafka.topics.posts_submitted
+    p1, p3 = messaging.id("p1"), messaging.id("p3")
+    try:
+        async with messaging.running(kafka_broker) as broker:
+            await broker.publish(payload(p1, "hello friends"), topic=topic, key=p1.encode())
+            await broker.publish(payload(p3, "hmm"), topic=topic, key=p3.encode())
+            await messaging.wait_until(
+                lambda: (
+                    len(published(worker.verdict_publisher)) >= 2
+                    and len(published(worker.agent_publisher)) >= 1
+                ),
+                "two verdicts and a hand-off",
+            )
+            verdicts = [
+                ModerationVerdict.model_validate(m)
+                for m in by_post(published(worker.verdict_publisher))
+            ]
+            handoffs = [AgentRequested.model_validate(m) for m in published(worker.agent_publisher)]
+            reviews = published(worker.review_publisher)
+    finally:
+        worker.state.handoff = False
+
+    assert [(v.post_id, v.stage, v.decision) for v in verdicts] == [
+        (p1, Stage.MODEL, Decision.ALLOW),
+        (p3, Stage.MODEL, Decision.REVIEW),
+    ]
+    assert "to the agent" in (verdicts[1].rationale or "")
+    [handoff] = handoffs
+    assert handoff.post_id == p3 and handoff.post.text == "hmm"
+    assert handoff.verdict == verdicts[1] and handoff.reason.startswith("uncertain")
+    assert reviews == []
 
 
 def test_consumer_lag_is_the_high_watermark_past_the_batch() -> None:

@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from moderation.devtools.stack.runtime import (
     run,
     wait_for_process,
 )
-from moderation.kafka_auth import credentials
+from moderation.kafka_auth import Principal, credentials
 from moderation.local_secrets import local_secret
 from moderation.settings import PROJECT_ROOT, Settings
 
@@ -83,6 +84,29 @@ def binary_version(path: Path) -> str | None:
     return result.stdout.strip().splitlines()[0] if result.stdout.strip() else None
 
 
+@dataclass(frozen=True)
+class SidecarSpec:
+    """One Dapr app's daprd: its app id, ports and the Kafka principal its pub/sub acts as."""
+
+    app: str  # the stack's short name: "review" or "agent"
+    app_id: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    principal: Principal
+
+
+def sidecar_specs(settings: Settings) -> dict[str, SidecarSpec]:
+    """The stack's Dapr apps: the review service and the agent service."""
+    d, agent = settings.dapr, settings.agent_service
+    return {
+        "review": SidecarSpec("review", d.app_id, d.http_port, d.grpc_port, d.metrics_port,
+                              "review"),
+        "agent": SidecarSpec("agent", agent.app_id, agent.dapr_http_port, agent.dapr_grpc_port,
+                             agent.dapr_metrics_port, "agent"),
+    }  # fmt: skip
+
+
 class DaprRuntime:
     name = "dapr"
 
@@ -92,9 +116,14 @@ class DaprRuntime:
         self.state_dir = settings.stack.state_dir
         self.placement = ManagedProcess(name="dapr-placement", argv=[], state_dir=self.state_dir)
         self.scheduler = ManagedProcess(name="dapr-scheduler", argv=[], state_dir=self.state_dir)
-        self.daprd = ManagedProcess(
-            name=f"daprd-{self.dapr.app_id}", argv=[], state_dir=self.state_dir, cwd=PROJECT_ROOT
-        )
+        self.sidecars = sidecar_specs(settings)
+        self.daprds = {
+            app: ManagedProcess(
+                name=f"daprd-{spec.app_id}", argv=[], state_dir=self.state_dir, cwd=PROJECT_ROOT
+            )
+            for app, spec in self.sidecars.items()
+        }
+        self.daprd = self.daprds["review"]
 
     # --- install -------------------------------------------------------------------------
 
@@ -175,32 +204,33 @@ class DaprRuntime:
 
     # --- run -----------------------------------------------------------------------------
 
-    def secrets_file(self) -> Path:
-        return self.state_dir / "dapr" / "secrets.json"
+    def secrets_file(self, app: str = "review") -> Path:
+        return self.state_dir / "dapr" / f"secrets-{app}.json"
 
-    def _write_secrets(self) -> None:
+    def _write_secrets(self, app: str) -> None:
         """The local file secret store's content, from settings (never committed)."""
-        path = self.secrets_file()
+        path = self.secrets_file(app)
         path.parent.mkdir(parents=True, exist_ok=True)
-        review = credentials(self.settings, "review")
+        kafka = credentials(self.settings, self.sidecars[app].principal)
         # daprd logs in as Dapr's own role, which owns dapr_state and may not connect to the
         # application database (`moderation.db.roles`; the stack gives it the dev password).
         db = self.settings.db
         state_store = db.model_copy(update={"user": DAPR_STATE_ROLE})
         secrets = {
             "dapr-state-connection-string": state_store.libpq_dsn(db.dapr_state_name),
-            "kafka-sasl-password": review.password if review else "",
+            "kafka-sasl-password": kafka.password if kafka else "",
         }
         path.write_text(json.dumps(secrets, indent=2))
         path.chmod(0o600)
 
-    def sidecar_env(self) -> dict[str, str]:
-        """Values the components read through `envRef`."""
-        review = credentials(self.settings, "review")
+    def sidecar_env(self, app: str = "review") -> dict[str, str]:
+        """Values the components read through `envRef`: each app's pub/sub acts as its own
+        Kafka principal."""
+        kafka = credentials(self.settings, self.sidecars[app].principal)
         return {
             "MODERATION_KAFKA_BOOTSTRAP_SERVERS": self.settings.kafka.bootstrap_servers,
-            "MODERATION_KAFKA_SASL_USERNAME": (review.username if review else ""),
-            "MODERATION_DAPR_SECRETS_FILE": str(self.secrets_file()),
+            "MODERATION_KAFKA_SASL_USERNAME": (kafka.username if kafka else ""),
+            "MODERATION_DAPR_SECRETS_FILE": str(self.secrets_file(app)),
         }
 
     def _start_control_plane(
@@ -256,62 +286,66 @@ class DaprRuntime:
         )  # fmt: skip
         self.start_sidecar()
 
-    def start_sidecar(self, *, app_port: int | None = None) -> None:
-        """Start the review service's daprd (tests restart it to prove workflows are durable).
+    def start_sidecar(self, *, app_port: int | None = None, app: str = "review") -> None:
+        """Start a Dapr app's daprd (tests restart it to prove workflows are durable).
 
-        With `app_port`, daprd talks to the review service there (pub/sub deliveries); without,
-        it serves only the building blocks (the stack's default: the service may not run).
+        With `app_port`, daprd talks to the app there (pub/sub deliveries, workflow work);
+        without, it serves only the building blocks (the stack's default for the review
+        service's: the service may not run).
         """
-        if self.daprd.running():
+        process, spec = self.daprds[app], self.sidecars[app]
+        if process.running():
             return
         d = self.dapr
-        app = {"app-port": app_port, "app-channel-address": LOOPBACK} if app_port else {}
-        ensure_ports_free(f"daprd ({d.app_id})", [d.http_port, d.grpc_port, d.metrics_port])
-        self._write_secrets()
-        self.daprd.argv = [
+        channel = {"app-port": app_port, "app-channel-address": LOOPBACK} if app_port else {}
+        ensure_ports_free(
+            f"daprd ({spec.app_id})", [spec.http_port, spec.grpc_port, spec.metrics_port]
+        )
+        self._write_secrets(app)
+        process.argv = [
             str(self.binaries()["daprd"]),
             *_flags(
                 {
-                    "app-id": d.app_id,
+                    "app-id": spec.app_id,
                     "mode": "standalone",
-                    "dapr-http-port": d.http_port,
-                    "dapr-grpc-port": d.grpc_port,
+                    "dapr-http-port": spec.http_port,
+                    "dapr-grpc-port": spec.grpc_port,
                     "dapr-listen-addresses": LOOPBACK,
-                    "metrics-port": d.metrics_port,
+                    "metrics-port": spec.metrics_port,
                     "metrics-listen-address": LOOPBACK,
                     "placement-host-address": f"{LOOPBACK}:{d.placement_port}",
                     "scheduler-host-address": f"{LOOPBACK}:{d.scheduler_port}",
                     "resources-path": COMPONENTS_DIR,
                     "config": CONFIG_FILE,
                     "log-level": "info",
-                    **app,
+                    **channel,
                 }
             ),
         ]
         # daprd reads its two tokens from the environment (self-hosted mode).
-        self.daprd.env = self.sidecar_env() | stack_tokens(self.settings)
-        with step(f"dapr: start daprd for {d.app_id} (http {d.http_port}, grpc {d.grpc_port})"):
-            self.daprd.start()
+        process.env = self.sidecar_env(app) | stack_tokens(self.settings)
+        label = (
+            f"dapr: start daprd for {spec.app_id} (http {spec.http_port}, grpc {spec.grpc_port})"
+        )
+        with step(label):
+            process.start()
             # With an app, /healthz waits for the app; the building blocks are ready before that.
-            ready = self.sidecar_outbound_ready if app_port else self.sidecar_healthy
-            wait_for_process(self.daprd, f"daprd ({d.app_id})", ready, 120)
+            endpoint = f"http://{LOOPBACK}:{spec.http_port}"
+            ready = partial(_sidecar_ready, endpoint, outbound=app_port is not None)
+            wait_for_process(process, f"daprd ({spec.app_id})", ready, 120)
 
-    def sidecar_healthy(self) -> bool:
+    def sidecar_healthy(self, app: str = "review") -> bool:
         """daprd's /v1.0/healthz answers 204 once components and actors are ready."""
-        return http_ok(f"{self.dapr.http_endpoint}/v1.0/healthz", statuses=(204,))
+        return _sidecar_ready(f"http://{LOOPBACK}:{self.sidecars[app].http_port}", outbound=False)
 
-    def sidecar_outbound_ready(self) -> bool:
-        """/v1.0/healthz/outbound: components and building blocks ready (app or not)."""
-        return http_ok(f"{self.dapr.http_endpoint}/v1.0/healthz/outbound", statuses=(204,))
-
-    def stop_sidecar(self, *, crash: bool = False) -> None:
+    def stop_sidecar(self, *, crash: bool = False, app: str = "review") -> None:
         if crash:
-            self.daprd.kill()
+            self.daprds[app].kill()
         else:
-            self.daprd.stop()
+            self.daprds[app].stop()
 
     def stop(self) -> None:
-        for process in (self.daprd, self.scheduler, self.placement):
+        for process in (*self.daprds.values(), self.scheduler, self.placement):
             process.stop()
 
     def status(self) -> list[ComponentStatus]:
@@ -328,8 +362,10 @@ class DaprRuntime:
                 f"127.0.0.1:{d.scheduler_port}",
                 partial(_healthz, d.scheduler_healthz_port),
             ),
-            (self.daprd, f"{d.http_endpoint} grpc:{d.grpc_port}", self.sidecar_healthy),
         ]
+        for app, spec in self.sidecars.items():
+            endpoint = f"http://{LOOPBACK}:{spec.http_port} grpc:{spec.grpc_port}"
+            checks.append((self.daprds[app], endpoint, partial(self.sidecar_healthy, app)))
         for process, endpoint, probe in checks:
             pid = process.pid()
             healthy = pid is not None and probe()
@@ -350,6 +386,13 @@ class DaprRuntime:
 def _flags(flags: dict[str, object]) -> list[str]:
     """{"app-id": "x", "port": 1} -> ["--app-id", "x", "--port", "1"]."""
     return [item for name, value in flags.items() for item in (f"--{name}", str(value))]
+
+
+def _sidecar_ready(endpoint: str, *, outbound: bool) -> bool:
+    """/v1.0/healthz (everything, the app included) or /v1.0/healthz/outbound (components and
+    building blocks, app or not) answers 204."""
+    path = "/v1.0/healthz/outbound" if outbound else "/v1.0/healthz"
+    return http_ok(f"{endpoint}{path}", statuses=(204,))
 
 
 def _healthz(port: int) -> bool:

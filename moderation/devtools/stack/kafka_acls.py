@@ -89,9 +89,9 @@ def ensure_acls(settings: Settings) -> None:
 def delete_acls(settings: Settings) -> None:
     """Delete the ACLs of `settings` (those of an isolated test or benchmark run).
 
-    The review service's group is its Dapr app id, the same in every run: its binding stays.
+    The Dapr apps' groups are their app ids, the same in every run: their bindings stay.
     """
-    shared_group = settings.dapr.app_id
+    shared_groups = {settings.dapr.app_id, settings.agent_service.app_id}
     filters = [
         AclBindingFilter(
             binding.restype,
@@ -103,7 +103,7 @@ def delete_acls(settings: Settings) -> None:
             binding.permission_type,
         )
         for binding in acl_bindings(settings)
-        if not (binding.restype is ResourceType.GROUP and binding.name == shared_group)
+        if not (binding.restype is ResourceType.GROUP and binding.name in shared_groups)
     ]
     admin = _admin(settings)
     _wait(admin.delete_acls(filters, request_timeout=TIMEOUT_SECONDS), "deleting ACLs")

@@ -1,4 +1,4 @@
-"""The pipeline's own services as local processes: api, classifier worker, recorder, review.
+"""The pipeline's own services as local processes: api, worker, recorder, review, agent.
 
 Used by the integration tests and `moderation bench`: each runs as `moderation <service>` from the
 project's venv, is ready when its `/readyz` answers 200 (the api's on its internal port), and can
@@ -58,9 +58,11 @@ def service_env(settings: Settings) -> dict[str, str]:
         "MODERATION_KAFKA__TOPICS__REVIEW_REQUESTED": topics.review_requested,
         "MODERATION_KAFKA__TOPICS__REVIEW_DECISIONS": topics.review_decisions,
         "MODERATION_KAFKA__TOPICS__REVIEW_ESCALATED": topics.review_escalated,
+        "MODERATION_KAFKA__TOPICS__AGENT_REQUESTED": topics.agent_requested,
         "MODERATION_WORKER__CLASSIFIER_GROUP": settings.worker.classifier_group,
         "MODERATION_WORKER__RECORDER_GROUP": settings.worker.recorder_group,
         "MODERATION_AGENT__ENABLED": str(settings.agent.enabled).lower(),
+        "MODERATION_AGENT__RUNS_IN": settings.agent.runs_in,
         "MODERATION_LLM__BASE_URL": settings.llm.base_url,
     }
 
@@ -97,6 +99,7 @@ def service_specs(settings: Settings) -> dict[str, ServiceSpec]:
             ServiceSpec("worker", "worker", settings.worker.classifier_health_port),
             ServiceSpec("recorder", "recorder", settings.worker.recorder_health_port),
             ServiceSpec("review", "review-service", settings.review.service_port),
+            ServiceSpec("agent", "agent-service", settings.agent_service.service_port),
             ServiceSpec("dashboard", "dashboard", settings.dashboard.port, "/_stcore/health"),
         )
     }

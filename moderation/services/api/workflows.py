@@ -15,8 +15,8 @@ from typing import Any, Protocol
 import grpc  # type: ignore[import-untyped]  # grpcio ships no type information
 from pydantic import SecretStr
 
-from moderation.services.review.dapr_tokens import send_api_token
-from moderation.services.review.instances import read_workflow_state
+from moderation.services.sidecar.instances import read_workflow_state
+from moderation.services.sidecar.tokens import send_api_token
 from moderation.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -13,15 +13,12 @@ cannot schedule, the delivery is answered RETRY and Dapr redelivers it.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
-from dapr.clients import DaprClient
 from dapr.ext.workflow import DaprWorkflowClient
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -30,12 +27,13 @@ from pydantic import ValidationError
 
 from jobs.schedule import job_router
 from moderation.db.engine import create_tables, make_engine
-from moderation.events import DeadLetter, Event, ReviewRequested, utc_now
+from moderation.events import ReviewRequested
 from moderation.services.review.activities import ReviewActivities
-from moderation.services.review.dapr_tokens import AppTokenGuard, use_api_token
-from moderation.services.review.instances import read_workflow_state
 from moderation.services.review.queue_metrics import ReviewQueueCollector
 from moderation.services.review.workflow import WORKFLOW_NAME, build_runtime, workflow_input
+from moderation.services.sidecar.instances import read_workflow_state
+from moderation.services.sidecar.pubsub import DaprSink, delivered_payload
+from moderation.services.sidecar.tokens import AppTokenGuard, use_api_token
 from moderation.settings import Settings
 from moderation.telemetry import carrier_of, configure_tracing
 
@@ -49,44 +47,6 @@ DUPLICATES = Counter(
     "moderation_review_requests_duplicate_total", "review requests whose workflow already existed"
 )
 DEAD_LETTERS = Counter("moderation_review_dead_letters_total", "review requests dead-lettered")
-
-
-class DaprSink:
-    """Publishes events as raw JSON through the sidecar's Kafka pub/sub, keyed by post id."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.client = DaprClient(f"127.0.0.1:{settings.dapr.grpc_port}")
-
-    def publish(self, topic: str, event: Event) -> None:
-        self.publish_raw(topic, event.model_dump_json(), event.post_id)
-
-    def publish_raw(self, topic: str, payload: str, key: str | None) -> None:
-        metadata = {"rawPayload": "true"} | ({"partitionKey": key} if key else {})
-        self.client.publish_event(
-            pubsub_name=self.settings.dapr.pubsub_name,
-            topic_name=topic,
-            data=payload,
-            data_content_type="application/json",
-            publish_metadata=metadata,
-        )
-
-    def close(self) -> None:
-        self.client.close()  # type: ignore[no-untyped-call]  # untyped in the SDK
-
-
-def delivered_payload(body: bytes) -> bytes:
-    """The raw event inside what Dapr delivers (a CloudEvent wrapping the raw Kafka value)."""
-    try:
-        envelope = json.loads(body)
-    except json.JSONDecodeError:
-        return body
-    if isinstance(envelope, dict) and "data_base64" in envelope:
-        return base64.b64decode(envelope["data_base64"])
-    if isinstance(envelope, dict) and "specversion" in envelope and "data" in envelope:
-        data = envelope["data"]
-        return data.encode() if isinstance(data, str) else json.dumps(data).encode()
-    return body
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -149,7 +109,10 @@ def build_app(settings: Settings) -> FastAPI:
         try:
             event = ReviewRequested.model_validate_json(payload)
         except ValidationError as error:
-            await asyncio.to_thread(_dead_letter, state["sink"], topics, payload, error)
+            DEAD_LETTERS.inc()
+            await asyncio.to_thread(
+                state["sink"].dead_letter, topics.review_requested, "review-service", payload, error
+            )
             return JSONResponse({"status": "SUCCESS"})  # handled: it is in the dead-letter topic
         # daprd passes the trace context of the delivery in the HTTP headers.
         trace = carrier_of(request.headers)
@@ -202,23 +165,6 @@ def _start_workflow(
         DUPLICATES.inc()
         return
     WORKFLOWS_STARTED.inc()
-
-
-def _dead_letter(sink: DaprSink, topics: Any, payload: bytes, error: ValidationError) -> None:
-    DEAD_LETTERS.inc()
-    letter = DeadLetter(
-        source_topic=topics.review_requested,
-        # Dapr does not pass the Kafka coordinates of a delivery to the app.
-        partition=-1,
-        offset=-1,
-        consumer_group="review-service",
-        key=None,
-        payload=payload.decode(errors="replace"),
-        error=str(error)[:2_000],
-        error_type=type(error).__name__,
-        failed_at=utc_now(),
-    )
-    sink.publish_raw(topics.review_requested + topics.dlq_suffix, letter.model_dump_json(), None)
 
 
 def run_review_service(settings: Settings) -> None:

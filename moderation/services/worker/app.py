@@ -1,8 +1,10 @@
 """The classifier worker: posts.submitted → the cascade → moderation.verdicts (+ review.requested).
 
 Consumes in batches (one fast-model call per batch); stage-1 verdicts leave at once, the posts in
-the uncertain band then go to the classifier agent (`moderation.classifier.cascade`). Offsets are
-committed only after every verdict of the batch is acknowledged by Kafka (FastStream
+the uncertain band are then handed to the agent service on `agent.requested` (the default,
+`agent.runs_in = agent-service`: the worker never waits for an LLM), or run through the classifier
+agent in the batch (`runs_in = worker`, `moderation.classifier.cascade`). Offsets are
+committed only after every verdict and hand-off of the batch is acknowledged by Kafka (FastStream
 `NACK_ON_ERROR`: an exception rewinds the batch and it is redelivered; duplicates are harmless
 because the recorder upserts on (post_id, stage, model_version)). A message that cannot be
 parsed goes to `posts.submitted.dlq` with its error and the rest of the batch goes on.
@@ -33,6 +35,7 @@ from faststream.kafka.message import KafkaMessage
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
+from moderation.classifier.agent_steps import handoff
 from moderation.classifier.cascade import (
     AgentStage,
     Scorer,
@@ -70,6 +73,9 @@ CONSUMER_LAG = Gauge(
     ["partition"],
 )
 DEAD_LETTERS = Counter("moderation_worker_dead_letters_total", "messages sent to the DLQ")
+HANDOFFS = Counter(
+    "moderation_worker_agent_handoffs_total", "uncertain posts handed to the agent service"
+)
 BATCH_SECONDS = Histogram("moderation_worker_batch_seconds", "time to score and publish a batch")
 
 
@@ -81,6 +87,9 @@ class WorkerState:
     scorer: Scorer | None = None
     # None: no agent (disabled, or not configured in the demo); uncertain posts go to review.
     agent: AgentStage | None = None
+    # True: uncertain posts go to the agent service (`agent.requested`), which runs the agent
+    # as a durable workflow; the worker then never waits for an LLM.
+    handoff: bool = False
     # None: the regex injection screen alone (`worker.learned_injection_detector` off).
     detector: InjectionDetector | None = None
 
@@ -111,6 +120,7 @@ class Worker:
         self.review_publisher = self.router.publisher(
             topics.review_requested, title="review-requests"
         )
+        self.agent_publisher = self.router.publisher(topics.agent_requested, title="agent-handoffs")
         self.dead_letter_publisher = self.router.publisher(
             topics.posts_submitted + topics.dlq_suffix, title="dlq"
         )
@@ -166,7 +176,7 @@ class Worker:
             posts,
             scorer,
             settings,
-            agent_enabled=agent is not None,
+            agent_enabled=agent is not None or state.handoff,
             deadline=time.monotonic() + settings.worker.stage1_budget_seconds,
             detector=state.detector,
         )
@@ -183,7 +193,17 @@ class Worker:
                 _count(result.post, "model", verdict.decision.value, verdict.primary_category.value)
                 traces.end(post_id, decided_by="model")
         uncertain = [result for result in stage1 if result.to_agent]
-        if agent is not None and uncertain:
+        if agent is None and uncertain:
+            # Handed to the agent service: its workflow publishes the agent's verdict.
+            for item in uncertain:
+                request = handoff(item)
+                headers = traces.headers(item.post.post_id)
+                pending.append(
+                    await _publish(self.agent_publisher, request, request.key(), headers)
+                )
+                HANDOFFS.inc()
+                traces.end(item.post.post_id, decided_by="agent-service")
+        elif agent is not None and uncertain:
             judged = await second_stage(uncertain, agent, settings, contexts=traces.contexts())
             for item, (agent_verdict, agent_review) in zip(uncertain, judged, strict=True):
                 post_id = item.post.post_id
@@ -277,7 +297,15 @@ def build_app(settings: Settings) -> AsgiFastStream:
     resources = AsyncExitStack()  # closed in reverse: the watch stops before the engine goes
 
     async def start_agent() -> None:
-        if settings.agent.enabled and state.agent is None:
+        if not settings.agent.enabled or state.agent is not None:
+            return
+        if settings.agent.runs_in == "agent-service":
+            state.handoff = True
+            logger.info(
+                "uncertain posts go to the agent service (%s)",
+                settings.kafka.topics.agent_requested,
+            )
+        else:
             state.agent, close = create_agent_stage(settings)
             resources.push_async_callback(close)
             logger.info("classifier agent on %s (%s)", settings.llm.base_url, settings.llm.model)

@@ -1,0 +1,1 @@
+"""The agent service: the classifier agent as one durable Dapr workflow per post."""

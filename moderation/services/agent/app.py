@@ -1,0 +1,244 @@
+"""The agent service: a Dapr app that runs the classifier agent on every handed-off post.
+
+The worker decides the clear cases and hands each uncertain post to `agent.requested` (an
+`AgentRequested`), committing its offsets without waiting for any LLM. This service's daprd
+delivers that topic (Kafka pub/sub, group = its app id, raw payload), and for each event the
+service schedules the post's workflow (`moderation.services.agent.workflow`) unless it exists:
+a redelivered hand-off starts nothing new. A payload that is not an `AgentRequested` goes to
+`agent.requested.dlq` with its error; when Dapr cannot schedule, the delivery is answered RETRY
+and Dapr redelivers it.
+
+Back-pressure: when `agent_service.max_in_flight` runs are already in flight in this replica, or
+the LLM's circuit breaker is open, the post's workflow is still scheduled (its one outcome) but
+only sends the post to review with the reason: never to allow. The lag of the agent service's
+consumer group on `agent.requested` is what KEDA scales it on (`k8s/`).
+
+`build_app(settings)` is the process; run it with `moderation agent-service` next to its daprd
+(`--app-port settings.agent_service.service_port`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+from dapr.ext.workflow import DaprWorkflowClient
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+from pydantic import ValidationError
+
+from moderation.classifier.agent_steps import AgentSteps, first_message
+from moderation.db.engine import make_engine
+from moderation.events import AgentRequested
+from moderation.llm.provider import ChatCompletionsProvider, create_client
+from moderation.precedents import SqlDecisionLog
+from moderation.services.agent.workflow import (
+    WORKFLOW_NAME,
+    AgentActivities,
+    build_runtime,
+    instance_id,
+    workflow_input,
+)
+from moderation.services.sidecar.instances import read_workflow_state
+from moderation.services.sidecar.pubsub import DaprSink, delivered_payload
+from moderation.services.sidecar.tokens import AppTokenGuard, use_api_token
+from moderation.settings import Settings
+from moderation.telemetry import carrier_of, configure_tracing
+
+logger = logging.getLogger(__name__)
+
+SUBSCRIPTION_ROUTE = "/events/agent-requested"
+RUNS_STARTED = Counter(
+    "moderation_agent_workflows_started_total",
+    "agent workflows scheduled, by route (agent, or shed to review and why)",
+    ["route"],
+)
+DUPLICATES = Counter(
+    "moderation_agent_handoffs_duplicate_total", "hand-offs whose workflow already existed"
+)
+DEAD_LETTERS = Counter("moderation_agent_dead_letters_total", "hand-offs dead-lettered")
+IN_FLIGHT = Gauge("moderation_agent_workflows_in_flight", "agent workflows running here")
+
+
+class InFlight:
+    """The runs this replica scheduled and has not finished (back-pressure's measure).
+
+    Runs resumed after a restart are not counted: they were admitted before it.
+    """
+
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, instance: str) -> None:
+        with self._lock:
+            self._ids.add(instance)
+            IN_FLIGHT.set(len(self._ids))
+
+    def discard(self, instance: str) -> None:
+        with self._lock:
+            self._ids.discard(instance)
+            IN_FLIGHT.set(len(self._ids))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._ids)
+
+
+class Scheduler:
+    """Schedules each hand-off's workflow once, or sheds it to review when there is no room."""
+
+    def __init__(
+        self, settings: Settings, client: DaprWorkflowClient, steps: AgentSteps, runs: InFlight
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.steps = steps
+        self.runs = runs
+
+    def shed_reason(self) -> tuple[str, str] | None:
+        limit = self.settings.agent_service.max_in_flight
+        if len(self.runs) >= limit:
+            return "saturated", f"{len(self.runs)} agent runs in flight (max {limit})"
+        if self.steps.breaker.is_open:
+            return "circuit_open", "the LLM failed repeatedly; retrying later"
+        return None
+
+    def schedule(self, event: AgentRequested, trace: dict[str, str] | None = None) -> str:
+        """Start the post's run unless it exists; returns the route taken."""
+        instance = instance_id(event.post_id, self.settings.models.policy_version)
+        if read_workflow_state(self.client, instance) is not None:
+            DUPLICATES.inc()
+            return "duplicate"
+        shed = self.shed_reason()
+        run = workflow_input(
+            event,
+            message=first_message(event),
+            model=self.steps.model_name,
+            max_turns=self.settings.agent.max_turns,
+            shed=shed,
+            trace=trace,
+        )
+        try:
+            self.client.schedule_new_workflow(WORKFLOW_NAME, input=run, instance_id=instance)
+        except Exception:
+            # Two deliveries raced: the other one scheduled it.
+            if read_workflow_state(self.client, instance) is None:
+                raise
+            DUPLICATES.inc()
+            return "duplicate"
+        route = "agent" if shed is None else shed[0]
+        if shed is None:
+            self.runs.add(instance)
+        RUNS_STARTED.labels(route=route).inc()
+        return route
+
+
+def build_app(settings: Settings) -> FastAPI:
+    """The agent service; only daprd (with `dapr.app_token`) may call it, probes excepted.
+
+    Raises:
+        ValueError: no app token outside development (anyone who reaches the port could then
+            start agent runs).
+    """
+    topics = settings.kafka.topics
+    service = settings.agent_service
+    state: dict[str, Any] = {}
+    app_token = settings.dapr.app_token
+    if app_token is None and settings.environment != "development":
+        raise ValueError("MODERATION_DAPR__APP_TOKEN (or APP_API_TOKEN) must be set")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        use_api_token(settings)  # before the first SDK client
+        engine = make_engine(settings)
+        llm = create_client(settings.llm)
+        steps = AgentSteps(
+            settings,
+            ChatCompletionsProvider(llm, settings.llm.model),
+            SqlDecisionLog(engine, pool_size=settings.agent.precedent_pool),
+        )
+        sink = DaprSink(settings, service.dapr_grpc_endpoint)
+        runs = InFlight()
+        activities = AgentActivities(settings, steps, sink, on_done=runs.discard)
+        runtime = build_runtime(settings, activities)
+        runtime.start()
+        client = DaprWorkflowClient(host="127.0.0.1", port=str(service.dapr_grpc_port))
+        state.update(runtime=runtime, sink=sink, scheduler=Scheduler(settings, client, steps, runs))
+        try:
+            yield
+        finally:
+            runtime.shutdown()
+            client.close()
+            sink.close()
+            engine.dispose()
+
+    app = FastAPI(title="agent service", lifespan=lifespan)
+    if app_token is not None:
+        app.add_middleware(AppTokenGuard, token=app_token)
+    else:
+        logger.warning("no Dapr app token: anyone who reaches the port may call the Dapr routes")
+
+    @app.get("/dapr/subscribe")
+    def subscribe() -> list[dict[str, Any]]:
+        return [
+            {
+                "pubsubname": settings.dapr.pubsub_name,
+                "topic": topics.agent_requested,
+                "route": SUBSCRIPTION_ROUTE,
+                "metadata": {"rawPayload": "true"},
+            }
+        ]
+
+    @app.post(SUBSCRIPTION_ROUTE)
+    async def agent_requested(request: Request) -> JSONResponse:
+        payload = delivered_payload(await request.body())
+        try:
+            event = AgentRequested.model_validate_json(payload)
+        except ValidationError as error:
+            DEAD_LETTERS.inc()
+            await asyncio.to_thread(
+                state["sink"].dead_letter, topics.agent_requested, service.app_id, payload, error
+            )
+            return JSONResponse({"status": "SUCCESS"})  # handled: it is in the dead-letter topic
+        trace = carrier_of(request.headers)  # daprd passes the delivery's trace context
+        try:
+            await asyncio.to_thread(state["scheduler"].schedule, event, trace)
+        except Exception as error:  # noqa: BLE001 - Dapr redelivers; the error is logged
+            logger.warning("could not schedule the agent for %s (%s); Dapr will redeliver",
+                           event.post_id, error)  # fmt: skip
+            return JSONResponse({"status": "RETRY"})
+        return JSONResponse({"status": "SUCCESS"})
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        runtime = state.get("runtime")
+        ready = runtime is not None and runtime.wait_for_worker_ready(timeout=0.5)
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def run_agent_service(settings: Settings) -> None:
+    """`moderation agent-service`: serve until stopped."""
+    configure_tracing("agent-service", settings)
+    uvicorn.run(
+        build_app(settings),
+        host=settings.worker.service_host,
+        port=settings.agent_service.service_port,
+        log_level="warning",
+    )

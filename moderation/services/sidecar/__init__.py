@@ -1,0 +1,1 @@
+"""What the Dapr apps (the review and agent services) share: tokens, pub/sub, workflow reads."""
