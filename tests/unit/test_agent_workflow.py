@@ -13,6 +13,7 @@ import asyncio
 import inspect
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -20,10 +21,15 @@ import openai
 import pytest
 from dapr.ext.workflow import TaskFailedError
 from dapr.ext.workflow._durabletask.internal import protos as pb
+from sqlmodel import Session
 
 from moderation.classifier.agent_steps import AgentSteps, RetryableModelError, handoff
 from moderation.classifier.cascade import first_stage
+from moderation.db import crud
+from moderation.db.engine import create_tables, make_engine
+from moderation.db.models import ModelStatus
 from moderation.events import AgentRequested, ModerationVerdict, PostSubmitted, ReviewRequested
+from moderation.services.agent.app import served_model
 from moderation.services.agent.workflow import (
     MODEL_CALL,
     PUBLISH,
@@ -35,6 +41,7 @@ from moderation.services.agent.workflow import (
     workflow_input,
 )
 from moderation.services.review.activities import CollectingSink
+from moderation.services.worker.registry_watch import AGENT_LORA
 from moderation.settings import Settings
 from moderation.taxonomy import Category, Decision, Stage
 from tests.scripted_llm import (
@@ -289,3 +296,22 @@ def test_instance_ids_and_failure_labels() -> None:
     assert instance_id("p-1", "v1") == "agent-p-1-v1"
     assert failure_label("http_429: Too Many Requests") == "http_429"
     assert failure_label("Traceback: something odd") == "llm_unavailable"
+
+
+def test_runs_follow_the_registry_adapter_and_back(tmp_path: Path) -> None:
+    engine = make_engine(Settings(), url=f"sqlite:///{tmp_path / 'registry.db'}")
+    create_tables(engine)
+    assert served_model(engine, "base") == "base"
+    with Session(engine) as session:
+        crud.register_model_version(
+            session, kind=AGENT_LORA, version="lora-1", artifact_uri="x", metrics={},
+            status=ModelStatus.CHAMPION,
+        )  # fmt: skip
+    assert served_model(engine, "base") == "lora-1"
+    with Session(engine) as session:
+        crud.register_model_version(
+            session, kind=AGENT_LORA, version="lora-2", artifact_uri="y", metrics={},
+            status=ModelStatus.CHAMPION,
+        )  # fmt: skip
+    assert served_model(engine, "base") == "lora-2"
+    engine.dispose()

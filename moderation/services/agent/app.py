@@ -32,8 +32,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 from pydantic import ValidationError
+from sqlalchemy import Engine
+from sqlmodel import Session
 
 from moderation.classifier.agent_steps import AgentSteps, first_message
+from moderation.db import crud
 from moderation.db.engine import make_engine
 from moderation.events import AgentRequested
 from moderation.llm.provider import ChatCompletionsProvider, create_client
@@ -48,6 +51,7 @@ from moderation.services.agent.workflow import (
 from moderation.services.sidecar.instances import read_workflow_state
 from moderation.services.sidecar.pubsub import DaprSink, delivered_payload
 from moderation.services.sidecar.tokens import AppTokenGuard, use_api_token
+from moderation.services.worker.registry_watch import AGENT_LORA
 from moderation.settings import Settings
 from moderation.telemetry import carrier_of, configure_tracing
 
@@ -140,6 +144,31 @@ class Scheduler:
         return route
 
 
+def served_model(engine: Engine, base: str) -> str:
+    """The model name runs use: the registry's `agent-lora` champion (a LoRA adapter vLLM
+    selects by name), else the base model."""
+    with Session(engine) as session:
+        champion = crud.get_champion(session, kind=AGENT_LORA)
+    return champion.version if champion is not None else base
+
+
+async def follow_adapter(engine: Engine, steps: AgentSteps, base: str, every: float) -> None:
+    """Switch the runs that start next to the promoted adapter (and back), as the worker's
+    agent did; a run keeps the name it was scheduled with."""
+    while True:
+        try:
+            name = await asyncio.to_thread(served_model, engine, base)
+        except Exception as error:  # noqa: BLE001 - the registry may be down: keep serving
+            logger.warning(
+                "agent model registry unreadable (%s); keeping %s", error, steps.model_name
+            )
+        else:
+            if name != steps.model_name:
+                logger.info("agent model %s → %s", steps.model_name, name)
+                steps.model_name = name
+        await asyncio.sleep(every)
+
+
 def build_app(settings: Settings) -> FastAPI:
     """The agent service; only daprd (with `dapr.app_token`) may call it, probes excepted.
 
@@ -169,11 +198,15 @@ def build_app(settings: Settings) -> FastAPI:
         activities = AgentActivities(settings, steps, sink, on_done=runs.discard)
         runtime = build_runtime(settings, activities)
         runtime.start()
+        watch = asyncio.create_task(
+            follow_adapter(engine, steps, steps.model_name, settings.models.reload_seconds)
+        )
         client = DaprWorkflowClient(host="127.0.0.1", port=str(service.dapr_grpc_port))
         state.update(runtime=runtime, sink=sink, scheduler=Scheduler(settings, client, steps, runs))
         try:
             yield
         finally:
+            watch.cancel()
             runtime.shutdown()
             client.close()
             sink.close()
