@@ -3,27 +3,42 @@
 Each Dapr app's daprd reads its secrets with the `secretstores.local.file` component of
 `components/` (a JSON file; `MODERATION_DAPR_SECRETS_FILE`): the review service's daprd from the
 compose secret `dapr_secrets` (`.secrets/dapr-secrets.json`), the agent service's from
-`dapr_agent_secrets` (`.secrets/dapr-agent-secrets.json`). Both are built here, so no password is
-written in the repository. Standard library only: runs with any python3.
+`dapr_agent_secrets` (`.secrets/dapr-agent-secrets.json`), the worker's from `dapr_worker_secrets`
+(`.secrets/dapr-worker-secrets.json`). All are built here, so no password is written in the
+repository. Standard library only: runs with any python3.
 
 daprd's state store logs in as its own role, `moderation_dapr` (moderation/db/roles.py
 `DAPR_STATE_ROLE`), never as the owner: it owns database `dapr_state` and may not connect to
 `moderation`. Its password is generated once into `.secrets/postgres/dapr` (the compose secret
 `db_dapr_password`), from which the postgres image's init script creates the role
-(docker/postgres/init/10-dapr-state.sql), and goes into both JSON files' connection string (both
-apps keep their workflow state there, each under its own app id).
+(docker/postgres/init/10-dapr-state.sql), and goes into every JSON file's connection string (the
+review and agent services keep their workflow state there, each under its own app id).
+
+The configuration store (components/configstore-postgresql.yaml, `config-connection-string`)
+reads the live configuration, table `moderation_config` of database `moderation`. Outside compose
+it logs in as `moderation_config_reader` (moderation/db/roles.py `CONFIG_READER_ROLE`: SELECT on
+that table only). Compose has no per-service roles: every compose service logs in as the owner
+`moderation` and nothing runs the grants (`moderation.db.roles.apply_grants`), and the init script
+runs before the services create the table, so a reader role could be granted nothing. Each
+daprd's configuration store therefore logs in as the owner too, with the password compose itself
+takes from `MODERATION_DB__PASSWORD` (export it before running this script, as for `docker
+compose up`; after changing it, run the script again). The owner's password already reaches every
+compose service that reads the database (the worker, the agent service, the review service), so
+the daprd next to each adds no holder with other rights.
 
 Kafka requires SASL/SCRAM (issue 11, "forged events"): each principal of
-`moderation/kafka_auth.py` (and `nightly`, which may do nothing) gets a random password in
-`.secrets/kafka/<principal>`, generated once and kept, mounted as the compose secret
+`moderation/kafka_auth.py` (and `nightly` and `mcp`, which may do nothing) gets a random
+password in `.secrets/kafka/<principal>`, generated once and kept, mounted as the compose secret
 `kafka_<principal>`: the broker formats its storage with all of them, each service gets only its
 own, and each daprd's is in its JSON file (`kafka-sasl-password`, components/pubsub-kafka.yaml):
-`review` for the review service's, `agent` for the agent service's.
+`review` for the review service's, `agent` for the agent service's, `worker` for the worker's.
 
 The agent service and its daprd get Dapr tokens of their own (`.secrets/dapr-agent-tokens.env`,
 read by compose as their `env_file`), generated once and kept: nothing else calls that daprd, and
 the agent service, which hands submitted text to an LLM, never holds the tokens of the review
-service's daprd (which would let it raise a moderator's decision on a review workflow).
+service's daprd (which would let it raise a moderator's decision on a review workflow). The worker
+and its daprd likewise share an API token of their own (`.secrets/dapr-worker-tokens.env`); that
+daprd has no app channel (it never calls the worker), so there is no app token.
 
 The folders are private to you (0700); the files are 0644 because compose bind-mounts them as
 they are and the containers run as their own non-root users.
@@ -32,6 +47,7 @@ they are and the containers run as their own non-root users.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -40,22 +56,37 @@ OUTPUT = Path(__file__).resolve().parent.parent / ".secrets" / "dapr-secrets.jso
 # The agent service's daprd (docker-compose.yaml `agent-dapr`, the compose secret
 # `dapr_agent_secrets`).
 AGENT_OUTPUT = OUTPUT.parent / "dapr-agent-secrets.json"
+# The worker's daprd (docker-compose.yaml `worker-dapr`, the compose secret `dapr_worker_secrets`).
+WORKER_OUTPUT = OUTPUT.parent / "dapr-worker-secrets.json"
 KAFKA_DIR = OUTPUT.parent / "kafka"
 # The statestore component's secretKeyRef (components/statestore-postgresql.yaml).
 SECRET_KEY = "dapr-state-connection-string"
+# The configuration store's secretKeyRef (components/configstore-postgresql.yaml).
+CONFIG_SECRET_KEY = "config-connection-string"
 # The pub/sub component's saslPassword (components/pubsub-kafka.yaml): that daprd's principal's.
 KAFKA_SECRET_KEY = "kafka-sasl-password"
-# moderation/kafka_auth.py PRINCIPALS, and `nightly`: no ACL, it only lets the job's settings load.
-KAFKA_PRINCIPALS = ("admin", "api", "worker", "recorder", "review", "agent", "nightly")
+# moderation/kafka_auth.py PRINCIPALS, and `nightly` and `mcp`: no ACL, each only lets the settings
+# of the nightly job or the MCP server load (neither uses Kafka).
+KAFKA_PRINCIPALS = ("admin", "api", "worker", "recorder", "review", "agent", "nightly", "mcp")
 # Each daprd's secrets file and the Kafka principal its pub/sub acts as.
-DAPRD_SECRETS = {"review": (OUTPUT, "review"), "agent": (AGENT_OUTPUT, "agent")}
+DAPRD_SECRETS = {
+    "review": (OUTPUT, "review"),
+    "agent": (AGENT_OUTPUT, "agent"),
+    "worker": (WORKER_OUTPUT, "worker"),
+}
 # The agent service's and its daprd's Dapr tokens (docker-compose.yaml `env_file`).
 AGENT_TOKENS_FILE = OUTPUT.parent / "dapr-agent-tokens.env"
 AGENT_TOKENS = ("DAPR_API_TOKEN", "APP_API_TOKEN")
+# The worker's and its daprd's: the API token only (that daprd has no app channel).
+WORKER_TOKENS_FILE = OUTPUT.parent / "dapr-worker-tokens.env"
+WORKER_TOKENS = ("DAPR_API_TOKEN",)
 # The compose stack's PostgreSQL (docker-compose.yaml: the postgres service and its init script):
-# `OWNER` owns `moderation`, Dapr's `USER` owns `DATABASE`.
+# `OWNER` owns `APP_DATABASE` (`moderation`), Dapr's `USER` owns `DATABASE`.
 HOST, PORT, OWNER, USER, DATABASE = "postgres", 5432, "moderation", "moderation_dapr", "dapr_state"
+APP_DATABASE = "moderation"
 DAPR_DB_PASSWORD_FILE = OUTPUT.parent / "postgres" / "dapr"
+# The owner's password, as compose reads it (the `db_password` secret, `MODERATION_DB__PASSWORD`).
+OWNER_PASSWORD_ENV = "MODERATION_DB__PASSWORD"
 
 
 def libpq_value(value: str) -> str:
@@ -65,11 +96,17 @@ def libpq_value(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def connection_string(password: str) -> str:
+def connection_string(password: str, user: str = USER, database: str = DATABASE) -> str:
+    """A libpq DSN to the compose stack's PostgreSQL (default: Dapr's role on `dapr_state`)."""
     return (
-        f"host={HOST} port={PORT} user={USER} password={libpq_value(password)} "
-        f"dbname={DATABASE} sslmode=disable"
+        f"host={HOST} port={PORT} user={libpq_value(user)} password={libpq_value(password)} "
+        f"dbname={libpq_value(database)} sslmode=disable"
     )
+
+
+def config_connection_string(owner_password: str) -> str:
+    """The configuration store's DSN: the owner on `moderation` (compose has no reader role)."""
+    return connection_string(owner_password, OWNER, APP_DATABASE)
 
 
 def _write(path: Path, text: str) -> None:
@@ -93,38 +130,62 @@ def kafka_passwords(directory: Path = KAFKA_DIR) -> dict[str, str]:
     return {principal: generated_password(directory / principal) for principal in KAFKA_PRINCIPALS}
 
 
-def write_secrets(password: str, output: Path = OUTPUT, kafka_password: str = "") -> Path:
+def write_secrets(
+    password: str, output: Path = OUTPUT, kafka_password: str = "", owner_password: str = ""
+) -> Path:
     """The JSON file a daprd reads; `password` is Dapr's database role's, `kafka_password` its
-    pub/sub principal's."""
+    pub/sub principal's, `owner_password` the owner's (its configuration store's login)."""
     document = {SECRET_KEY: connection_string(password)}
+    if owner_password:
+        document[CONFIG_SECRET_KEY] = config_connection_string(owner_password)
     if kafka_password:
         document[KAFKA_SECRET_KEY] = kafka_password
     _write(output, json.dumps(document, indent=2) + "\n")
     return output
 
 
-def agent_tokens(path: Path = AGENT_TOKENS_FILE) -> dict[str, str]:
-    """The agent pair's Dapr tokens, as `NAME=value` lines: kept when written before, each
+def dapr_tokens(path: Path, names: tuple[str, ...]) -> dict[str, str]:
+    """A Dapr app pair's tokens `names`, as `NAME=value` lines: kept when written before, each
     missing one generated (URL-safe: nothing a compose env file would need quoted)."""
     found: dict[str, str] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
             name, separator, value = line.partition("=")
-            if separator and name.strip() in AGENT_TOKENS and value.strip():
+            if separator and name.strip() in names and value.strip():
                 found[name.strip()] = value.strip()
-    tokens = {name: found.get(name) or secrets.token_urlsafe(32) for name in AGENT_TOKENS}
+    tokens = {name: found.get(name) or secrets.token_urlsafe(32) for name in names}
     if tokens != found:
         _write(path, "".join(f"{name}={value}\n" for name, value in tokens.items()))
     return tokens
 
 
+def agent_tokens(path: Path = AGENT_TOKENS_FILE) -> dict[str, str]:
+    """The agent service's and its daprd's tokens (`dapr_tokens`)."""
+    return dapr_tokens(path, AGENT_TOKENS)
+
+
+def worker_tokens(path: Path = WORKER_TOKENS_FILE) -> dict[str, str]:
+    """The worker's and its daprd's API token (`dapr_tokens`)."""
+    return dapr_tokens(path, WORKER_TOKENS)
+
+
 def main() -> int:
+    owner_password = os.environ.get(OWNER_PASSWORD_ENV, "")
+    if not owner_password:
+        print(  # noqa: T201 - a CLI
+            f"export {OWNER_PASSWORD_ENV} (the compose stack's database password) first: "
+            "the Dapr configuration store logs in with it",
+            file=sys.stderr,
+        )
+        return 2
     kafka = kafka_passwords()
     password = generated_password(DAPR_DB_PASSWORD_FILE)
     for output, principal in DAPRD_SECRETS.values():
-        print(write_secrets(password, output, kafka[principal]))  # noqa: T201 - a CLI
+        print(write_secrets(password, output, kafka[principal], owner_password))  # noqa: T201 - a CLI
     agent_tokens()
     print(AGENT_TOKENS_FILE)  # noqa: T201 - a CLI
+    worker_tokens()
+    print(WORKER_TOKENS_FILE)  # noqa: T201 - a CLI
     print(KAFKA_DIR)  # noqa: T201 - a CLI
     print(DAPR_DB_PASSWORD_FILE)  # noqa: T201 - a CLI
     return 0

@@ -78,8 +78,9 @@ COPY data ./data
 COPY --from=dataset /opt/moderation/cache /opt/moderation/cache
 COPY --from=dataset /opt/moderation/injection /opt/moderation/injection
 USER 10001:10001
-# api 8000, worker 8001, recorder 8002, review service 8003: /healthz, /readyz, /metrics each.
-EXPOSE 8000 8001 8002 8003
+# api 8000, worker 8001, recorder 8002, review service 8003, agent service 8005: /healthz,
+# /readyz, /metrics each; the MCP server 8006 (/mcp, /healthz).
+EXPOSE 8000 8001 8002 8003 8005 8006
 # No HEALTHCHECK here: its port depends on the command; compose and Kubernetes probe each service.
 ENTRYPOINT ["moderation"]
 CMD ["--help"]

@@ -25,6 +25,7 @@ from urllib.parse import quote
 import httpx
 
 from moderation.db.schemas import (
+    ConfigStatePublic,
     DecisionAccepted,
     MetricsOverviewPublic,
     PostTrail,
@@ -99,6 +100,8 @@ class ReviewApi(Protocol):
     def decision_log_csv(self) -> bytes: ...
 
     def metrics_overview(self, *, hours: float, bucket_minutes: int) -> MetricsOverviewPublic: ...
+
+    def live_config(self) -> ConfigStatePublic: ...
 
     @property
     def cache_key(self) -> str:
@@ -254,6 +257,17 @@ class ApiClient:
             meanings={404: "this review API has no metrics endpoint (an older version?)"},
         )
         return MetricsOverviewPublic.model_validate_json(response.content)
+
+    def live_config(self) -> ConfigStatePublic:
+        """The live configuration the services apply: what is set, its version, the changes."""
+        response = self._request(
+            "GET",
+            "/v1/config",
+            meanings={
+                404: "this review API has no live configuration endpoint (an older version?)"
+            },
+        )
+        return ConfigStatePublic.model_validate_json(response.content)
 
 
 def _segment(value: str) -> str:

@@ -1,7 +1,9 @@
 """The Metrics page: the pipeline and the review queue over the last hour, day or week.
 
 One call, `GET /v1/metrics/overview`, cached for `CACHE_SECONDS` per API key and window; the
-frames the charts draw are built by plain functions (tested without a browser).
+frames the charts draw are built by plain functions (tested without a browser). Below it, the
+live configuration the services apply (`GET /v1/config`, cached the same way, per key): a
+failing call there is a warning in its own section, the metrics above still show.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import streamlit as st
 
 from hitl_dashboard import safe_text, session, ui
 from hitl_dashboard.api_client import ApiError, ReviewApi
-from moderation.db.schemas import MetricsOverviewPublic
+from moderation.db.schemas import ConfigStatePublic, MetricsOverviewPublic
 
 # Window label → (hours, bucket minutes): about 12 to 28 points per line.
 WINDOWS: dict[str, tuple[float, int]] = {"1 h": (1, 5), "24 h": (24, 60), "7 d": (168, 360)}
@@ -44,6 +46,12 @@ def load_overview(
     moderator is only ever served what their own key fetched. `_client` is not hashed.
     """
     return _client.metrics_overview(hours=hours, bucket_minutes=bucket_minutes)
+
+
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner="Loading the live configuration…", max_entries=256)
+def load_config(_client: ReviewApi, cache_key: str) -> ConfigStatePublic:
+    """The live configuration, cached per API key (`cache_key`) like `load_overview`."""
+    return _client.live_config()
 
 
 # --- frames for the charts (plain functions) --------------------------------------------------
@@ -222,6 +230,35 @@ def job_table(overview: MetricsOverviewPublic) -> list[dict[str, Any]]:
     ]
 
 
+def config_value(text: str | None) -> str:
+    """A stored JSON value as shown: `not set` for none, `null` marked as the services' own."""
+    if text is None:
+        return "not set"
+    return f"{text} (the services' own setting)" if text == "null" else text
+
+
+def config_item_table(state: ConfigStatePublic) -> list[dict[str, Any]]:
+    """The keys set live, by key."""
+    return [
+        {"key": item.key, "value": config_value(item.value), "version": item.version}
+        for item in state.items
+    ]
+
+
+def config_change_table(state: ConfigStatePublic) -> list[dict[str, Any]]:
+    """The latest changes, newest first (as the API lists them)."""
+    return [
+        {
+            "when": ui.format_time(change.at),
+            "who": change.actor_display or change.actor or "–",
+            "key": change.key,
+            "change": f"{config_value(change.before)} → {config_value(change.after)}",
+            "version": change.version or "–",
+        }
+        for change in state.changes
+    ]
+
+
 # --- rendering --------------------------------------------------------------------------------
 
 
@@ -370,6 +407,29 @@ def _render_jobs(overview: MetricsOverviewPublic) -> None:
     st.dataframe(job_table(overview), hide_index=True, key="metrics_jobs")
 
 
+def _render_config(client: ReviewApi) -> None:
+    st.subheader("Live configuration")
+    try:
+        state = load_config(client, client.cache_key)
+    except ApiError as exc:
+        session.handle_unauthorized(exc)
+        st.warning(safe_text.escape_markdown(f"Live configuration unavailable: {exc.message}."))
+        return
+    st.caption(
+        f"Version in effect: **{safe_text.escape_markdown(state.version)}**. What the worker "
+        "and the agent service apply over their own settings, within seconds of a change."
+    )
+    if state.items:
+        st.dataframe(config_item_table(state), hide_index=True, key="metrics_config_items")
+    else:
+        st.info("Nothing is set live: the services run on their own settings.")
+    if not state.changes:
+        st.caption("No change recorded yet.")
+        return
+    st.markdown("**Latest changes** (newest first)")
+    st.dataframe(config_change_table(state), hide_index=True, key="metrics_config_changes")
+
+
 def _window_caption(overview: MetricsOverviewPublic) -> str:
     window = overview.window
     return (
@@ -390,6 +450,7 @@ def render() -> None:
     hours, bucket_minutes = WINDOWS[label or DEFAULT_WINDOW]
     if refresh.button("Refresh", key=REFRESH, icon=":material/refresh:"):
         load_overview.clear(client, client.cache_key, hours, bucket_minutes)
+        load_config.clear(client, client.cache_key)
     try:
         overview = load_overview(client, client.cache_key, hours, bucket_minutes)
     except ApiError as exc:
@@ -405,3 +466,4 @@ def render() -> None:
     _render_queue(overview)
     _render_models(overview)
     _render_jobs(overview)
+    _render_config(client)

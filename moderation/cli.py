@@ -437,6 +437,14 @@ def agent_service() -> None:
     run_agent_service(with_stack_tokens(get_settings()))
 
 
+@app.command("mcp-server")
+def mcp_server() -> None:
+    """Run the MCP server: the moderation lookups as tools (streamable HTTP, API-key auth)."""
+    from moderation.services.mcp.app import run_mcp_server
+
+    run_mcp_server(get_settings())
+
+
 @app.command("dashboard")
 def dashboard() -> None:
     """Run the moderators' Streamlit dashboard (settings: MODERATION_DASHBOARD__*)."""

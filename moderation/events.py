@@ -86,6 +86,12 @@ class ModerationVerdict(Event):
         examples=[["injection:fake-system"]],
     )
     latency_ms: float = Field(ge=0.0, description="time from submission to this verdict")
+    config_version: str | None = Field(
+        default=None,
+        max_length=32,
+        description="the live configuration it was decided with (`c<n>`, or `static`)",
+        examples=["c12"],
+    )
 
 
 class ReviewPriority(StrEnum):

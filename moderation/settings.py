@@ -161,6 +161,9 @@ class DaprSettings(BaseModel):
     scheduler_etcd_peer_port: int = 2380
     pubsub_name: str = "kafka-pubsub"
     statestore_name: str = "statestore"
+    configstore_name: str = Field(
+        default="configstore", description="the live configuration (`moderation/live_config.py`)"
+    )
     secretstore_name: str = "localsecretstore"
     # Dapr's own variable names are the fallback, so a sidecar-injected or mounted token works.
     api_token: SecretStr | None = Field(
@@ -301,6 +304,15 @@ class AgentSettings(BaseModel):
     precedent_pool: int = Field(
         default=1_000, ge=1, description="recent human decisions searched for precedents"
     )
+    mcp_url: str | None = Field(
+        default=None,
+        description="the MCP server the agent's lookups go through (`moderation mcp-server`, "
+        "e.g. http://127.0.0.1:8006/mcp), as any other agent platform's would; unset: the same "
+        "lookups in process",
+    )
+    mcp_api_key: SecretStr | None = Field(
+        default=None, description="the agent's API key for the MCP server (scope `moderate`)"
+    )
 
 
 class ApiSettings(BaseModel):
@@ -420,6 +432,11 @@ class WorkerSettings(BaseModel):
     classifier_group: str = "classifier"
     recorder_group: str = "recorder"
     classifier_health_port: int = 8001
+    dapr_http_port: int = Field(
+        default=3520, description="the worker's daprd (live configuration only: no app channel)"
+    )
+    dapr_grpc_port: int = 50021
+    dapr_metrics_port: int = 9098
     recorder_health_port: int = 8002
     max_batch: int = Field(default=500, ge=1, description="posts scored per model call")
     batch_timeout_ms: int = Field(
@@ -475,6 +492,15 @@ class AgentServiceSettings(BaseModel):
     @property
     def dapr_grpc_endpoint(self) -> str:
         return f"127.0.0.1:{self.dapr_grpc_port}"
+
+
+class McpSettings(BaseModel):
+    """The MCP server (`moderation mcp-server`): the lookups as tools for any agent platform."""
+
+    port: int = Field(
+        default=8006,
+        description="streamable HTTP at /mcp, probes at /healthz (bound to worker.service_host)",
+    )
 
 
 class ReviewSettings(BaseModel):
@@ -621,6 +647,12 @@ class Settings(BaseSettings):
     model_config = SETTINGS_SOURCE
 
     environment: Literal["development", "test", "production"] = "development"
+    config_version: str = Field(
+        default="static",
+        description="the live configuration in effect (`moderation/live_config.py`): set by the "
+        "services from the configuration store, recorded with every verdict; not a setting to "
+        "set yourself",
+    )
     kafka: KafkaSettings = KafkaSettings()
     db: DatabaseSettings = DatabaseSettings()
     llm: LLMSettings = LLMSettings()
@@ -633,6 +665,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     review: ReviewSettings = ReviewSettings()
     agent_service: AgentServiceSettings = AgentServiceSettings()
+    mcp: McpSettings = McpSettings()
     dashboard: DashboardSettings = DashboardSettings()
     models: ModelStoreSettings = ModelStoreSettings()
     nightly: NightlySettings = NightlySettings()

@@ -157,6 +157,14 @@ class AgentSteps:
         )
         self.slots = asyncio.Semaphore(settings.agent.concurrency)
 
+    def apply_settings(self, settings: Settings) -> None:
+        """Use `settings` from the next step on (the live configuration changed): thresholds and
+        weight for the verdicts, the concurrency for the model calls."""
+        if settings.agent.concurrency != self.settings.agent.concurrency:
+            # Calls holding a slot of the old bound finish under it.
+            self.slots = asyncio.Semaphore(settings.agent.concurrency)
+        self.settings = settings
+
     async def model_call(
         self, conversation: list[dict[str, Any]], called: list[str], model_name: str
     ) -> dict[str, Any]:

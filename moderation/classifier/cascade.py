@@ -266,6 +266,7 @@ def first_stage(
             rationale=outcome.reason + ("; to the agent" if to_agent else ""),
             signals=screen.labels() + readability.labels(),
             latency_ms=latency_ms(post.submitted_at),
+            config_version=settings.config_version,
         )
         review = (
             _review_request(verdict, outcome.reason, outcome.priority, screen)
@@ -575,6 +576,7 @@ def agent_verdict(
         policy_sections=answer.policy_sections,
         signals=item.verdict.signals,
         latency_ms=latency_ms(item.post.submitted_at),
+        config_version=settings.config_version,
     )
     review = (
         _review_request(verdict, outcome.reason, outcome.priority, item.screen)
@@ -589,14 +591,14 @@ def create_agent_stage(run_settings: Settings) -> tuple[AgentStage, Callable[[],
     # Imported here: the evaluation and the tests build stages without a database or a client.
     from moderation.db.engine import make_engine
     from moderation.llm.provider import ChatCompletionsProvider, create_client
-    from moderation.precedents import SqlDecisionLog
+    from moderation.mcp_client import agent_decision_log
 
     client = create_client(run_settings.llm)
     engine = make_engine(run_settings)
     stage = AgentStage(
         run_settings,
         ChatCompletionsProvider(client, run_settings.llm.model),
-        SqlDecisionLog(engine, pool_size=run_settings.agent.precedent_pool),
+        agent_decision_log(run_settings, engine),
     )
 
     async def close() -> None:

@@ -41,6 +41,53 @@ def create_tables(engine: Engine) -> None:
     """Create missing tables (idempotent), after upgrading tables of an older schema in place."""
     upgrade_schema(engine)
     SQLModel.metadata.create_all(engine)
+    ensure_config_trigger(engine)
+
+
+CONFIG_CHANNEL = "moderation_config"
+# What Dapr's configuration.postgresql component expects on its channel: the changed row in
+# "data" (its key, value, version and metadata).
+_CONFIG_NOTIFY_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION moderation_config_notify() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('{CONFIG_CHANNEL}', json_build_object(
+        'table', TG_TABLE_NAME,
+        'action', TG_OP,
+        'data', row_to_json(CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END)
+    )::text);
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql
+"""
+_CONFIG_TRIGGER = """
+CREATE TRIGGER moderation_config_changed
+AFTER INSERT OR UPDATE OR DELETE ON moderation_config
+FOR EACH ROW EXECUTE FUNCTION moderation_config_notify()
+"""
+
+
+def ensure_config_trigger(engine: Engine) -> None:
+    """The trigger that tells Dapr's configuration store of every change (PostgreSQL only).
+
+    Created by whoever creates the tables (the owner); a service role that finds it missing
+    and may not create it leaves it to the owner's run.
+    """
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.begin() as connection:
+        connection.execute(select(func.pg_advisory_xact_lock(_UPGRADE_LOCK_KEY)))
+        exists = connection.execute(
+            text("SELECT 1 FROM pg_trigger WHERE tgname = 'moderation_config_changed'")
+        ).first()
+        owner = connection.execute(
+            text(
+                "SELECT pg_has_role(current_user, tableowner, 'USAGE') FROM pg_tables "
+                "WHERE tablename = 'moderation_config'"
+            )
+        ).scalar()
+        if exists is None and owner:
+            connection.execute(text(_CONFIG_NOTIFY_FUNCTION))
+            connection.execute(text(_CONFIG_TRIGGER))
 
 
 # Names "the schema upgrade" among PostgreSQL advisory locks: one process upgrades at a time.
@@ -61,6 +108,7 @@ def upgrade_schema(engine: Engine) -> None:
     2. Artifact digests (issue 11): `model_versions` gains `artifact_sha256`; rows registered
        before have none, so loaders refuse them until a digest is registered (the nightly
        replaces such a champion by the base model).
+    3. Live configuration (issue 14): `verdicts` gains `config_version`.
     """
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
@@ -71,6 +119,9 @@ def upgrade_schema(engine: Engine) -> None:
             _add_review_ids(connection)
         if "decisions" in tables and not _has_column(connection, "decisions", "review_id"):
             _add_decision_review_ids(connection)
+        if "verdicts" in tables and not _has_column(connection, "verdicts", "config_version"):
+            kind = _column_type(connection, "verdicts", "config_version")
+            connection.execute(text(f"ALTER TABLE verdicts ADD COLUMN config_version {kind}"))
         if "model_versions" in tables and not _has_column(
             connection, "model_versions", "artifact_sha256"
         ):

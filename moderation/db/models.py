@@ -87,6 +87,8 @@ class Verdict(SQLModel, table=True):
     policy_sections: list[str] = Field(default_factory=list, sa_column=_json_column())
     signals: list[str] = Field(default_factory=list, sa_column=_json_column())
     latency_ms: float
+    # The live configuration the verdict was made with (`moderation/live_config.py`).
+    config_version: str | None = Field(default=None, max_length=32)
     occurred_at: datetime = Field(sa_column=_aware())
     recorded_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
 
@@ -229,3 +231,21 @@ class IdempotencyKey(SQLModel, table=True):
     post_id: str = Field(max_length=64)
     published: bool = False
     created_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
+
+
+class ConfigEntry(SQLModel, table=True):
+    """The live configuration (`moderation/live_config.py`), one row per key, read by the
+    services through the Dapr Configuration API (`configuration.postgresql`).
+
+    The columns are the ones Dapr's component reads, in its order (`SELECT *`: key, value,
+    version, metadata); `version` is a global, rising number, so the newest row names the
+    version of the whole configuration. A trigger notifies Dapr of every change
+    (`db/engine.py`). Changes are written by the API and audited in `audit_log`.
+    """
+
+    __tablename__ = "moderation_config"
+
+    key: str = Field(primary_key=True, max_length=128)
+    value: str = Field(max_length=1_000)
+    version: str = Field(max_length=32)
+    meta: dict[str, str] | None = Field(default=None, sa_column=Column("metadata", JSON))

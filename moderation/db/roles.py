@@ -44,6 +44,8 @@ from moderation.settings import DatabaseSettings
 READ = ("SELECT",)
 WRITE = ("SELECT", "INSERT", "UPDATE")
 
+CONFIG_READER_ROLE = "moderation_config_reader"
+
 SERVICE_GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "moderation_worker": {
         "model_versions": READ,
@@ -65,6 +67,7 @@ SERVICE_GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
         "verdicts": READ,
     },
     "moderation_api": {
+        "moderation_config": WRITE,
         "api_keys": WRITE,
         "idempotency_keys": WRITE,
         "reviews": WRITE,
@@ -83,11 +86,15 @@ SERVICE_GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
         "reviews": READ,
         "decisions": READ,
     },
+    # Dapr's configuration store component: reads the live configuration, nothing else.
+    CONFIG_READER_ROLE: {"moderation_config": READ},
 }
 SERVICE_ROLES = {
     "worker": "moderation_worker",
     # The agent service reads what the worker's agent read (precedents, author history).
     "agent": "moderation_worker",
+    # The MCP server is another face of the API: the same keys, the same read model.
+    "mcp": "moderation_api",
     "recorder": "moderation_recorder",
     "review": "moderation_review",
     "api": "moderation_api",

@@ -83,7 +83,7 @@ def running_services(
     services: PipelineServices, *names: str, dapr: DaprRuntime | None = None
 ) -> Iterator[PipelineServices]:
     """Start `names`; with `dapr`, first give the Dapr apps among them (the review and agent
-    services) their daprd (app port set).
+    services) their daprd (app port set), and the worker its daprd (live configuration).
 
     Afterwards the services stop, the agent service's daprd too, and the stack's own daprd of
     the review service (no app port) is back.
@@ -97,13 +97,15 @@ def running_services(
         for app in apps or ["review"]:
             dapr.stop_sidecar(app=app)
             dapr.start_sidecar(app_port=ports[app], app=app)
+        if "worker" in names:
+            dapr.start_sidecar(app="worker")  # its live configuration
     services.start(*names, timeout=600)
     try:
         yield services
     finally:
         services.stop("dashboard", *reversed(names))
         if dapr is not None:
-            for app in apps or ["review"]:
+            for app in [*(apps or ["review"]), "worker"]:
                 dapr.stop_sidecar(app=app)
             dapr.start_sidecar()
 

@@ -24,8 +24,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from moderation.db.roles import DAPR_STATE_ROLE, SERVICE_GRANTS, SERVICE_ROLES
+from moderation.db.roles import CONFIG_READER_ROLE, DAPR_STATE_ROLE, SERVICE_GRANTS, SERVICE_ROLES
 from moderation.devtools.stack import k8s_tools
+from moderation.devtools.stack.dapr import sidecar_specs
 from moderation.devtools.stack.k8s_tools import K8sTools, ManifestValidator
 from moderation.devtools.stack.services import service_specs
 from moderation.kafka_auth import Principal, acl_grants
@@ -40,29 +41,37 @@ TARGETS = ("base", "overlays/dev", "overlays/prod")
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 # The manifests are written for the settings' defaults; the environment must not change them.
 DEFAULTS = Settings.model_construct()
-SERVICES = {"api", "worker", "recorder", "review-service", "agent-service", "dashboard"}
+SERVICES = {"api", "worker", "recorder", "review-service", "agent-service", "mcp-server",
+            "dashboard"}  # fmt: skip
 # The Deployment of each service of `moderation/devtools/stack/services.py` whose name differs.
-DEPLOYMENT_OF = {"review": "review-service", "agent": "agent-service"}
+DEPLOYMENT_OF = {"review": "review-service", "agent": "agent-service", "mcp": "mcp-server"}
 # The Dapr apps: each app id, its Deployment and the Kafka principal its daprd's pub/sub acts as.
 DAPR_APPS: dict[str, tuple[str, Principal]] = {
     DEFAULTS.dapr.app_id: ("review-service", "review"),
     DEFAULTS.agent_service.app_id: ("agent-service", "agent"),
 }
+# The worker's daprd (the local stack's app id): the live configuration only, no app channel.
+WORKER_APP_ID = sidecar_specs(DEFAULTS)["worker"].app_id
+# The daprds that read the live configuration (the `configstore` component's scopes).
+CONFIG_APPS = {*DAPR_APPS, WORKER_APP_ID}
+# Where the Dapr injector puts every sidecar's API (not configurable by annotation).
+INJECTED_DAPR_HTTP_PORT, INJECTED_DAPR_GRPC_PORT = 3500, 50001
 # Env vars named like these hold credentials: they may only come from a Secret.
 SECRET_NAME = re.compile(r"PASSWORD|API_KEY|TOKEN|SECRET|CONNECTION_STRING", re.IGNORECASE)
 # Kafka's one client listener: TLS and SASL/SCRAM (kafka.yaml), its CA in Strimzi's Secret.
 KAFKA_PORT = 9093
 KAFKA_CA_SECRET = "moderation-kafka-cluster-ca-cert"
 # Each service's Kafka principal (moderation/kafka_auth.py): the review service's daprd and its
-# Python process share `review`, the agent service's share `agent`. The nightly job and KEDA
-# have principals without a service.
+# Python process share `review`, the agent service's share `agent`. The nightly job, the MCP
+# server (neither uses Kafka: a principal without ACLs, for their settings to load) and KEDA have
+# principals without a service.
 KAFKA_PRINCIPALS = {"api": "api", "worker": "worker", "recorder": "recorder",
                     "review-service": "review", "agent-service": "agent"}  # fmt: skip
 KAFKA_CREDENTIAL = re.compile(r"^MODERATION_KAFKA__(USERNAME|PASSWORD)$")
 # The workload of each key of `SERVICE_ROLES` (its PostgreSQL role), and the schema migration,
 # the one pod that logs in as the owner (db-migrate-job.yaml).
 DB_WORKLOADS = {"api": "api", "worker": "worker", "recorder": "recorder",
-                "review": "review-service", "agent": "agent-service",
+                "review": "review-service", "agent": "agent-service", "mcp": "mcp-server",
                 "nightly": "moderation-nightly"}  # fmt: skip
 MIGRATE = "db-migrate"
 # Role attributes no service role may have (CNPG `managed.roles`).
@@ -232,6 +241,7 @@ BROKEN = [
     ("Job", "db-migrate", ("spec",), "backofLimit", 10),
     ("Component", "statestore", ("spec", "metadata", 0), "vaule", "x"),
     ("Component", "kafka-pubsub-agent", ("spec",), "scopes", "agent-service"),
+    ("Component", "configstore", ("spec",), "ignoreErrors", "true"),
     ("Resiliency", "moderation-resiliency", ("spec", "policies", "retries", "stateRetry"),
      "maxRetires", 5),
 ]  # fmt: skip
@@ -315,7 +325,8 @@ def test_the_review_service_is_the_dapr_app(target: str, rendered: dict[str, lis
     api_env = env_of(pod_spec(api)["containers"][0])
     assert api_env["MODERATION_DAPR__HOST"]["value"] == f"{DEFAULTS.dapr.app_id}-dapr"
     assert api_env["DAPR_API_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == token_secret
-    for name in SERVICES - {"review-service", "agent-service", "api"}:
+    # The worker's sidecar serves it the live configuration only (the test below).
+    for name in SERVICES - {"review-service", "agent-service", "api", "worker"}:
         template = deployments[name]["spec"]["template"]["metadata"]
         assert "dapr.io/enabled" not in template.get("annotations", {})
 
@@ -366,6 +377,107 @@ def test_the_agent_service_is_a_dapr_app(target: str, rendered: dict[str, list[O
     assert "moderation-models" not in claims
 
 
+def model_store_mount(objects: list[Obj], workload: Obj) -> Obj:
+    """The mount of the model store (`moderation-models`) in a workload's one container."""
+    claims = {
+        volume["name"]
+        for volume in pod_spec(workload)["volumes"]
+        if volume.get("persistentVolumeClaim", {}).get("claimName") == "moderation-models"
+    }
+    assert "moderation-models" in of_kind(objects, "PersistentVolumeClaim")
+    container = pod_spec(workload)["containers"][0]
+    [mount] = [m for m in container.get("volumeMounts", []) if m["name"] in claims]
+    found: Obj = mount
+    return found
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_mcp_server_reads_postgres_as_the_api_and_the_models_as_the_worker(
+    target: str, rendered: dict[str, list[Obj]]
+) -> None:
+    """Another face of the API (the same keys, the same read model) that scores with the fast
+    model the registry names: no Dapr sidecar, no Kafka, no LLM, no /metrics."""
+    objects = rendered[target]
+    deployments = of_kind(objects, "Deployment")
+    mcp = deployments["mcp-server"]
+    annotations = mcp["spec"]["template"]["metadata"].get("annotations", {})
+    assert not [key for key in annotations if key.startswith(("dapr.io/", "prometheus.io/"))]
+    spec = pod_spec(mcp)
+    assert "initContainers" not in spec  # it trains and writes nothing
+    [container] = spec["containers"]
+    variables = env_of(container)
+    # The api's role, from the api's Secret (moderation/db/roles.py SERVICE_ROLES["mcp"]).
+    assert SERVICE_ROLES["mcp"] == SERVICE_ROLES["api"]
+    [api] = pod_spec(deployments["api"])["containers"]
+    for name in ("MODERATION_DB__USER", "MODERATION_DB__PASSWORD"):
+        assert variables[name] == env_of(api)[name], name
+    # No Dapr token, and no Kafka CA: it never connects to Kafka (its principal has no ACL).
+    assert not {"DAPR_API_TOKEN", "APP_API_TOKEN"} & set(variables)
+    mounted = {v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+    assert KAFKA_CA_SECRET not in mounted
+    # The model store where the worker reads it, and read-only like the worker's.
+    artifacts = shared_env(objects)["MODERATION_MODELS__ARTIFACT_DIR"]
+    mount = model_store_mount(objects, mcp)
+    worker = model_store_mount(objects, deployments["worker"])
+    assert mount["mountPath"] == worker["mountPath"] == artifacts
+    assert mount["readOnly"] is worker["readOnly"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_worker_has_a_dapr_sidecar_for_the_live_configuration_only(
+    target: str, rendered: dict[str, list[Obj]]
+) -> None:
+    objects = rendered[target]
+    deployments = of_kind(objects, "Deployment")
+    annotations = deployments["worker"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["dapr.io/enabled"] == "true"
+    assert annotations["dapr.io/app-id"] == WORKER_APP_ID
+    # No app channel: daprd never calls the worker (no deliveries, no app token).
+    assert "dapr.io/app-port" not in annotations
+    assert "dapr.io/app-token-secret" not in annotations
+    assert annotations["dapr.io/config"] in of_kind(objects, "Configuration")
+    assert annotations["dapr.io/enable-metrics"] == "true"
+    assert int(annotations["dapr.io/metrics-port"]) > 0
+    # Only the worker calls it: the API stays on loopback (the default).
+    assert "dapr.io/sidecar-listen-addresses" not in annotations
+    # Its own API token, never the review or agent service's daprd's.
+    token = annotations["dapr.io/api-token-secret"]
+    others = set()
+    for deployment, _ in DAPR_APPS.values():
+        other = deployments[deployment]["spec"]["template"]["metadata"]["annotations"]
+        others |= {other["dapr.io/api-token-secret"], other["dapr.io/app-token-secret"]}
+    assert token not in others
+    init, container = containers_of(deployments["worker"])
+    variables = env_of(container)
+    assert variables["DAPR_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": token,
+        "key": "token",
+    }
+    assert "APP_API_TOKEN" not in variables
+    for each in (init, container):
+        secrets = {
+            variable["valueFrom"]["secretKeyRef"]["name"]
+            for variable in env_of(each).values()
+            if "secretKeyRef" in variable.get("valueFrom", {})
+        }
+        assert not secrets & others, each["name"]
+    assert "DAPR_API_TOKEN" not in env_of(init)  # the bootstrap calls no sidecar
+    # The worker dials its daprd where the injector puts it (the settings' default is the local
+    # stack's port for the worker's daprd).
+    assert variables["MODERATION_WORKER__DAPR_GRPC_PORT"]["value"] == str(INJECTED_DAPR_GRPC_PORT)
+    assert variables["MODERATION_WORKER__DAPR_HTTP_PORT"]["value"] == str(INJECTED_DAPR_HTTP_PORT)
+    assert DEFAULTS.worker.dapr_grpc_port != INJECTED_DAPR_GRPC_PORT
+    # It loads the configuration store and nothing else: no pub/sub (Kafka is FastStream's), no
+    # state store (no actors).
+    loaded = {
+        name
+        for name, component in of_kind(objects, "Component").items()
+        if WORKER_APP_ID in component.get("scopes", [])
+    }
+    assert loaded == {DEFAULTS.dapr.configstore_name}
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_dapr_resources_mirror_the_local_components(
     target: str, rendered: dict[str, list[Obj]]
@@ -385,13 +497,37 @@ def test_dapr_resources_mirror_the_local_components(
     assert configuration["spec"]["tracing"]["otel"]["endpointAddress"] == "otel-collector:4317"
     assert configuration["spec"]["metric"]["enabled"] is True
     [resiliency] = of_kind(objects, "Resiliency").values()
-    assert set(resiliency["spec"]["targets"]["components"]) == set(components)
+    # Every component but the configuration store: daprd runs the store's Subscribe under the
+    # outbound policy and the store listens on that call's context, which a timeout would end
+    # (components/resiliency.yaml has no target for it either).
+    configstore_name = DEFAULTS.dapr.configstore_name
+    targets = set(resiliency["spec"]["targets"]["components"])
+    assert targets == set(components) - {configstore_name}
+    local_resiliency = yaml.safe_load((PROJECT_ROOT / "components" / "resiliency.yaml").read_text())
+    assert configstore_name not in local_resiliency["spec"]["targets"]["components"]
     # Every component is scoped to the Dapr apps that load it; the state store and the
-    # resiliency policies serve both apps.
+    # resiliency policies serve both apps, the configuration store them and the worker's daprd.
     for name, component in components.items():
-        assert set(component["scopes"]) <= set(DAPR_APPS), name
+        assert set(component["scopes"]) <= CONFIG_APPS, name
     assert set(components[DEFAULTS.dapr.statestore_name]["scopes"]) == set(DAPR_APPS)
     assert set(resiliency["scopes"]) == set(DAPR_APPS)
+    # The live configuration: the local component's store, table and channel.
+    local = yaml.safe_load(
+        (PROJECT_ROOT / "components" / "configstore-postgresql.yaml").read_text()
+    )
+    assert local["metadata"]["name"] == configstore_name
+    configstore = components[configstore_name]
+    assert set(configstore["scopes"]) == CONFIG_APPS
+    config = configstore["spec"]
+    for key in ("type", "version", "ignoreErrors"):
+        assert config[key] == local["spec"][key], key
+    assert config["ignoreErrors"] is True  # an unreachable store never stops a daprd
+    metadata = {item["name"]: item for item in config["metadata"]}
+    local_metadata = {item["name"]: item for item in local["spec"]["metadata"]}
+    assert set(metadata) == set(local_metadata)
+    for key in ("table", "notifyChannel"):
+        assert metadata[key]["value"] == local_metadata[key]["value"] == "moderation_config", key
+    assert set(metadata["connectionString"]["secretKeyRef"]) == {"name", "key"}
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -453,9 +589,11 @@ def test_cnpg_manages_exactly_the_service_and_dapr_roles_with_login_only(
     objects = rendered[target]
     [(cluster, postgres)] = of_kind(objects, "Cluster").items()
     roles = managed_roles(objects)
-    assert set(SERVICE_GRANTS) == set(SERVICE_ROLES.values())
-    # The services' roles and Dapr's state store's (it owns dapr_state and nothing else).
+    # The services' roles, and Dapr's configuration store's (SELECT on the live configuration).
+    assert set(SERVICE_GRANTS) == set(SERVICE_ROLES.values()) | {CONFIG_READER_ROLE}
+    # Those roles and Dapr's state store's (it owns dapr_state and nothing else).
     assert set(roles) == set(SERVICE_GRANTS) | {DAPR_STATE_ROLE}
+    assert CONFIG_READER_ROLE in roles
     assert postgres["spec"]["bootstrap"]["initdb"]["owner"] not in roles
     secrets = set()
     for name, role in roles.items():
@@ -506,6 +644,60 @@ def test_dapr_state_store_owns_dapr_state_and_logs_in_as_its_own_role(
         if line.startswith(f"| `{dsn_secret}` |")
     ]
     assert f"user={DAPR_STATE_ROLE} " in row and f"dbname={DEFAULTS.db.dapr_state_name} " in row
+    assert f"secret {secret} " in row
+    owner = postgres["spec"]["bootstrap"]["initdb"]["owner"]
+    assert f"{cluster}-app" not in row and f"user={owner} " not in row
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_config_store_reads_the_live_configuration_as_its_own_read_only_role(
+    target: str, rendered: dict[str, list[Obj]]
+) -> None:
+    """Dapr's configuration store logs in as `moderation_config_reader`: SELECT on
+    `moderation_config`, nothing else; never the owner, a service's role or Dapr's state role."""
+    objects = rendered[target]
+    [(cluster, postgres)] = of_kind(objects, "Cluster").items()
+    role = managed_roles(objects)[CONFIG_READER_ROLE]
+    assert role["login"] is True
+    assert not any(role.get(power, False) for power in ROLE_POWERS)
+    assert role.get("inRoles", []) == []
+    # The grants the migration applies (db-migrate-job.yaml: apply_grants covers every role of
+    # SERVICE_GRANTS, and CONNECT on `moderation`).
+    assert SERVICE_GRANTS[CONFIG_READER_ROLE] == {"moderation_config": ("SELECT",)}
+    assert SERVICE_GRANTS[SERVICE_ROLES["api"]]["moderation_config"] == (
+        "SELECT", "INSERT", "UPDATE")  # fmt: skip
+    # The role's Secret is CNPG's input only: no pod reads it, and no pod logs in as the role.
+    secret = role["passwordSecret"]["name"]
+    for workload in workloads(objects):
+        for container in containers_of(workload):
+            variables = env_of(container)
+            for variable in variables.values():
+                reference = variable.get("valueFrom", {}).get("secretKeyRef", {})
+                assert reference.get("name") != secret, workload["metadata"]["name"]
+            user = variables.get("MODERATION_DB__USER", {}).get("value")
+            assert user != CONFIG_READER_ROLE, workload["metadata"]["name"]
+    [configstore] = [
+        c
+        for c in of_kind(objects, "Component").values()
+        if c["spec"]["type"] == "configuration.postgresql"
+    ]
+    [connection] = [m for m in configstore["spec"]["metadata"] if m["name"] == "connectionString"]
+    dsn_secret = connection["secretKeyRef"]["name"]
+    # Not the state store's DSN (another role, another database).
+    [statestore] = [
+        c for c in of_kind(objects, "Component").values() if c["spec"]["type"] == "state.postgresql"
+    ]
+    [state_connection] = [
+        m for m in statestore["spec"]["metadata"] if m["name"] == "connectionString"
+    ]
+    assert dsn_secret != state_connection["secretKeyRef"]["name"]
+    # k8s/README.md builds that DSN for the reader role from its Secret, on `moderation`.
+    [row] = [
+        line
+        for line in (K8S_DIR / "README.md").read_text().splitlines()
+        if line.startswith(f"| `{dsn_secret}` |")
+    ]
+    assert f"user={CONFIG_READER_ROLE} " in row and f"dbname={DEFAULTS.db.name} " in row
     assert f"secret {secret} " in row
     owner = postgres["spec"]["bootstrap"]["initdb"]["owner"]
     assert f"{cluster}-app" not in row and f"user={owner} " not in row
@@ -705,7 +897,8 @@ def test_scaling_and_disruption_budgets(target: str, rendered: dict[str, list[Ob
     assert "replicas" not in deployments["worker"]["spec"]
     assert "replicas" not in deployments["agent-service"]["spec"]
     budgets = of_kind(objects, "PodDisruptionBudget")
-    assert set(budgets) >= {"api", "worker", "recorder", "review-service", "agent-service"}
+    assert set(budgets) >= {"api", "worker", "recorder", "review-service", "agent-service",
+                            "mcp-server"}  # fmt: skip
     for name, budget in budgets.items():
         labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
         assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -724,6 +917,12 @@ def test_network_policies_deny_by_default(target: str, rendered: dict[str, list[
         return {port["port"] for rule in rules for port in rule["ports"]}
 
     assert ports("allow-api") == {8000}
+    # The MCP server, on its port from wherever the API is reachable (the API's keys are its
+    # clients' bearer tokens).
+    assert ports("allow-mcp-server") == {DEFAULTS.mcp.port}
+    assert [rule.get("from") for rule in policies["allow-mcp-server"]["spec"]["ingress"]] == [
+        rule.get("from") for rule in policies["allow-api"]["spec"]["ingress"]
+    ]
     assert ports("allow-dashboard") == {8501}
     assert ports("allow-postgres") >= {5432}
     assert ports("allow-kafka") == {KAFKA_PORT}
@@ -736,6 +935,8 @@ def test_network_policies_deny_by_default(target: str, rendered: dict[str, list[
         {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "agent-service"}}}
     ]
     assert {8000, 8001, 8002, 8003, 8005, 9090} <= ports("allow-metrics-scraping")
+    # The MCP server serves no /metrics: nothing to scrape.
+    assert DEFAULTS.mcp.port not in ports("allow-metrics-scraping")
     [scrapers] = policies["allow-metrics-scraping"]["spec"]["ingress"][0]["from"]
     assert scrapers["namespaceSelector"]["matchLabels"] == {
         "kubernetes.io/metadata.name": "monitoring"
@@ -749,8 +950,8 @@ def test_network_policies_deny_by_default(target: str, rendered: dict[str, list[
 
 # --- issue 11: least privilege --------------------------------------------------------------------
 
-WORKLOAD_NAMES = {"api", "worker", "recorder", "review-service", "agent-service", "dashboard",
-                  "vllm", "moderation-nightly", MIGRATE}  # fmt: skip
+WORKLOAD_NAMES = {"api", "worker", "recorder", "review-service", "agent-service", "mcp-server",
+                  "dashboard", "vllm", "moderation-nightly", MIGRATE}  # fmt: skip
 
 
 def selects(selector: Obj, name: str) -> bool:
@@ -824,10 +1025,13 @@ def test_egress_is_denied_then_allowed_per_service(
     assert peers("api") == {"kube-dns": {53}, "moderation-kafka": {KAFKA_PORT},
                             "moderation-db": {5432}, "review-service": {50001},
                             "namespace": {4317}}  # fmt: skip
-    # The worker hands uncertain posts to the agent service: no path to vLLM.
+    # The worker hands uncertain posts to the agent service: no path to vLLM. Its daprd (the
+    # live configuration) reaches Dapr's control plane and PostgreSQL, and no peer's daprd.
     assert shared_env(rendered[target])["MODERATION_AGENT__RUNS_IN"] == "agent-service"
     assert peers("worker") == {"kube-dns": {53}, "moderation-kafka": {KAFKA_PORT},
-                               "moderation-db": {5432}, "namespace": {4317}}  # fmt: skip
+                               "moderation-db": {5432},
+                               "dapr-system": {50001, 50005, 50006, 6500},
+                               "namespace": {4317}}  # fmt: skip
     assert peers("recorder") == {"kube-dns": {53}, "moderation-kafka": {KAFKA_PORT},
                                  "moderation-db": {5432}, "namespace": {4317}}  # fmt: skip
     assert peers("review-service") == {"kube-dns": {53}, "moderation-kafka": {KAFKA_PORT},
@@ -841,6 +1045,8 @@ def test_egress_is_denied_then_allowed_per_service(
                                       "agent-service": {50002},
                                       "dapr-system": {50001, 50005, 50006, 6500},
                                       "namespace": {4317}}  # fmt: skip
+    # The MCP server: PostgreSQL only (no Kafka, no Dapr, no vLLM, no traces).
+    assert peers("mcp-server") == {"kube-dns": {53}, "moderation-db": {5432}}
     assert peers("vllm") == {"kube-dns": {53}, "internet": {443}}
     assert peers("moderation-nightly") == {"kube-dns": {53}, "moderation-db": {5432},
                                            "vllm": {8000}, "internet": {443},
@@ -872,7 +1078,7 @@ def test_kafka_and_postgres_admit_only_their_clients(
     pods = [peer["podSelector"] for peer in postgres if "podSelector" in peer]
     admitted = {name for name in WORKLOAD_NAMES if any(selects(p, name) for p in pods)}
     assert admitted == {"api", "worker", "recorder", "review-service", "agent-service",
-                        "moderation-nightly", MIGRATE}  # fmt: skip
+                        "mcp-server", "moderation-nightly", MIGRATE}  # fmt: skip
     # The dashboard only through the ingress controller.
     [peer] = ingress_peers(policies, {"app.kubernetes.io/name": "dashboard"})
     assert peer == {"namespaceSelector": {"matchLabels": {
@@ -921,8 +1127,9 @@ def test_kafka_users_grant_exactly_what_kafka_auth_grants(
     [cluster] = of_kind(objects, "Kafka")
     users = of_kind(objects, "KafkaUser")
     services: set[str] = set(acl_grants(Settings()))
-    # One user per service principal, plus KEDA's and the nightly job's (no service's rights).
-    assert set(users) == services | {"keda", "nightly"}
+    # One user per service principal, plus KEDA's, the nightly job's and the MCP server's (no
+    # service's rights).
+    assert set(users) == services | {"keda", "nightly", "mcp"}
     for name, user in users.items():
         assert user["metadata"]["labels"]["strimzi.io/cluster"] == cluster, name
         assert user["spec"]["authentication"] == {"type": "scram-sha-512"}, name
@@ -954,6 +1161,7 @@ def test_kafka_users_grant_exactly_what_kafka_auth_grants(
         service_users
     )
     assert granted_acls({"nightly": users["nightly"]}) == set()
+    assert granted_acls({"mcp": users["mcp"]}) == set()
     # Only the review service may write a human decision (the forged-events finding).
     writers = {
         principal
@@ -1026,6 +1234,13 @@ def test_each_service_connects_as_its_own_kafka_principal(
     assert env_of(job)["MODERATION_KAFKA__PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == (
         "nightly"
     )
+    # The MCP server's likewise (it uses no Kafka: its settings load only with credentials).
+    [mcp] = pod_spec(deployments["mcp-server"])["containers"]
+    assert env_of(mcp)["MODERATION_KAFKA__USERNAME"]["value"] == "mcp"
+    assert env_of(mcp)["MODERATION_KAFKA__PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "mcp",
+        "key": "password",
+    }
     users = set(of_kind(objects, "KafkaUser"))
     for workload in workloads(objects):
         spec = pod_spec(workload)
@@ -1105,6 +1320,8 @@ def test_each_dapr_app_authenticates_to_kafka_as_its_own_principal(
         c for c in of_kind(objects, "Component").values() if c["spec"]["type"] == "pubsub.kafka"
     ]
     assert len(pubsubs) == len(DAPR_APPS)
+    # The worker's daprd has no pub/sub: the worker's Kafka is FastStream's, as its own principal.
+    assert not [c for c in pubsubs if WORKER_APP_ID in c.get("scopes", [])]
     for app_id, (deployment, principal) in DAPR_APPS.items():
         name, component = pubsub_of(objects, app_id)
         assert component["scopes"] == [app_id]  # no other daprd logs in as this principal
@@ -1288,6 +1505,10 @@ def test_secrets_are_referenced_never_written(target: str, rendered: dict[str, l
         annotations = deployments[deployment]["spec"]["template"]["metadata"]["annotations"]
         referenced.add(annotations["dapr.io/api-token-secret"])
         referenced.add(annotations["dapr.io/app-token-secret"])
+    worker = deployments["worker"]["spec"]["template"]["metadata"]["annotations"]
+    referenced.add(worker["dapr.io/api-token-secret"])
+    # And the Secrets CNPG sets the managed roles' passwords from.
+    referenced |= {role["passwordSecret"]["name"] for role in managed_roles(objects).values()}
     # Every Secret that must exist is documented (k8s/README.md says how to create it).
     documented = (K8S_DIR / "README.md").read_text()
     for name in referenced:
@@ -1337,6 +1558,6 @@ def test_the_overlays_differ_as_documented(rendered: dict[str, list[Obj]]) -> No
     for name, scaled in of_kind(prod, "ScaledObject").items():
         assert scaled["spec"]["minReplicaCount"] > budgets[name]["spec"]["minAvailable"], name
     prod_deployments = of_kind(prod, "Deployment")
-    for name in ("recorder", "review-service"):
+    for name in ("recorder", "review-service", "mcp-server"):
         replicas = prod_deployments[name]["spec"]["replicas"]
         assert replicas > budgets[name]["spec"]["minAvailable"]

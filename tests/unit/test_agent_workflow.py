@@ -29,7 +29,8 @@ from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
 from moderation.db.models import ModelStatus
 from moderation.events import AgentRequested, ModerationVerdict, PostSubmitted, ReviewRequested
-from moderation.services.agent.app import served_model
+from moderation.live_config import apply_live
+from moderation.services.agent.app import InFlight, Scheduler, served_model
 from moderation.services.agent.workflow import (
     MODEL_CALL,
     PUBLISH,
@@ -315,3 +316,22 @@ def test_runs_follow_the_registry_adapter_and_back(tmp_path: Path) -> None:
         )  # fmt: skip
     assert served_model(engine, "base") == "lora-2"
     engine.dispose()
+
+
+def test_the_agent_service_sheds_to_review_when_switched_off_live_or_saturated() -> None:
+    settings = Settings()
+    steps = AgentSteps(settings, ScriptedProvider(ScriptedModel([allow_json()])), None)
+    runs = InFlight()
+    scheduler = Scheduler(settings, None, steps, runs)  # type: ignore[arg-type]  # no Dapr here
+    assert scheduler.shed_reason() is None
+
+    scheduler.apply_settings(apply_live(settings, {"agent.enabled": "false"}, "c1"))
+    assert scheduler.shed_reason() == (
+        "agent_disabled", "the agent is switched off in the live configuration"
+    )  # fmt: skip
+
+    scheduler.apply_settings(apply_live(settings, {"agent.concurrency": "2"}, "c2"))
+    assert steps.settings.config_version == "c2" and steps.slots._value == 2
+    for number in range(settings.agent_service.max_in_flight):
+        runs.add(f"agent-{number}")
+    assert scheduler.shed_reason() == ("saturated", "256 agent runs in flight (max 256)")

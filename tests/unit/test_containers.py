@@ -24,7 +24,9 @@ import jsonschema  # type: ignore[import-untyped]  # no types-jsonschema in the 
 import pytest
 import yaml
 
-from moderation.db.roles import DAPR_STATE_ROLE
+from moderation.db.roles import CONFIG_READER_ROLE, DAPR_STATE_ROLE, SERVICE_GRANTS
+from moderation.devtools.stack.dapr import sidecar_specs
+from moderation.devtools.stack.services import service_specs
 from moderation.kafka_auth import PRINCIPALS, acl_grants
 from moderation.services.api.workflows import DaprReviewWorkflows
 from moderation.settings import DaprSettings, DatabaseSettings, Settings
@@ -53,21 +55,28 @@ NO_PROBE_TOOL = {
     "scheduler": "daprio/scheduler",
     "review-dapr": "daprio/daprd",
     "agent-dapr": "daprio/daprd",
+    "worker-dapr": "daprio/daprd",
     "otel-collector": "otel/opentelemetry-collector-contrib",
 }
 SECRET_NAME = re.compile(r"(?i)(password|passwd|secret|api[_-]?key|token|credential)")
-# The Kafka principals of the compose stack: moderation/kafka_auth.py's, and `nightly` (no ACL).
-COMPOSE_KAFKA_PRINCIPALS = (*PRINCIPALS, "nightly")
+# The Kafka principals of the compose stack: moderation/kafka_auth.py's, and `nightly` and `mcp`
+# (no ACL: the nightly job and the MCP server use no Kafka, their settings load only with one).
+COMPOSE_KAFKA_PRINCIPALS = (*PRINCIPALS, "nightly", "mcp")
 # Who connects as whom (`admin`: the `topics` service, which creates topics and ACLs).
 KAFKA_LOGINS = {"topics": "admin", "api": "api", "base-model": "worker", "worker": "worker",
                 "recorder": "recorder", "review": "review", "agent": "agent",
-                "nightly": "nightly"}  # fmt: skip
+                "nightly": "nightly", "mcp": "mcp"}  # fmt: skip
 KAFKA_PASSWORD_FILE = "/run/secrets/kafka_password"
 # Each Dapr app's daprd (docker-compose.yaml): its app container, whose network namespace it
 # shares, and the Kafka principal its pub/sub component logs in as.
-DAPRDS = {"review-dapr": ("review", "review"), "agent-dapr": ("agent", "agent")}
+DAPRDS = {"review-dapr": ("review", "review"), "agent-dapr": ("agent", "agent"),
+          "worker-dapr": ("worker", "worker")}  # fmt: skip
 # The agent pair's own Dapr tokens (docker/dapr_secrets.py AGENT_TOKENS_FILE).
 AGENT_TOKENS_ENV_FILE = "./.secrets/dapr-agent-tokens.env"
+# The worker pair's own Dapr API token (docker/dapr_secrets.py WORKER_TOKENS_FILE).
+WORKER_TOKENS_ENV_FILE = "./.secrets/dapr-worker-tokens.env"
+# The live configuration's store (components/), which every daprd loads.
+CONFIGSTORE_FILE = ROOT / "components" / "configstore-postgresql.yaml"
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -399,6 +408,7 @@ def test_published_ports_are_loopback_only(services: dict[str, dict[str, Any]]) 
     published = {name: s["ports"] for name, s in services.items() if "ports" in s}
     assert published == {
         "api": ["127.0.0.1:8000:8000"],
+        "mcp": ["127.0.0.1:8006:8006"],  # its clients are the API's
         "dashboard": ["127.0.0.1:8501:8501"],
         "prometheus": ["127.0.0.1:9090:9090"],
     }
@@ -431,13 +441,17 @@ def test_the_services_run_their_command_and_probe_its_port(
         "recorder": ("recorder", settings.worker.recorder_health_port),
         "review": ("review-service", settings.review.service_port),
         "agent": ("agent-service", settings.agent_service.service_port),
+        "mcp": ("mcp-server", settings.mcp.port),
         "dashboard": ("dashboard", settings.dashboard.port),
     }
+    # What each probes (moderation/devtools/stack/services.py `ready_path`).
+    paths = {"dashboard": "/_stcore/health", "mcp": "/healthz"}
     for name, (command, port) in ports.items():
         assert services[name]["command"] == [command]
         assert probe_port(services[name]) == port
-        path = "/_stcore/health" if name == "dashboard" else "/readyz"
-        assert path in " ".join(services[name]["healthcheck"]["test"])
+        path = paths.get(name, "/readyz")
+        assert f"http://127.0.0.1:{port}{path}'" in " ".join(services[name]["healthcheck"]["test"])
+    assert service_specs(settings)["mcp"].ready_path == paths["mcp"]
 
 
 def test_vllm_runs_only_under_the_gpu_profile(services: dict[str, dict[str, Any]]) -> None:
@@ -498,10 +512,12 @@ def test_models_volume_is_where_the_images_keep_models(
     # never writes there (issue 11): only the writers mount the volume read-write.
     for name in ("review", "nightly", "base-model"):
         assert "models:/models" in services[name]["volumes"], name
-    assert services["worker"]["volumes"] == ["models:/models:ro"]
-    assert depends_on(services["worker"])["base-model"] == {
-        "condition": "service_completed_successfully"
-    }
+    # The MCP server loads the same fast model as the worker, read-only too.
+    for name in ("worker", "mcp"):
+        assert services[name]["volumes"] == ["models:/models:ro"], name
+        assert depends_on(services[name])["base-model"] == {
+            "condition": "service_completed_successfully"
+        }, name
 
 
 # --- secrets -------------------------------------------------------------------------------------
@@ -544,6 +560,7 @@ def test_compose_secrets_come_from_the_environment_or_files(
         "db_password": {"environment": "MODERATION_DB__PASSWORD"},
         "dapr_secrets": {"file": "./.secrets/dapr-secrets.json"},
         "dapr_agent_secrets": {"file": "./.secrets/dapr-agent-secrets.json"},
+        "dapr_worker_secrets": {"file": "./.secrets/dapr-worker-secrets.json"},
         "db_dapr_password": {"file": "./.secrets/postgres/dapr"},
         **{f"kafka_{p}": {"file": f"./.secrets/kafka/{p}"} for p in COMPOSE_KAFKA_PRINCIPALS},
     }
@@ -657,7 +674,7 @@ def test_each_compose_process_connects_as_its_own_kafka_principal(
         script = entrypoint[2].replace("$$", "$")  # as compose passes it (`$$` escapes `$`)
         assert script.startswith(f'MODERATION_KAFKA__PASSWORD="$(cat {KAFKA_PASSWORD_FILE})" ')
     # The services still run their own command through the image's `moderation`.
-    for name in ("api", "worker", "recorder", "review", "agent", "nightly"):
+    for name in ("api", "worker", "recorder", "review", "agent", "mcp", "nightly"):
         assert services[name]["entrypoint"][2].endswith('exec moderation "$$@"'), name
     # Only the broker and those processes hold a Kafka password: never the dashboard, vLLM,
     # Prometheus or Dapr's control plane.
@@ -762,6 +779,42 @@ def test_daprd_runs_next_to_the_agent_service(
     assert depends_on(daprd)["agent"] == {"condition": "service_started"}
 
 
+def test_daprd_runs_next_to_the_worker_for_the_live_configuration(
+    services: dict[str, dict[str, Any]], settings: Settings
+) -> None:
+    """The worker's daprd serves it the Configuration API only: no app channel."""
+    daprd = services["worker-dapr"]
+    assert daprd["network_mode"] == "service:worker"
+    flags = command_flags(daprd["command"])
+    assert daprd["command"][0] == "./daprd"
+    worker = settings.worker
+    # The local stack's daprd for the worker (moderation/devtools/stack/dapr.py).
+    assert flags["app-id"] == sidecar_specs(settings)["worker"].app_id == "classifier-worker"
+    assert "app-port" not in flags and "app-channel-address" not in flags
+    assert flags["dapr-http-port"] == str(worker.dapr_http_port)
+    assert flags["dapr-grpc-port"] == str(worker.dapr_grpc_port)
+    assert flags["metrics-port"] == str(worker.dapr_metrics_port)
+    # Only the worker calls it, from the same network namespace (it dials 127.0.0.1).
+    assert flags["dapr-listen-addresses"] == "127.0.0.1"
+    # The same control plane, components and configuration as the review service's daprd.
+    review = command_flags(services["review-dapr"]["command"])
+    for flag in ("placement-host-address", "scheduler-host-address", "resources-path", "config"):
+        assert flags[flag] == review[flag], flag
+    assert daprd["volumes"] == services["review-dapr"]["volumes"]
+    # Every daprd's ports differ: no two share a network namespace, but the settings keep the
+    # local stack's three daprds apart on one host, and compose follows them.
+    ports = [
+        command_flags(services[name]["command"])[flag]
+        for name in DAPRDS
+        for flag in ("dapr-http-port", "dapr-grpc-port", "metrics-port")
+    ]
+    assert len(set(ports)) == len(ports)
+    assert services["worker"]["command"] == ["worker"]
+    assert depends_on(daprd)["worker"] == {"condition": "service_started"}
+    for dependency in ("kafka", "postgres"):  # its pub/sub and its stores
+        assert depends_on(daprd)[dependency] == {"condition": "service_healthy"}, dependency
+
+
 def test_components_get_every_env_ref_they_read(services: dict[str, dict[str, Any]]) -> None:
     env_refs = {
         item["envRef"]
@@ -774,13 +827,16 @@ def test_components_get_every_env_ref_they_read(services: dict[str, dict[str, An
     secrets_file = daprd["environment"]["MODERATION_DAPR_SECRETS_FILE"]
     assert secrets_file == "/run/secrets/dapr_secrets" and daprd["secrets"] == ["dapr_secrets"]
     assert daprd["environment"]["MODERATION_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
-    # The agent service's daprd: the same variables, its tokens from its env file.
-    agent = services["agent-dapr"]
-    assert set(agent["environment"]) == env_refs
-    secrets_file = agent["environment"]["MODERATION_DAPR_SECRETS_FILE"]
-    assert secrets_file == "/run/secrets/dapr_agent_secrets"
-    assert agent["secrets"] == ["dapr_agent_secrets"]
-    assert agent["environment"]["MODERATION_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    # The agent service's and the worker's daprd: the same variables, their tokens from their
+    # env files, each its own secrets file.
+    for name, secret in (("agent-dapr", "dapr_agent_secrets"),
+                         ("worker-dapr", "dapr_worker_secrets")):  # fmt: skip
+        other = services[name]
+        assert set(other["environment"]) == env_refs, name
+        secrets_file = other["environment"]["MODERATION_DAPR_SECRETS_FILE"]
+        assert secrets_file == f"/run/secrets/{secret}", name
+        assert other["secrets"] == [secret], name
+        assert other["environment"]["MODERATION_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092", name
 
 
 def test_dapr_configuration_differs_only_in_where_traces_go(
@@ -839,12 +895,17 @@ def test_prometheus_scrapes_every_metrics_port(
     expected.add(f"review:{daprd['metrics-port']}")  # daprd lives in review's network namespace
     agent_daprd = command_flags(services["agent-dapr"]["command"])
     expected.add(f"agent:{agent_daprd['metrics-port']}")  # and the agent's in agent's
+    worker_daprd = command_flags(services["worker-dapr"]["command"])
+    expected.add(f"worker:{worker_daprd['metrics-port']}")  # and the worker's in worker's
     for name in ("placement", "scheduler"):
         expected.add(f"{name}:{command_flags(services[name]['command'])['metrics-port']}")
     expected.add("localhost:9090")
     assert targets == expected
+    # The MCP server serves no /metrics.
+    assert not [target for target in targets if target.startswith("mcp:")]
     assert daprd["metrics-port"] == str(settings.dapr.metrics_port)
     assert agent_daprd["metrics-port"] == str(settings.agent_service.dapr_metrics_port)
+    assert worker_daprd["metrics-port"] == str(settings.worker.dapr_metrics_port)
     mount = "./docker/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
     assert mount in services["prometheus"]["volumes"]
 
@@ -862,12 +923,18 @@ def load_dapr_secrets_module() -> Any:
     return module
 
 
+def component_secret_key(path: Path) -> str:
+    """The secrets-file key of a component's `connectionString` (its secretKeyRef)."""
+    component = yaml.safe_load(path.read_text())
+    (connection,) = [m for m in component["spec"]["metadata"] if m["name"] == "connectionString"]
+    key: str = connection["secretKeyRef"]["key"]
+    return key
+
+
 def test_dapr_secrets_file_is_what_the_statestore_reads(tmp_path: Path) -> None:
     module = load_dapr_secrets_module()
     output = module.write_secrets("s3cret-for-tests", tmp_path / ".secrets" / "dapr.json")
-    statestore = yaml.safe_load((ROOT / "components" / "statestore-postgresql.yaml").read_text())
-    (connection,) = [m for m in statestore["spec"]["metadata"] if m["name"] == "connectionString"]
-    key = connection["secretKeyRef"]["key"]
+    key = component_secret_key(ROOT / "components" / "statestore-postgresql.yaml")
     written = json.loads(output.read_text())
     # The same string the local stack writes (Dapr's own role), for the compose stack's PostgreSQL.
     db = DatabaseSettings(
@@ -879,6 +946,68 @@ def test_dapr_secrets_file_is_what_the_statestore_reads(tmp_path: Path) -> None:
     assert written == {key: db.libpq_dsn(db.dapr_state_name)}
     assert output.stat().st_mode & 0o777 == 0o644
     assert output.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_dapr_secrets_file_is_what_the_configstore_reads(tmp_path: Path) -> None:
+    """Every daprd's configuration store reads `moderation` as the owner: compose has no
+    per-service roles (no `moderation_config_reader`), every compose service logs in as the
+    owner, and its init script creates no role but Dapr's state store's."""
+    module = load_dapr_secrets_module()
+    output = module.write_secrets("s3cret-for-tests", tmp_path / "dapr.json", "kafka-pw", "own3r")
+    key = component_secret_key(CONFIGSTORE_FILE)
+    assert key == module.CONFIG_SECRET_KEY
+    written = json.loads(output.read_text())
+    owner = DatabaseSettings(
+        host="postgres",
+        port=5432,
+        user=module.OWNER,
+        password="own3r",  # type: ignore[arg-type]
+    )
+    assert written[key] == owner.libpq_dsn(owner.name)
+    assert (module.OWNER, module.APP_DATABASE) == (Settings().db.user, Settings().db.name)
+    # The state store keeps Dapr's own role; the pub/sub its principal's password.
+    state_key = component_secret_key(ROOT / "components" / "statestore-postgresql.yaml")
+    assert f"user={DAPR_STATE_ROLE} " in written[state_key]
+    assert set(written) == {state_key, key, module.KAFKA_SECRET_KEY}
+    # The owner's password is compose's own (the `db_password` secret, from the environment).
+    declared = load_compose()["secrets"]
+    assert declared["db_password"] == {"environment": module.OWNER_PASSWORD_ENV}
+    # No compose role for the reader: the init scripts create Dapr's state role only.
+    init = "".join(p.read_text() for p in sorted((DOCKER / "postgres" / "init").glob("*")))
+    assert CONFIG_READER_ROLE not in init
+    assert CONFIG_READER_ROLE in SERVICE_GRANTS  # the role exists outside compose
+    compose_text = COMPOSE_FILE.read_text()
+    assert "MODERATION_DB__USER" not in compose_text  # every service logs in as the owner
+
+
+def test_dapr_secrets_cli_writes_every_daprd_file_with_the_configstore_login(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = load_dapr_secrets_module()
+    outputs = {}
+    for app, (path, principal) in module.DAPRD_SECRETS.items():
+        outputs[app] = tmp_path / path.name
+        module.DAPRD_SECRETS[app] = (outputs[app], principal)
+    monkeypatch.setattr(module, "KAFKA_DIR", tmp_path / "kafka")
+    monkeypatch.setattr(module, "DAPR_DB_PASSWORD_FILE", tmp_path / "postgres" / "dapr")
+    monkeypatch.setattr(module, "AGENT_TOKENS_FILE", tmp_path / "agent-tokens.env")
+    monkeypatch.setattr(module, "WORKER_TOKENS_FILE", tmp_path / "worker-tokens.env")
+    monkeypatch.setattr(module.kafka_passwords, "__defaults__", (tmp_path / "kafka",))
+    monkeypatch.setattr(module.agent_tokens, "__defaults__", (tmp_path / "agent-tokens.env",))
+    monkeypatch.setattr(module.worker_tokens, "__defaults__", (tmp_path / "worker-tokens.env",))
+    # Without the owner's password it writes nothing and names the variable.
+    monkeypatch.delenv(module.OWNER_PASSWORD_ENV, raising=False)
+    assert module.main() == 2
+    assert module.OWNER_PASSWORD_ENV in capsys.readouterr().err
+    assert not any(path.exists() for path in outputs.values())
+    monkeypatch.setenv(module.OWNER_PASSWORD_ENV, "owner-pw")
+    assert module.main() == 0
+    kafka = module.kafka_passwords(tmp_path / "kafka")
+    for app, path in outputs.items():
+        written = json.loads(path.read_text())
+        assert written[module.CONFIG_SECRET_KEY] == module.config_connection_string("owner-pw")
+        assert written[module.KAFKA_SECRET_KEY] == kafka[module.DAPRD_SECRETS[app][1]], app
+    assert set(outputs) == {"review", "agent", "worker"}
 
 
 def test_dapr_secrets_quotes_a_password_libpq_would_split() -> None:
@@ -897,6 +1026,8 @@ def test_dapr_secrets_match_the_compose_database(services: dict[str, dict[str, A
     assert module.DATABASE == Settings().db.dapr_state_name
     declared = load_compose()["secrets"]
     assert module.OUTPUT == (ROOT / declared["dapr_secrets"]["file"]).resolve()
+    assert module.AGENT_OUTPUT == (ROOT / declared["dapr_agent_secrets"]["file"]).resolve()
+    assert module.WORKER_OUTPUT == (ROOT / declared["dapr_worker_secrets"]["file"]).resolve()
     # The password the init script gives Dapr's role is the one in its connection string.
     assert module.DAPR_DB_PASSWORD_FILE == (ROOT / declared["db_dapr_password"]["file"]).resolve()
 
@@ -951,7 +1082,7 @@ def test_the_agent_pair_has_its_own_dapr_tokens(
         # refuses to start without an app token.
         assert service["env_file"] == [{"path": AGENT_TOKENS_ENV_FILE, "required": False}], name
     holders = {n for n, s in services.items() if "env_file" in s}
-    assert holders == {"agent", "agent-dapr"}
+    assert holders == {"agent", "agent-dapr", "worker", "worker-dapr"}
     # Generated once and kept, one token per variable, nothing compose would need quoted.
     path = tmp_path / "tokens.env"
     first = module.agent_tokens(path)
@@ -963,3 +1094,32 @@ def test_the_agent_pair_has_its_own_dapr_tokens(
     assert path.read_text() == "".join(f"{k}={v}\n" for k, v in first.items())
     assert path.stat().st_mode & 0o777 == 0o644
     assert path.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_the_worker_pair_has_its_own_dapr_api_token(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The worker handles submitted text: it never holds the review or agent daprd's tokens. It
+    and its daprd share an API token of their own; that daprd never calls the worker (no app
+    channel), so there is no app token."""
+    module = load_dapr_secrets_module()
+    assert (ROOT / WORKER_TOKENS_ENV_FILE).resolve() == module.WORKER_TOKENS_FILE
+    assert module.WORKER_TOKENS_FILE != module.AGENT_TOKENS_FILE
+    review_tokens = {
+        services["review-dapr"]["environment"][name] for name in ("DAPR_API_TOKEN", "APP_API_TOKEN")
+    }
+    for name in ("worker", "worker-dapr"):
+        service = services[name]
+        assert not set(service["environment"].values()) & review_tokens, name
+        assert not {"DAPR_API_TOKEN", "APP_API_TOKEN"} & set(service["environment"]), name
+        assert service["env_file"] == [{"path": WORKER_TOKENS_ENV_FILE, "required": False}], name
+    # Generated once and kept, the API token only.
+    path = tmp_path / "worker-tokens.env"
+    first = module.worker_tokens(path)
+    assert set(first) == {"DAPR_API_TOKEN"}
+    assert re.fullmatch(r"[A-Za-z0-9_-]{40,}", first["DAPR_API_TOKEN"])
+    assert module.worker_tokens(path) == first
+    assert path.read_text() == f"DAPR_API_TOKEN={first['DAPR_API_TOKEN']}\n"
+    assert path.stat().st_mode & 0o777 == 0o644
+    # Not the agent pair's token.
+    assert module.agent_tokens(tmp_path / "agent.env")["DAPR_API_TOKEN"] != first["DAPR_API_TOKEN"]

@@ -48,6 +48,7 @@ CALLS: dict[str, Callable[[ApiClient], object]] = {
     "post_trail": lambda client: client.post_trail("p-1"),
     "decision_log_csv": lambda client: client.decision_log_csv(),
     "metrics_overview": lambda client: client.metrics_overview(hours=24, bucket_minutes=60),
+    "live_config": lambda client: client.live_config(),
 }
 
 # What the pages read of each answer, as dotted paths (lists are walked through: `items.status`
@@ -175,6 +176,19 @@ PAGES_READ: dict[str, list[str]] = {
         "job_runs.counts",
         "job_runs.promoted",
         "job_runs.error",
+    ],
+    "live_config": [
+        "version",
+        "items.key",
+        "items.value",
+        "items.version",
+        "changes.at",
+        "changes.actor",
+        "changes.actor_display",
+        "changes.key",
+        "changes.before",
+        "changes.after",
+        "changes.version",
     ],
 }
 

@@ -1,7 +1,8 @@
 """The dashboard's Metrics page under Streamlit's AppTest, against canned API answers.
 
 The fake review API of `test_dashboard.py` (behind the real `ApiClient`) also serves
-`GET /v1/metrics/overview` here, from a canned body, and records the query of every call.
+`GET /v1/metrics/overview` here, from a canned body, and records the query of every call; and
+`GET /v1/config` (the live configuration section), from another.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from hitl_dashboard import metrics_page
-from moderation.db.schemas import MetricsOverviewPublic
-from tests.unit.markdown_shown import shown
+from moderation.db.schemas import ConfigStatePublic, MetricsOverviewPublic
+from tests.unit.markdown_shown import active_markup, shown
 from tests.unit.test_dashboard import GOOD_KEY, FakeReviewApi, new_app, signed_in, titles
 
 OVERVIEW_PATH = "/v1/metrics/overview"
+CONFIG_PATH = "/v1/config"
 BOB_KEY = "mod-key-bob"
 
 
@@ -198,11 +200,67 @@ def empty_overview() -> dict[str, Any]:
     }
 
 
+LIVE_KEYS = ["thresholds.allow", "thresholds.remove.spam", "agent.enabled", "agent.agent_weight"]
+
+
+def live_config() -> dict[str, Any]:
+    """What `GET /v1/config` answers after an admin changed three settings (one twice)."""
+    return {
+        "version": "c4",
+        "items": [
+            {"key": "agent.agent_weight", "value": "0.7", "version": "4"},
+            {"key": "agent.enabled", "value": "null", "version": "2"},
+            {"key": "thresholds.remove.spam", "value": "0.9", "version": "3"},
+        ],
+        "changes": [
+            {
+                "key": "agent.agent_weight",
+                "actor": "key:7",
+                "at": "2026-11-21T11:20:00Z",
+                "before": "0.5",
+                "after": "0.7",
+                "version": "4",
+            },
+            {
+                "key": "thresholds.remove.spam",
+                "actor": "key:7",
+                "at": "2026-11-21T11:10:00Z",
+                "before": None,
+                "after": "0.9",
+                "version": "3",
+            },
+            {
+                "key": "agent.enabled",
+                "actor": "key:3",
+                "at": "2026-11-21T11:05:00Z",
+                "before": "false",
+                "after": "null",
+                "version": "2",
+            },
+            {
+                "key": "agent.agent_weight",
+                "actor": None,
+                "at": "2026-11-21T11:00:00Z",
+                "before": None,
+                "after": "0.5",
+                "version": None,
+            },
+        ],
+        "keys": LIVE_KEYS,
+    }
+
+
+def static_config() -> dict[str, Any]:
+    """A fresh install: nothing set, nothing changed."""
+    return {"version": "static", "items": [], "changes": [], "keys": LIVE_KEYS}
+
+
 @dataclass
 class MetricsApi(FakeReviewApi):
-    """The fake review API, also serving the metrics overview."""
+    """The fake review API, also serving the metrics overview and the live configuration."""
 
     overview: dict[str, Any] = field(default_factory=busy_overview)
+    config: dict[str, Any] = field(default_factory=live_config)
     queries: list[tuple[str, dict[str, str]]] = field(default_factory=list)
 
     def _route(self, method: str, path: str, request: httpx.Request) -> httpx.Response:
@@ -210,6 +268,8 @@ class MetricsApi(FakeReviewApi):
             key = request.headers["Authorization"].removeprefix("Bearer ")
             self.queries.append((key, dict(request.url.params)))
             return httpx.Response(200, json=self.overview)
+        if (method, path) == ("GET", CONFIG_PATH):
+            return httpx.Response(200, json=self.config)
         return super()._route(method, path, request)
 
 
@@ -217,8 +277,10 @@ class MetricsApi(FakeReviewApi):
 def fresh_cache() -> Iterator[None]:
     # Streamlit's cache lives in the process, shared by every AppTest run: start each test cold.
     metrics_page.load_overview.clear()
+    metrics_page.load_config.clear()
     yield
     metrics_page.load_overview.clear()
+    metrics_page.load_config.clear()
 
 
 @pytest.fixture
@@ -273,9 +335,11 @@ def test_metrics_page_draws_every_section(api: MetricsApi) -> None:
         "Review queue",
         "Model versions",
         "Nightly runs",
+        "Live configuration",
     ]
-    assert not app.error and not app.info
+    assert not app.error and not app.info and not app.warning
     assert api.queries == [(GOOD_KEY, {"hours": "24", "bucket_minutes": "60"})]
+    assert api.calls("GET", CONFIG_PATH) == 1
     # Throughput, latency, decisions, categories, share, agreement, handling, model scores.
     assert len(app.get("vega_lite_chart")) == 8
     assert metric(app, "Share to humans") == "50%"
@@ -287,7 +351,7 @@ def test_metrics_page_draws_every_section(api: MetricsApi) -> None:
         "2",
     )
     assert metric(app, "Oldest waiting") == "2 h 10 min"
-    latency, moderators, models, jobs = app.dataframe
+    latency, moderators, models, jobs, _config_items, _config_changes = app.dataframe
     assert [(r["stage"], r["measure"], r["p99 ms"]) for r in rows(latency)] == [
         ("model", "verdict latency", 33.0),
         ("agent", "end to end", 2700.0),
@@ -377,7 +441,7 @@ def test_the_cache_never_serves_one_key_what_another_fetched(api: MetricsApi) ->
 
 
 def test_an_empty_read_model_renders_clean_empty_states() -> None:
-    api = MetricsApi(overview=empty_overview())
+    api = MetricsApi(overview=empty_overview(), config=static_config())
 
     app = metrics_app(api)
 
@@ -392,6 +456,7 @@ def test_an_empty_read_model_renders_clean_empty_states() -> None:
         "No review was decided in this window yet.",
         "No model registered yet.",
         "No job has run yet.",
+        "Nothing is set live: the services run on their own settings.",
     ]
     assert metric(app, "Share to humans") == "–"
     assert metric(app, "Oldest waiting") == "–"
@@ -409,7 +474,7 @@ def test_an_api_error_is_a_message_not_a_traceback(api: MetricsApi) -> None:
     assert not app.subheader
     del api.failures[("GET", OVERVIEW_PATH)]
     app.run()  # errors are not cached: the next run asks again
-    assert not app.error and len(app.subheader) == 8
+    assert not app.error and len(app.subheader) == 9
 
 
 def test_an_api_without_the_endpoint_says_so(api: MetricsApi) -> None:
@@ -430,6 +495,144 @@ def test_a_revoked_key_on_the_metrics_page_signs_out(api: MetricsApi) -> None:
 
     assert titles(app) == ["Moderation review: sign in"]
     assert "not authorized" in shown(app.warning[0].value)
+
+
+# --- the live configuration ---------------------------------------------------------------------
+
+
+def config_tables(app: AppTest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows of the section's two tables (keys set, latest changes): the page's last two."""
+    items, changes = app.dataframe[-2:]
+    return rows(items), rows(changes)
+
+
+def test_live_configuration_shows_the_keys_set_and_the_latest_changes(api: MetricsApi) -> None:
+    app = metrics_app(api)
+
+    assert app.subheader[-1].value == "Live configuration"
+    assert not app.warning
+    assert "Version in effect: c4." in [shown(c.value) for c in app.caption][-1]
+    items, changes = config_tables(app)
+    assert items == [
+        {"key": "agent.agent_weight", "value": "0.7", "version": "4"},
+        {"key": "agent.enabled", "value": "null (the services' own setting)", "version": "2"},
+        {"key": "thresholds.remove.spam", "value": "0.9", "version": "3"},
+    ]
+    assert changes == [  # newest first, as the API lists them
+        {
+            "when": "2026-11-21 11:20:00 UTC",
+            "who": "key:7",
+            "key": "agent.agent_weight",
+            "change": "0.5 → 0.7",
+            "version": "4",
+        },
+        {
+            "when": "2026-11-21 11:10:00 UTC",
+            "who": "key:7",
+            "key": "thresholds.remove.spam",
+            "change": "not set → 0.9",
+            "version": "3",
+        },
+        {
+            "when": "2026-11-21 11:05:00 UTC",
+            "who": "key:3",
+            "key": "agent.enabled",
+            "change": "false → null (the services' own setting)",
+            "version": "2",
+        },
+        {
+            "when": "2026-11-21 11:00:00 UTC",
+            "who": "–",
+            "key": "agent.agent_weight",
+            "change": "not set → 0.5",
+            "version": "–",
+        },
+    ]
+
+
+def test_nothing_set_live_says_the_services_run_on_their_own_settings(api: MetricsApi) -> None:
+    api.config = static_config()
+
+    app = metrics_app(api)
+
+    assert [i.value for i in app.info] == [
+        "Nothing is set live: the services run on their own settings."
+    ]
+    captions = [shown(c.value) for c in app.caption]
+    assert any(c.startswith("Version in effect: static.") for c in captions)
+    assert captions[-1] == "No change recorded yet."
+    assert len(app.dataframe) == 4  # latency, moderators, models, jobs: no config table
+    assert not app.warning and not app.error
+
+
+def test_a_failing_config_call_is_a_warning_and_the_metrics_still_show(api: MetricsApi) -> None:
+    api.failures[("GET", CONFIG_PATH)] = (503, "config store unreachable")
+
+    app = metrics_app(api)
+
+    assert [shown(w.value) for w in app.warning] == [
+        "Live configuration unavailable: the review service is unavailable, try again shortly "
+        "(config store unreachable)."
+    ]
+    assert not app.error
+    assert len(app.subheader) == 9 and app.subheader[-1].value == "Live configuration"
+    assert len(app.get("vega_lite_chart")) == 8 and len(app.dataframe) == 4
+    del api.failures[("GET", CONFIG_PATH)]
+    app.run()  # errors are not cached: the next run asks again
+    assert not app.warning and len(app.dataframe) == 6
+    assert len(api.queries) == 1  # the overview was still served from the cache
+
+
+def test_an_api_without_the_config_endpoint_says_so(api: MetricsApi) -> None:
+    api.failures[("GET", CONFIG_PATH)] = (404, "no such endpoint: GET /v1/config")
+
+    app = metrics_app(api)
+
+    (warning,) = app.warning
+    assert shown(warning.value).startswith(
+        "Live configuration unavailable: this review API has no live configuration endpoint"
+    )
+    assert not app.error and len(app.subheader) == 9
+
+
+def test_refresh_refetches_the_live_configuration(api: MetricsApi) -> None:
+    app = metrics_app(api)
+    app.run()
+    assert api.calls("GET", CONFIG_PATH) == 1  # cached across reruns
+    api.config = static_config()
+
+    app.button(key=metrics_page.REFRESH).click().run()
+
+    assert api.calls("GET", CONFIG_PATH) == 2
+    assert "Nothing is set live: the services run on their own settings." in [
+        i.value for i in app.info
+    ]
+
+
+def test_a_hostile_config_version_is_shown_as_text(api: MetricsApi) -> None:
+    api.config["version"] = "[verify your key](https://evil.example/phish)"
+
+    app = metrics_app(api)
+
+    (caption,) = [c.value for c in app.caption if "Version in effect" in shown(c.value)]
+    assert active_markup(caption) == ["strong_open", "strong_close"]
+    assert "[verify your key](https://evil.example/phish)" in shown(caption)
+
+
+def test_config_tables_of_the_api_shapes() -> None:
+    state = ConfigStatePublic.model_validate(live_config())
+
+    assert [r["key"] for r in metrics_page.config_item_table(state)] == [
+        "agent.agent_weight",
+        "agent.enabled",
+        "thresholds.remove.spam",
+    ]
+    assert metrics_page.config_change_table(state)[1]["change"] == "not set → 0.9"
+    assert metrics_page.config_value(None) == "not set"
+    assert metrics_page.config_value("true") == "true"
+    empty = ConfigStatePublic.model_validate(static_config())
+    assert metrics_page.config_item_table(empty) == []
+    assert metrics_page.config_change_table(empty) == []
 
 
 # --- the frames ---------------------------------------------------------------------------------

@@ -34,6 +34,13 @@ from moderation.db.crud.audit import (
     AUDIT_ENTITY_REVIEW,
     append_audit,
 )
+from moderation.db.crud.config import (
+    AUDIT_ENTITY_CONFIG,
+    ConfigChange,
+    config_changes,
+    list_config,
+    set_config,
+)
 from moderation.db.crud.feedback import (
     FeedbackDecision,
     list_feedback_decisions,
@@ -120,8 +127,15 @@ from moderation.db.crud.reviews import (
     record_human_decision,
     revert_decision,
 )
+from moderation.db.crud.trails import post_trail
 
 __all__ = [
+    "post_trail",
+    "AUDIT_ENTITY_CONFIG",
+    "ConfigChange",
+    "config_changes",
+    "list_config",
+    "set_config",
     "API_KEY_PREFIX",
     "API_SCOPES",
     "AUDIT_ENTITY_REVIEW",

@@ -85,6 +85,7 @@ def _verdict_row(event: ModerationVerdict, now: datetime) -> dict[str, Any]:
         "policy_sections": [category.value for category in event.policy_sections],
         "signals": list(event.signals),
         "latency_ms": event.latency_ms,
+        "config_version": event.config_version,
         "occurred_at": _utc(event.occurred_at),
         "recorded_at": now,
     }

@@ -7,6 +7,12 @@ One module per group of routes: `posts` (`/v1/posts`), `reviews` (`/v1/reviews` 
 
 from __future__ import annotations
 
+from moderation.db.schemas.config import (
+    ConfigChangePublic,
+    ConfigItemPublic,
+    ConfigSet,
+    ConfigStatePublic,
+)
 from moderation.db.schemas.metrics import (
     AgreementPublic,
     CategoryCountPublic,
@@ -51,6 +57,10 @@ from moderation.db.schemas.reviews import (
 )
 
 __all__ = [
+    "ConfigChangePublic",
+    "ConfigItemPublic",
+    "ConfigSet",
+    "ConfigStatePublic",
     "AgreementPublic",
     "AppealAccepted",
     "AppealCreate",

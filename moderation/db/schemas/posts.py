@@ -145,6 +145,9 @@ class VerdictOut(BaseModel):
     policy_version: str
     rationale: str | None
     latency_ms: float
+    config_version: str | None = Field(
+        default=None, description="the live configuration it was decided with"
+    )
     occurred_at: datetime
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from moderation.cache import cache_entry, step
-from moderation.db.roles import DAPR_STATE_ROLE
+from moderation.db.roles import CONFIG_READER_ROLE, DAPR_STATE_ROLE
 from moderation.devtools.stack.component import ComponentStatus
 from moderation.devtools.stack.runtime import (
     ManagedProcess,
@@ -97,13 +97,17 @@ class SidecarSpec:
 
 
 def sidecar_specs(settings: Settings) -> dict[str, SidecarSpec]:
-    """The stack's Dapr apps: the review service and the agent service."""
+    """The stack's Dapr apps: the review service, the agent service and the worker."""
     d, agent = settings.dapr, settings.agent_service
     return {
         "review": SidecarSpec("review", d.app_id, d.http_port, d.grpc_port, d.metrics_port,
                               "review"),
         "agent": SidecarSpec("agent", agent.app_id, agent.dapr_http_port, agent.dapr_grpc_port,
                              agent.dapr_metrics_port, "agent"),
+        # The worker's daprd serves it the live configuration only (no app channel).
+        "worker": SidecarSpec("worker", "classifier-worker", settings.worker.dapr_http_port,
+                              settings.worker.dapr_grpc_port, settings.worker.dapr_metrics_port,
+                              "worker"),
     }  # fmt: skip
 
 
@@ -216,8 +220,11 @@ class DaprRuntime:
         # application database (`moderation.db.roles`; the stack gives it the dev password).
         db = self.settings.db
         state_store = db.model_copy(update={"user": DAPR_STATE_ROLE})
+        # The configuration store reads the live configuration as its own read-only role.
+        config_store = db.model_copy(update={"user": CONFIG_READER_ROLE})
         secrets = {
             "dapr-state-connection-string": state_store.libpq_dsn(db.dapr_state_name),
+            "config-connection-string": config_store.libpq_dsn(db.name),
             "kafka-sasl-password": kafka.password if kafka else "",
         }
         path.write_text(json.dumps(secrets, indent=2))
@@ -364,6 +371,9 @@ class DaprRuntime:
             ),
         ]
         for app, spec in self.sidecars.items():
+            # `stack up` starts the review service's daprd; the others come with their app.
+            if app != "review" and not self.daprds[app].running():
+                continue
             endpoint = f"http://{LOOPBACK}:{spec.http_port} grpc:{spec.grpc_port}"
             checks.append((self.daprds[app], endpoint, partial(self.sidecar_healthy, app)))
         for process, endpoint, probe in checks:

@@ -100,6 +100,7 @@ def service_specs(settings: Settings) -> dict[str, ServiceSpec]:
             ServiceSpec("recorder", "recorder", settings.worker.recorder_health_port),
             ServiceSpec("review", "review-service", settings.review.service_port),
             ServiceSpec("agent", "agent-service", settings.agent_service.service_port),
+            ServiceSpec("mcp", "mcp-server", settings.mcp.port, "/healthz"),
             ServiceSpec("dashboard", "dashboard", settings.dashboard.port, "/_stcore/health"),
         )
     }

@@ -28,10 +28,8 @@ from typing import Any
 
 import uvicorn
 from dapr.ext.workflow import DaprWorkflowClient
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
-from pydantic import ValidationError
+from fastapi import FastAPI
+from prometheus_client import Counter, Gauge
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -40,7 +38,7 @@ from moderation.db import crud
 from moderation.db.engine import make_engine
 from moderation.events import AgentRequested
 from moderation.llm.provider import ChatCompletionsProvider, create_client
-from moderation.precedents import SqlDecisionLog
+from moderation.mcp_client import agent_decision_log
 from moderation.services.agent.workflow import (
     WORKFLOW_NAME,
     AgentActivities,
@@ -48,12 +46,14 @@ from moderation.services.agent.workflow import (
     instance_id,
     workflow_input,
 )
+from moderation.services.sidecar.app import require_app_token, serve_dapr_app, subscribe_topic
+from moderation.services.sidecar.config import LiveConfigWatch
 from moderation.services.sidecar.instances import read_workflow_state
-from moderation.services.sidecar.pubsub import DaprSink, delivered_payload
-from moderation.services.sidecar.tokens import AppTokenGuard, use_api_token
+from moderation.services.sidecar.pubsub import DaprSink
+from moderation.services.sidecar.tokens import use_api_token
 from moderation.services.worker.registry_watch import AGENT_LORA
 from moderation.settings import Settings
-from moderation.telemetry import carrier_of, configure_tracing
+from moderation.telemetry import configure_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,14 @@ class Scheduler:
         self.steps = steps
         self.runs = runs
 
+    def apply_settings(self, settings: Settings) -> None:
+        """Schedule with `settings` from now on (the live configuration changed)."""
+        self.settings = settings
+        self.steps.apply_settings(settings)
+
     def shed_reason(self) -> tuple[str, str] | None:
+        if not self.settings.agent.enabled:
+            return "agent_disabled", "the agent is switched off in the live configuration"
         limit = self.settings.agent_service.max_in_flight
         if len(self.runs) >= limit:
             return "saturated", f"{len(self.runs)} agent runs in flight (max {limit})"
@@ -179,9 +186,7 @@ def build_app(settings: Settings) -> FastAPI:
     topics = settings.kafka.topics
     service = settings.agent_service
     state: dict[str, Any] = {}
-    app_token = settings.dapr.app_token
-    if app_token is None and settings.environment != "development":
-        raise ValueError("MODERATION_DAPR__APP_TOKEN (or APP_API_TOKEN) must be set")
+    require_app_token(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -191,7 +196,7 @@ def build_app(settings: Settings) -> FastAPI:
         steps = AgentSteps(
             settings,
             ChatCompletionsProvider(llm, settings.llm.model),
-            SqlDecisionLog(engine, pool_size=settings.agent.precedent_pool),
+            agent_decision_log(settings, engine),
         )
         sink = DaprSink(settings, service.dapr_grpc_endpoint)
         runs = InFlight()
@@ -202,10 +207,14 @@ def build_app(settings: Settings) -> FastAPI:
             follow_adapter(engine, steps, steps.model_name, settings.models.reload_seconds)
         )
         client = DaprWorkflowClient(host="127.0.0.1", port=str(service.dapr_grpc_port))
-        state.update(runtime=runtime, sink=sink, scheduler=Scheduler(settings, client, steps, runs))
+        scheduler = Scheduler(settings, client, steps, runs)
+        live = LiveConfigWatch(settings, service.dapr_grpc_endpoint, scheduler.apply_settings)
+        live.start()
+        state.update(runtime=runtime, sink=sink, scheduler=scheduler)
         try:
             yield
         finally:
+            live.stop()
             watch.cancel()
             runtime.shutdown()
             client.close()
@@ -213,56 +222,16 @@ def build_app(settings: Settings) -> FastAPI:
             engine.dispose()
 
     app = FastAPI(title="agent service", lifespan=lifespan)
-    if app_token is not None:
-        app.add_middleware(AppTokenGuard, token=app_token)
-    else:
-        logger.warning("no Dapr app token: anyone who reaches the port may call the Dapr routes")
+    serve_dapr_app(app, settings, state)
 
-    @app.get("/dapr/subscribe")
-    def subscribe() -> list[dict[str, Any]]:
-        return [
-            {
-                "pubsubname": settings.dapr.pubsub_name,
-                "topic": topics.agent_requested,
-                "route": SUBSCRIPTION_ROUTE,
-                "metadata": {"rawPayload": "true"},
-            }
-        ]
+    def schedule(event: AgentRequested, trace: dict[str, str] | None) -> None:
+        state["scheduler"].schedule(event, trace)
 
-    @app.post(SUBSCRIPTION_ROUTE)
-    async def agent_requested(request: Request) -> JSONResponse:
-        payload = delivered_payload(await request.body())
-        try:
-            event = AgentRequested.model_validate_json(payload)
-        except ValidationError as error:
-            DEAD_LETTERS.inc()
-            await asyncio.to_thread(
-                state["sink"].dead_letter, topics.agent_requested, service.app_id, payload, error
-            )
-            return JSONResponse({"status": "SUCCESS"})  # handled: it is in the dead-letter topic
-        trace = carrier_of(request.headers)  # daprd passes the delivery's trace context
-        try:
-            await asyncio.to_thread(state["scheduler"].schedule, event, trace)
-        except Exception as error:  # noqa: BLE001 - Dapr redelivers; the error is logged
-            logger.warning("could not schedule the agent for %s (%s); Dapr will redeliver",
-                           event.post_id, error)  # fmt: skip
-            return JSONResponse({"status": "RETRY"})
-        return JSONResponse({"status": "SUCCESS"})
-
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    def readyz() -> JSONResponse:
-        runtime = state.get("runtime")
-        ready = runtime is not None and runtime.wait_for_worker_ready(timeout=0.5)
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
-
-    @app.get("/metrics")
-    def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
+    subscribe_topic(
+        app, settings, topic=topics.agent_requested, route=SUBSCRIPTION_ROUTE,
+        event_type=AgentRequested, consumer_group=service.app_id,
+        sink=lambda: state["sink"], act=schedule, dead_letters=DEAD_LETTERS,
+    )  # fmt: skip
     return app
 
 

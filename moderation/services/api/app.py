@@ -19,7 +19,14 @@ from moderation.services.api.deps import ApiState
 from moderation.services.api.limits import ApiLimits, BodySizeLimit
 from moderation.services.api.metrics import ApiMetrics
 from moderation.services.api.publisher import KafkaPublisher, Publisher
-from moderation.services.api.routes import appeals, health, metrics_overview, posts, reviews
+from moderation.services.api.routes import (
+    appeals,
+    config,
+    health,
+    metrics_overview,
+    posts,
+    reviews,
+)
 from moderation.services.api.routes.errors import ErrorBody, install_error_handlers
 from moderation.services.api.routes.submit_lane import SubmitFastLane
 from moderation.services.api.workflows import DaprReviewWorkflows, ReviewWorkflows
@@ -125,6 +132,7 @@ def build_app(
     app.include_router(appeals.router)
     app.include_router(reviews.router)
     app.include_router(metrics_overview.router)
+    app.include_router(config.router)
     app.include_router(health.router)
     _document_security(app)
     return app

@@ -158,6 +158,7 @@ def require(scope: Scope) -> Callable[[Request], Coroutine[Any, Any, Principal]]
 SubmitKey = Annotated[Principal, Depends(require(Scope.SUBMIT))]
 ReadKey = Annotated[Principal, Depends(require(Scope.READ))]
 ModerateKey = Annotated[Principal, Depends(require(Scope.MODERATE))]
+AdminKey = Annotated[Principal, Depends(require(Scope.ADMIN))]
 
 
 async def get_workflows(state: StateDep) -> ReviewWorkflows:

@@ -20,10 +20,8 @@ from typing import Any
 
 import uvicorn
 from dapr.ext.workflow import DaprWorkflowClient
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
-from pydantic import ValidationError
+from fastapi import FastAPI
+from prometheus_client import REGISTRY, Counter
 
 from jobs.schedule import job_router
 from moderation.db.engine import create_tables, make_engine
@@ -31,11 +29,12 @@ from moderation.events import ReviewRequested
 from moderation.services.review.activities import ReviewActivities
 from moderation.services.review.queue_metrics import ReviewQueueCollector
 from moderation.services.review.workflow import WORKFLOW_NAME, build_runtime, workflow_input
+from moderation.services.sidecar.app import require_app_token, serve_dapr_app, subscribe_topic
 from moderation.services.sidecar.instances import read_workflow_state
-from moderation.services.sidecar.pubsub import DaprSink, delivered_payload
-from moderation.services.sidecar.tokens import AppTokenGuard, use_api_token
+from moderation.services.sidecar.pubsub import DaprSink
+from moderation.services.sidecar.tokens import use_api_token
 from moderation.settings import Settings
-from moderation.telemetry import carrier_of, configure_tracing
+from moderation.telemetry import configure_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +57,7 @@ def build_app(settings: Settings) -> FastAPI:
     """
     topics = settings.kafka.topics
     state: dict[str, Any] = {}
-    app_token = settings.dapr.app_token
-    if app_token is None and settings.environment != "development":
-        raise ValueError("MODERATION_DAPR__APP_TOKEN (or APP_API_TOKEN) must be set")
+    require_app_token(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -85,60 +82,18 @@ def build_app(settings: Settings) -> FastAPI:
             engine.dispose()
 
     app = FastAPI(title="review service", lifespan=lifespan)
-    if app_token is not None:
-        app.add_middleware(AppTokenGuard, token=app_token)
-    else:
-        logger.warning("no Dapr app token: anyone who reaches the port may call the Dapr routes")
+    serve_dapr_app(app, settings, state)
     # The stack's Dapr app also receives the triggers of the local nightly schedule.
     app.include_router(job_router(settings))
 
-    @app.get("/dapr/subscribe")
-    def subscribe() -> list[dict[str, Any]]:
-        return [
-            {
-                "pubsubname": settings.dapr.pubsub_name,
-                "topic": topics.review_requested,
-                "route": SUBSCRIPTION_ROUTE,
-                "metadata": {"rawPayload": "true"},
-            }
-        ]
+    def start(event: ReviewRequested, trace: dict[str, str] | None) -> None:
+        _start_workflow(state["client"], event, settings, trace)
 
-    @app.post(SUBSCRIPTION_ROUTE)
-    async def review_requested(request: Request) -> JSONResponse:
-        payload = delivered_payload(await request.body())
-        try:
-            event = ReviewRequested.model_validate_json(payload)
-        except ValidationError as error:
-            DEAD_LETTERS.inc()
-            await asyncio.to_thread(
-                state["sink"].dead_letter, topics.review_requested, "review-service", payload, error
-            )
-            return JSONResponse({"status": "SUCCESS"})  # handled: it is in the dead-letter topic
-        # daprd passes the trace context of the delivery in the HTTP headers.
-        trace = carrier_of(request.headers)
-        try:
-            await asyncio.to_thread(_start_workflow, state["client"], event, settings, trace)
-        except Exception as error:  # noqa: BLE001 - Dapr redelivers; the error is logged
-            logger.warning(
-                "could not schedule %s (%s); Dapr will redeliver", event.review_id, error
-            )
-            return JSONResponse({"status": "RETRY"})
-        return JSONResponse({"status": "SUCCESS"})
-
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    def readyz() -> JSONResponse:
-        runtime = state.get("runtime")
-        ready = runtime is not None and runtime.wait_for_worker_ready(timeout=0.5)
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
-
-    @app.get("/metrics")
-    def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
+    subscribe_topic(
+        app, settings, topic=topics.review_requested, route=SUBSCRIPTION_ROUTE,
+        event_type=ReviewRequested, consumer_group="review-service",
+        sink=lambda: state["sink"], act=start, dead_letters=DEAD_LETTERS,
+    )  # fmt: skip
     return app
 
 

@@ -46,6 +46,7 @@ from moderation.classifier.cascade import (
 from moderation.events import DeadLetter, PostSubmitted
 from moderation.kafka_auth import Principal, faststream_security
 from moderation.services.asgi import asgi_service, batch_records, serve
+from moderation.services.sidecar.config import LiveConfigWatch
 from moderation.services.worker.registry_watch import RegistryWatch
 from moderation.settings import Settings
 from moderation.telemetry import PostTraces, configure_tracing
@@ -136,6 +137,10 @@ class Worker:
         )
         self.subscriber(self._handler())
 
+    def apply_settings(self, settings: Settings) -> None:
+        """Decide the next batches with `settings` (the live configuration changed)."""
+        self.settings = settings
+
     def _handler(self) -> Any:
         worker = self
 
@@ -176,7 +181,7 @@ class Worker:
             posts,
             scorer,
             settings,
-            agent_enabled=agent is not None or state.handoff,
+            agent_enabled=agent is not None or (state.handoff and settings.agent.enabled),
             deadline=time.monotonic() + settings.worker.stage1_budget_seconds,
             detector=state.detector,
         )
@@ -327,12 +332,21 @@ def build_app(settings: Settings) -> AsgiFastStream:
     async def model_loaded() -> bool:
         return state.scorer is not None
 
+    async def follow_live_config() -> None:
+        # Thresholds and the agent switch follow the configuration store; a batch keeps the
+        # settings it started with (`handle` reads them once).
+        watch = LiveConfigWatch(
+            settings, f"127.0.0.1:{settings.worker.dapr_grpc_port}", worker.apply_settings
+        )
+        watch.start()
+        resources.callback(watch.stop)
+
     return asgi_service(
         create_broker(worker),
         title="classifier worker",
         description="Scores posts.submitted with the fast model; publishes verdicts and reviews.",
         readiness=[("model", model_loaded)],
-        on_startup=[start_agent, start_models],
+        on_startup=[start_agent, start_models, follow_live_config],
         on_shutdown=[resources.aclose],
     )
 

@@ -25,19 +25,15 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from moderation.actors import actor_display
 from moderation.db import crud
 from moderation.db.schemas import (
     MAX_KEY_CHARS,
     BatchEnvelope,
     BatchIn,
     BatchResult,
-    DecisionOut,
     PostAccepted,
     PostIn,
     PostTrail,
-    ReviewOut,
-    VerdictOut,
 )
 from moderation.events import (
     PostSubmitted,
@@ -482,36 +478,10 @@ def get_post(post_id: str, session: SessionDep, _principal: ReadKey) -> PostTrai
     Raises:
         ApiError: 404 when the read model knows nothing about the post.
     """
-    post, verdicts, reviews, decisions = crud.get_post_trail(session, post_id=post_id)
-    if post is None and not (verdicts or reviews or decisions):
+    trail = crud.post_trail(session, post_id=post_id)
+    if trail is None:
         raise ApiError(
             404,
             f"post '{post_id}' not found (an accepted post appears once the recorder stored it)",
         )
-    actors = [r.claimed_by for r in reviews] + [r.decided_by for r in reviews]
-    actors += [d.moderator_id for d in decisions]
-    names = crud.api_key_names(session, actors=actors)
-    return PostTrail(
-        post_id=post_id,
-        status=str(post.status) if post is not None else "pending",
-        author_id=post.author_id if post is not None else None,
-        external_id=post.external_id if post is not None else None,
-        text=post.text if post is not None else None,
-        submitted_at=post.submitted_at if post is not None else None,
-        verdicts=[VerdictOut.model_validate(v) for v in verdicts],
-        reviews=[
-            ReviewOut.model_validate(r).model_copy(
-                update={
-                    "claimed_by_display": actor_display(r.claimed_by, names),
-                    "decided_by_display": actor_display(r.decided_by, names),
-                }
-            )
-            for r in reviews
-        ],
-        decisions=[
-            DecisionOut.model_validate(d).model_copy(
-                update={"moderator_display": actor_display(d.moderator_id, names)}
-            )
-            for d in decisions
-        ],
-    )
+    return trail
