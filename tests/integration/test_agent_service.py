@@ -12,11 +12,14 @@ import asyncio
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from moderation.db import crud
 from moderation.devtools.stack.dapr import DaprRuntime
 from moderation.devtools.stack.kafka import KafkaBroker
 from moderation.devtools.stack.postgres import PostgresCluster
@@ -59,7 +62,11 @@ def services(
     chat: ScriptedChatServer,
     postgres: PostgresCluster,
     dapr: DaprRuntime,
+    read_model: Engine,
 ) -> Iterator[PipelineServices]:
+    # The agent's lookups go through the MCP server, with a key of its own.
+    with Session(read_model) as session:
+        agent_key, _ = crud.create_api_key(session, name="agent-service", scopes=["moderate"])
     running = PipelineServices(
         agent_settings,
         extra_env={
@@ -67,10 +74,24 @@ def services(
             **STAGE_ONE_DECIDES_NOTHING,
             "MODERATION_AGENT__CONCURRENCY": "6",
             "MODERATION_AGENT__BACKOFF_INITIAL_SECONDS": "0.2",
+            "MODERATION_AGENT__MCP_URL": f"http://127.0.0.1:{agent_settings.mcp.port}/mcp",
+            "MODERATION_AGENT__MCP_API_KEY": agent_key,
         },
     )
-    with running_services(running, "recorder", "worker", "agent", dapr=dapr):
+    with running_services(running, "recorder", "worker", "mcp", "agent", dapr=dapr):
         yield running
+
+
+def mcp_calls(settings: Settings, tool: str) -> float:
+    """The MCP server's count of successful calls of `tool`."""
+    text = httpx.get(f"http://127.0.0.1:{settings.mcp.port}/metrics", timeout=5).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "moderation_mcp_tool_calls_total"
+        and sample.labels == {"tool": tool, "outcome": "called"}
+    )
 
 
 def posts(prefix: str, count: int) -> list[PostSubmitted]:
@@ -150,6 +171,7 @@ async def test_crashes_of_the_agent_service_and_its_daprd_repeat_no_recorded_cal
     batch = posts(f"crash-{unique}", 24)
     post_ids = [p.post_id for p in batch]
     first_call = len(chat.snapshot())
+    lookups_before = mcp_calls(agent_settings, "author_recent_verdicts")
     await produce(agent_settings, batch)
     crashes: list[tuple[float, float]] = []
 
@@ -200,6 +222,8 @@ async def test_crashes_of_the_agent_service_and_its_daprd_repeat_no_recorded_cal
     for call in calls:
         per_turn[call.post_id, call.turn] = per_turn.get((call.post_id, call.turn), 0) + 1
     assert max(per_turn.values()) <= 1 + len(crashes), per_turn
+    # Each post's tool call went through the MCP server (again when a crash repeated it).
+    assert mcp_calls(agent_settings, "author_recent_verdicts") - lookups_before >= len(batch)
     # Two turns per post, plus at most the calls cut short or unrecorded by the two crashes.
     assert len(calls) >= 2 * len(batch)
     print(f"\n{len(calls)} model calls for {len(batch)} posts (2 each) across two crashes")  # noqa: T201

@@ -12,6 +12,8 @@ tool checks its scope:
 | `get_policy_section` | read | a category's section of the moderation policy in force |
 | `find_precedents` | moderate | the past human decisions on the most similar posts |
 | `author_recent_verdicts` | moderate | the latest verdicts on an author's other posts |
+
+`/healthz` answers its probes, `/metrics` counts the calls by tool and outcome.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import AnyHttpUrl
 from sqlalchemy import Engine
 from sqlmodel import Session
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from moderation.actors import key_actor
 from moderation.classifier.cascade import Scorer, first_stage
@@ -47,6 +50,11 @@ from moderation.taxonomy import Category
 logger = logging.getLogger(__name__)
 
 READ, MODERATE, ADMIN = "read", "moderate", "admin"
+
+
+TOOL_CALLS = Counter(
+    "moderation_mcp_tool_calls_total", "MCP tool calls, by tool and outcome", ["tool", "outcome"]
+)
 
 
 class ToolRefused(ToolError):
@@ -70,13 +78,13 @@ class ApiKeyVerifier:
         return await asyncio.to_thread(self._verify, token)
 
 
-def require_scope(scope: str) -> str:
+def require_scope(scope: str, tool: str) -> str:
     """The caller's actor (`key:<id>`) when its key has `scope` (admin has every scope)."""
     token = get_access_token()
-    if token is None:
-        raise ToolRefused("no API key")
-    if scope not in token.scopes and ADMIN not in token.scopes:
-        raise ToolRefused(f"this tool needs the `{scope}` scope")
+    if token is None or (scope not in token.scopes and ADMIN not in token.scopes):
+        TOOL_CALLS.labels(tool=tool, outcome="refused").inc()
+        raise ToolRefused("no API key" if token is None else f"this tool needs the `{scope}` scope")
+    TOOL_CALLS.labels(tool=tool, outcome="called").inc()
     return token.client_id
 
 
@@ -111,7 +119,7 @@ def build_server(
                  "screen): per-category probabilities, the decision stage 1 would take, the "
                  "screen's signals. Read-only: nothing is recorded.")  # fmt: skip
     async def moderate_text(text: str) -> dict[str, Any]:
-        require_scope(READ)
+        require_scope(READ, "moderate_text")
         post = PostSubmitted(post_id=f"mcp-{uuid.uuid4().hex}", text=text, author_id="mcp")
         [result] = await asyncio.to_thread(
             first_stage, [post], scorer(), settings, agent_enabled=False
@@ -130,7 +138,7 @@ def build_server(
 
     @server.tool(description="A post's moderation trail: status, verdicts, reviews, decisions.")
     async def get_post_trail(post_id: str) -> dict[str, Any]:
-        require_scope(READ)
+        require_scope(READ, "get_post_trail")
 
         def read() -> dict[str, Any] | None:
             with Session(engine) as session:
@@ -144,13 +152,13 @@ def build_server(
 
     @server.tool(description="The moderation policy's section on one category.")
     async def get_policy_section(category: Category) -> dict[str, str]:
-        require_scope(READ)
+        require_scope(READ, "get_policy_section")
         return {"policy_version": policy.version, "section": policy.section(category)}
 
     @server.tool(description="Past decisions of human moderators on the posts most similar to "
                  "a text, most similar first.")  # fmt: skip
     async def find_precedents(text: str, limit: int = 3) -> list[dict[str, Any]]:
-        require_scope(MODERATE)
+        require_scope(MODERATE, "find_precedents")
         found = await decisions.precedents(text, limit=max(1, min(limit, 20)))
         return [
             {"post_id": p.post_id, "similarity": p.similarity, "label": p.label,
@@ -162,7 +170,7 @@ def build_server(
     async def author_recent_verdicts(
         author_id: str, exclude_post_id: str = "", limit: int = 10
     ) -> list[dict[str, Any]]:
-        require_scope(MODERATE)
+        require_scope(MODERATE, "author_recent_verdicts")
         verdicts = await decisions.author_verdicts(
             author_id, limit=max(1, min(limit, 50)), exclude_post_id=exclude_post_id
         )
@@ -175,6 +183,10 @@ def build_server(
     @server.custom_route("/healthz", methods=["GET"])  # type: ignore[untyped-decorator]
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
+
+    @server.custom_route("/metrics", methods=["GET"])  # type: ignore[untyped-decorator]
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return server
 
