@@ -437,6 +437,35 @@ def agent_service() -> None:
     run_agent_service(with_stack_tokens(get_settings()))
 
 
+@app.command("agents")
+def agents(
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON array on stdout")] = False,
+) -> None:
+    """List the agents and MCP servers in the agent registry (through the stack's daprd)."""
+    from dapr.clients import DaprClient
+
+    from moderation.services.sidecar.registry import as_rows, list_entries
+    from moderation.services.sidecar.tokens import use_api_token
+
+    settings = with_stack_tokens(get_settings())
+    use_api_token(settings)
+    with DaprClient(settings.dapr.grpc_endpoint) as client:
+        entries = list_entries(client, settings.dapr.registry_store_name)
+    if as_json:
+        typer.echo(json.dumps(as_rows(entries)))
+        return
+    table = Table(title=f"agent registry ({len(entries)})")
+    for column in ("name", "kind", "model", "policy", "endpoints", "tools", "registered"):
+        table.add_column(column)
+    for entry in entries:
+        table.add_row(
+            entry.name, entry.kind, entry.model or "", entry.policy_version or "",
+            "\n".join(f"{k}: {v}" for k, v in entry.endpoints.items()),
+            ", ".join(entry.tools), entry.registered_at.isoformat(timespec="seconds"),
+        )  # fmt: skip
+    stdout.print(table)
+
+
 @app.command("mcp-server")
 def mcp_server() -> None:
     """Run the MCP server: the moderation lookups as tools (streamable HTTP, API-key auth)."""

@@ -161,6 +161,9 @@ class DaprSettings(BaseModel):
     scheduler_etcd_peer_port: int = 2380
     pubsub_name: str = "kafka-pubsub"
     statestore_name: str = "statestore"
+    registry_store_name: str = Field(
+        default="agentregistry", description="the agent registry (`moderation agents`)"
+    )
     configstore_name: str = Field(
         default="configstore", description="the live configuration (`moderation/live_config.py`)"
     )

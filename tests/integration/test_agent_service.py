@@ -9,8 +9,10 @@ Every post is uncertain here (stage 1 decides nothing), so every post goes to th
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -18,13 +20,17 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 from sqlmodel import Session
+from typer.testing import CliRunner
 
+from moderation.classifier.agent import AGENT_NAME
+from moderation.cli import app
 from moderation.db import crud
 from moderation.devtools.stack.dapr import DaprRuntime
 from moderation.devtools.stack.kafka import KafkaBroker
 from moderation.devtools.stack.postgres import PostgresCluster
 from moderation.devtools.stack.services import PipelineServices
 from moderation.events import AgentRequested, ModerationVerdict, PostSubmitted, ReviewPriority
+from moderation.services.agent.app import MCP_SERVER_NAME
 from moderation.settings import Settings
 from moderation.taxonomy import Stage
 from tests import crud_helpers
@@ -316,3 +322,25 @@ def stage1_verdict(engine: Engine, post_id: str) -> ModerationVerdict:
                                 "confidence", "stage", "model_version", "policy_version",
                                 "latency_ms"})
     )  # fmt: skip
+
+
+async def test_the_agent_and_its_mcp_server_are_in_the_agent_registry(
+    services: PipelineServices, agent_settings: Settings
+) -> None:
+    def listed() -> list[dict[str, Any]]:
+        result = CliRunner().invoke(app, ["agents", "--json"])
+        assert result.exit_code == 0, result.output
+        rows: list[dict[str, Any]] = json.loads(result.output)
+        return rows if {row["name"] for row in rows} >= {AGENT_NAME, MCP_SERVER_NAME} else []
+
+    rows = {row["name"]: row for row in await asyncio.to_thread(wait_for, listed, 60, "entries")}
+    agent, mcp = rows[AGENT_NAME], rows[MCP_SERVER_NAME]
+    assert agent["kind"] == "agent" and agent["model"] == agent_settings.llm.model
+    assert agent["policy_version"] == agent_settings.models.policy_version
+    assert agent["endpoints"]["handoffs"] == f"kafka:{agent_settings.kafka.topics.agent_requested}"
+    assert agent["tools"] == ["author_recent_verdicts", "similar_precedents"]
+    assert mcp["kind"] == "mcp-server"
+    assert mcp["endpoints"]["mcp"] == f"http://127.0.0.1:{agent_settings.mcp.port}/mcp"
+    assert {"moderate_text", "get_post_trail", "find_precedents", "get_policy_section"} <= set(
+        mcp["tools"]
+    )

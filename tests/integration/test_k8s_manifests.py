@@ -172,6 +172,22 @@ def is_setting(name: str) -> bool:
     return True
 
 
+def state_stores(objects: list[Obj]) -> dict[str, Obj]:
+    """The `state.postgresql` components: Dapr's state store (workflows) and the agent registry."""
+    return {
+        name: component
+        for name, component in of_kind(objects, "Component").items()
+        if component["spec"]["type"] == "state.postgresql"
+    }
+
+
+def connection_secret(component: Obj) -> str:
+    """The Secret a component's `connectionString` comes from."""
+    [connection] = [m for m in component["spec"]["metadata"] if m["name"] == "connectionString"]
+    name: str = connection["secretKeyRef"]["name"]
+    return name
+
+
 def at(obj: Obj, path: tuple[str | int, ...]) -> Any:
     node: Any = obj
     for part in path:
@@ -240,6 +256,7 @@ BROKEN = [
     ("Cluster", "moderation-db", ("spec", "managed", "roles", 0), "passwordSecrt", {}),
     ("Job", "db-migrate", ("spec",), "backofLimit", 10),
     ("Component", "statestore", ("spec", "metadata", 0), "vaule", "x"),
+    ("Component", "agentregistry", ("spec", "metadata", 1), "vaule", "registry_"),
     ("Component", "kafka-pubsub-agent", ("spec",), "scopes", "agent-service"),
     ("Component", "configstore", ("spec",), "ignoreErrors", "true"),
     ("Resiliency", "moderation-resiliency", ("spec", "policies", "retries", "stateRetry"),
@@ -493,6 +510,45 @@ def test_dapr_resources_mirror_the_local_components(
     metadata = {item["name"]: item for item in state["metadata"]}
     assert metadata["actorStateStore"]["value"] == "true"
     assert set(metadata["connectionString"]["secretKeyRef"]) == {"name", "key"}
+    state_metadata = metadata
+    # Every local component has its Kubernetes counterpart (of the same name; the pub/sub has a
+    # second one, `kafka-pubsub-agent`), but the local secret store: here a `secretKeyRef` names
+    # a Kubernetes Secret.
+    local_components = [
+        yaml.safe_load(path.read_text())
+        for path in sorted((PROJECT_ROOT / "components").glob("*.yaml"))
+    ]
+    local_names = {c["metadata"]["name"] for c in local_components if c["kind"] == "Component"}
+    assert DEFAULTS.dapr.secretstore_name in local_names
+    assert local_names - {DEFAULTS.dapr.secretstore_name} <= set(components)
+    assert DEFAULTS.dapr.secretstore_name not in components
+    # The agent registry: the local component's store, tables and shared keys, in dapr_state
+    # with the state store's login; the agent service's daprd writes it, the review service's
+    # (the one `moderation agents` talks to) reads it. Not an actor state store.
+    registry_name = DEFAULTS.dapr.registry_store_name
+    local_registry = yaml.safe_load(
+        (PROJECT_ROOT / "components" / "agentregistry-postgresql.yaml").read_text()
+    )
+    assert local_registry["metadata"]["name"] == registry_name
+    registry = components[registry_name]
+    assert set(registry["scopes"]) == set(DAPR_APPS)
+    for key in ("type", "version"):
+        assert registry["spec"][key] == local_registry["spec"][key] == state[key], key
+    metadata = {item["name"]: item for item in registry["spec"]["metadata"]}
+    local_metadata = {item["name"]: item for item in local_registry["spec"]["metadata"]}
+    assert set(metadata) == set(local_metadata)
+    for key in ("tablePrefix", "keyPrefix"):
+        assert metadata[key]["value"] == local_metadata[key]["value"], key
+    assert metadata["keyPrefix"]["value"] == "none"  # one registry, whichever daprd reads it
+    assert "actorStateStore" not in metadata
+    assert metadata["connectionString"] == state_metadata["connectionString"]
+    local_state = yaml.safe_load(
+        (PROJECT_ROOT / "components" / "statestore-postgresql.yaml").read_text()
+    )
+    [local_state_connection] = [
+        m for m in local_state["spec"]["metadata"] if m["name"] == "connectionString"
+    ]
+    assert local_metadata["connectionString"] == local_state_connection
     [configuration] = of_kind(objects, "Configuration").values()
     assert configuration["spec"]["tracing"]["otel"]["endpointAddress"] == "otel-collector:4317"
     assert configuration["spec"]["metric"]["enabled"] is True
@@ -505,11 +561,13 @@ def test_dapr_resources_mirror_the_local_components(
     assert targets == set(components) - {configstore_name}
     local_resiliency = yaml.safe_load((PROJECT_ROOT / "components" / "resiliency.yaml").read_text())
     assert configstore_name not in local_resiliency["spec"]["targets"]["components"]
+    assert set(local_resiliency["spec"]["targets"]["components"]) <= targets
     # Every component is scoped to the Dapr apps that load it; the state store and the
     # resiliency policies serve both apps, the configuration store them and the worker's daprd.
     for name, component in components.items():
         assert set(component["scopes"]) <= CONFIG_APPS, name
     assert set(components[DEFAULTS.dapr.statestore_name]["scopes"]) == set(DAPR_APPS)
+    assert set(components[registry_name]["scopes"]) == set(DAPR_APPS)
     assert set(resiliency["scopes"]) == set(DAPR_APPS)
     # The live configuration: the local component's store, table and channel.
     local = yaml.safe_load(
@@ -632,11 +690,10 @@ def test_dapr_state_store_owns_dapr_state_and_logs_in_as_its_own_role(
             for variable in env_of(container).values():
                 reference = variable.get("valueFrom", {}).get("secretKeyRef", {})
                 assert reference.get("name") != secret, workload["metadata"]["name"]
-    [statestore] = [
-        c for c in of_kind(objects, "Component").values() if c["spec"]["type"] == "state.postgresql"
-    ]
-    [connection] = [m for m in statestore["spec"]["metadata"] if m["name"] == "connectionString"]
-    dsn_secret = connection["secretKeyRef"]["name"]
+    # Both of Dapr's PostgreSQL state stores (workflows, the agent registry) log in with one DSN.
+    stores = state_stores(objects)
+    assert set(stores) == {DEFAULTS.dapr.statestore_name, DEFAULTS.dapr.registry_store_name}
+    [dsn_secret] = {connection_secret(store) for store in stores.values()}
     # k8s/README.md builds that DSN for the Dapr role from its Secret, not from the owner's.
     [row] = [
         line
@@ -683,14 +740,11 @@ def test_the_config_store_reads_the_live_configuration_as_its_own_read_only_role
     ]
     [connection] = [m for m in configstore["spec"]["metadata"] if m["name"] == "connectionString"]
     dsn_secret = connection["secretKeyRef"]["name"]
-    # Not the state store's DSN (another role, another database).
-    [statestore] = [
-        c for c in of_kind(objects, "Component").values() if c["spec"]["type"] == "state.postgresql"
-    ]
-    [state_connection] = [
-        m for m in statestore["spec"]["metadata"] if m["name"] == "connectionString"
-    ]
-    assert dsn_secret != state_connection["secretKeyRef"]["name"]
+    # Not the state stores' DSN (another role, another database).
+    stores = state_stores(objects)
+    assert set(stores) == {DEFAULTS.dapr.statestore_name, DEFAULTS.dapr.registry_store_name}
+    for name, store in stores.items():
+        assert dsn_secret != connection_secret(store), name
     # k8s/README.md builds that DSN for the reader role from its Secret, on `moderation`.
     [row] = [
         line

@@ -27,18 +27,20 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
+from dapr.clients import DaprClient
 from dapr.ext.workflow import DaprWorkflowClient
 from fastapi import FastAPI
 from prometheus_client import Counter, Gauge
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from moderation.classifier.agent import AGENT_NAME
 from moderation.classifier.agent_steps import AgentSteps, first_message
 from moderation.db import crud
 from moderation.db.engine import make_engine
 from moderation.events import AgentRequested
 from moderation.llm.provider import ChatCompletionsProvider, create_client
-from moderation.mcp_client import agent_decision_log
+from moderation.mcp_client import agent_decision_log, mcp_tools
 from moderation.services.agent.workflow import (
     WORKFLOW_NAME,
     AgentActivities,
@@ -50,12 +52,14 @@ from moderation.services.sidecar.app import require_app_token, serve_dapr_app, s
 from moderation.services.sidecar.config import LiveConfigWatch
 from moderation.services.sidecar.instances import read_workflow_state
 from moderation.services.sidecar.pubsub import DaprSink
+from moderation.services.sidecar.registry import RegistryEntry, package_version, register
 from moderation.services.sidecar.tokens import use_api_token
 from moderation.services.worker.registry_watch import AGENT_LORA
 from moderation.settings import Settings
 from moderation.telemetry import configure_tracing
 
 logger = logging.getLogger(__name__)
+MCP_SERVER_NAME = "moderation-mcp"
 
 SUBSCRIPTION_ROUTE = "/events/agent-requested"
 RUNS_STARTED = Counter(
@@ -159,7 +163,59 @@ def served_model(engine: Engine, base: str) -> str:
     return champion.version if champion is not None else base
 
 
-async def follow_adapter(engine: Engine, steps: AgentSteps, base: str, every: float) -> None:
+async def announce(settings: Settings, steps: AgentSteps) -> None:
+    """Register the agent (and the MCP server it uses) in the agent registry; a registry that
+    cannot be reached is logged, never fatal."""
+    service, topics = settings.agent_service, settings.kafka.topics
+    entries = [
+        RegistryEntry(
+            name=AGENT_NAME,
+            kind="agent",
+            version=package_version(),
+            model=steps.model_name,
+            policy_version=settings.models.policy_version,
+            endpoints={
+                "dapr_app_id": service.app_id,
+                "handoffs": f"kafka:{topics.agent_requested}",
+                "http": f"http://{settings.worker.service_host}:{service.service_port}",
+            },
+            tools=sorted(steps.tools),
+        )
+    ]
+    agent = settings.agent
+    if agent.mcp_url:
+        key = agent.mcp_api_key.get_secret_value() if agent.mcp_api_key else None
+        try:
+            async with mcp_tools(agent.mcp_url, key) as tools:
+                names = await tools.names()
+        except Exception as error:  # noqa: BLE001 - listed without its tools
+            logger.warning("MCP server %s did not list its tools (%s)", agent.mcp_url, error)
+            names = []
+        entries.append(
+            RegistryEntry(
+                name=MCP_SERVER_NAME,
+                kind="mcp-server",
+                version=package_version(),
+                policy_version=settings.models.policy_version,
+                endpoints={"mcp": agent.mcp_url},
+                tools=names,
+            )  # fmt: skip
+        )
+
+    def write() -> None:
+        with DaprClient(service.dapr_grpc_endpoint) as client:
+            for entry in entries:
+                register(client, settings.dapr.registry_store_name, entry)
+
+    try:
+        await asyncio.to_thread(write)
+    except Exception as error:  # noqa: BLE001 - the registry is informative
+        logger.warning("agent registry not updated (%s)", error)
+
+
+async def follow_adapter(
+    engine: Engine, steps: AgentSteps, base: str, every: float, on_change: Any = None
+) -> None:
     """Switch the runs that start next to the promoted adapter (and back), as the worker's
     agent did; a run keeps the name it was scheduled with."""
     while True:
@@ -173,6 +229,8 @@ async def follow_adapter(engine: Engine, steps: AgentSteps, base: str, every: fl
             if name != steps.model_name:
                 logger.info("agent model %s → %s", steps.model_name, name)
                 steps.model_name = name
+                if on_change is not None:
+                    await on_change()
         await asyncio.sleep(every)
 
 
@@ -203,9 +261,13 @@ def build_app(settings: Settings) -> FastAPI:
         activities = AgentActivities(settings, steps, sink, on_done=runs.discard)
         runtime = build_runtime(settings, activities)
         runtime.start()
+        announced = asyncio.create_task(announce(settings, steps))
         watch = asyncio.create_task(
-            follow_adapter(engine, steps, steps.model_name, settings.models.reload_seconds)
-        )
+            follow_adapter(
+                engine, steps, steps.model_name, settings.models.reload_seconds,
+                on_change=lambda: announce(settings, steps),
+            )
+        )  # fmt: skip
         client = DaprWorkflowClient(host="127.0.0.1", port=str(service.dapr_grpc_port))
         scheduler = Scheduler(settings, client, steps, runs)
         live = LiveConfigWatch(settings, service.dapr_grpc_endpoint, scheduler.apply_settings)
@@ -216,6 +278,7 @@ def build_app(settings: Settings) -> FastAPI:
         finally:
             live.stop()
             watch.cancel()
+            announced.cancel()
             runtime.shutdown()
             client.close()
             sink.close()
