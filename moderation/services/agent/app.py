@@ -128,6 +128,8 @@ class Scheduler:
     def schedule(self, event: AgentRequested, trace: dict[str, str] | None = None) -> str:
         """Start the post's run unless it exists; returns the route taken."""
         instance = instance_id(event.post_id, self.settings.models.policy_version)
+        # Read first: Dapr 1.18 recreates a *completed* instance when its id is scheduled again
+        # (the orchestrator's `createIfCompleted`), which would run the post a second time.
         if read_workflow_state(self.client, instance) is not None:
             DUPLICATES.inc()
             return "duplicate"

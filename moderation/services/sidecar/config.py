@@ -72,7 +72,7 @@ class LiveConfigWatch:
     def _run(self) -> None:
         use_api_token(self.base)
         client: DaprClient | None = None
-        subscribed = False
+        subscribed = unavailable = False
         while not self._stop.is_set():
             try:
                 if client is None:
@@ -80,6 +80,9 @@ class LiveConfigWatch:
                 store = self.base.dapr.configstore_name
                 response = client.get_configuration(store, list(LIVE_KEYS))
                 self.replace({k: (i.value, i.version) for k, i in response.items.items()})
+                if unavailable:
+                    logger.info("live configuration available again (%s)", self.version)
+                unavailable = False
                 if not subscribed:
                     # The channel the store's trigger notifies (older components read it here).
                     client.subscribe_configuration(
@@ -88,8 +91,11 @@ class LiveConfigWatch:
                     )  # fmt: skip
                     subscribed = True
             except Exception as error:  # noqa: BLE001 - no sidecar or store: keep what we have
-                logger.warning("live configuration unavailable (%s); serving %s", error,
-                               self.version)  # fmt: skip
+                # Once at WARNING while it lasts: a service run without its daprd (the embedded
+                # demo, a bench) would otherwise log it every `resync_seconds`.
+                log = logger.debug if unavailable else logger.warning
+                log("live configuration unavailable (%s); serving %s", error, self.version)
+                unavailable = True
                 subscribed = False
                 if client is not None:
                     client.close()  # type: ignore[no-untyped-call]  # untyped in the SDK
