@@ -15,11 +15,12 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from moderation.db import crud
-from moderation.devtools.stack.dapr import DaprRuntime
+from moderation.devtools.stack.dapr import DaprRuntime, with_stack_tokens
 from moderation.devtools.stack.kafka import KafkaBroker
 from moderation.devtools.stack.postgres import PostgresCluster
 from moderation.devtools.stack.services import PipelineServices
 from moderation.events import PostSubmitted
+from moderation.services.sidecar.config import LiveConfigWatch
 from moderation.settings import Settings
 from moderation.taxonomy import Stage
 from tests import crud_helpers
@@ -106,3 +107,35 @@ async def test_a_threshold_changed_in_the_store_changes_the_next_decision_withou
     assert (previous["key"], previous["after"], previous["version"]) == (
         KEY, "0.0", version.removeprefix("c"),
     )  # fmt: skip
+
+
+def test_a_change_is_pushed_through_the_subscription_within_a_second(
+    dapr: DaprRuntime, settings: Settings, read_model: Engine, unique: str
+) -> None:
+    """The Configuration API's stream, not the periodic re-read, carries the change."""
+    tokens = with_stack_tokens(settings)
+    applied: list[tuple[float, str, float]] = []
+    watch = LiveConfigWatch(
+        tokens,
+        tokens.dapr.grpc_endpoint,
+        lambda live: applied.append(
+            (time.monotonic(), live.config_version, live.agent.agent_weight)
+        ),
+        resync_seconds=600,  # no re-read while the test runs: only the stream can deliver
+    )
+    watch.start()
+    try:
+        time.sleep(3)  # the first read is done and the stream is open
+        before = len(applied)
+        with Session(read_model) as session:
+            entry = crud.set_config(session, key="agent.agent_weight", value="0.55",
+                                    actor=f"test-{unique}")  # fmt: skip
+        written = time.monotonic()
+        arrived = wait_for(lambda: applied[before:], 5, "the pushed change")
+    finally:
+        with Session(read_model) as session:
+            crud.set_config(session, key="agent.agent_weight", value="null", actor=f"test-{unique}")
+        watch.stop()
+    at, version, weight = arrived[-1]
+    assert (version, weight) == (f"c{entry.version}", 0.55)
+    assert at - written < 1.0

@@ -2,8 +2,9 @@
 configuration store (`components/configstore-postgresql.yaml`).
 
 `LiveConfigWatch` reads every live key at start, subscribes to changes (the store's trigger
-notifies daprd, daprd streams them to us) and reads everything again every `resync_seconds`
-in case a notification was missed or the stream ended. Each time the stored items change, the
+notifies daprd, daprd streams them to us within a second) and reads everything again every
+`resync_seconds` in case a notification was missed or the stream ended (then it subscribes
+again). Each time the stored items change, the
 service's settings are rebuilt (`moderation.live_config.apply_live`) and handed to `apply`. A
 sidecar that is not there, or a value the settings refuse, is logged and the service keeps what
 it has: live configuration never stops a service.
@@ -16,7 +17,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import grpc  # type: ignore[import-untyped]  # grpcio ships no type information
 from dapr.clients import DaprClient
+from dapr.proto import api_service_v1
+from dapr.proto.runtime.v1.configuration_pb2 import SubscribeConfigurationRequest
 from prometheus_client import Gauge
 
 from moderation.db.engine import CONFIG_CHANNEL
@@ -72,7 +76,8 @@ class LiveConfigWatch:
     def _run(self) -> None:
         use_api_token(self.base)
         client: DaprClient | None = None
-        subscribed = unavailable = False
+        stream: threading.Thread | None = None
+        unavailable = False
         while not self._stop.is_set():
             try:
                 if client is None:
@@ -83,20 +88,16 @@ class LiveConfigWatch:
                 if unavailable:
                     logger.info("live configuration available again (%s)", self.version)
                 unavailable = False
-                if not subscribed:
-                    # The channel the store's trigger notifies (older components read it here).
-                    client.subscribe_configuration(
-                        store, list(LIVE_KEYS), self._changed,
-                        config_metadata={"pgNotifyChannel": CONFIG_CHANNEL},
-                    )  # fmt: skip
-                    subscribed = True
+                if stream is None or not stream.is_alive():
+                    stream = threading.Thread(target=self._subscribe, name="live-config-stream",
+                                              daemon=True)  # fmt: skip
+                    stream.start()
             except Exception as error:  # noqa: BLE001 - no sidecar or store: keep what we have
                 # Once at WARNING while it lasts: a service run without its daprd (the embedded
                 # demo, a bench) would otherwise log it every `resync_seconds`.
                 log = logger.debug if unavailable else logger.warning
                 log("live configuration unavailable (%s); serving %s", error, self.version)
                 unavailable = True
-                subscribed = False
                 if client is not None:
                     client.close()  # type: ignore[no-untyped-call]  # untyped in the SDK
                     client = None
@@ -104,10 +105,37 @@ class LiveConfigWatch:
         if client is not None:
             client.close()  # type: ignore[no-untyped-call]
 
-    def _changed(self, subscription: str, response: Any) -> None:
+    def _subscribe(self) -> None:
+        """Stream the store's changes until the stream ends (the resync starts it again).
+
+        Our own stream rather than the SDK's `subscribe_configuration`: the SDK's streaming
+        call does not send `dapr-api-token`, so a daprd that requires it refuses it.
+        """
+        token = self.base.dapr.api_token
+        metadata = (("dapr-api-token", token.get_secret_value()),) if token else ()
+        request = SubscribeConfigurationRequest(
+            store_name=self.base.dapr.configstore_name,
+            keys=list(LIVE_KEYS),
+            # The channel the store's trigger notifies (older components read it here).
+            metadata={"pgNotifyChannel": CONFIG_CHANNEL},
+        )
+        channel = grpc.insecure_channel(self.grpc_endpoint)
+        try:
+            stub = api_service_v1.DaprStub(channel)  # type: ignore[no-untyped-call]
+            for response in stub.SubscribeConfigurationAlpha1(request, metadata=metadata):
+                if self._stop.is_set():
+                    return
+                if response.items:
+                    self._changed(response.items)
+        except grpc.RpcError as error:
+            logger.debug("live configuration stream ended (%s)", error)
+        finally:
+            channel.close()
+
+    def _changed(self, changed: Any) -> None:
         with self._lock:
             items = dict(self.items)
-        for key, item in response.items.items():
+        for key, item in changed.items():
             items[key] = (item.value, item.version)
         self.replace(items)
 
