@@ -62,6 +62,7 @@ def apply_live(settings: Settings, items: Mapping[str, str], version: str) -> Se
             setting refuses (named with the key).
     """
     tree = settings.model_dump()
+    stage1_override = False
     for key, text in sorted(items.items()):
         value = parse_value(key, text)
         if value is None:  # `null`: back to the service's own setting
@@ -71,7 +72,8 @@ def apply_live(settings: Settings, items: Mapping[str, str], version: str) -> Se
         for part in parents:
             node = node[part]
         node[leaf] = value
-    if any(k.startswith("thresholds.") and parse_value(k, t) is not None for k, t in items.items()):
+        stage1_override = stage1_override or key.startswith("thresholds.")
+    if stage1_override:
         tree["error_budget"]["apply"] = False
     tree["config_version"] = version
     try:

@@ -32,11 +32,9 @@ from dapr.ext.workflow import DaprWorkflowClient
 from fastapi import FastAPI
 from prometheus_client import Counter, Gauge
 from sqlalchemy import Engine
-from sqlmodel import Session
 
 from moderation.classifier.agent import AGENT_NAME
 from moderation.classifier.agent_steps import AgentSteps, first_message
-from moderation.db import crud
 from moderation.db.engine import make_engine
 from moderation.events import AgentRequested
 from moderation.llm.provider import ChatCompletionsProvider, create_client
@@ -54,7 +52,7 @@ from moderation.services.sidecar.instances import read_workflow_state
 from moderation.services.sidecar.pubsub import DaprSink
 from moderation.services.sidecar.registry import RegistryEntry, package_version, register
 from moderation.services.sidecar.tokens import use_api_token
-from moderation.services.worker.registry_watch import AGENT_LORA
+from moderation.services.worker.registry_watch import read_champions
 from moderation.settings import Settings
 from moderation.telemetry import configure_tracing
 
@@ -160,9 +158,7 @@ class Scheduler:
 def served_model(engine: Engine, base: str) -> str:
     """The model name runs use: the registry's `agent-lora` champion (a LoRA adapter vLLM
     selects by name), else the base model."""
-    with Session(engine) as session:
-        champion = crud.get_champion(session, kind=AGENT_LORA)
-    return champion.version if champion is not None else base
+    return read_champions(engine).adapter or base
 
 
 async def announce(settings: Settings, steps: AgentSteps) -> None:
