@@ -159,6 +159,18 @@ class DaprSettings(BaseModel):
     scheduler_metrics_port: int = 9096
     scheduler_etcd_client_port: int = 2379
     scheduler_etcd_peer_port: int = 2380
+    mtls: bool = Field(
+        default=True,
+        description="the local stack runs Dapr Sentry: every daprd, placement and scheduler get "
+        "a SPIFFE identity and talk mTLS; access-control policies check the caller's app id",
+    )
+    trust_domain: str = Field(
+        default="public",
+        description="the apps' SPIFFE trust domain (access-control policies name it)",
+    )
+    sentry_port: int = 50007
+    sentry_healthz_port: int = 8083
+    sentry_metrics_port: int = 9099
     pubsub_name: str = "kafka-pubsub"
     statestore_name: str = "statestore"
     registry_store_name: str = Field(

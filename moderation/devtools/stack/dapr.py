@@ -1,9 +1,12 @@
-"""The Dapr runtime: `daprd`, `placement` and `scheduler`, built with Go from the module proxy.
+"""The Dapr runtime: `daprd`, `placement`, `scheduler` and `sentry`, built with Go from the
+module proxy.
 
 `go install github.com/dapr/dapr/cmd/daprd@vX` refuses modules with replace directives, so
 `scripts/dapr/go.mod` is a wrapper module that requires dapr and repeats its replaces. Its
 go.sum is dapr's own (the checksum database does not answer for some of dapr's dependencies
-here, and dapr's go.sum was itself verified when the dapr module was downloaded).
+here, and dapr's go.sum was itself verified when the dapr module was downloaded). Its `daprd/`
+is daprd with the stable components plus the OpenAI conversation component (alpha) that the
+agent's LLM calls go through.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import yaml
 from pydantic import SecretStr
 
 from moderation.cache import cache_entry, step
@@ -38,9 +42,19 @@ from moderation.settings import PROJECT_ROOT, Settings
 WRAPPER_DIR = PROJECT_ROOT / "scripts" / "dapr"
 COMPONENTS_DIR = PROJECT_ROOT / "components"
 CONFIG_FILE = COMPONENTS_DIR / "configuration.yaml"
-BINARIES = ("daprd", "placement", "scheduler")
+BINARIES = ("daprd", "placement", "scheduler", "sentry")
 BUILD_PACKAGE = "github.com/dapr/dapr"
+# Part of the build's cache key: bump it when what is built changes (2: sentry, and daprd with
+# the OpenAI conversation component).
+BUILD_REVISION = 2
 LOOPBACK = "127.0.0.1"
+# The control plane's SPIFFE trust domain (sentry, placement, scheduler); the apps' own is
+# `settings.dapr.trust_domain`.
+CONTROL_PLANE_TRUST_DOMAIN = "localhost"
+# Self-hosted daprd's namespace (it reads NAMESPACE; unset means this one).
+NAMESPACE = "default"
+WORKER_APP_ID = "classifier-worker"
+API_APP_ID = "moderation-api"
 
 
 def stack_tokens(settings: Settings) -> dict[str, str]:
@@ -94,6 +108,9 @@ class SidecarSpec:
     grpc_port: int
     metrics_port: int
     principal: Principal
+    # App ids that may invoke this app through Dapr (its daprd's access-control policy);
+    # every other caller is refused.
+    allowed_callers: tuple[str, ...] = ()
 
 
 def sidecar_specs(settings: Settings) -> dict[str, SidecarSpec]:
@@ -101,11 +118,11 @@ def sidecar_specs(settings: Settings) -> dict[str, SidecarSpec]:
     d, agent = settings.dapr, settings.agent_service
     return {
         "review": SidecarSpec("review", d.app_id, d.http_port, d.grpc_port, d.metrics_port,
-                              "review"),
+                              "review", allowed_callers=(API_APP_ID,)),
         "agent": SidecarSpec("agent", agent.app_id, agent.dapr_http_port, agent.dapr_grpc_port,
-                             agent.dapr_metrics_port, "agent"),
+                             agent.dapr_metrics_port, "agent", allowed_callers=(WORKER_APP_ID,)),
         # The worker's daprd serves it the live configuration only (no app channel).
-        "worker": SidecarSpec("worker", "classifier-worker", settings.worker.dapr_http_port,
+        "worker": SidecarSpec("worker", WORKER_APP_ID, settings.worker.dapr_http_port,
                               settings.worker.dapr_grpc_port, settings.worker.dapr_metrics_port,
                               "worker"),
     }  # fmt: skip
@@ -120,6 +137,7 @@ class DaprRuntime:
         self.state_dir = settings.stack.state_dir
         self.placement = ManagedProcess(name="dapr-placement", argv=[], state_dir=self.state_dir)
         self.scheduler = ManagedProcess(name="dapr-scheduler", argv=[], state_dir=self.state_dir)
+        self.sentry = ManagedProcess(name="dapr-sentry", argv=[], state_dir=self.state_dir)
         self.sidecars = sidecar_specs(settings)
         self.daprds = {
             app: ManagedProcess(
@@ -133,13 +151,15 @@ class DaprRuntime:
 
     @property
     def build_dir(self) -> Path:
-        return self.settings.stack.cache_dir / "dapr" / f"dapr-{self.dapr.version}"
+        name = f"dapr-{self.dapr.version}-b{BUILD_REVISION}"
+        return self.settings.stack.cache_dir / "dapr" / name
 
     def binaries(self) -> dict[str, Path]:
         """Reuse an installed runtime (PATH or ~/.dapr/bin) whose daprd has our version.
 
-        placement and scheduler have no --version flag: they are taken from the same directory
-        as the matching daprd (that is how `dapr init --slim` lays them out).
+        placement, scheduler and sentry have no --version flag: they are taken from the same
+        directory as the matching daprd (that is how `dapr init --slim` lays them out; the
+        released daprd has every component, the conversation ones included).
         """
         directories = [Path.home() / ".dapr" / "bin"]
         on_path = shutil.which("daprd")
@@ -159,7 +179,9 @@ class DaprRuntime:
         go = require_tool(
             "go", "install Go >= 1.26 (https://go.dev/doc/install or `apt-get install golang`)"
         )
-        label = f"dapr {self.dapr.version}: build daprd, placement, scheduler (cold: ~5-20 min)"
+        label = (
+            f"dapr {self.dapr.version}: build daprd, placement, scheduler, sentry (cold: ~5-20 min)"
+        )
         with step(label):
             cache_entry(
                 self.build_dir.parent, self.build_dir.name, lambda staging: self._build(go, staging)
@@ -171,6 +193,7 @@ class DaprRuntime:
         work = staging / "module"
         work.mkdir()
         shutil.copy(WRAPPER_DIR / "go.mod", work / "go.mod")
+        shutil.copytree(WRAPPER_DIR / "daprd", work / "daprd")
         wrapper = (work / "go.mod").read_text()
         if f"require {BUILD_PACKAGE} v{version}" not in wrapper:
             raise StackError(
@@ -199,7 +222,8 @@ class DaprRuntime:
         )
         run(
             [go, "build", "-mod=mod", "-tags", "stablecomponents", "-ldflags", ldflags,
-             "-o", str(staging / "bin") + "/", *(f"{BUILD_PACKAGE}/cmd/{b}" for b in BINARIES)],
+             "-o", str(staging / "bin") + "/", "./daprd",
+             *(f"{BUILD_PACKAGE}/cmd/{b}" for b in BINARIES if b != "daprd")],
             f"building Dapr {version}",
             cwd=work,
             env={"CGO_ENABLED": "0", "GOFLAGS": ""},
@@ -272,11 +296,69 @@ class DaprRuntime:
             process.start()
             wait_for_process(process, process.name, partial(_healthz, healthz_port), 120)
 
+    # --- identity (Sentry) ---------------------------------------------------------------
+
+    @property
+    def credentials_dir(self) -> Path:
+        """Sentry's issuer credentials: it generates a root and an issuer here on first start."""
+        return self.state_dir / "dapr" / "sentry"
+
+    @property
+    def trust_anchors_file(self) -> Path:
+        return self.credentials_dir / "ca.crt"
+
+    def _control_plane_mtls(self) -> dict[str, object]:
+        """Flags that make placement and scheduler take their identity from Sentry and talk
+        mTLS to every daprd."""
+        if not self.dapr.mtls:
+            return {}
+        return {
+            "tls-enabled": "true",
+            "trust-domain": CONTROL_PLANE_TRUST_DOMAIN,
+            "trust-anchors-file": self.trust_anchors_file,
+            "sentry-address": f"{LOOPBACK}:{self.dapr.sentry_port}",
+        }
+
+    def _start_sentry(self) -> None:
+        d = self.dapr
+        # The issuer's private key lives here: only the stack's user may read it.
+        self.credentials_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.credentials_dir.chmod(0o700)
+        config = self.state_dir / "dapr" / "sentry-config.yaml"
+        config.write_text(yaml.safe_dump(_sentry_configuration()))
+        self._start_control_plane(
+            self.sentry, d.sentry_port, d.sentry_healthz_port, d.sentry_metrics_port,
+            extra_flags={
+                "issuer-credentials": self.credentials_dir,
+                "trust-domain": CONTROL_PLANE_TRUST_DOMAIN,
+                "config": config,
+                "mode": "standalone",
+            },
+            extra_ports=[],
+        )  # fmt: skip
+        if not self.trust_anchors_file.is_file():
+            raise StackError(f"dapr-sentry started but wrote no {self.trust_anchors_file}")
+
+    def sidecar_config(self, app: str) -> Path:
+        """The app's daprd configuration: the shared one (tracing, metrics) plus the app's
+        access-control policy, written into the state dir when its daprd starts."""
+        path = self.state_dir / "dapr" / f"config-{app}.yaml"
+        configuration = yaml.safe_load(CONFIG_FILE.read_text())
+        configuration["metadata"]["name"] = f"moderation-config-{app}"
+        configuration["spec"]["accessControl"] = access_control(
+            self.sidecars[app], self.dapr.trust_domain
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(configuration, sort_keys=False))
+        return path
+
     def start(self) -> None:
         d = self.dapr
+        if d.mtls:
+            self._start_sentry()
         self._start_control_plane(
             self.placement, d.placement_port, d.placement_healthz_port, d.placement_metrics_port,
-            extra_flags={}, extra_ports=[],
+            extra_flags=self._control_plane_mtls(), extra_ports=[],
         )  # fmt: skip
         scheduler_data = self.state_dir / "dapr" / "scheduler"
         scheduler_data.mkdir(parents=True, exist_ok=True)
@@ -288,6 +370,7 @@ class DaprRuntime:
                 "etcd-client-port": d.scheduler_etcd_client_port,
                 "etcd-client-listen-address": LOOPBACK,
                 "etcd-initial-cluster": f"dapr-scheduler-server-0={peer}",
+                **self._control_plane_mtls(),
             },
             extra_ports=[d.scheduler_etcd_client_port, d.scheduler_etcd_peer_port],
         )  # fmt: skip
@@ -309,6 +392,18 @@ class DaprRuntime:
             f"daprd ({spec.app_id})", [spec.http_port, spec.grpc_port, spec.metrics_port]
         )
         self._write_secrets(app)
+        mtls: dict[str, object] = {}
+        identity: dict[str, str] = {}
+        if d.mtls:
+            mtls = {
+                "enable-mtls": "true",
+                "sentry-address": f"{LOOPBACK}:{d.sentry_port}",
+                "control-plane-trust-domain": CONTROL_PLANE_TRUST_DOMAIN,
+            }
+            identity = {
+                "DAPR_TRUST_ANCHORS": self.trust_anchors_file.read_text(),
+                "NAMESPACE": NAMESPACE,
+            }
         process.argv = [
             str(self.binaries()["daprd"]),
             *_flags(
@@ -323,14 +418,15 @@ class DaprRuntime:
                     "placement-host-address": f"{LOOPBACK}:{d.placement_port}",
                     "scheduler-host-address": f"{LOOPBACK}:{d.scheduler_port}",
                     "resources-path": COMPONENTS_DIR,
-                    "config": CONFIG_FILE,
+                    "config": self.sidecar_config(app),
                     "log-level": "info",
                     **channel,
+                    **mtls,
                 }
             ),
         ]
         # daprd reads its two tokens from the environment (self-hosted mode).
-        process.env = self.sidecar_env(app) | stack_tokens(self.settings)
+        process.env = self.sidecar_env(app) | stack_tokens(self.settings) | identity
         label = (
             f"dapr: start daprd for {spec.app_id} (http {spec.http_port}, grpc {spec.grpc_port})"
         )
@@ -352,13 +448,17 @@ class DaprRuntime:
             self.daprds[app].stop()
 
     def stop(self) -> None:
-        for process in (*self.daprds.values(), self.scheduler, self.placement):
+        for process in (*self.daprds.values(), self.scheduler, self.placement, self.sentry):
             process.stop()
 
     def status(self) -> list[ComponentStatus]:
         d = self.dapr
         rows = []
-        checks: list[tuple[ManagedProcess, str, Callable[[], bool]]] = [
+        checks: list[tuple[ManagedProcess, str, Callable[[], bool]]] = []
+        if d.mtls:
+            sentry_ready = partial(_healthz, d.sentry_healthz_port)
+            checks.append((self.sentry, f"127.0.0.1:{d.sentry_port}", sentry_ready))
+        checks += [
             (
                 self.placement,
                 f"127.0.0.1:{d.placement_port}",
@@ -391,6 +491,37 @@ class DaprRuntime:
                 )
             )
         return rows
+
+
+def access_control(spec: SidecarSpec, trust_domain: str) -> dict[str, object]:
+    """Dapr's access-control policy for an app: deny every caller but `spec.allowed_callers`.
+
+    daprd checks the caller's SPIFFE id (issued by Sentry, proven by mTLS) against this policy
+    on every service invocation that reaches the app.
+    """
+    return {
+        "defaultAction": "deny",
+        "trustDomain": trust_domain,
+        "policies": [
+            {
+                "appId": caller,
+                "defaultAction": "allow",
+                "trustDomain": trust_domain,
+                "namespace": NAMESPACE,
+            }
+            for caller in spec.allowed_callers
+        ],
+    }
+
+
+def _sentry_configuration() -> dict[str, object]:
+    """Sentry's own configuration: workload certificates live a day and are renewed by daprd."""
+    return {
+        "apiVersion": "dapr.io/v1alpha1",
+        "kind": "Configuration",
+        "metadata": {"name": "daprsystem"},
+        "spec": {"mtls": {"enabled": True, "workloadCertTTL": "24h", "allowedClockSkew": "15m"}},
+    }
 
 
 def _flags(flags: dict[str, object]) -> list[str]:
