@@ -32,6 +32,8 @@ password in `.secrets/kafka/<principal>`, generated once and kept, mounted as th
 `kafka_<principal>`: the broker formats its storage with all of them, each service gets only its
 own, and each daprd's is in its JSON file (`kafka-sasl-password`, components/pubsub-kafka.yaml):
 `review` for the review service's, `agent` for the agent service's, `worker` for the worker's.
+The agent service's file also holds `llm-api-key`, vLLM's key (`MODERATION_LLM__API_KEY`, as
+compose reads it), for its conversation component (components/conversation-llm.yaml).
 
 The agent service and its daprd get Dapr tokens of their own (`.secrets/dapr-agent-tokens.env`,
 read by compose as their `env_file`), generated once and kept: nothing else calls that daprd, and
@@ -65,6 +67,10 @@ SECRET_KEY = "dapr-state-connection-string"
 CONFIG_SECRET_KEY = "config-connection-string"
 # The pub/sub component's saslPassword (components/pubsub-kafka.yaml): that daprd's principal's.
 KAFKA_SECRET_KEY = "kafka-sasl-password"
+# The agent's conversation component's key (components/conversation-llm.yaml): vLLM's API key,
+# as compose reads it; only the agent service's daprd gets it.
+LLM_SECRET_KEY = "llm-api-key"
+LLM_API_KEY_ENV = "MODERATION_LLM__API_KEY"
 # moderation/kafka_auth.py PRINCIPALS, and `nightly` and `mcp`: no ACL, each only lets the settings
 # of the nightly job or the MCP server load (neither uses Kafka).
 KAFKA_PRINCIPALS = ("admin", "api", "worker", "recorder", "review", "agent", "nightly", "mcp")
@@ -131,15 +137,22 @@ def kafka_passwords(directory: Path = KAFKA_DIR) -> dict[str, str]:
 
 
 def write_secrets(
-    password: str, output: Path = OUTPUT, kafka_password: str = "", owner_password: str = ""
+    password: str,
+    output: Path = OUTPUT,
+    kafka_password: str = "",
+    owner_password: str = "",
+    llm_api_key: str = "",
 ) -> Path:
     """The JSON file a daprd reads; `password` is Dapr's database role's, `kafka_password` its
-    pub/sub principal's, `owner_password` the owner's (its configuration store's login)."""
+    pub/sub principal's, `owner_password` the owner's (its configuration store's login),
+    `llm_api_key` vLLM's (the agent's conversation component)."""
     document = {SECRET_KEY: connection_string(password)}
     if owner_password:
         document[CONFIG_SECRET_KEY] = config_connection_string(owner_password)
     if kafka_password:
         document[KAFKA_SECRET_KEY] = kafka_password
+    if llm_api_key:
+        document[LLM_SECRET_KEY] = llm_api_key
     _write(output, json.dumps(document, indent=2) + "\n")
     return output
 
@@ -180,8 +193,10 @@ def main() -> int:
         return 2
     kafka = kafka_passwords()
     password = generated_password(DAPR_DB_PASSWORD_FILE)
-    for output, principal in DAPRD_SECRETS.values():
-        print(write_secrets(password, output, kafka[principal], owner_password))  # noqa: T201 - a CLI
+    llm_key = os.environ.get(LLM_API_KEY_ENV, "")
+    for app, (output, principal) in DAPRD_SECRETS.items():
+        key = llm_key if app == "agent" else ""
+        print(write_secrets(password, output, kafka[principal], owner_password, key))  # noqa: T201 - a CLI
     agent_tokens()
     print(AGENT_TOKENS_FILE)  # noqa: T201 - a CLI
     worker_tokens()

@@ -32,6 +32,9 @@ from moderation.db.schemas import (
     ReviewPublic,
     ReviewsPublic,
     ReviewStatsPublic,
+    WorkflowApp,
+    WorkflowHistoryPublic,
+    WorkflowInstancesPublic,
 )
 
 DecisionChoice = Literal["allow", "remove"]
@@ -102,6 +105,10 @@ class ReviewApi(Protocol):
     def metrics_overview(self, *, hours: float, bucket_minutes: int) -> MetricsOverviewPublic: ...
 
     def live_config(self) -> ConfigStatePublic: ...
+
+    def list_workflows(self, app: WorkflowApp, *, limit: int = 50) -> WorkflowInstancesPublic: ...
+
+    def workflow_history(self, app: WorkflowApp, instance_id: str) -> WorkflowHistoryPublic: ...
 
     @property
     def cache_key(self) -> str:
@@ -268,6 +275,25 @@ class ApiClient:
             },
         )
         return ConfigStatePublic.model_validate_json(response.content)
+
+    def list_workflows(self, app: WorkflowApp, *, limit: int = 50) -> WorkflowInstancesPublic:
+        """The newest Dapr workflow instances of the agent or review service, newest first."""
+        response = self._request(
+            "GET",
+            "/v1/workflows",
+            params={"app": app.value, "limit": limit},
+            meanings={404: "this review API has no workflows endpoint (an older version?)"},
+        )
+        return WorkflowInstancesPublic.model_validate_json(response.content)
+
+    def workflow_history(self, app: WorkflowApp, instance_id: str) -> WorkflowHistoryPublic:
+        """One workflow instance's status and step history."""
+        response = self._request(
+            "GET",
+            f"/v1/workflows/{app.value}/{_segment(instance_id)}",
+            meanings={404: f"no {app.value} workflow instance '{instance_id}'"},
+        )
+        return WorkflowHistoryPublic.model_validate_json(response.content)
 
 
 def _segment(value: str) -> str:

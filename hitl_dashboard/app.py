@@ -1,7 +1,8 @@
 """Entry point: `streamlit run hitl_dashboard/app.py`.
 
 Anonymous visitors get a navigation with the sign-in page alone, so any other URL lands there;
-a signed-in moderator gets Queue, History and Metrics. Every rerun first expires an idle session.
+a signed-in moderator gets Queue, History, Metrics and Workflows. Every rerun first expires an
+idle session.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ if signed_in:
                 title="Metrics",
                 icon=":material/monitoring:",
                 url_path="metrics",
+            ),
+            st.Page(
+                VIEWS / "workflows.py",
+                title="Workflows",
+                icon=":material/account_tree:",
+                url_path="workflows",
             ),
         ]
     )

@@ -491,6 +491,11 @@ class AgentServiceSettings(BaseModel):
 
     app_id: str = Field(default="agent-service", description="its Dapr app id (and Kafka group)")
     service_port: int = Field(default=8005, description="the agent service's app port (daprd)")
+    dapr_host: str = Field(
+        default="127.0.0.1",
+        description="where the agent service's daprd listens: loopback for the service itself; "
+        "the API reads the agent's workflow history there (the dashboard's Workflows page)",
+    )
     dapr_http_port: int = 3510
     dapr_grpc_port: int = 50011
     dapr_metrics_port: int = 9097
@@ -503,10 +508,20 @@ class AgentServiceSettings(BaseModel):
     activity_concurrency: int = Field(
         default=64, ge=1, description="workflow activities (model and tool calls) run at once"
     )
+    llm_route: Literal["direct", "dapr-conversation"] = Field(
+        default="direct",
+        description="how the agent's model calls travel: direct (the OpenAI client to "
+        "llm.base_url; follows the promoted LoRA adapter) or dapr-conversation (daprd's "
+        "Conversation API, component `conversation_component`, under the sidecar's resiliency "
+        "policy; one fixed model, see README 'How the agent reaches its model')",
+    )
+    conversation_component: str = Field(
+        default="agent-llm", description="the Dapr conversation component (conversation.openai)"
+    )
 
     @property
     def dapr_grpc_endpoint(self) -> str:
-        return f"127.0.0.1:{self.dapr_grpc_port}"
+        return f"{self.dapr_host}:{self.dapr_grpc_port}"
 
 
 class McpSettings(BaseModel):
@@ -620,14 +635,42 @@ class NightlySettings(BaseModel):
     lora: LoraSettings = LoraSettings()
 
 
+class ZipkinSettings(BaseModel):
+    """Zipkin: the local stack runs it (`moderation stack up`) and its services export to it."""
+
+    export: bool = Field(
+        default=True,
+        description="send the services' spans to this Zipkin (when no OTLP endpoint is set)",
+    )
+    host: str = Field(default="127.0.0.1", description="where Zipkin listens (the stack binds it)")
+    port: int = Field(default=9411, description="Zipkin's one port: span intake, API and UI")
+    version: str = Field(default="3.6.1", description="zipkin-server resolved from Maven Central")
+    heap: str = Field(default="256m", description="JVM -Xmx of the local Zipkin")
+    max_spans: int = Field(
+        default=50_000,
+        ge=1000,
+        description="spans Zipkin keeps in memory (the oldest traces are dropped first)",
+    )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def spans_url(self) -> str:
+        """Zipkin's v2 span intake (the services' exporter and daprd post here)."""
+        return f"{self.url}/api/v2/spans"
+
+
 class TracingSettings(BaseModel):
     """OpenTelemetry traces of the services (the Agents SDK's spans included)."""
 
     otlp_endpoint: str | None = Field(
         default=None,
-        description="OTLP/gRPC collector, e.g. http://127.0.0.1:4317 (daprd's Configuration "
-        "sends its spans there too); None: no export",
+        description="OTLP/gRPC collector, e.g. http://otel-collector:4317 (production, "
+        "Kubernetes, compose); when set, spans go there instead of to Zipkin",
     )
+    zipkin: ZipkinSettings = ZipkinSettings()
     file: Path | None = Field(
         default=None,
         description="also write finished spans as JSON lines to this file ({service} expands)",

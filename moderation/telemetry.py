@@ -5,20 +5,24 @@ The API starts the trace and puts its context into the Kafka record's headers (W
 publishes carry the post's context in their headers); the review service reads the context that
 daprd hands it with `review.requested` and runs the workflow's activities under it.
 
-`configure_tracing` installs the process's tracer provider: OTLP/gRPC to
-`MODERATION_TRACING__OTLP_ENDPOINT` (the collector daprd's Configuration exports to), and/or
-JSON lines to `MODERATION_TRACING__FILE` (the integration test reads those). With neither, the
-API's no-op provider stays and tracing costs next to nothing. Post text never enters a span.
+`configure_tracing` installs the process's tracer provider. Spans go to one place
+(`span_destination`): OTLP/gRPC to `MODERATION_TRACING__OTLP_ENDPOINT` when it is set (the
+collector of Kubernetes and compose, where daprd's spans go too), else to the local stack's
+Zipkin (`MODERATION_TRACING__ZIPKIN__*`, as daprd's `components/configuration.yaml`); and also,
+as JSON lines, to `MODERATION_TRACING__FILE`. With no destination at all the API's no-op
+provider stays and tracing costs next to nothing. Post text never enters a span.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -32,11 +36,12 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-from moderation.settings import Settings
+from moderation.settings import Settings, TracingSettings
 
 TRACER_NAME = "moderation"
 _configured: set[str] = set()
 _lock = threading.Lock()
+logger = logging.getLogger(__name__)
 
 
 class JsonLinesExporter(SpanExporter):
@@ -70,10 +75,55 @@ def span_record(span: ReadableSpan) -> dict[str, Any]:
     }
 
 
+def span_destination(tracing: TracingSettings) -> Literal["otlp", "zipkin"] | None:
+    """Where the spans go: the OTLP collector when one is named, else Zipkin unless turned off."""
+    if tracing.otlp_endpoint:
+        return "otlp"
+    if tracing.zipkin.export:
+        return "zipkin"
+    return None
+
+
+class QuietExporter(SpanExporter):
+    """An HTTP exporter that logs one line while its server is down, not a traceback a batch."""
+
+    def __init__(self, inner: SpanExporter, target: str) -> None:
+        self.inner = inner
+        self.target = target
+        self.warned = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            return self.inner.export(spans)
+        except OSError as error:  # requests' errors are OSErrors
+            if not self.warned:
+                logger.warning("tracing: %s unreachable, spans dropped (%s)", self.target, error)
+                self.warned = True
+            return SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+def zipkin_exporter(url: str) -> SpanExporter:
+    """Zipkin's v2 JSON exporter posting to `url` (never through an environment proxy on
+    loopback: a proxy for the outside cannot reach the local Zipkin)."""
+    import requests
+    from opentelemetry.exporter.zipkin.json import ZipkinExporter
+
+    session = requests.Session()
+    session.trust_env = urlsplit(url).hostname not in {"127.0.0.1", "localhost", "::1"}
+    return QuietExporter(ZipkinExporter(endpoint=url, session=session, timeout=5), f"Zipkin {url}")
+
+
 def configure_tracing(service: str, settings: Settings) -> bool:
     """Install the tracer provider for `service` once per process; False when nothing exports."""
     tracing = settings.tracing
-    if tracing.otlp_endpoint is None and tracing.file is None:
+    destination = span_destination(tracing)
+    if destination is None and tracing.file is None:
         return False
     with _lock:
         if _configured:
@@ -82,12 +132,15 @@ def configure_tracing(service: str, settings: Settings) -> bool:
             resource=Resource.create({"service.name": service, "service.namespace": "moderation"}),
             sampler=ParentBased(TraceIdRatioBased(tracing.sample_ratio)),
         )
-        if tracing.otlp_endpoint is not None:
+        if destination == "otlp":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
             provider.add_span_processor(
                 BatchSpanProcessor(OTLPSpanExporter(endpoint=tracing.otlp_endpoint, insecure=True))
             )
+        elif destination == "zipkin":
+            exporter = zipkin_exporter(tracing.zipkin.spans_url)
+            provider.add_span_processor(BatchSpanProcessor(exporter))
         if tracing.file is not None:
             path = Path(str(tracing.file).replace("{service}", service))
             # Simple (synchronous) so a test sees every span as soon as it ends.
@@ -125,6 +178,9 @@ def context_from_kafka(headers: Iterable[tuple[str, bytes | None]] | None) -> ot
     carrier = {
         name: value.decode(errors="replace") for name, value in headers or () if value is not None
     }
+    # daprd publishes a raw payload's context as `traceid` (a W3C traceparent value).
+    if "traceparent" not in carrier and "traceid" in carrier:
+        carrier["traceparent"] = carrier["traceid"]
     return propagate.extract(carrier)
 
 
@@ -184,6 +240,34 @@ class PostTraces:
     def end_all(self) -> None:
         for post_id in list(self._spans):
             self.end(post_id, decided_by="none")
+
+
+def record_spans(
+    name: str,
+    records: Iterable[tuple[Iterable[tuple[str, bytes | None]] | None, Mapping[str, str]]],
+    *,
+    start_time: int,
+) -> None:
+    """One finished span `name` per consumed record (headers, attributes) whose trace is sampled.
+
+    The recorder writes a whole batch at once; each record's span, from the batch's start to
+    now, joins the trace in its headers. A record whose trace was dropped costs a header parse.
+    """
+    if not tracing_enabled():
+        return
+    spans = tracer()
+    for headers, attributes in records:
+        context = context_from_kafka(headers)
+        if not trace.get_current_span(context).get_span_context().trace_flags.sampled:
+            continue
+        span = spans.start_span(
+            name,
+            context=context,
+            kind=trace.SpanKind.CONSUMER,
+            start_time=start_time,
+            attributes=dict(attributes),
+        )
+        span.end()
 
 
 def carrier_of(headers: Mapping[str, str]) -> dict[str, str]:

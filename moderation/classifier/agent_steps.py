@@ -53,7 +53,7 @@ from moderation.classifier.cascade import (
 from moderation.classifier.decide import Outcome
 from moderation.classifier.injection.screen import InjectionScreen
 from moderation.events import AgentRequested, ModerationVerdict, ReviewRequested
-from moderation.llm.provider import RETRYABLE_STATUSES, error_kind
+from moderation.llm.provider import RETRYABLE_STATUSES, ModelCallError, error_kind
 from moderation.resilience import CircuitBreaker
 from moderation.settings import Settings
 from moderation.taxonomy import Decision
@@ -117,6 +117,8 @@ def parse_answer(text: str) -> AgentVerdict | None:
 
 
 def _retryable(error: BaseException) -> bool:
+    if isinstance(error, ModelCallError):
+        return error.retryable
     if isinstance(error, openai.APIStatusError):
         return error.status_code in RETRYABLE_STATUSES
     return isinstance(error, openai.APIError | TimeoutError | ConnectionError)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import openai
@@ -41,8 +42,20 @@ LLM_RETRIES = Counter("moderation_llm_retries_total", "model calls retried, by c
 RETRYABLE_STATUSES = (408, 409, 429, 500, 502, 503, 504)
 
 
+class ModelCallError(Exception):
+    """A failed model call on a route whose errors are not the OpenAI client's (the Dapr
+    Conversation API): it carries its own label and whether trying again may help."""
+
+    def __init__(self, message: str, *, kind: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.retryable = retryable
+
+
 def error_kind(error: BaseException) -> str:
     """A short, bounded label for a failed call (metrics and fallback reasons)."""
+    if isinstance(error, ModelCallError):
+        return error.kind
     if isinstance(error, openai.APITimeoutError | TimeoutError):
         return "timeout"
     if isinstance(error, openai.APIConnectionError):
@@ -97,7 +110,11 @@ _RETRYABLE = retry_policies.any(
 
 
 async def _counted_retry_policy(context: RetryPolicyContext) -> bool | RetryDecision:
-    decision = _RETRYABLE(context)
+    decision: bool | RetryDecision | Awaitable[bool | RetryDecision]
+    if isinstance(context.error, ModelCallError):
+        decision = context.error.retryable
+    else:
+        decision = _RETRYABLE(context)
     if inspect.isawaitable(decision):
         decision = await decision
     if decision if isinstance(decision, bool) else decision.retry:

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from moderation.db.roles import CONFIG_READER_ROLE, DAPR_STATE_ROLE, SERVICE_GRANTS, SERVICE_ROLES
 from moderation.devtools.stack import k8s_tools
-from moderation.devtools.stack.dapr import sidecar_specs
+from moderation.devtools.stack.dapr import API_APP_ID, access_control, sidecar_specs
 from moderation.devtools.stack.k8s_tools import K8sTools, ManifestValidator
 from moderation.devtools.stack.services import service_specs
 from moderation.kafka_auth import Principal, acl_grants
@@ -496,6 +496,64 @@ def test_the_worker_has_a_dapr_sidecar_for_the_live_configuration_only(
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_each_daprd_admits_only_the_callers_of_the_local_stack(
+    target: str, rendered: dict[str, list[Obj]]
+) -> None:
+    """Identity between sidecars (issue 14): each Dapr app's Deployment names a Configuration of
+    its own whose access-control policy denies by default and allows exactly the app ids the
+    local stack allows (`sidecar_specs` `allowed_callers`: the worker's for the agent service,
+    the api's for the review service, nobody for the worker), in the trust domain of the
+    settings and the namespace the manifests deploy to; tracing and metrics stay the shared
+    `moderation-config`'s."""
+    objects = rendered[target]
+    deployments = of_kind(objects, "Deployment")
+    configurations = of_kind(objects, "Configuration")
+    shared = configurations["moderation-config"]["spec"]
+    trust_domain = DEFAULTS.dapr.trust_domain
+    named = set()
+    for app, spec in sidecar_specs(DEFAULTS).items():
+        deployment = deployments[DEPLOYMENT_OF.get(app, app)]
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["dapr.io/app-id"] == spec.app_id
+        name = annotations["dapr.io/config"]
+        named.add(name)
+        configuration = configurations[name]
+        namespace = deployment["metadata"]["namespace"]
+        assert configuration["metadata"]["namespace"] == namespace
+        policy = configuration["spec"]["accessControl"]
+        # The local stack's policy (moderation/devtools/stack/dapr.py), in this namespace.
+        local: Obj = access_control(spec, trust_domain)
+        expected = {**local, "policies": [{**caller, "namespace": namespace}
+                                          for caller in local["policies"]]}  # fmt: skip
+        assert {"policies": [], **policy} == expected, app
+        assert policy["defaultAction"] == "deny" and policy["trustDomain"] == "public", app
+        callers = [caller["appId"] for caller in policy.get("policies", [])]
+        assert callers == list(spec.allowed_callers), app
+        assert all(caller["defaultAction"] == "allow" for caller in policy.get("policies", []))
+        assert configuration["spec"]["tracing"] == shared["tracing"], app
+        assert configuration["spec"]["metric"] == shared["metric"], app
+    assert len(named) == len(sidecar_specs(DEFAULTS))  # one Configuration per daprd
+    assert sidecar_specs(DEFAULTS)["agent"].allowed_callers == (WORKER_APP_ID,)
+    assert sidecar_specs(DEFAULTS)["review"].allowed_callers == (API_APP_ID,)
+    assert sidecar_specs(DEFAULTS)["worker"].allowed_callers == ()
+    # No other Dapr app, and no daprd on a Configuration without a deny-by-default policy.
+    for deployment in deployments.values():
+        annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+        if annotations.get("dapr.io/enabled") == "true":
+            name = annotations["dapr.io/config"]
+            assert name in named, deployment["metadata"]["name"]
+    # mTLS: Dapr's control plane (Helm, dapr-system) owns `daprsystem`, whose `spec.mtls` is the
+    # only one the injector and Sentry read; it is on by default (`global.mtls.enabled`), and
+    # no Configuration of these manifests is `daprsystem` or turns mTLS off.
+    assert "daprsystem" not in configurations
+    for name, configuration in configurations.items():
+        assert configuration["spec"].get("mtls", {}).get("enabled", True) is True, name
+    readme = (K8S_DIR / "README.md").read_text()
+    assert "--set global.mtls.enabled=true" in readme
+    assert f"--version {DEFAULTS.dapr.version}" in readme
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_dapr_resources_mirror_the_local_components(
     target: str, rendered: dict[str, list[Obj]]
 ) -> None:
@@ -549,7 +607,8 @@ def test_dapr_resources_mirror_the_local_components(
         m for m in local_state["spec"]["metadata"] if m["name"] == "connectionString"
     ]
     assert local_metadata["connectionString"] == local_state_connection
-    [configuration] = of_kind(objects, "Configuration").values()
+    # The shared one; each daprd's own copies it (test_each_daprd_admits_only_the_callers...).
+    configuration = of_kind(objects, "Configuration")["moderation-config"]
     assert configuration["spec"]["tracing"]["otel"]["endpointAddress"] == "otel-collector:4317"
     assert configuration["spec"]["metric"]["enabled"] is True
     [resiliency] = of_kind(objects, "Resiliency").values()

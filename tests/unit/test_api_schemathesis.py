@@ -36,6 +36,7 @@ from moderation.services.api import build_app
 from moderation.services.api.publisher import InMemoryPublisher
 from moderation.settings import ApiSettings, Settings
 from moderation.taxonomy import CATEGORIES, Category, Decision, Stage
+from tests.unit.test_workflow_history_api import FakeWorkflowHistory
 
 # Bounded so the whole run stays well under a minute on two cores.
 MAX_EXAMPLES = 30
@@ -72,7 +73,12 @@ def _seed(engine: Engine) -> None:
 
 def _app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     return build_app(
-        settings, publisher=InMemoryPublisher(), engine=engine, workflows=FakeWorkflows()
+        settings,
+        publisher=InMemoryPublisher(),
+        engine=engine,
+        workflows=FakeWorkflows(),
+        # The daprds are out of the picture too: `/v1/workflows` reads canned instances.
+        workflow_history=FakeWorkflowHistory(),
     )
 
 

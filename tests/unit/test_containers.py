@@ -29,7 +29,7 @@ from moderation.devtools.stack.dapr import sidecar_specs
 from moderation.devtools.stack.services import service_specs
 from moderation.kafka_auth import PRINCIPALS, acl_grants
 from moderation.services.api.workflows import DaprReviewWorkflows
-from moderation.settings import DaprSettings, DatabaseSettings, Settings
+from moderation.settings import DaprSettings, DatabaseSettings, Settings, ZipkinSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -815,13 +815,22 @@ def test_daprd_runs_next_to_the_worker_for_the_live_configuration(
         assert depends_on(daprd)[dependency] == {"condition": "service_healthy"}, dependency
 
 
-def test_components_get_every_env_ref_they_read(services: dict[str, dict[str, Any]]) -> None:
-    env_refs = {
+def component_env_refs(app_id: str) -> set[str]:
+    """The envRefs of the components a daprd of `app_id` loads (unscoped, or scoped to it)."""
+    documents = [
+        yaml.safe_load(p.read_text()) for p in sorted((ROOT / "components").glob("*.yaml"))
+    ]
+    return {
         item["envRef"]
-        for path in sorted((ROOT / "components").glob("*.yaml"))
-        for item in (yaml.safe_load(path.read_text()).get("spec", {}).get("metadata") or [])
+        for document in documents
+        if app_id in document.get("scopes", [app_id])
+        for item in (document.get("spec", {}).get("metadata") or [])
         if "envRef" in item
     }
+
+
+def test_components_get_every_env_ref_they_read(services: dict[str, dict[str, Any]]) -> None:
+    env_refs = component_env_refs("review-service")
     daprd = services["review-dapr"]
     assert set(daprd["environment"]) == env_refs | {"DAPR_API_TOKEN", "APP_API_TOKEN"}
     secrets_file = daprd["environment"]["MODERATION_DAPR_SECRETS_FILE"]
@@ -829,10 +838,11 @@ def test_components_get_every_env_ref_they_read(services: dict[str, dict[str, An
     assert daprd["environment"]["MODERATION_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
     # The agent service's and the worker's daprd: the same variables, their tokens from their
     # env files, each its own secrets file.
-    for name, secret in (("agent-dapr", "dapr_agent_secrets"),
-                         ("worker-dapr", "dapr_worker_secrets")):  # fmt: skip
+    pairs = (("agent-dapr", "dapr_agent_secrets", "agent-service"),
+             ("worker-dapr", "dapr_worker_secrets", "classifier-worker"))  # fmt: skip
+    for name, secret, app_id in pairs:
         other = services[name]
-        assert set(other["environment"]) == env_refs, name
+        assert set(other["environment"]) == component_env_refs(app_id), name
         secrets_file = other["environment"]["MODERATION_DAPR_SECRETS_FILE"]
         assert secrets_file == f"/run/secrets/{secret}", name
         assert other["secrets"] == [secret], name
@@ -844,8 +854,10 @@ def test_dapr_configuration_differs_only_in_where_traces_go(
 ) -> None:
     local = yaml.safe_load((ROOT / "components" / "configuration.yaml").read_text())
     compose = yaml.safe_load((DOCKER / "dapr" / "configuration.yaml").read_text())
-    endpoint = compose["spec"]["tracing"]["otel"].pop("endpointAddress")
-    local["spec"]["tracing"]["otel"].pop("endpointAddress")
+    # Compose sends daprd's spans to its collector over OTLP, the local stack to its Zipkin.
+    endpoint = compose["spec"]["tracing"].pop("otel")["endpointAddress"]
+    zipkin = local["spec"]["tracing"].pop("zipkin")["endpointAddress"]
+    assert zipkin == ZipkinSettings().spans_url
     assert compose == local
     host, port = endpoint.split(":")
     assert host in services
@@ -1123,3 +1135,25 @@ def test_the_worker_pair_has_its_own_dapr_api_token(
     assert path.stat().st_mode & 0o777 == 0o644
     # Not the agent pair's token.
     assert module.agent_tokens(tmp_path / "agent.env")["DAPR_API_TOKEN"] != first["DAPR_API_TOKEN"]
+
+
+def test_dapr_mtls_is_all_or_nothing(services: dict[str, dict[str, Any]]) -> None:
+    """Compose runs no Sentry (docker-compose.yaml says why: daprd takes its trust anchors only
+    from DAPR_TRUST_ANCHORS, which compose cannot fill from Sentry's volume). So no Dapr process
+    asks for an identity it cannot get, and no daprd carries an access-control policy, which
+    without mTLS would refuse its allowed callers too: mTLS and policies come together."""
+    sentries = [name for name, s in services.items() if "daprio/sentry" in s.get("image", "")]
+    daprds = list(DAPRDS)
+    control_plane = ["placement", "scheduler"]
+    mtls_flags = {"enable-mtls", "tls-enabled", "sentry-address", "trust-anchors-file"}
+    for name in (*daprds, *control_plane):
+        flags = command_flags(services[name]["command"])
+        uses_mtls = bool(mtls_flags & set(flags)) or "DAPR_TRUST_ANCHORS" in (
+            services[name].get("environment") or {}
+        )
+        assert uses_mtls is bool(sentries), name
+    for name in daprds:
+        config = command_flags(services[name]["command"])["config"]
+        [mount] = [v for v in services[name]["volumes"] if v.endswith(f":{config}:ro")]
+        configuration = yaml.safe_load((ROOT / mount.split(":")[0]).read_text())
+        assert ("accessControl" in configuration["spec"]) is bool(sentries), name

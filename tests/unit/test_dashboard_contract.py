@@ -27,6 +27,7 @@ import pytest
 from pydantic import BaseModel
 
 from hitl_dashboard.api_client import ApiClient, ReviewApi
+from moderation.db.schemas import WorkflowApp
 from moderation.services.api import build_app
 from moderation.settings import Settings
 
@@ -49,6 +50,8 @@ CALLS: dict[str, Callable[[ApiClient], object]] = {
     "decision_log_csv": lambda client: client.decision_log_csv(),
     "metrics_overview": lambda client: client.metrics_overview(hours=24, bucket_minutes=60),
     "live_config": lambda client: client.live_config(),
+    "list_workflows": lambda client: client.list_workflows(WorkflowApp.AGENT, limit=20),
+    "workflow_history": lambda client: client.workflow_history(WorkflowApp.REVIEW, "review-1"),
 }
 
 # What the pages read of each answer, as dotted paths (lists are walked through: `items.status`
@@ -189,6 +192,31 @@ PAGES_READ: dict[str, list[str]] = {
         "changes.before",
         "changes.after",
         "changes.version",
+    ],
+    "list_workflows": [
+        "complete",
+        "scanned",
+        "items.instance_id",
+        "items.workflow",
+        "items.status",
+        "items.created_at",
+        "items.updated_at",
+        "items.failure",
+    ],
+    "workflow_history": [
+        "instance.instance_id",
+        "instance.workflow",
+        "instance.status",
+        "instance.created_at",
+        "instance.updated_at",
+        "instance.failure",
+        "steps.at",
+        "steps.kind",
+        "steps.name",
+        "steps.outcome",
+        "steps.duration_seconds",
+        "steps.due_at",
+        "steps.error",
     ],
 }
 

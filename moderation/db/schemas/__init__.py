@@ -1,8 +1,8 @@
 """Every API shape, defined once: what the REST API accepts and returns, what the dashboard reads.
 
 One module per group of routes: `posts` (`/v1/posts`), `reviews` (`/v1/reviews` and appeals),
-`metrics` (`/v1/metrics/overview`). Tables live in `moderation.db.models`, Kafka payloads in
-`moderation.events`.
+`metrics` (`/v1/metrics/overview`), `config` (`/v1/config`), `workflows` (`/v1/workflows`).
+Tables live in `moderation.db.models`, Kafka payloads in `moderation.events`.
 """
 
 from __future__ import annotations
@@ -55,6 +55,15 @@ from moderation.db.schemas.reviews import (
     ReviewStatsPublic,
     SuggestionPublic,
 )
+from moderation.db.schemas.workflows import (
+    WorkflowApp,
+    WorkflowHistoryPublic,
+    WorkflowInstancePublic,
+    WorkflowInstancesPublic,
+    WorkflowStatus,
+    WorkflowStepKind,
+    WorkflowStepPublic,
+)
 
 __all__ = [
     "ConfigChangePublic",
@@ -97,4 +106,11 @@ __all__ = [
     "SuggestionPublic",
     "ThroughputBucketPublic",
     "VerdictOut",
+    "WorkflowApp",
+    "WorkflowHistoryPublic",
+    "WorkflowInstancePublic",
+    "WorkflowInstancesPublic",
+    "WorkflowStatus",
+    "WorkflowStepKind",
+    "WorkflowStepPublic",
 ]

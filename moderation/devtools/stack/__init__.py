@@ -1,4 +1,5 @@
-"""The local stack (DACA mode 2): real Kafka, PostgreSQL, Dapr and an OpenAI-compatible LLM server.
+"""The local stack (DACA mode 2): real Kafka, PostgreSQL, Zipkin, Dapr and an OpenAI-compatible LLM
+server.
 
 `moderation stack up` installs what is missing (cached outside the repository, keyed by version),
 starts every component on loopback and returns once each really answers. `down` stops them all.
@@ -15,14 +16,17 @@ from moderation.devtools.stack.kafka import KafkaBroker
 from moderation.devtools.stack.llm import LLMServer
 from moderation.devtools.stack.postgres import PostgresCluster
 from moderation.devtools.stack.runtime import StackError
+from moderation.devtools.stack.zipkin import ZipkinServer
 from moderation.settings import Settings
 
 
 def components(settings: Settings) -> list[Component]:
-    """Every component in start order (Dapr needs Kafka and PostgreSQL for its components)."""
+    """Every component in start order (Dapr needs Kafka and PostgreSQL for its components, and
+    sends its spans to Zipkin)."""
     return [
         KafkaBroker(settings),
         PostgresCluster(settings),
+        ZipkinServer(settings),
         DaprRuntime(settings),
         LLMServer(settings),
     ]

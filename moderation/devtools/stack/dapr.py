@@ -251,6 +251,9 @@ class DaprRuntime:
             "config-connection-string": config_store.libpq_dsn(db.name),
             "kafka-sasl-password": kafka.password if kafka else "",
         }
+        if app == "agent":
+            # The conversation component `agent-llm` (scoped to the agent service).
+            secrets["llm-api-key"] = self.settings.llm.api_key.get_secret_value()
         path.write_text(json.dumps(secrets, indent=2))
         path.chmod(0o600)
 
@@ -262,6 +265,9 @@ class DaprRuntime:
             "MODERATION_KAFKA_BOOTSTRAP_SERVERS": self.settings.kafka.bootstrap_servers,
             "MODERATION_KAFKA_SASL_USERNAME": (kafka.username if kafka else ""),
             "MODERATION_DAPR_SECRETS_FILE": str(self.secrets_file(app)),
+            # The conversation component's server (components/conversation-llm.yaml).
+            "MODERATION_LLM_BASE_URL": self.settings.llm.base_url,
+            "MODERATION_LLM_MODEL": self.settings.llm.model,
         }
 
     def _start_control_plane(

@@ -27,6 +27,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
+from agents import ModelProvider
 from dapr.clients import DaprClient
 from dapr.ext.workflow import DaprWorkflowClient
 from fastapi import FastAPI
@@ -37,6 +38,7 @@ from moderation.classifier.agent import AGENT_NAME
 from moderation.classifier.agent_steps import AgentSteps, first_message
 from moderation.db.engine import make_engine
 from moderation.events import AgentRequested
+from moderation.llm.dapr_conversation import DaprConversationProvider, ModelRoute
 from moderation.llm.provider import ChatCompletionsProvider, create_client
 from moderation.mcp_client import agent_decision_log, mcp_tools
 from moderation.services.agent.workflow import (
@@ -232,6 +234,21 @@ async def follow_adapter(
         await asyncio.sleep(every)
 
 
+def model_provider(settings: Settings) -> ModelProvider:
+    """How the agent reaches its model (`agent_service.llm_route`)."""
+    service = settings.agent_service
+    if service.llm_route == "dapr-conversation":
+        route = ModelRoute(
+            component=service.conversation_component,
+            address=service.dapr_grpc_endpoint,
+            # The sidecar tries twice, each bounded by the component's resiliency timeout
+            # (components/resiliency.yaml, = llm.timeout_seconds); this bounds a silent daprd.
+            deadline_seconds=2 * settings.llm.timeout_seconds + 5,
+        )
+        return DaprConversationProvider(route, settings.llm.model)
+    return ChatCompletionsProvider(create_client(settings.llm), settings.llm.model)
+
+
 def build_app(settings: Settings) -> FastAPI:
     """The agent service; only daprd (with `dapr.app_token`) may call it, probes excepted.
 
@@ -248,23 +265,20 @@ def build_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         use_api_token(settings)  # before the first SDK client
         engine = make_engine(settings)
-        llm = create_client(settings.llm)
-        steps = AgentSteps(
-            settings,
-            ChatCompletionsProvider(llm, settings.llm.model),
-            agent_decision_log(settings, engine),
-        )
+        steps = AgentSteps(settings, model_provider(settings), agent_decision_log(settings, engine))
         sink = DaprSink(settings, service.dapr_grpc_endpoint)
         runs = InFlight()
         activities = AgentActivities(settings, steps, sink, on_done=runs.discard)
         runtime = build_runtime(settings, activities)
         runtime.start()
         announced = asyncio.create_task(announce(settings, steps))
+        # The Dapr route's model is its component's: a promoted adapter cannot be followed.
+        follow = service.llm_route == "direct"
         watch = asyncio.create_task(
             follow_adapter(
                 engine, steps, steps.model_name, settings.models.reload_seconds,
                 on_change=lambda: announce(settings, steps),
-            )
+            ) if follow else asyncio.sleep(0)
         )  # fmt: skip
         client = DaprWorkflowClient(host="127.0.0.1", port=str(service.dapr_grpc_port))
         scheduler = Scheduler(settings, client, steps, runs)

@@ -26,10 +26,12 @@ from moderation.services.api.routes import (
     metrics_overview,
     posts,
     reviews,
+    workflow_instances,
 )
 from moderation.services.api.routes.errors import ErrorBody, install_error_handlers
 from moderation.services.api.routes.submit_lane import SubmitFastLane
 from moderation.services.api.workflows import DaprReviewWorkflows, ReviewWorkflows
+from moderation.services.sidecar.history import DaprWorkflowHistory, WorkflowHistory
 from moderation.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ def build_app(
     publisher: Publisher | None = None,
     engine: Engine | None = None,
     workflows: ReviewWorkflows | None = None,
+    workflow_history: WorkflowHistory | None = None,
 ) -> FastAPI:
     """Build the API.
 
@@ -63,6 +66,8 @@ def build_app(
             then also disposes of.
         workflows: where decisions go; default the review service's Dapr sidecar. The app
             closes it in its lifespan either way.
+        workflow_history: where `/v1/workflows` reads instances; default the agent and review
+            services' Dapr sidecars. The app closes it in its lifespan either way.
     """
     metrics = ApiMetrics()
     # Per app, not per lifespan: a restart of the lifespan must not refill every bucket.
@@ -80,6 +85,7 @@ def build_app(
         )
         await broker.start()
         gateway = workflows or DaprReviewWorkflows.from_settings(settings)
+        history = workflow_history or DaprWorkflowHistory.from_settings(settings)
         app.state.api = ApiState(
             settings=settings,
             engine=db_engine,
@@ -87,10 +93,12 @@ def build_app(
             metrics=metrics,
             workflows=gateway,
             limits=limits,
+            workflow_history=history,
         )
         try:
             yield
         finally:
+            await history.close()
             await gateway.close()
             await broker.close()
             if own_engine:
@@ -133,6 +141,7 @@ def build_app(
     app.include_router(reviews.router)
     app.include_router(metrics_overview.router)
     app.include_router(config.router)
+    app.include_router(workflow_instances.router)
     app.include_router(health.router)
     _document_security(app)
     return app

@@ -24,6 +24,7 @@ from moderation.services.api.security import (
     presented_key,
 )
 from moderation.services.api.workflows import ReviewWorkflows
+from moderation.services.sidecar.history import WorkflowHistory
 from moderation.settings import Settings
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ class ApiState:
     metrics: ApiMetrics
     workflows: ReviewWorkflows
     limits: ApiLimits
+    # The agent and review services' workflow instances, read from their daprds.
+    workflow_history: WorkflowHistory
     key_cache: KeyCache = field(default_factory=KeyCache)
     # Past human decisions for precedents; created on first use (the ranking imports sklearn).
     decision_log: DecisionLog | None = None
@@ -167,3 +170,11 @@ async def get_workflows(state: StateDep) -> ReviewWorkflows:
 
 
 WorkflowsDep = Annotated[ReviewWorkflows, Depends(get_workflows)]
+
+
+async def get_workflow_history(state: StateDep) -> WorkflowHistory:
+    """The reader of the workflow instances (override it with `app.dependency_overrides`)."""
+    return state.workflow_history
+
+
+WorkflowHistoryDep = Annotated[WorkflowHistory, Depends(get_workflow_history)]

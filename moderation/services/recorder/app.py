@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,7 @@ from moderation.events import (
 from moderation.kafka_auth import Principal, faststream_security
 from moderation.services.asgi import asgi_service, batch_records, serve
 from moderation.settings import Settings
+from moderation.telemetry import configure_tracing, record_spans
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +205,7 @@ class Recorder:
 
     async def record(self, records: Sequence[Any]) -> None:
         """Parse, write (retrying while the database is down) and dead-letter a batch."""
+        started = time.time_ns()
         parsed: list[_Parsed] = []
         dead: list[tuple[Any, BaseException]] = []
         for record in records:
@@ -213,6 +215,7 @@ class Recorder:
             except (KeyError, ValueError) as error:  # pydantic's ValidationError is a ValueError
                 dead.append((record, error))
         outcome = await self._record_isolating(parsed)
+        record_spans("record event", _span_records(parsed), start_time=started)
         dead.extend(outcome.rejected)
         for record, reason in dead:
             await self._dead_letter(record, reason)
@@ -323,6 +326,16 @@ class Recorder:
         return await asyncio.to_thread(ping)
 
 
+def _span_records(parsed: Sequence[_Parsed]) -> Iterator[tuple[Any, dict[str, str]]]:
+    """Each written event's headers and span attributes (its topic and post)."""
+    for item in parsed:
+        attributes = {"messaging.destination.name": item.record.topic}
+        post_id = getattr(item.event, "post_id", None)
+        if post_id is not None:
+            attributes["moderation.post_id"] = str(post_id)
+        yield item.record.headers, attributes
+
+
 def _json(model: BaseModel) -> bytes:
     return model.model_dump_json().encode()
 
@@ -379,6 +392,7 @@ def build_app(
 
 def run_recorder(settings: Settings) -> None:
     """`moderation recorder`: serve the recorder until stopped (health on its own port)."""
+    configure_tracing("recorder", settings)
     serve(
         build_app(settings),
         host=settings.worker.service_host,

@@ -3,12 +3,44 @@
 from __future__ import annotations
 
 import base64
+import collections
 import json
+from collections.abc import Callable
+from typing import Any
 
+import grpc  # type: ignore[import-untyped]  # grpcio ships no type information
 from dapr.clients import DaprClient
 
 from moderation.events import DeadLetter, Event, utc_now
 from moderation.settings import Settings
+from moderation.telemetry import header_dict
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,  # type: ignore[misc]  # grpc is untyped
+):
+    pass
+
+
+class TraceContextInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Sends the current trace context (`traceparent`) with each call to daprd: its publish span
+    joins the post's trace, and the event it publishes carries it on (the SDK sends none)."""
+
+    def intercept_unary_unary(
+        self, continuation: Callable[[Any, Any], Any], details: Any, request: Any
+    ) -> Any:
+        carrier = header_dict()
+        if carrier:
+            metadata = [*(details.metadata or ()), *carrier.items()]
+            details = _CallDetails(
+                details.method, details.timeout, metadata, details.credentials,
+                details.wait_for_ready, details.compression,
+            )  # fmt: skip
+        return continuation(details, request)
 
 
 class DaprSink:
@@ -21,7 +53,10 @@ class DaprSink:
 
     def __init__(self, settings: Settings, grpc_endpoint: str | None = None) -> None:
         self.settings = settings
-        self.client = DaprClient(grpc_endpoint or f"127.0.0.1:{settings.dapr.grpc_port}")
+        self.client = DaprClient(
+            grpc_endpoint or f"127.0.0.1:{settings.dapr.grpc_port}",
+            interceptors=[TraceContextInterceptor()],
+        )
 
     def publish(self, topic: str, event: Event) -> None:
         self.publish_raw(topic, event.model_dump_json(), event.post_id)

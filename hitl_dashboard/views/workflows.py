@@ -1,0 +1,5 @@
+"""The Workflows page (`hitl_dashboard/workflows_page.py`)."""
+
+from hitl_dashboard.workflows_page import render
+
+render()
