@@ -43,6 +43,11 @@ class CircuitBreaker:
         self.opened_at = None
         self._trial_in_flight = False
 
+    def release(self) -> None:
+        """The call ended without saying anything about the service: free a half-open trial
+        slot, count nothing."""
+        self._trial_in_flight = False
+
     def record_failure(self) -> None:
         self.consecutive_failures += 1
         self._trial_in_flight = False

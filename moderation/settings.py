@@ -491,6 +491,12 @@ class AgentServiceSettings(BaseModel):
 
     app_id: str = Field(default="agent-service", description="its Dapr app id (and Kafka group)")
     service_port: int = Field(default=8005, description="the agent service's app port (daprd)")
+    workflow_retention_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="Dapr purges an agent run's workflow state this long after it ended; until "
+        "then a redelivered hand-off of the post finds the run and starts nothing",
+    )
     dapr_host: str = Field(
         default="127.0.0.1",
         description="where the agent service's daprd listens: loopback for the service itself; "
@@ -508,12 +514,18 @@ class AgentServiceSettings(BaseModel):
     activity_concurrency: int = Field(
         default=64, ge=1, description="workflow activities (model and tool calls) run at once"
     )
-    llm_route: Literal["direct", "dapr-conversation"] = Field(
-        default="direct",
-        description="how the agent's model calls travel: direct (the OpenAI client to "
-        "llm.base_url; follows the promoted LoRA adapter) or dapr-conversation (daprd's "
-        "Conversation API, component `conversation_component`, under the sidecar's resiliency "
-        "policy; one fixed model, see README 'How the agent reaches its model')",
+    llm_route: Literal["dapr-invocation", "direct", "dapr-conversation"] = Field(
+        default="dapr-invocation",
+        description="how the agent's model calls travel: dapr-invocation (the OpenAI client "
+        "through daprd's service invocation to the HTTPEndpoint `llm_http_endpoint`, under the "
+        "sidecar's resiliency policy; follows the promoted LoRA adapter), direct (the OpenAI "
+        "client straight to llm.base_url) or dapr-conversation (daprd's Conversation API, "
+        "component `conversation_component`; one fixed model, see README 'How the agent "
+        "reaches its model')",
+    )
+    llm_http_endpoint: str = Field(
+        default="agent-llm-http",
+        description="the Dapr HTTPEndpoint in front of the model server (dapr-invocation)",
     )
     conversation_component: str = Field(
         default="agent-llm", description="the Dapr conversation component (conversation.openai)"
@@ -537,6 +549,12 @@ class ReviewSettings(BaseModel):
     """Human review: the review service (a Dapr app), its workflow and the review API."""
 
     service_port: int = Field(default=8003, description="the review service's app port (daprd)")
+    workflow_retention_hours: float = Field(
+        default=168.0,
+        gt=0,
+        description="Dapr purges a review workflow's state this long after it ended (the "
+        "decision and its audit trail live in the database)",
+    )
     sla_seconds: float = Field(
         default=3_600.0, gt=0, description="undecided this long after creation: escalate"
     )

@@ -158,6 +158,9 @@ class AgentSteps:
             reset_seconds=settings.agent.breaker_reset_seconds,
         )
         self.slots = asyncio.Semaphore(settings.agent.concurrency)
+        # Through the agent service's own daprd, a connection error means the sidecar is
+        # unreachable (restarting), not that the model server fails.
+        self.via_sidecar = settings.agent_service.llm_route != "direct"
 
     def apply_settings(self, settings: Settings) -> None:
         """Use `settings` from the next step on (the live configuration changed): thresholds and
@@ -202,6 +205,12 @@ class AgentSteps:
                     prompt=None,
                 )
             except Exception as error:
+                if self.via_sidecar and error_kind(error) == "connection":
+                    # The breaker guards the model server; the workflow retries the step once
+                    # the sidecar is back.
+                    self.breaker.release()
+                    message = f"connection: the sidecar is unreachable: {str(error)[:200]}"
+                    raise RetryableModelError(message) from error
                 if _retryable(error):
                     self._settle(failed=True)
                     raise RetryableModelError(f"{error_kind(error)}: {str(error)[:200]}") from error

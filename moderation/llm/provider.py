@@ -12,6 +12,7 @@ import inspect
 import time
 from collections.abc import Awaitable
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 from agents import (
@@ -92,14 +93,39 @@ class ChatCompletionsProvider(ModelProvider):
         return MeteredChatModel(model=model_name or self.default_model, openai_client=self.client)
 
 
-def create_client(llm: LLMSettings) -> openai.AsyncOpenAI:
-    """The OpenAI client of a service (created once, closed at shutdown)."""
+def create_client(
+    llm: LLMSettings, *, via_dapr: str | None = None, dapr_token: str | None = None
+) -> openai.AsyncOpenAI:
+    """The OpenAI client of a service (created once, closed at shutdown).
+
+    With `via_dapr` (the daprd HTTP address and the HTTPEndpoint's name, as from
+    `invocation_base_url`), every call goes through daprd's service invocation, so the
+    sidecar's resiliency policy for that endpoint (timeout, retry, circuit breaker) applies.
+    """
     return openai.AsyncOpenAI(
-        base_url=llm.base_url,
+        base_url=via_dapr or llm.base_url,
         api_key=llm.api_key.get_secret_value(),
         timeout=llm.timeout_seconds,
         max_retries=0,  # the runner retries (retry_settings), so each attempt is metered
+        default_headers={"dapr-api-token": dapr_token} if via_dapr and dapr_token else None,
     )
+
+
+def invocation_base_url(llm_base_url: str, dapr_http_endpoint: str, endpoint_name: str) -> str:
+    """The model server's base URL as seen through daprd's service invocation of an HTTPEndpoint.
+
+    daprd forwards `<dapr>/v1.0/invoke/<endpoint>/method/<path>` to `<endpoint baseUrl>/<path>`;
+    the endpoint's baseUrl is the server's origin (`endpoint_origin`), so the path keeps the
+    server's own prefix: http://vllm:8000/v1 -> <dapr>/v1.0/invoke/<name>/method/v1.
+    """
+    path = urlsplit(llm_base_url).path.rstrip("/")
+    return f"{dapr_http_endpoint.rstrip('/')}/v1.0/invoke/{endpoint_name}/method{path}"
+
+
+def endpoint_origin(llm_base_url: str) -> str:
+    """scheme://host:port of the model server: the HTTPEndpoint's baseUrl."""
+    parts = urlsplit(llm_base_url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 _RETRYABLE = retry_policies.any(

@@ -94,9 +94,11 @@ def running_services(
     }
     apps = [name for name in names if name in ports] if dapr is not None else []
     if dapr is not None:
+        # The agent's daprd fronts the model server the services are pointed at.
+        llm_base_url = services.extra_env.get("MODERATION_LLM__BASE_URL")
         for app in apps or ["review"]:
             dapr.stop_sidecar(app=app)
-            dapr.start_sidecar(app_port=ports[app], app=app)
+            dapr.start_sidecar(app_port=ports[app], app=app, llm_base_url=llm_base_url)
         if "worker" in names:
             dapr.start_sidecar(app="worker")  # its live configuration
     services.start(*names, timeout=600)

@@ -199,8 +199,9 @@ async def test_crashes_of_the_agent_service_and_its_daprd_repeat_no_recorded_cal
     killed = time.monotonic()
     dapr.stop_sidecar(crash=True, app="agent")
     await asyncio.to_thread(
-        dapr.start_sidecar, app_port=agent_settings.agent_service.service_port, app="agent"
-    )
+        dapr.start_sidecar, app_port=agent_settings.agent_service.service_port, app="agent",
+        llm_base_url=chat.base_url,
+    )  # fmt: skip
     crashes.append((killed, time.monotonic()))
 
     counts = await asyncio.to_thread(

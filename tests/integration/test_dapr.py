@@ -201,3 +201,47 @@ def test_durable_timer_fires(
     assert state is not None
     assert state.runtime_status == WorkflowStatus.COMPLETED
     assert json.loads(state.serialized_output or "null") == "escalated"
+
+
+def test_a_finished_workflow_s_state_is_purged_after_the_retention(
+    workflow_runtime: WorkflowRuntime, dapr: DaprRuntime, settings: Settings, unique: str
+) -> None:
+    """daprd purges a finished instance once the app's retention passed (its config's
+    `workflow.stateRetentionPolicy`), so the state store does not grow with every run."""
+    review = settings.review.model_copy(update={"workflow_retention_hours": 2 / 3600})
+    short = DaprRuntime(settings.model_copy(update={"review": review}))
+    dapr.stop_sidecar()
+    short.start_sidecar()
+    try:
+        assert workflow_runtime.wait_for_worker_ready(timeout=60)
+        instance_id = f"review-selftest-purge-{unique}"
+        client = _workflow_client(settings)
+
+        # gRPC's connections to the restarted sidecar back off for a moment (shared by every
+        # channel of this process), so the first calls may fail fast: retry until one lands.
+        scheduled: list[str] = []
+
+        def schedule() -> WorkflowState | None:
+            if not scheduled:
+                scheduled.append(
+                    client.schedule_new_workflow(
+                        wait_for_decision, input=instance_id, instance_id=instance_id
+                    )
+                )
+            return client.get_workflow_state(instance_id)
+
+        _poll(schedule, timeout=60)
+        client.wait_for_workflow_start(instance_id, timeout_in_seconds=60)
+        client.raise_workflow_event(instance_id, DECISION_EVENT, data={"label": "spam"})
+        final = client.wait_for_workflow_completion(instance_id, timeout_in_seconds=60)
+        assert final is not None and final.runtime_status == WorkflowStatus.COMPLETED
+
+        deadline = time.monotonic() + 60
+        while client.get_workflow_state(instance_id) is not None:
+            assert time.monotonic() < deadline, "the finished instance was never purged"
+            time.sleep(0.5)
+        client.close()
+    finally:
+        short.stop_sidecar()
+        dapr.start_sidecar()
+        assert workflow_runtime.wait_for_worker_ready(timeout=60)

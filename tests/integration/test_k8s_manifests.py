@@ -26,7 +26,12 @@ from pydantic import BaseModel
 
 from moderation.db.roles import CONFIG_READER_ROLE, DAPR_STATE_ROLE, SERVICE_GRANTS, SERVICE_ROLES
 from moderation.devtools.stack import k8s_tools
-from moderation.devtools.stack.dapr import API_APP_ID, access_control, sidecar_specs
+from moderation.devtools.stack.dapr import (
+    API_APP_ID,
+    access_control,
+    sidecar_specs,
+    workflow_spec,
+)
 from moderation.devtools.stack.k8s_tools import K8sTools, ManifestValidator
 from moderation.devtools.stack.services import service_specs
 from moderation.kafka_auth import Principal, acl_grants
@@ -532,6 +537,12 @@ def test_each_daprd_admits_only_the_callers_of_the_local_stack(
         assert all(caller["defaultAction"] == "allow" for caller in policy.get("policies", []))
         assert configuration["spec"]["tracing"] == shared["tracing"], app
         assert configuration["spec"]["metric"] == shared["metric"], app
+        # Finished workflows are purged after the local stack's retention.
+        if spec.workflow_retention_hours is None:
+            assert "workflow" not in configuration["spec"], app
+        else:
+            expected_workflow: Obj = workflow_spec(spec.workflow_retention_hours)
+            assert configuration["spec"]["workflow"] == expected_workflow, app
     assert len(named) == len(sidecar_specs(DEFAULTS))  # one Configuration per daprd
     assert sidecar_specs(DEFAULTS)["agent"].allowed_callers == (WORKER_APP_ID,)
     assert sidecar_specs(DEFAULTS)["review"].allowed_callers == (API_APP_ID,)

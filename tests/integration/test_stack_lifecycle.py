@@ -32,6 +32,8 @@ def test_status_command_reports_each_component_with_memory(dapr: DaprRuntime) ->
     assert names == {
         "kafka",
         "postgres",
+        "zipkin",
+        "dapr-sentry",
         "dapr-placement",
         "dapr-scheduler",
         "daprd-review-service",

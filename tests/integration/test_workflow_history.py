@@ -258,7 +258,11 @@ def test_a_stopped_agent_daprd_is_a_503_with_the_reason(
             response = client.get("/v1/workflows", params={"app": "agent"})
             review = client.get("/v1/workflows", params={"app": "review"})
     finally:
-        dapr.start_sidecar(app_port=flow_settings.agent_service.service_port, app="agent")
+        dapr.start_sidecar(
+            app_port=flow_settings.agent_service.service_port,
+            app="agent",
+            llm_base_url=services.extra_env.get("MODERATION_LLM__BASE_URL"),
+        )
 
     assert response.status_code == 503, response.text
     assert "the agent service's workflow engine is unreachable" in response.json()["detail"]

@@ -43,7 +43,7 @@ from moderation.services.agent.workflow import (
 )
 from moderation.services.review.activities import CollectingSink
 from moderation.services.worker.registry_watch import AGENT_LORA
-from moderation.settings import Settings
+from moderation.settings import AgentServiceSettings, Settings
 from moderation.taxonomy import Category, Decision, Stage
 from tests.scripted_llm import (
     GARBAGE,
@@ -279,7 +279,10 @@ def test_an_injection_flagged_post_is_never_allowed_by_the_agent() -> None:
 
 def test_the_breaker_opens_after_failures_and_then_sheds_without_calling() -> None:
     settings = Settings().model_copy(
-        update={"agent": Settings().agent.model_copy(update={"breaker_failures": 2})}
+        update={
+            "agent": Settings().agent.model_copy(update={"breaker_failures": 2}),
+            "agent_service": AgentServiceSettings(llm_route="direct"),
+        }
     )
     error = openai.APIConnectionError(request=httpx2.Request("POST", "http://x"))
     model = ScriptedModel([error])
@@ -291,6 +294,31 @@ def test_the_breaker_opens_after_failures_and_then_sheds_without_calling() -> No
     result = engine.run(scheduled(uncertain_handoff(post_id="p-9")))
 
     assert result["fallback"] == "circuit_open" and len(model.requests) == calls
+
+
+def test_through_the_sidecar_only_the_model_server_s_failures_open_the_breaker() -> None:
+    """Model calls through the agent's own daprd: a connection error is the sidecar gone
+    (restarting), retried by the workflow without counting; a 500 daprd relays counts."""
+    settings = Settings().model_copy(
+        update={"agent": Settings().agent.model_copy(update={"breaker_failures": 2})}
+    )
+    assert settings.agent_service.llm_route == "dapr-invocation"
+    sidecar_gone = openai.APIConnectionError(request=httpx2.Request("POST", "http://x"))
+    steps = AgentSteps(settings, ScriptedProvider(ScriptedModel([sidecar_gone])), None)
+    for _ in range(5):
+        with pytest.raises(RetryableModelError, match="^connection: the sidecar is unreachable"):
+            asyncio.run(steps.model_call([{"role": "user", "content": "hi"}], [], steps.model_name))
+    assert not steps.breaker.is_open and steps.breaker.consecutive_failures == 0
+
+    server_failing = openai.InternalServerError(
+        "failed to invoke", response=httpx2.Response(500, request=httpx2.Request("POST", "http://x")),
+        body=None,
+    )  # fmt: skip
+    steps = AgentSteps(settings, ScriptedProvider(ScriptedModel([server_failing])), None)
+    for _ in range(2):
+        with pytest.raises(RetryableModelError, match="http_500"):
+            asyncio.run(steps.model_call([{"role": "user", "content": "hi"}], [], steps.model_name))
+    assert steps.breaker.is_open
 
 
 def test_instance_ids_and_failure_labels() -> None:

@@ -29,7 +29,13 @@ from moderation.devtools.stack.dapr import sidecar_specs
 from moderation.devtools.stack.services import service_specs
 from moderation.kafka_auth import PRINCIPALS, acl_grants
 from moderation.services.api.workflows import DaprReviewWorkflows
-from moderation.settings import DaprSettings, DatabaseSettings, Settings, ZipkinSettings
+from moderation.settings import (
+    PROJECT_ROOT,
+    DaprSettings,
+    DatabaseSettings,
+    Settings,
+    ZipkinSettings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -768,11 +774,23 @@ def test_daprd_runs_next_to_the_agent_service(
     # Nobody outside its network namespace calls it (the agent service dials 127.0.0.1).
     assert flags["dapr-listen-addresses"] == "127.0.0.1"
     assert agent.dapr_grpc_endpoint == f"127.0.0.1:{flags['dapr-grpc-port']}"
-    # The same control plane, components and configuration as the review service's daprd.
+    # The same control plane, components and configuration as the review service's daprd, plus
+    # its own resources: the HTTPEndpoint in front of vLLM (its default model route).
     review = command_flags(services["review-dapr"]["command"])
-    for flag in ("placement-host-address", "scheduler-host-address", "resources-path", "config"):
+    for flag in ("placement-host-address", "scheduler-host-address", "config"):
         assert flags[flag] == review[flag], flag
-    assert daprd["volumes"] == services["review-dapr"]["volumes"]
+    command = daprd["command"]
+    resources = [command[i + 1] for i, flag in enumerate(command) if flag == "--resources-path"]
+    assert resources == [review["resources-path"], "/agent-resources"]
+    own = "./docker/dapr/agent:/agent-resources:ro"
+    assert [v for v in daprd["volumes"] if v != own] == services["review-dapr"]["volumes"]
+    endpoint = yaml.safe_load((PROJECT_ROOT / "docker/dapr/agent/llm-endpoint.yaml").read_text())
+    assert endpoint["kind"] == "HTTPEndpoint"
+    assert endpoint["metadata"]["name"] == agent.llm_http_endpoint
+    assert endpoint["scopes"] == [agent.app_id]
+    # The endpoint's origin is the agent's model server's (the compose services' llm.base_url).
+    base_url = services["agent"]["environment"]["MODERATION_LLM__BASE_URL"]
+    assert base_url.startswith(endpoint["spec"]["baseUrl"] + "/")
     # Its Kafka group is its app id: the one `acl_grants` gives `agent`.
     assert acl_grants(settings)["agent"].groups == (agent.app_id,)
     assert services["agent"]["command"] == ["agent-service"]

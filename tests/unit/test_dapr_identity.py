@@ -69,3 +69,19 @@ def test_placement_and_scheduler_take_their_identity_from_sentry(tmp_path: Path)
     assert flags["trust-anchors-file"] == dapr.trust_anchors_file
     assert flags["sentry-address"] == f"127.0.0.1:{dapr.dapr.sentry_port}"
     assert runtime(tmp_path, mtls=False)._control_plane_mtls() == {}
+
+
+def test_apps_with_workflows_purge_finished_runs_after_their_retention(tmp_path: Path) -> None:
+    dapr = runtime(tmp_path)
+    agent = yaml.safe_load(dapr.sidecar_config("agent").read_text())
+    review = yaml.safe_load(dapr.sidecar_config("review").read_text())
+    worker = yaml.safe_load(dapr.sidecar_config("worker").read_text())
+    hours = dapr.settings.agent_service.workflow_retention_hours
+    assert agent["spec"]["workflow"] == {
+        "stateRetentionPolicy": {"anyTerminal": f"{round(hours * 3600)}s"}
+    }
+    review_hours = dapr.settings.review.workflow_retention_hours
+    assert review["spec"]["workflow"]["stateRetentionPolicy"]["anyTerminal"] == (
+        f"{round(review_hours * 3600)}s"
+    )
+    assert "workflow" not in worker["spec"]  # it runs no workflows

@@ -234,7 +234,7 @@ def run_orchestration_bench(
         )
         try:
             runtime.stop_sidecar(app="agent")
-            runtime.start_sidecar(app_port=port, app="agent")
+            runtime.start_sidecar(app_port=port, app="agent", llm_base_url=server.base_url)
             services.start("agent", timeout=300)
             console.print("[bold]1/3 agent service, warm-up[/bold]")
             asyncio.run(_through_service(run_settings, uncertain_items(settings, 50, f"{run}-w"),

@@ -36,6 +36,7 @@ from moderation.devtools.stack.runtime import (
     wait_for_process,
 )
 from moderation.kafka_auth import Principal, credentials
+from moderation.llm.provider import endpoint_origin
 from moderation.local_secrets import local_secret
 from moderation.settings import PROJECT_ROOT, Settings
 
@@ -111,6 +112,9 @@ class SidecarSpec:
     # App ids that may invoke this app through Dapr (its daprd's access-control policy);
     # every other caller is refused.
     allowed_callers: tuple[str, ...] = ()
+    # How long daprd keeps a finished workflow's state before purging it (apps that run
+    # workflows); None: forever.
+    workflow_retention_hours: float | None = None
 
 
 def sidecar_specs(settings: Settings) -> dict[str, SidecarSpec]:
@@ -118,9 +122,11 @@ def sidecar_specs(settings: Settings) -> dict[str, SidecarSpec]:
     d, agent = settings.dapr, settings.agent_service
     return {
         "review": SidecarSpec("review", d.app_id, d.http_port, d.grpc_port, d.metrics_port,
-                              "review", allowed_callers=(API_APP_ID,)),
+                              "review", allowed_callers=(API_APP_ID,),
+                              workflow_retention_hours=settings.review.workflow_retention_hours),
         "agent": SidecarSpec("agent", agent.app_id, agent.dapr_http_port, agent.dapr_grpc_port,
-                             agent.dapr_metrics_port, "agent", allowed_callers=(WORKER_APP_ID,)),
+                             agent.dapr_metrics_port, "agent", allowed_callers=(WORKER_APP_ID,),
+                             workflow_retention_hours=agent.workflow_retention_hours),
         # The worker's daprd serves it the live configuration only (no app channel).
         "worker": SidecarSpec("worker", WORKER_APP_ID, settings.worker.dapr_http_port,
                               settings.worker.dapr_grpc_port, settings.worker.dapr_metrics_port,
@@ -351,9 +357,10 @@ class DaprRuntime:
         path = self.state_dir / "dapr" / f"config-{app}.yaml"
         configuration = yaml.safe_load(CONFIG_FILE.read_text())
         configuration["metadata"]["name"] = f"moderation-config-{app}"
-        configuration["spec"]["accessControl"] = access_control(
-            self.sidecars[app], self.dapr.trust_domain
-        )
+        spec = self.sidecars[app]
+        configuration["spec"]["accessControl"] = access_control(spec, self.dapr.trust_domain)
+        if spec.workflow_retention_hours is not None:
+            configuration["spec"]["workflow"] = workflow_spec(spec.workflow_retention_hours)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(configuration, sort_keys=False))
         return path
@@ -382,12 +389,33 @@ class DaprRuntime:
         )  # fmt: skip
         self.start_sidecar()
 
-    def start_sidecar(self, *, app_port: int | None = None, app: str = "review") -> None:
+    def llm_endpoint(self, base_url: str) -> Path:
+        """The agent's daprd's own resources: the HTTPEndpoint in front of the model server
+        (`agent_service.llm_http_endpoint`), whose calls run under the endpoint's resiliency
+        policy (`components/resiliency.yaml`). Written when the daprd starts: its baseUrl is
+        the server the agent service is pointed at (the local adapter, or a test's server)."""
+        directory = self.state_dir / "dapr" / "resources-agent"
+        directory.mkdir(parents=True, exist_ok=True)
+        service = self.settings.agent_service
+        endpoint = {
+            "apiVersion": "dapr.io/v1alpha1",
+            "kind": "HTTPEndpoint",
+            "metadata": {"name": service.llm_http_endpoint},
+            "spec": {"baseUrl": endpoint_origin(base_url)},
+            "scopes": [service.app_id],
+        }
+        (directory / "llm-endpoint.yaml").write_text(yaml.safe_dump(endpoint, sort_keys=False))
+        return directory
+
+    def start_sidecar(
+        self, *, app_port: int | None = None, app: str = "review", llm_base_url: str | None = None
+    ) -> None:
         """Start a Dapr app's daprd (tests restart it to prove workflows are durable).
 
         With `app_port`, daprd talks to the app there (pub/sub deliveries, workflow work);
         without, it serves only the building blocks (the stack's default for the review
-        service's: the service may not run).
+        service's: the service may not run). The agent's daprd fronts the model server at
+        `llm_base_url` (default: the settings' `llm.base_url`).
         """
         process, spec = self.daprds[app], self.sidecars[app]
         if process.running():
@@ -410,6 +438,10 @@ class DaprRuntime:
                 "DAPR_TRUST_ANCHORS": self.trust_anchors_file.read_text(),
                 "NAMESPACE": NAMESPACE,
             }
+        own_resources: list[str] = []
+        if app == "agent":
+            resources = self.llm_endpoint(llm_base_url or self.settings.llm.base_url)
+            own_resources = ["--resources-path", str(resources)]
         process.argv = [
             str(self.binaries()["daprd"]),
             *_flags(
@@ -430,6 +462,7 @@ class DaprRuntime:
                     **mtls,
                 }
             ),
+            *own_resources,
         ]
         # daprd reads its two tokens from the environment (self-hosted mode).
         process.env = self.sidecar_env(app) | stack_tokens(self.settings) | identity
@@ -518,6 +551,13 @@ def access_control(spec: SidecarSpec, trust_domain: str) -> dict[str, object]:
             for caller in spec.allowed_callers
         ],
     }
+
+
+def workflow_spec(retention_hours: float) -> dict[str, object]:
+    """daprd's workflow settings: purge a finished workflow's state `retention_hours` after it
+    ended (without, every run's history stays in the state store for ever)."""
+    seconds = round(retention_hours * 3600)
+    return {"stateRetentionPolicy": {"anyTerminal": f"{seconds}s"}}
 
 
 def _sentry_configuration() -> dict[str, object]:

@@ -111,7 +111,8 @@ class PipelineServices:
 
     def __init__(self, settings: Settings, extra_env: dict[str, str] | None = None) -> None:
         self.settings = settings
-        env = service_env(settings) | (extra_env or {})
+        self.extra_env = extra_env or {}
+        env = service_env(settings) | self.extra_env
         self.specs = service_specs(settings)
         self.processes = {
             name: ManagedProcess(

@@ -39,7 +39,11 @@ from moderation.classifier.agent_steps import AgentSteps, first_message
 from moderation.db.engine import make_engine
 from moderation.events import AgentRequested
 from moderation.llm.dapr_conversation import DaprConversationProvider, ModelRoute
-from moderation.llm.provider import ChatCompletionsProvider, create_client
+from moderation.llm.provider import (
+    ChatCompletionsProvider,
+    create_client,
+    invocation_base_url,
+)
 from moderation.mcp_client import agent_decision_log, mcp_tools
 from moderation.services.agent.workflow import (
     WORKFLOW_NAME,
@@ -246,6 +250,17 @@ def model_provider(settings: Settings) -> ModelProvider:
             deadline_seconds=2 * settings.llm.timeout_seconds + 5,
         )
         return DaprConversationProvider(route, settings.llm.model)
+    if service.llm_route == "dapr-invocation":
+        token = settings.dapr.api_token
+        via_dapr = invocation_base_url(
+            settings.llm.base_url,
+            f"http://{service.dapr_host}:{service.dapr_http_port}",
+            service.llm_http_endpoint,
+        )
+        client = create_client(
+            settings.llm, via_dapr=via_dapr, dapr_token=token.get_secret_value() if token else None
+        )
+        return ChatCompletionsProvider(client, settings.llm.model)
     return ChatCompletionsProvider(create_client(settings.llm), settings.llm.model)
 
 
@@ -272,8 +287,9 @@ def build_app(settings: Settings) -> FastAPI:
         runtime = build_runtime(settings, activities)
         runtime.start()
         announced = asyncio.create_task(announce(settings, steps))
-        # The Dapr route's model is its component's: a promoted adapter cannot be followed.
-        follow = service.llm_route == "direct"
+        # The conversation route's model is its component's: a promoted adapter cannot be
+        # followed there.
+        follow = service.llm_route != "dapr-conversation"
         watch = asyncio.create_task(
             follow_adapter(
                 engine, steps, steps.model_name, settings.models.reload_seconds,
