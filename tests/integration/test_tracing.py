@@ -65,6 +65,7 @@ def services(
             "MODERATION_AGENT__TOOL_CHOICE": "required",
             "MODERATION_AGENT__CONCURRENCY": "1",
             "MODERATION_TRACING__FILE": str(spans_dir / "{service}.jsonl"),
+            "MODERATION_TRACING__SAMPLE_RATIO": "1",
         },
     )
     with running_services(running, "recorder", "worker", "api", "review", dapr=dapr):
