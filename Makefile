@@ -55,7 +55,7 @@ test: venv ## the whole suite against the real local stack (brought up and down 
 	echo "make test finished in $$(( $$(date +%s) - started ))s (exit $$status)"; \
 	exit $$status
 
-demo: venv ## embedded mode: the main job on embedded defaults
+demo: venv ## embedded mode: verdict table, then API + dashboard until Ctrl-C (at a terminal)
 	$(BIN)/moderation demo
 
 nightly: venv ## one nightly run (aggregate, retrain, evaluate, promote) on the stack's database

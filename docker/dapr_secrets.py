@@ -73,7 +73,17 @@ LLM_SECRET_KEY = "llm-api-key"
 LLM_API_KEY_ENV = "MODERATION_LLM__API_KEY"
 # moderation/kafka_auth.py PRINCIPALS, and `nightly` and `mcp`: no ACL, each only lets the settings
 # of the nightly job or the MCP server load (neither uses Kafka).
-KAFKA_PRINCIPALS = ("admin", "api", "worker", "recorder", "review", "agent", "nightly", "mcp")
+KAFKA_PRINCIPALS = (
+    "admin",
+    "api",
+    "worker",
+    "recorder",
+    "review",
+    "agent",
+    "dispatcher",
+    "nightly",
+    "mcp",
+)
 # Each daprd's secrets file and the Kafka principal its pub/sub acts as.
 DAPRD_SECRETS = {
     "review": (OUTPUT, "review"),

@@ -19,12 +19,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
 import httpx
 
 from moderation.db.schemas import (
+    AuditPagePublic,
+    AuthorPublic,
+    BulkDecisionResult,
     ConfigStatePublic,
     DecisionAccepted,
     MetricsOverviewPublic,
@@ -38,6 +43,7 @@ from moderation.db.schemas import (
 )
 
 DecisionChoice = Literal["allow", "remove"]
+BULK_TIMEOUT_SECONDS = 300.0
 
 # What a status code means to a moderator; `ApiError.message` adds the API's own `detail`.
 _STATUS_MEANING: Mapping[int, str] = {
@@ -73,12 +79,41 @@ class ApiError(Exception):
         return self.status in (401, 403)
 
 
+@dataclass(frozen=True)
+class AuditQuery:
+    """The audit page's filters (`GET /v1/audit`): exact matches, times inclusive."""
+
+    actor: str | None = None
+    action: str | None = None
+    entity: str | None = None
+    entity_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def params(self) -> dict[str, str]:
+        """The query parameters of the filters that are set."""
+        params = {
+            name: value.strip()
+            for name, value in (
+                ("actor", self.actor),
+                ("action", self.action),
+                ("entity", self.entity),
+                ("entity_id", self.entity_id),
+            )
+            if value and value.strip()
+        }
+        for name, moment in (("since", self.since), ("until", self.until)):
+            if moment is not None:
+                params[name] = moment.isoformat()
+        return params
+
+
 class ReviewApi(Protocol):
     """What the pages need from the review API (the real client, or a fake in tests)."""
 
     def stats(self) -> ReviewStatsPublic: ...
 
-    def claim_next(self) -> ReviewPublic | None: ...
+    def claim_next(self, *, language: str | None = None) -> ReviewPublic | None: ...
 
     def get_review(self, review_id: str) -> ReviewPublic: ...
 
@@ -88,9 +123,21 @@ class ReviewApi(Protocol):
         status: str | None = None,
         category: str | None = None,
         priority: str | None = None,
+        language: str | None = None,
+        author_id: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> ReviewsPublic: ...
+
+    def bulk_decide(
+        self,
+        *,
+        review_ids: list[str] | None = None,
+        author_id: str | None = None,
+        label: str,
+        decision: DecisionChoice,
+        note: str | None,
+    ) -> BulkDecisionResult: ...
 
     def claim(self, review_id: str) -> ReviewPublic: ...
 
@@ -99,6 +146,10 @@ class ReviewApi(Protocol):
     ) -> DecisionAccepted: ...
 
     def post_trail(self, post_id: str) -> PostTrail: ...
+
+    def author(
+        self, author_id: str, *, tenant: str | None = None, limit: int = 20
+    ) -> AuthorPublic: ...
 
     def decision_log_csv(self) -> bytes: ...
 
@@ -109,6 +160,10 @@ class ReviewApi(Protocol):
     def list_workflows(self, app: WorkflowApp, *, limit: int = 50) -> WorkflowInstancesPublic: ...
 
     def workflow_history(self, app: WorkflowApp, instance_id: str) -> WorkflowHistoryPublic: ...
+
+    def audit(self, query: AuditQuery, *, limit: int = 50, offset: int = 0) -> AuditPagePublic: ...
+
+    def audit_csv(self, query: AuditQuery) -> bytes: ...
 
     @property
     def cache_key(self) -> str:
@@ -154,9 +209,16 @@ class ApiClient:
         meanings: Mapping[int, str] | None = None,
         json: Mapping[str, Any] | None = None,
         params: Mapping[str, str | int] | None = None,
+        timeout: float | None = None,
     ) -> httpx.Response:
         try:
-            response = self._http.request(method, path, json=json, params=params)
+            response = self._http.request(
+                method,
+                path,
+                json=json,
+                params=params,
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+            )
         except httpx.TimeoutException as exc:
             raise ApiError(0, str(exc), meaning="the review API did not answer in time") from exc
         except httpx.TransportError as exc:
@@ -176,12 +238,14 @@ class ApiClient:
             self._request("GET", "/v1/reviews/stats").content
         )
 
-    def claim_next(self) -> ReviewPublic | None:
-        """Claim the highest-priority oldest claimable review; None when the queue is empty."""
+    def claim_next(self, *, language: str | None = None) -> ReviewPublic | None:
+        """Claim the highest-priority oldest claimable review (of posts in `language` when
+        given); None when the queue is empty."""
         response = self._request(
             "POST",
             "/v1/reviews/claim-next",
             meanings={409: "someone else took that item at the same moment, try again"},
+            params={"language": language} if language else None,
         )
         if response.status_code == 204 or not response.content:
             return None
@@ -200,12 +264,20 @@ class ApiClient:
         status: str | None = None,
         category: str | None = None,
         priority: str | None = None,
+        language: str | None = None,
+        author_id: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> ReviewsPublic:
         """One page of reviews, by priority (urgent, high, normal) then oldest first."""
         params: dict[str, str | int] = {"limit": limit, "offset": offset}
-        for name, value in (("status", status), ("category", category), ("priority", priority)):
+        for name, value in (
+            ("status", status),
+            ("category", category),
+            ("priority", priority),
+            ("language", language),
+            ("author_id", author_id),
+        ):
             if value:
                 params[name] = value
         response = self._request("GET", "/v1/reviews", params=params)
@@ -239,6 +311,28 @@ class ApiClient:
         )
         return DecisionAccepted.model_validate_json(response.content)
 
+    def bulk_decide(
+        self,
+        *,
+        review_ids: list[str] | None = None,
+        author_id: str | None = None,
+        label: str,
+        decision: DecisionChoice,
+        note: str | None,
+    ) -> BulkDecisionResult:
+        """One decision for the listed reviews, or for every open review of `author_id`; the
+        answer says per review whether it was decided, skipped (why) or failed."""
+        body: dict[str, Any] = {"label": label, "decision": decision, "note": note or None}
+        if review_ids is not None:
+            body["review_ids"] = review_ids
+        if author_id is not None:
+            body["author_id"] = author_id
+        # The API decides the reviews one after another: up to 500 take longer than one call.
+        response = self._request(
+            "POST", "/v1/reviews/bulk-decision", json=body, timeout=BULK_TIMEOUT_SECONDS
+        )
+        return BulkDecisionResult.model_validate_json(response.content)
+
     def post_trail(self, post_id: str) -> PostTrail:
         """Everything recorded about a post."""
         response = self._request(
@@ -250,6 +344,23 @@ class ApiClient:
             },
         )
         return PostTrail.model_validate_json(response.content)
+
+    def author(self, author_id: str, *, tenant: str | None = None, limit: int = 20) -> AuthorPublic:
+        """An author's standing, strikes, actions and latest posts (`tenant`: the key's own
+        when None; a moderator passes the tenant of the post under review)."""
+        params: dict[str, str | int] = {"limit": limit}
+        if tenant:
+            params["tenant"] = tenant
+        response = self._request(
+            "GET",
+            f"/v1/authors/{_segment(author_id)}",
+            params=params,
+            meanings={
+                404: f"no author '{author_id}' in this tenant",
+                403: "not authorized: reading an author needs the 'read' or 'moderate' scope",
+            },
+        )
+        return AuthorPublic.model_validate_json(response.content)
 
     def decision_log_csv(self) -> bytes:
         """The decision log as CSV, exactly as the API serves it."""
@@ -294,6 +405,20 @@ class ApiClient:
             meanings={404: f"no {app.value} workflow instance '{instance_id}'"},
         )
         return WorkflowHistoryPublic.model_validate_json(response.content)
+
+    def audit(self, query: AuditQuery, *, limit: int = 50, offset: int = 0) -> AuditPagePublic:
+        """A page of the audit trail matching `query`, newest first."""
+        response = self._request(
+            "GET",
+            "/v1/audit",
+            params={**query.params(), "limit": limit, "offset": offset},
+            meanings={404: "this review API has no audit endpoint (an older version?)"},
+        )
+        return AuditPagePublic.model_validate_json(response.content)
+
+    def audit_csv(self, query: AuditQuery) -> bytes:
+        """Every entry matching `query` as CSV, exactly as the API serves it."""
+        return self._request("GET", "/v1/audit.csv", params=query.params()).content
 
 
 def _segment(value: str) -> str:

@@ -1,8 +1,8 @@
 """Entry point: `streamlit run hitl_dashboard/app.py`.
 
 Anonymous visitors get a navigation with the sign-in page alone, so any other URL lands there;
-a signed-in moderator gets Queue, History, Metrics and Workflows. Every rerun first expires an
-idle session.
+a signed-in moderator gets Queue, History, Metrics, Workflows, Audit and Author (also opened
+from each review). Every rerun first expires an idle session.
 """
 
 from __future__ import annotations
@@ -42,6 +42,18 @@ if signed_in:
                 title="Workflows",
                 icon=":material/account_tree:",
                 url_path="workflows",
+            ),
+            st.Page(
+                VIEWS / "author.py",
+                title="Author",
+                icon=":material/person_search:",
+                url_path="author",
+            ),
+            st.Page(
+                VIEWS / "audit.py",
+                title="Audit",
+                icon=":material/policy:",
+                url_path="audit",
             ),
         ]
     )

@@ -15,10 +15,10 @@ from typing import Any, Literal, TypeAlias
 
 import streamlit as st
 
-from hitl_dashboard import safe_text, session, ui
+from hitl_dashboard import author_page, queue_bulk, safe_text, session, ui
 from hitl_dashboard.api_client import ApiError, DecisionChoice, ReviewApi
 from hitl_dashboard.session import State
-from moderation.db.schemas import ReviewPublic
+from moderation.db.schemas import AuthorPublic, ReviewPublic
 from moderation.taxonomy import CATEGORIES, VIOLATING, Category
 
 CURRENT = "hitl_queue_current"
@@ -30,6 +30,7 @@ LABEL = "hitl_decision_label"
 NOTE = "hitl_decision_note"
 SHOW_QUEUE = "hitl_show_queue"
 CLAIM_ID = "hitl_claim_id"
+AUTHOR = "hitl_queue_author"
 
 LABELS: tuple[str, ...] = tuple(c.value for c in CATEGORIES)
 """The label choices in taxonomy order: key 1 is `safe`, key 9 is `illicit`."""
@@ -94,9 +95,10 @@ def clear_review(state: State) -> None:
 
 
 def claim_next_item(state: State, client: ReviewApi) -> None:
-    """Claim the most urgent, oldest review (`POST /v1/reviews/claim-next`)."""
+    """Claim the most urgent, oldest review (`POST /v1/reviews/claim-next`), in the queue's
+    language filter when set."""
     try:
-        review = client.claim_next()
+        review = client.claim_next(language=queue_bulk.language(state))
     except ApiError as exc:
         _report(state, "Could not claim the next item", exc)
         return
@@ -272,7 +274,42 @@ def _render_stats(client: ReviewApi) -> None:
     handling.metric("Avg handling", ui.format_duration(stats.avg_handling_seconds))
 
 
-def _render_review(state: State, review: ReviewPublic) -> None:
+def _author_of(state: State, client: ReviewApi, review: ReviewPublic) -> AuthorPublic | str:
+    """The review's author (or why not), fetched once per review shown (reruns are frequent)."""
+    cached = state.get(AUTHOR)
+    if cached is not None and cached[0] == review.review_id:
+        found: AuthorPublic | str = cached[1]
+        return found
+    if not review.author_id:
+        found = "No author recorded for this post yet."
+    else:
+        try:
+            found = client.author(review.author_id, limit=author_page.STRIKES_SHOWN_BESIDE_A_REVIEW)
+        except ApiError as exc:
+            session.handle_unauthorized(exc)
+            found = f"Author history unavailable: {exc.message}."
+    state[AUTHOR] = (review.review_id, found)
+    return found
+
+
+def _render_author_beside(state: State, client: ReviewApi, review: ReviewPublic) -> None:
+    st.markdown("**Author**")
+    author = _author_of(state, client, review)
+    if isinstance(author, str):
+        st.caption(safe_text.escape_markdown(author))
+        return
+    st.caption(safe_text.escape_markdown(author_page.standing_caption(author)))
+    recent = author_page.strike_rows(author, limit=author_page.STRIKES_SHOWN_BESIDE_A_REVIEW)
+    if recent:
+        st.dataframe(
+            recent,
+            hide_index=True,
+            column_order=("state", "category", "issued_at", "post_id"),
+            key="queue_author_strikes",
+        )
+
+
+def _render_review(state: State, review: ReviewPublic, client: ReviewApi | None = None) -> None:
     st.subheader(safe_text.escape_markdown(f"Review {review.review_id}"))
     claim = (
         f"claimed by {review.claimed_by_display or review.claimed_by} until "
@@ -288,6 +325,16 @@ def _render_review(state: State, review: ReviewPublic) -> None:
             f" · SLA due {ui.format_time(review.sla_due_at)}"
         )
     )
+    if review.author_id:
+        st.page_link(
+            author_page.PAGE,
+            # The author id is the platform's text: shown as text, never as Markdown.
+            label=safe_text.escape_markdown(
+                f"Author {review.author_id}: history, strikes and actions"
+            ),
+            icon=":material/person_search:",
+            query_params={"author": review.author_id},
+        )
     if review.appeal_of:
         st.info(
             safe_text.escape_markdown(
@@ -313,6 +360,8 @@ def _render_review(state: State, review: ReviewPublic) -> None:
             )
     with model:
         _render_suggestion(review)
+        if client is not None:
+            _render_author_beside(state, client, review)
 
     if review.policy_section:
         policy = review.suggestion.policy_version if review.suggestion else None
@@ -426,8 +475,9 @@ def _render_form(state: State) -> None:
 def _render_queue_browser(client: ReviewApi) -> None:
     if not st.toggle("Show the queue", key=SHOW_QUEUE):
         return
+    queue_bulk.render_filters()
     try:
-        page = client.list_reviews(limit=50)
+        page = queue_bulk.list_page(client, st.session_state, limit=50)
     except ApiError as exc:
         session.handle_unauthorized(exc)
         st.error(safe_text.escape_markdown(f"Queue unavailable: {exc.message}."))
@@ -439,6 +489,7 @@ def _render_queue_browser(client: ReviewApi) -> None:
                 {
                     "review_id": r.review_id,
                     "post_id": r.post_id,
+                    "author_id": r.author_id,
                     "status": r.status,
                     "priority": r.priority,
                     "category": r.category,
@@ -453,6 +504,7 @@ def _render_queue_browser(client: ReviewApi) -> None:
     review_id, claim = st.columns([3, 1], vertical_alignment="bottom")
     review_id.text_input("Review id", key=CLAIM_ID)
     claim.button("Claim", key="claim_by_id", on_click=_action(claim_typed_item))
+    queue_bulk.render_bulk(st.session_state, page, _action)
 
 
 def render() -> None:
@@ -477,7 +529,7 @@ def render() -> None:
     if review is None:
         st.info("No item claimed. **Claim next** takes the most urgent, oldest review.")
     else:
-        _render_review(state, review)
+        _render_review(state, review, client)
         _render_form(state)
     st.divider()
     _render_queue_browser(client)

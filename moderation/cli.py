@@ -130,6 +130,14 @@ def recorder() -> None:
     run_recorder(get_settings())
 
 
+@app.command("webhook-dispatcher")
+def webhook_dispatcher() -> None:
+    """Run the webhook dispatcher: verdicts, decisions, actions and reports to webhooks."""
+    from moderation.services.webhooks.app import run_webhook_dispatcher
+
+    run_webhook_dispatcher(get_settings())
+
+
 @app.command("eval")
 def evaluate(
     dataset: Annotated[
@@ -539,11 +547,25 @@ def demo(
     samples: Annotated[
         Path, typer.Option(help="JSONL of {text, author_id} posts to push through the pipeline")
     ] = DEFAULT_SAMPLES,
+    serve: Annotated[
+        bool | None,
+        typer.Option(
+            "--serve/--no-serve",
+            help="then serve the API and the dashboard until Ctrl-C [default: at a terminal, "
+            "unless CI is set]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Embedded mode: in-memory broker, SQLite, the same handlers; prints a verdict table."""
+    """Embedded mode: in-memory broker, SQLite, the same handlers; prints a verdict table, then
+    (at a terminal) serves the API and the dashboard on them until Ctrl-C."""
     from moderation.devtools.demo import run_demo
+    from moderation.devtools.demo_serve import DemoError
 
-    run_demo(get_settings(), samples=samples, console=stdout)
+    try:
+        run_demo(get_settings(), samples=samples, console=stdout, serve=serve)
+    except DemoError as error:
+        raise _fail(error) from None
 
 
 if __name__ == "__main__":

@@ -16,6 +16,10 @@ SCHEMA_VERSION: Literal[1] = 1
 
 MetadataValue = str | int | float | bool | None
 
+# The tenant of keys and posts created without one (a single-platform deployment).
+DEFAULT_TENANT = "default"
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -55,6 +59,11 @@ class PostSubmitted(Event):
 
     text: Annotated[str, Field(min_length=1, max_length=10_000, description="NFC-normalized text")]
     author_id: str = Field(min_length=1, max_length=128, examples=["user-42"])
+    tenant: str = Field(
+        default=DEFAULT_TENANT,
+        pattern=TENANT_PATTERN,
+        description="the submitting key's tenant (posts are visible only within it)",
+    )
     external_id: str | None = Field(
         default=None, max_length=256, description="the submitter's own id (idempotency)"
     )
@@ -106,6 +115,11 @@ def review_id_for(post_id: str, appeal: int = 0) -> str:
     return f"review-{post_id}" if appeal == 0 else f"review-{post_id}-appeal-{appeal}"
 
 
+def report_review_id(post_id: str, number: int) -> str:
+    """The id of the `number`-th review that user reports reopened on a post."""
+    return f"review-{post_id}-report-{number}"
+
+
 class ReviewRequested(Event):
     """`review.requested` (HumanReviewRequired): a post that needs a moderator."""
 
@@ -118,7 +132,9 @@ class ReviewRequested(Event):
     priority: ReviewPriority = ReviewPriority.NORMAL
     verdict: ModerationVerdict = Field(description="the automated verdict being reviewed")
     appeal_of: str | None = Field(
-        default=None, description="event_id of the human decision this review appeals"
+        default=None,
+        description="event_id of the human decision this review appeals (or, for an author's "
+        "appeal of an action caused by an automated removal, of the removing verdict)",
     )
 
     @model_validator(mode="after")
@@ -163,6 +179,58 @@ class ReviewDecided(Event):
     note: str | None = Field(default=None, max_length=2_000)
     overrode: Decision | None = Field(
         default=None, description="the automated decision this one replaced"
+    )
+
+
+class ActionKind(StrEnum):
+    """What happens to an author; `reverse` undoes an earlier action (its `reverses`)."""
+
+    WARN = "warn"
+    RATE_LIMIT = "rate_limit"
+    SUSPEND = "suspend"
+    BAN = "ban"
+    REVERSE = "reverse"
+
+
+class AuthorActioned(Event):
+    """`authors.actioned`: the enforcement ladder acted on an author, or reversed an action.
+
+    Kafka key: `post_id`, the post whose strike (or overturned strike) caused it. The recorder
+    publishes it from its outbox: a redelivery carries the same `event_id`.
+    """
+
+    tenant: str = Field(pattern=TENANT_PATTERN)
+    author_id: str = Field(min_length=1, max_length=128, examples=["user-42"])
+    action: ActionKind
+    action_id: str = Field(max_length=40, description="the action (`GET /v1/authors/{id}`)")
+    days: int | None = Field(default=None, description="how long a rate limit or suspension is")
+    until: AwareDatetime | None = Field(default=None, description="when a timed action ends")
+    active_strikes: int = Field(ge=0, description="the author's weighted active strikes")
+    reason: str = Field(max_length=500)
+    reverses: str | None = Field(
+        default=None, max_length=40, description="for `reverse`: the action_id it undoes"
+    )
+    policy_version: str = Field(max_length=32, examples=["e1"])
+
+
+class ReportOutcome(StrEnum):
+    UPHELD = "upheld"
+    REJECTED = "rejected"
+
+
+class ReportResolved(Event):
+    """`reports.resolved`: what became of a user's report (Kafka key: the reported post)."""
+
+    tenant: str = Field(pattern=TENANT_PATTERN)
+    report_id: str = Field(max_length=40)
+    reporter_id: str = Field(min_length=1, max_length=128)
+    reason: Category
+    outcome: ReportOutcome
+    decision_event_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="the human decision that settled it (or the verdict that had removed the "
+        "post when it was reported)",
     )
 
 

@@ -8,11 +8,14 @@ therefore connects as its own principal and may touch only its own topics and co
 - `worker` reads posts.submitted (group `classifier`), writes moderation.verdicts,
   review.requested, agent.requested (hand-offs to the agent service) and posts.submitted.dlq;
 - `recorder` reads posts.submitted, moderation.verdicts, review.requested and review.decisions
-  (group `recorder`), writes their `.dlq` topics;
+  (group `recorder`), writes their `.dlq` topics, authors.actioned and reports.resolved (its
+  outbox of author actions and report outcomes);
 - `review` (the review service's daprd) reads review.requested (group: its app id), writes
   review.decisions, review.escalated and review.requested.dlq;
 - `agent` (the agent service's daprd) reads agent.requested (group: its app id), writes
   moderation.verdicts, review.requested and agent.requested.dlq;
+- `dispatcher` (the webhook dispatcher) reads moderation.verdicts, review.decisions,
+  authors.actioned and reports.resolved (group `webhooks`), writes their `.dlq` topics;
 - `admin` is the super user of the tooling: topics, ACLs, tests, benchmarks.
 
 `acl_grants` is that list as data: the local stack creates these ACLs
@@ -33,8 +36,16 @@ from faststream.security import BaseSecurity, SASLScram256, SASLScram512
 from moderation.local_secrets import local_secret
 from moderation.settings import Settings
 
-Principal = Literal["admin", "api", "worker", "recorder", "review", "agent"]
-PRINCIPALS: tuple[Principal, ...] = ("admin", "api", "worker", "recorder", "review", "agent")
+Principal = Literal["admin", "api", "worker", "recorder", "review", "agent", "dispatcher"]
+PRINCIPALS: tuple[Principal, ...] = (
+    "admin",
+    "api",
+    "worker",
+    "recorder",
+    "review",
+    "agent",
+    "dispatcher",
+)
 ADMIN: Principal = "admin"
 
 
@@ -57,6 +68,13 @@ def acl_grants(settings: Settings) -> dict[Principal, Grants]:
         topics.review_requested,
         topics.review_decisions,
     )
+    # What outbound webhooks tell the platforms (`services/webhooks/`).
+    webhook_sources = (
+        topics.verdicts,
+        topics.review_decisions,
+        topics.authors_actioned,
+        topics.reports_resolved,
+    )
     return {
         "api": Grants(write=(topics.posts_submitted, topics.review_requested)),
         "worker": Grants(
@@ -71,7 +89,12 @@ def acl_grants(settings: Settings) -> dict[Principal, Grants]:
         ),
         "recorder": Grants(
             read=recorded,
-            write=tuple(topic + dlq for topic in recorded),
+            # Their dead letters, and the consequences it derives (published from its outbox).
+            write=(
+                *(topic + dlq for topic in recorded),
+                topics.authors_actioned,
+                topics.reports_resolved,
+            ),
             groups=(settings.worker.recorder_group,),
         ),
         "review": Grants(
@@ -84,6 +107,11 @@ def acl_grants(settings: Settings) -> dict[Principal, Grants]:
             read=(topics.agent_requested,),
             write=(topics.verdicts, topics.review_requested, topics.agent_requested + dlq),
             groups=(settings.agent_service.app_id,),
+        ),
+        "dispatcher": Grants(
+            read=webhook_sources,
+            write=tuple(topic + dlq for topic in webhook_sources),
+            groups=(settings.webhooks.consumer_group,),
         ),
     }
 

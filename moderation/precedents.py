@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from moderation.db import crud
+from moderation.events import DEFAULT_TENANT
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -34,6 +35,8 @@ class Precedent:
     decision: str
     note: str | None
     similarity: float
+    # The decided post's tenant: callers that see only some tenants filter on it.
+    tenant: str = DEFAULT_TENANT
 
 
 class DecisionLog(Protocol):
@@ -76,6 +79,7 @@ def rank_precedents(
             decision=decisions[i].decision,
             note=decisions[i].note,
             similarity=round(float(similarities[i]), 3),
+            tenant=decisions[i].tenant,
         )
         for i in best
         if similarities[i] >= MIN_SIMILARITY

@@ -29,6 +29,18 @@ class CircuitBreaker:
     def is_open(self) -> bool:
         return self.opened_at is not None
 
+    def ready(self) -> bool:
+        """Would `allow()` let a call through now? (Asking takes no half-open trial slot.)"""
+        if self.opened_at is None:
+            return True
+        return self.clock() - self.opened_at >= self.reset_seconds and not self._trial_in_flight
+
+    def seconds_until_trial(self) -> float:
+        """How long until an open breaker lets a trial call through (0 when closed)."""
+        if self.opened_at is None:
+            return 0.0
+        return max(0.0, self.opened_at + self.reset_seconds - self.clock())
+
     def allow(self) -> bool:
         """May a call go through now? (In half-open state, only one trial at a time.)"""
         if self.opened_at is None:

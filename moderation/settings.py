@@ -35,6 +35,9 @@ class TopicSettings(BaseModel):
     review_decisions: str = "review.decisions"
     review_escalated: str = "review.escalated"
     agent_requested: str = "agent.requested"
+    # What the platform hears back (issue 15): actions on authors, outcomes of user reports.
+    authors_actioned: str = "authors.actioned"
+    reports_resolved: str = "reports.resolved"
     dlq_suffix: str = ".dlq"
 
     def main_topics(self) -> list[str]:
@@ -45,6 +48,8 @@ class TopicSettings(BaseModel):
             self.review_decisions,
             self.review_escalated,
             self.agent_requested,
+            self.authors_actioned,
+            self.reports_resolved,
         ]
 
     def all_topics(self) -> list[str]:
@@ -545,6 +550,71 @@ class McpSettings(BaseModel):
     )
 
 
+class WebhookSettings(BaseModel):
+    """Outbound webhooks (`moderation webhook-dispatcher`, `services/webhooks/`; README "Webhooks").
+
+    Deliveries are retried with exponential backoff and full jitter (a random wait between 0
+    and `min(backoff_cap_seconds, backoff_base_seconds * 2**(attempt-1))`) until
+    `max_age_hours` after the event; then the delivery is marked dead.
+    """
+
+    allow_private_targets: bool = Field(
+        default=False,
+        description="allow endpoints on loopback, private, link-local or reserved addresses "
+        "(refused by default: a webhook must not reach into the platform's own network)",
+    )
+    require_https: bool | None = Field(
+        default=None,
+        description="refuse http:// endpoint URLs; unset: required outside development",
+    )
+    timeout_seconds: float = Field(default=10.0, gt=0, description="one delivery attempt")
+    max_age_hours: float = Field(
+        default=24.0, gt=0, description="retry a failing delivery this long after its event"
+    )
+    backoff_base_seconds: float = Field(default=5.0, ge=0, description="first retry's bound")
+    backoff_cap_seconds: float = Field(default=3_600.0, ge=0, description="largest retry bound")
+    breaker_failures: int = Field(
+        default=5, ge=1, description="consecutive failed attempts that open an endpoint's breaker"
+    )
+    breaker_cooldown_seconds: float = Field(
+        default=60.0, gt=0, description="how long an open breaker holds that endpoint's sends"
+    )
+    endpoint_concurrency: int = Field(
+        default=2, ge=1, description="attempts in flight per endpoint (a slow one waits alone)"
+    )
+    endpoint_queue: int = Field(
+        default=100, ge=1, description="claimed deliveries waiting per endpoint, at most"
+    )
+    poll_interval_seconds: float = Field(
+        default=1.0, gt=0, description="how often the dispatcher looks for due deliveries"
+    )
+    claim_batch: int = Field(default=200, ge=1, description="due deliveries claimed per poll")
+    rotation_overlap_hours: float = Field(
+        default=24.0,
+        ge=0,
+        description="after a secret rotation the old secret signs too (a second signature) "
+        "for this long, so receivers can switch without losing a delivery",
+    )
+    max_endpoints_per_tenant: int = Field(default=50, ge=1)
+    unknown_post_grace_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="a verdict or decision whose post is not recorded yet is retried this long "
+        "after the event (the recorder may lag), then dead-lettered",
+    )
+    consumer_group: str = Field(default="webhooks", description="the dispatcher's Kafka group")
+    host: str = Field(
+        default="127.0.0.1", description="where health/metrics listen (0.0.0.0 in containers)"
+    )
+    port: int = Field(default=8007, description="the dispatcher's /healthz, /readyz, /metrics")
+
+    def https_required(self, environment: str) -> bool:
+        """Whether endpoint URLs must be https (explicit setting, else outside development)."""
+        if self.require_https is not None:
+            return self.require_https
+        return environment != "development"
+
+
 class ReviewSettings(BaseModel):
     """Human review: the review service (a Dapr app), its workflow and the review API."""
 
@@ -717,6 +787,38 @@ class StackSettings(BaseModel):
 
 
 # Where every process reads its settings from (`Settings`, and the dashboard's own subset).
+class StrikeSettings(BaseModel):
+    """Strikes and actions on authors (README "Authors, strikes and actions")."""
+
+    enforcement_policy: str = Field(
+        default="enforcement",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="the enforcement policy the recorder applies: `data/policy/<name>.yaml`",
+    )
+
+
+class ReportSettings(BaseModel):
+    """User reports (`POST /v1/reports`; README "User reports")."""
+
+    per_reporter_limit: int = Field(
+        default=20, ge=1, description="reports one reporter may file per window (then 429)"
+    )
+    window_seconds: float = Field(
+        default=3_600.0, gt=0, description="the sliding window of `per_reporter_limit`"
+    )
+    priority_threshold: float = Field(
+        default=1.0,
+        gt=0,
+        description="weighted open reports on a post at which its open review's priority rises "
+        "one step (a reporter with no history weighs 0.5)",
+    )
+    reopen_threshold: float = Field(
+        default=1.5,
+        gt=0,
+        description="weighted open reports at which an allowed post goes back to review",
+    )
+
+
 SETTINGS_SOURCE = SettingsConfigDict(
     env_prefix="MODERATION_",
     env_nested_delimiter="__",
@@ -748,11 +850,14 @@ class Settings(BaseSettings):
     review: ReviewSettings = ReviewSettings()
     agent_service: AgentServiceSettings = AgentServiceSettings()
     mcp: McpSettings = McpSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     dashboard: DashboardSettings = DashboardSettings()
     models: ModelStoreSettings = ModelStoreSettings()
     nightly: NightlySettings = NightlySettings()
     tracing: TracingSettings = TracingSettings()
     stack: StackSettings = StackSettings()
+    strikes: StrikeSettings = StrikeSettings()
+    reports: ReportSettings = ReportSettings()
 
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_production(self) -> Settings:

@@ -12,7 +12,7 @@
 set -euo pipefail
 
 SECRETS=/run/secrets
-PRINCIPALS=(admin api worker recorder review agent nightly mcp)
+PRINCIPALS=(admin api worker recorder review agent dispatcher nightly mcp)
 MECHANISM=SCRAM-SHA-512
 DATA_DIR=${KAFKA_LOG_DIRS:?KAFKA_LOG_DIRS is required}
 RUNTIME=/tmp/moderation-kafka

@@ -6,6 +6,7 @@ from sqlalchemy import Connection, Engine, event, func, inspect, select, text
 from sqlmodel import SQLModel, create_engine
 
 from moderation.db import models  # noqa: F401 - registers the tables on SQLModel.metadata
+from moderation.events import DEFAULT_TENANT
 from moderation.settings import Settings
 
 
@@ -109,6 +110,10 @@ def upgrade_schema(engine: Engine) -> None:
        before have none, so loaders refuse them until a digest is registered (the nightly
        replaces such a champion by the base model).
     3. Live configuration (issue 14): `verdicts` gains `config_version`.
+    4. Tenants (issue 15): `posts` and `api_keys` gain `tenant` (existing rows: `default`),
+       `api_keys` gains `granted_tenants`.
+    5. The audit page (issue 15): `audit_log` gains `tenant` (nullable); entries about reviews
+       take their post's tenant, the others (configuration, keys) stay global.
     """
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
@@ -129,6 +134,39 @@ def upgrade_schema(engine: Engine) -> None:
             connection.execute(
                 text(f"ALTER TABLE model_versions ADD COLUMN artifact_sha256 {kind}")
             )
+        for table, column, default in _TENANT_COLUMNS:
+            if table in tables and not _has_column(connection, table, column):
+                kind = _column_type(connection, table, column)
+                connection.execute(
+                    text(
+                        f"ALTER TABLE {table} ADD COLUMN {column} {kind} NOT NULL DEFAULT {default}"
+                    )
+                )
+        if "audit_log" in tables and not _has_column(connection, "audit_log", "tenant"):
+            _add_audit_tenants(connection, backfill={"reviews", "posts"} <= tables)
+
+
+_TENANT_COLUMNS = (
+    ("posts", "tenant", f"'{DEFAULT_TENANT}'"),
+    ("api_keys", "tenant", f"'{DEFAULT_TENANT}'"),
+    ("api_keys", "granted_tenants", "'[]'"),
+)
+
+
+def _add_audit_tenants(connection: Connection, *, backfill: bool) -> None:
+    kind = _column_type(connection, "audit_log", "tenant")
+    connection.execute(text(f"ALTER TABLE audit_log ADD COLUMN tenant {kind}"))
+    connection.execute(text("CREATE INDEX IF NOT EXISTS ix_audit_log_tenant ON audit_log (tenant)"))
+    if not backfill:
+        return
+    # Claims, decisions and appeals name their review: the review's post has the tenant.
+    connection.execute(
+        text(
+            "UPDATE audit_log SET tenant = (SELECT posts.tenant FROM reviews JOIN posts "
+            "ON posts.id = reviews.post_id WHERE reviews.review_id = audit_log.entity_id) "
+            "WHERE entity = 'review'"
+        )
+    )
 
 
 def _has_column(connection: Connection, table: str, column: str) -> bool:

@@ -9,10 +9,19 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Dialect, Enum, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Dialect,
+    Enum,
+    Index,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
-from moderation.events import utc_now
+from moderation.events import DEFAULT_TENANT, utc_now
 
 
 class AwareDateTime(TypeDecorator[datetime]):
@@ -60,6 +69,8 @@ class Post(SQLModel, table=True):
     __table_args__ = {"postgresql_with": {"fillfactor": 70}}
 
     id: str = Field(primary_key=True, max_length=64)
+    # The submitting key's tenant: keys of another tenant never see the post.
+    tenant: str = Field(default=DEFAULT_TENANT, max_length=64, index=True)
     text: str
     author_id: str = Field(index=True, max_length=128)
     external_id: str | None = Field(default=None, max_length=256, index=True)
@@ -167,6 +178,9 @@ class AuditLog(SQLModel, table=True):
     before: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     after: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     at: datetime = Field(default_factory=utc_now, sa_column=_aware())
+    # The tenant of the post the entry is about; None for global changes (live configuration,
+    # API keys), which only keys that see every tenant may read.
+    tenant: str | None = Field(default=None, max_length=64, index=True)
 
 
 class ModelStatus(StrEnum):
@@ -218,6 +232,9 @@ class ApiKey(SQLModel, table=True):
     prefix: str = Field(unique=True, max_length=32)
     key_hash: str = Field(max_length=128)
     scopes: list[str] = Field(default_factory=list, sa_column=_json_column())
+    tenant: str = Field(default=DEFAULT_TENANT, max_length=64, index=True)
+    # Further tenants a `moderate` key may work on (`*`: all); other scopes see only `tenant`.
+    granted_tenants: list[str] = Field(default_factory=list, sa_column=_json_column())
     created_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
     revoked_at: datetime | None = Field(default=None, sa_column=_aware(nullable=True))
 
@@ -249,3 +266,163 @@ class ConfigEntry(SQLModel, table=True):
     value: str = Field(max_length=1_000)
     version: str = Field(max_length=32)
     meta: dict[str, str] | None = Field(default=None, sa_column=Column("metadata", JSON))
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    """An outbound webhook endpoint of a tenant (`services/webhooks/`, README "Webhooks").
+
+    The signing secret is stored usable (HMAC needs it, it cannot be hashed like an API key);
+    the API shows it only when it is created or rotated. After a rotation the previous secret
+    signs too until `previous_secret_expires_at`. Deleting an endpoint sets `disabled_at`: its
+    delivery log stays readable.
+    """
+
+    __tablename__ = "webhook_endpoints"
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant: str = Field(default=DEFAULT_TENANT, max_length=64, index=True)
+    owner_key_id: int | None = Field(default=None, index=True, description="who registered it")
+    url: str = Field(max_length=2_048)
+    event_types: list[str] = Field(default_factory=list, sa_column=_json_column())
+    secret: str = Field(max_length=128)
+    previous_secret: str | None = Field(default=None, max_length=128)
+    previous_secret_expires_at: datetime | None = Field(
+        default=None, sa_column=_aware(nullable=True)
+    )
+    created_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
+    disabled_at: datetime | None = Field(default=None, sa_column=_aware(nullable=True))
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # waiting for its next attempt
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"  # every attempt failed until its deadline: the dead-letter record
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event for one endpoint; its id is the `webhook-id` every attempt carries.
+
+    Unique on (endpoint, event): a redelivered Kafka event creates nothing new.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "event_id"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    endpoint_id: str = Field(max_length=40)
+    event_id: str = Field(max_length=64)
+    event_type: str = Field(max_length=32)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=_json_column())
+    status: DeliveryStatus = Field(
+        default=DeliveryStatus.PENDING, sa_column=_enum_column(DeliveryStatus)
+    )
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
+    expires_at: datetime = Field(
+        sa_column=_aware(), description="after a failed attempt past it, the delivery is dead"
+    )
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, max_length=1_000)
+    created_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
+    delivered_at: datetime | None = Field(default=None, sa_column=_aware(nullable=True))
+
+
+class Strike(SQLModel, table=True):
+    """A strike against an author: one per removed post (recorder; `crud/strikes.py`).
+
+    Derived like the post status: a post whose latest human decision is `remove` (or, without
+    one, whose most authoritative automated verdict is) holds a strike; a later human `allow`
+    overturns it (`overturned_by`: that decision's event id). Active = not overturned and not
+    expired.
+    """
+
+    __tablename__ = "strikes"
+    __table_args__ = (
+        UniqueConstraint("tenant", "author_id", "post_id"),
+        Index("ix_strikes_author", "tenant", "author_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant: str = Field(max_length=64)
+    author_id: str = Field(max_length=128)
+    post_id: str = Field(max_length=64, index=True)
+    category: str = Field(max_length=32)
+    severity: str = Field(max_length=32)
+    weight: int = Field(description="what it counts on the ladder (the policy's, when issued)")
+    policy_version: str = Field(max_length=32)
+    cause_event_id: str = Field(max_length=64, description="the decision or verdict removing it")
+    issued_at: datetime = Field(sa_column=_aware())
+    expires_at: datetime = Field(sa_column=_aware())
+    overturned_at: datetime | None = Field(default=None, sa_column=_aware(nullable=True))
+    overturned_by: str | None = Field(default=None, max_length=64)
+
+
+class AuthorAction(SQLModel, table=True):
+    """An action taken on an author by the enforcement ladder, or the reversal of one.
+
+    Also the outbox of `AuthorActioned`: the recorder publishes rows with `published` false after
+    its transaction commits (again on its next batch and at start-up when that failed), each
+    under its own stable `event_id`.
+    """
+
+    __tablename__ = "author_actions"
+    __table_args__ = (
+        Index("ix_author_actions_author", "tenant", "author_id"),
+        Index("ix_author_actions_unpublished", "published"),
+    )
+
+    # The order actions were taken in (and are published in); `action_id` names one.
+    id: int | None = Field(default=None, primary_key=True)
+    action_id: str = Field(unique=True, max_length=40)
+    event_id: str = Field(unique=True, max_length=64)
+    tenant: str = Field(max_length=64)
+    author_id: str = Field(max_length=128)
+    post_id: str = Field(max_length=64, description="the post whose strike (or overturn) led here")
+    action: str = Field(max_length=16, description="warn, rate_limit, suspend, ban or reverse")
+    days: int | None = None
+    until: datetime | None = Field(default=None, sa_column=_aware(nullable=True))
+    reason: str = Field(max_length=500)
+    threshold: int | None = Field(default=None, description="the ladder step's `strikes`")
+    active_strikes: int = Field(description="weighted active strikes when it was taken")
+    strike_ids: list[int] = Field(default_factory=list, sa_column=_json_column())
+    reverses: str | None = Field(default=None, max_length=40)
+    reversed_by: str | None = Field(default=None, max_length=40)
+    policy_version: str = Field(max_length=32)
+    created_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
+    published: bool = False
+    published_at: datetime | None = Field(default=None, sa_column=_aware(nullable=True))
+
+
+class Report(SQLModel, table=True):
+    """A user's report of a post (`POST /v1/reports`), one per (tenant, reporter, post).
+
+    Open until a human decision on the post made after it (or the post already removed when
+    reported): then upheld (remove) or rejected (allow), and published as `ReportResolved` by the
+    recorder, like `AuthorAction`, from `published` false rows.
+    """
+
+    __tablename__ = "reports"
+    __table_args__ = (
+        UniqueConstraint("tenant", "reporter_id", "post_id"),
+        Index("ix_reports_post", "post_id", "resolved_at"),
+        Index("ix_reports_reporter", "tenant", "reporter_id", "created_at"),
+        Index("ix_reports_unpublished", "published"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant: str = Field(max_length=64)
+    reporter_id: str = Field(max_length=128)
+    post_id: str = Field(max_length=64)
+    reason: str = Field(max_length=32)
+    text: str = Field(default="", max_length=2_000)
+    weight: float = Field(description="the reporter's reliability when reporting (0 to 1)")
+    created_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
+    resolved_at: datetime | None = Field(default=None, sa_column=_aware(nullable=True))
+    outcome: str | None = Field(default=None, max_length=16)
+    decision_event_id: str | None = Field(default=None, max_length=64)
+    resolution_event_id: str | None = Field(default=None, max_length=64)
+    published: bool = False

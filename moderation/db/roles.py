@@ -7,13 +7,17 @@ creates and migrates the schema (`engine.create_tables`); the services log in wi
 |------------------------|------------------------------------------------------------------------|
 | `moderation_worker`    | SELECT model_versions (the registry), posts, verdicts, decisions (the  |
 |                        | agent's author history and precedents); nothing else                  |
-| `moderation_recorder`  | SELECT, INSERT, UPDATE posts, verdicts, reviews, decisions             |
+| `moderation_recorder`  | SELECT, INSERT, UPDATE posts, verdicts, reviews, decisions, strikes,   |
+|                        | author_actions, reports                                                |
 | `moderation_review`    | SELECT, INSERT, UPDATE reviews, decisions, audit_log, posts; SELECT    |
 |                        | verdicts                                                               |
 | `moderation_api`       | SELECT, INSERT, UPDATE api_keys, idempotency_keys, reviews, decisions, |
-|                        | audit_log, posts; SELECT verdicts, model_versions, job_runs            |
+|                        | audit_log, posts, webhook_endpoints, webhook_deliveries, reports;      |
+|                        | SELECT verdicts, model_versions, job_runs, strikes, author_actions     |
 | `moderation_nightly`   | SELECT, INSERT, UPDATE model_versions, job_runs; SELECT posts,         |
 |                        | verdicts, reviews, decisions                                           |
+| `moderation_webhooks`  | SELECT, INSERT, UPDATE webhook_deliveries; SELECT webhook_endpoints,   |
+|                        | posts (the webhook dispatcher: an event's tenant, its endpoints)       |
 
 No service role has DELETE, TRUNCATE, DDL or ownership: a stolen worker credential can read the
 registry but cannot point it at another artifact. A worker whose role may not write the registry
@@ -58,6 +62,10 @@ SERVICE_GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
         "verdicts": WRITE,
         "reviews": WRITE,
         "decisions": WRITE,
+        # The consequences it derives and publishes: strikes, actions, report outcomes.
+        "strikes": WRITE,
+        "author_actions": WRITE,
+        "reports": WRITE,
     },
     "moderation_review": {
         "reviews": WRITE,
@@ -77,6 +85,11 @@ SERVICE_GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
         "verdicts": READ,
         "model_versions": READ,
         "job_runs": READ,
+        "webhook_endpoints": WRITE,
+        "webhook_deliveries": WRITE,
+        "reports": WRITE,
+        "strikes": READ,
+        "author_actions": READ,
     },
     "moderation_nightly": {
         "model_versions": WRITE,
@@ -85,6 +98,12 @@ SERVICE_GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
         "verdicts": READ,
         "reviews": READ,
         "decisions": READ,
+    },
+    # The webhook dispatcher: reads endpoints and posts' tenants, writes its deliveries.
+    "moderation_webhooks": {
+        "webhook_deliveries": WRITE,
+        "webhook_endpoints": READ,
+        "posts": READ,
     },
     # Dapr's configuration store component: reads the live configuration, nothing else.
     CONFIG_READER_ROLE: {"moderation_config": READ},
@@ -99,6 +118,7 @@ SERVICE_ROLES = {
     "review": "moderation_review",
     "api": "moderation_api",
     "nightly": "moderation_nightly",
+    "webhooks": "moderation_webhooks",
 }
 # Owns database `dapr_state` and nothing in the application database; LOGIN, no other attribute.
 DAPR_STATE_ROLE = "moderation_dapr"

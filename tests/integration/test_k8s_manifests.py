@@ -47,9 +47,10 @@ ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 # The manifests are written for the settings' defaults; the environment must not change them.
 DEFAULTS = Settings.model_construct()
 SERVICES = {"api", "worker", "recorder", "review-service", "agent-service", "mcp-server",
-            "dashboard"}  # fmt: skip
+            "dashboard", "webhook-dispatcher"}  # fmt: skip
 # The Deployment of each service of `moderation/devtools/stack/services.py` whose name differs.
-DEPLOYMENT_OF = {"review": "review-service", "agent": "agent-service", "mcp": "mcp-server"}
+DEPLOYMENT_OF = {"review": "review-service", "agent": "agent-service", "mcp": "mcp-server",
+                 "webhooks": "webhook-dispatcher"}  # fmt: skip
 # The Dapr apps: each app id, its Deployment and the Kafka principal its daprd's pub/sub acts as.
 DAPR_APPS: dict[str, tuple[str, Principal]] = {
     DEFAULTS.dapr.app_id: ("review-service", "review"),
@@ -71,13 +72,14 @@ KAFKA_CA_SECRET = "moderation-kafka-cluster-ca-cert"
 # server (neither uses Kafka: a principal without ACLs, for their settings to load) and KEDA have
 # principals without a service.
 KAFKA_PRINCIPALS = {"api": "api", "worker": "worker", "recorder": "recorder",
-                    "review-service": "review", "agent-service": "agent"}  # fmt: skip
+                    "review-service": "review", "agent-service": "agent",
+                    "webhook-dispatcher": "dispatcher"}  # fmt: skip
 KAFKA_CREDENTIAL = re.compile(r"^MODERATION_KAFKA__(USERNAME|PASSWORD)$")
 # The workload of each key of `SERVICE_ROLES` (its PostgreSQL role), and the schema migration,
 # the one pod that logs in as the owner (db-migrate-job.yaml).
 DB_WORKLOADS = {"api": "api", "worker": "worker", "recorder": "recorder",
                 "review": "review-service", "agent": "agent-service", "mcp": "mcp-server",
-                "nightly": "moderation-nightly"}  # fmt: skip
+                "nightly": "moderation-nightly", "webhooks": "webhook-dispatcher"}  # fmt: skip
 MIGRATE = "db-migrate"
 # Role attributes no service role may have (CNPG `managed.roles`).
 ROLE_POWERS = ("superuser", "createdb", "createrole", "replication", "bypassrls")
@@ -318,7 +320,10 @@ def test_the_services_run_as_the_local_stack_runs_them(
         environment = shared_env(rendered[target]) | {
             key: variable.get("value", "") for key, variable in env_of(container).items()
         }
-        host = "MODERATION_API__HOST" if name == "api" else "MODERATION_WORKER__SERVICE_HOST"
+        host = {
+            "api": "MODERATION_API__HOST",
+            "webhook-dispatcher": "MODERATION_WEBHOOKS__HOST",
+        }.get(name, "MODERATION_WORKER__SERVICE_HOST")
         assert environment[host] == "0.0.0.0"
         if name == "api":
             # Readiness detail and metrics: the internal listener, never behind the Service.
@@ -1075,7 +1080,8 @@ def test_network_policies_deny_by_default(target: str, rendered: dict[str, list[
 # --- issue 11: least privilege --------------------------------------------------------------------
 
 WORKLOAD_NAMES = {"api", "worker", "recorder", "review-service", "agent-service", "mcp-server",
-                  "dashboard", "vllm", "moderation-nightly", MIGRATE}  # fmt: skip
+                  "webhook-dispatcher", "dashboard", "vllm", "moderation-nightly",
+                  MIGRATE}  # fmt: skip
 
 
 def selects(selector: Obj, name: str) -> bool:
@@ -1169,6 +1175,15 @@ def test_egress_is_denied_then_allowed_per_service(
                                       "agent-service": {50002},
                                       "dapr-system": {50001, 50005, 50006, 6500},
                                       "namespace": {4317}}  # fmt: skip
+    # The webhook dispatcher: its Kafka and PostgreSQL, traces, and the platforms' endpoints on
+    # public addresses only (never the cluster or the metadata service).
+    assert peers("webhook-dispatcher") == {"kube-dns": {53}, "moderation-kafka": {KAFKA_PORT},
+                                           "moderation-db": {5432}, "internet": {443, 80},
+                                           "namespace": {4317}}  # fmt: skip
+    [deliveries] = policies["egress-webhooks"]["spec"]["egress"]
+    assert {"10.0.0.0/8", "169.254.0.0/16", "127.0.0.0/8"} <= set(
+        deliveries["to"][0]["ipBlock"]["except"]
+    )
     # The MCP server: PostgreSQL only (no Kafka, no Dapr, no vLLM, no traces).
     assert peers("mcp-server") == {"kube-dns": {53}, "moderation-db": {5432}}
     assert peers("vllm") == {"kube-dns": {53}, "internet": {443}}
@@ -1197,12 +1212,14 @@ def test_kafka_and_postgres_admit_only_their_clients(
     ):
         pods = [peer["podSelector"] for peer in peers if "podSelector" in peer]
         admitted = {name for name in WORKLOAD_NAMES if any(selects(p, name) for p in pods)}
-        assert admitted == {"api", "worker", "recorder", "review-service", "agent-service"}
+        assert admitted == {"api", "worker", "recorder", "review-service", "agent-service",
+                            "webhook-dispatcher"}  # fmt: skip
     postgres = ingress_peers(policies, {"cnpg.io/cluster": "moderation-db"})
     pods = [peer["podSelector"] for peer in postgres if "podSelector" in peer]
     admitted = {name for name in WORKLOAD_NAMES if any(selects(p, name) for p in pods)}
     assert admitted == {"api", "worker", "recorder", "review-service", "agent-service",
-                        "mcp-server", "moderation-nightly", MIGRATE}  # fmt: skip
+                        "webhook-dispatcher", "mcp-server", "moderation-nightly",
+                        MIGRATE}  # fmt: skip
     # The dashboard only through the ingress controller.
     [peer] = ingress_peers(policies, {"app.kubernetes.io/name": "dashboard"})
     assert peer == {"namespaceSelector": {"matchLabels": {
@@ -1298,7 +1315,7 @@ def test_kafka_users_grant_exactly_what_kafka_auth_grants(
 def test_the_acl_check_catches_an_extra_grant(rendered: dict[str, list[Obj]]) -> None:
     users = copy.deepcopy(of_kind(rendered["base"], "KafkaUser"))
     assert granted_acls({n: u for n, u in users.items() if n in {"api", "worker", "recorder",
-                         "review", "agent"}}) == expected_acls()  # fmt: skip
+                         "review", "agent", "dispatcher"}}) == expected_acls()  # fmt: skip
     users["api"]["spec"]["authorization"]["acls"].append(
         {"resource": {"type": "topic", "name": "review.decisions"}, "operations": ["Write"]}
     )

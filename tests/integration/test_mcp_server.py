@@ -7,13 +7,13 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from moderation.mcp_client import ToolError, mcp_tools
 from sqlalchemy import Engine
 from sqlmodel import Session
 
 from moderation.db import crud
 from moderation.devtools.stack.postgres import PostgresCluster
 from moderation.devtools.stack.services import PipelineServices
+from moderation.mcp_client import ToolError, mcp_tools
 from moderation.settings import Settings
 from tests.integration.streams import running_services
 

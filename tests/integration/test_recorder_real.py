@@ -177,6 +177,9 @@ class Database:
                 ("verdicts", "post_id"),
                 ("reviews", "post_id"),
                 ("decisions", "post_id"),
+                ("strikes", "post_id"),
+                ("author_actions", "post_id"),
+                ("reports", "post_id"),
             ):
                 connection.execute(
                     text(f"DELETE FROM {table} WHERE {column} LIKE :prefix"),

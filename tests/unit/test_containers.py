@@ -71,7 +71,8 @@ COMPOSE_KAFKA_PRINCIPALS = (*PRINCIPALS, "nightly", "mcp")
 # Who connects as whom (`admin`: the `topics` service, which creates topics and ACLs).
 KAFKA_LOGINS = {"topics": "admin", "api": "api", "base-model": "worker", "worker": "worker",
                 "recorder": "recorder", "review": "review", "agent": "agent",
-                "nightly": "nightly", "mcp": "mcp"}  # fmt: skip
+                "webhook-dispatcher": "dispatcher", "nightly": "nightly",
+                "mcp": "mcp"}  # fmt: skip
 KAFKA_PASSWORD_FILE = "/run/secrets/kafka_password"
 # Each Dapr app's daprd (docker-compose.yaml): its app container, whose network namespace it
 # shares, and the Kafka principal its pub/sub component logs in as.
@@ -612,7 +613,7 @@ def test_kafka_matches_the_settings(
     # The topics are created from the settings by the project's own function.
     assert "ensure_topics(get_settings())" in services["topics"]["entrypoint"][-1]
     assert services["topics"]["restart"] == "no"
-    for name in ("api", "worker", "recorder", "review", "agent"):
+    for name in ("api", "worker", "recorder", "review", "agent", "webhook-dispatcher"):
         assert depends_on(services[name])["topics"] == {
             "condition": "service_completed_successfully"
         }
@@ -680,7 +681,8 @@ def test_each_compose_process_connects_as_its_own_kafka_principal(
         script = entrypoint[2].replace("$$", "$")  # as compose passes it (`$$` escapes `$`)
         assert script.startswith(f'MODERATION_KAFKA__PASSWORD="$(cat {KAFKA_PASSWORD_FILE})" ')
     # The services still run their own command through the image's `moderation`.
-    for name in ("api", "worker", "recorder", "review", "agent", "mcp", "nightly"):
+    for name in ("api", "worker", "recorder", "review", "agent", "webhook-dispatcher", "mcp",
+                 "nightly"):  # fmt: skip
         assert services[name]["entrypoint"][2].endswith('exec moderation "$$@"'), name
     # Only the broker and those processes hold a Kafka password: never the dashboard, vLLM,
     # Prometheus or Dapr's control plane.
@@ -918,7 +920,10 @@ def test_prometheus_scrapes_every_metrics_port(
         for target in static["targets"]
     }
     # Each service serves /metrics on the port its healthcheck probes.
-    expected = {f"{name}:{probe_port(services[name])}" for name in ("api", "worker", "recorder")}
+    expected = {
+        f"{name}:{probe_port(services[name])}"
+        for name in ("api", "worker", "recorder", "webhook-dispatcher")
+    }
     expected.add(f"review:{probe_port(services['review'])}")
     expected.add(f"agent:{probe_port(services['agent'])}")
     daprd = command_flags(services["review-dapr"]["command"])

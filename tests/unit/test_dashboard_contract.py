@@ -18,6 +18,7 @@ import json
 import re
 import typing
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
-from hitl_dashboard.api_client import ApiClient, ReviewApi
+from hitl_dashboard.api_client import ApiClient, AuditQuery, ReviewApi
 from moderation.db.schemas import WorkflowApp
 from moderation.services.api import build_app
 from moderation.settings import Settings
@@ -34,24 +35,48 @@ from moderation.settings import Settings
 Schema = dict[str, Any]
 DASHBOARD = Path(__file__).parents[2] / "hitl_dashboard"
 
+AUDIT_QUERY = AuditQuery(
+    actor="key:7",
+    action="review.decide",
+    entity="review",
+    entity_id="review-1",
+    since=datetime(2026, 3, 1, tzinfo=UTC),
+    until=datetime(2026, 3, 2, tzinfo=UTC),
+)
 # One call per method of `ReviewApi`, with every optional parameter set so that all are checked.
 CALLS: dict[str, Callable[[ApiClient], object]] = {
     "stats": lambda client: client.stats(),
-    "claim_next": lambda client: client.claim_next(),
+    "claim_next": lambda client: client.claim_next(language="ja"),
     "get_review": lambda client: client.get_review("review-1"),
     "list_reviews": lambda client: client.list_reviews(
-        status="pending", category="spam", priority="high", limit=5, offset=10
+        status="pending",
+        category="spam",
+        priority="high",
+        language="ja",
+        author_id="user-42",
+        limit=5,
+        offset=10,
+    ),
+    "bulk_decide": lambda client: client.bulk_decide(
+        review_ids=["review-1", "review-2"],
+        author_id="user-42",
+        label="spam",
+        decision="remove",
+        note="link farm",
     ),
     "claim": lambda client: client.claim("review-1"),
     "decide": lambda client: client.decide(
         "review-1", label="spam", decision="remove", note="link farm"
     ),
     "post_trail": lambda client: client.post_trail("p-1"),
+    "author": lambda client: client.author("user-42", tenant="acme", limit=5),
     "decision_log_csv": lambda client: client.decision_log_csv(),
     "metrics_overview": lambda client: client.metrics_overview(hours=24, bucket_minutes=60),
     "live_config": lambda client: client.live_config(),
     "list_workflows": lambda client: client.list_workflows(WorkflowApp.AGENT, limit=20),
     "workflow_history": lambda client: client.workflow_history(WorkflowApp.REVIEW, "review-1"),
+    "audit": lambda client: client.audit(AUDIT_QUERY, limit=25, offset=50),
+    "audit_csv": lambda client: client.audit_csv(AUDIT_QUERY),
 }
 
 # What the pages read of each answer, as dotted paths (lists are walked through: `items.status`
@@ -92,6 +117,7 @@ PAGES_READ: dict[str, list[str]] = {
         "total",
         "items.review_id",
         "items.post_id",
+        "items.author_id",
         "items.status",
         "items.priority",
         "items.category",
@@ -101,6 +127,15 @@ PAGES_READ: dict[str, list[str]] = {
         "items.created_at",
     ],
     "decide": [],
+    "bulk_decide": [
+        "decided",
+        "skipped",
+        "failed",
+        "outcomes.review_id",
+        "outcomes.outcome",
+        "outcomes.reason",
+        "outcomes.event_id",
+    ],
     "post_trail": [
         "post_id",
         "status",
@@ -111,6 +146,33 @@ PAGES_READ: dict[str, list[str]] = {
         "verdicts",
         "reviews",
         "decisions",
+    ],
+    "author": [
+        "tenant",
+        "author_id",
+        "post_count",
+        "standing.status",
+        "standing.until",
+        "standing.active_strikes",
+        "strikes.state",
+        "strikes.category",
+        "strikes.severity",
+        "strikes.weight",
+        "strikes.post_id",
+        "strikes.issued_at",
+        "strikes.expires_at",
+        "strikes.overturned_by",
+        "actions.action",
+        "actions.until",
+        "actions.days",
+        "actions.reason",
+        "actions.reverses",
+        "actions.reversed_by",
+        "actions.created_at",
+        "actions.action_id",
+        "posts.post_id",
+        "posts.status",
+        "posts.submitted_at",
     ],
     "decision_log_csv": [],
     "metrics_overview": [
@@ -218,6 +280,17 @@ PAGES_READ: dict[str, list[str]] = {
         "steps.due_at",
         "steps.error",
     ],
+    "audit": [
+        "total",
+        "items.at",
+        "items.actor_display",
+        "items.action",
+        "items.entity",
+        "items.entity_id",
+        "items.before",
+        "items.after",
+    ],
+    "audit_csv": [],
 }
 
 
@@ -298,6 +371,8 @@ def _json_type(value: object) -> str:
         return "integer"
     if isinstance(value, float):
         return "number"
+    if isinstance(value, list):
+        return "array"
     return "string" if isinstance(value, str) else "object"
 
 
@@ -437,7 +512,12 @@ def test_each_request_is_one_the_api_documents(name: str) -> None:
     for key, value in request.url.params.items():
         assert key in parameters, f"{name}: the API takes no query parameter {key!r}"
         wanted = resolve.types(parameters[key]["schema"])
-        assert wanted & {"string", "integer", "number", "any"}, f"{name}: {key} {wanted}"
+        assert wanted & {"string", "string/date-time", "integer", "number", "any"}, (
+            f"{name}: {key} {wanted}"
+        )
+        if "string/date-time" in wanted:
+            # The API parses it as ISO 8601 (with an offset, or UTC without one).
+            assert datetime.fromisoformat(value).tzinfo is not None, f"{name}: {key}={value!r}"
         allowed = resolve.enum(parameters[key]["schema"])
         assert allowed is None or value in allowed, f"{name}: {key}={value!r} not in {allowed}"
     if request.content:

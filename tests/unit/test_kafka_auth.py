@@ -101,6 +101,9 @@ def test_only_the_rightful_services_may_write_each_topic() -> None:
         topics.review_decisions: {"review"},  # a human decision comes from the review service
         topics.review_escalated: {"review"},
         topics.agent_requested: {"worker"},  # only the worker hands posts to the agent
+        # Strikes, actions and report outcomes are projections the recorder writes and announces.
+        topics.authors_actioned: {"recorder"},
+        topics.reports_resolved: {"recorder"},
     }
     groups = [group for grants in acl_grants(settings).values() for group in grants.groups]
     assert len(groups) == len(set(groups))  # no two services share a consumer group

@@ -125,6 +125,9 @@ def delete_run(settings: Settings, prefix: str) -> None:
                 ("verdicts", "post_id"),
                 ("reviews", "post_id"),
                 ("decisions", "post_id"),
+                ("strikes", "post_id"),
+                ("author_actions", "post_id"),
+                ("reports", "post_id"),
             ):
                 connection.execute(
                     text(f"DELETE FROM {table} WHERE {column} LIKE :prefix"),
@@ -501,11 +504,15 @@ def test_the_service_uses_the_settings_topics() -> None:
     service = Recorder(Settings())  # as `build_app(settings)` builds it for the process
     topics = service.settings.kafka.topics
     # Escalations are written by the review workflow's own activity, not projected; hand-offs to
-    # the agent service end in the verdicts and review requests it publishes.
-    recorded = sorted(set(topics.main_topics()) - {topics.review_escalated, topics.agent_requested})
+    # the agent service end in the verdicts and review requests it publishes; author actions and
+    # report outcomes are what the recorder itself publishes.
+    published = {topics.authors_actioned, topics.reports_resolved}
+    not_recorded = {topics.review_escalated, topics.agent_requested} | published
+    recorded = sorted(set(topics.main_topics()) - not_recorded)
     assert sorted(service.subscriber.topic_names) == recorded
     assert sorted(service.event_types) == recorded
     assert sorted(service.dead_letter_publishers) == recorded
+    assert {service.actions_publisher.topic, service.reports_publisher.topic} == published
     broker = create_broker(service)
     assert broker.config.broker_config.allow_auto_create_topics is False
     (served,) = build_app(Settings()).brokers

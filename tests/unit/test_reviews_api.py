@@ -863,14 +863,17 @@ PROTECTED: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("GET", "/v1/reviews/review-p1", None, "moderate"),
     ("POST", "/v1/reviews/review-p1/claim", None, "moderate"),
     ("POST", "/v1/reviews/review-p1/decision", DECISION, "moderate"),
+    ("POST", "/v1/reviews/bulk-decision", {**DECISION, "review_ids": ["review-p1"]}, "moderate"),
     ("GET", "/v1/decisions.csv", None, "moderate"),
     ("POST", "/v1/posts/p1/appeal", {"reason": "unfair"}, "submit"),
+    ("POST", "/v1/authors/a1/actions/act-1/appeal", {"reason": "unfair"}, "submit"),
 ]
 ROUTE_TEMPLATES = {
     "/v1/reviews/review-p1": "/v1/reviews/{review_id}",
     "/v1/reviews/review-p1/claim": "/v1/reviews/{review_id}/claim",
     "/v1/reviews/review-p1/decision": "/v1/reviews/{review_id}/decision",
     "/v1/posts/p1/appeal": "/v1/posts/{post_id}/appeal",
+    "/v1/authors/a1/actions/act-1/appeal": "/v1/authors/{author_id}/actions/{action_id}/appeal",
 }
 
 

@@ -25,6 +25,8 @@ def test_every_topic_has_a_dead_letter_topic() -> None:
         "review.decisions",
         "review.escalated",
         "agent.requested",
+        "authors.actioned",
+        "reports.resolved",
     ]
     assert [t for t in topics.all_topics() if t.endswith(".dlq")] == [
         t + ".dlq" for t in topics.main_topics()

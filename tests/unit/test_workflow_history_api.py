@@ -8,7 +8,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import Engine
+from sqlmodel import Session
 
+from moderation.db import crud
 from moderation.db.schemas import (
     WorkflowApp,
     WorkflowHistoryPublic,
@@ -18,6 +20,7 @@ from moderation.db.schemas import (
     WorkflowStepKind,
     WorkflowStepPublic,
 )
+from moderation.events import PostSubmitted
 from moderation.services.api import build_app
 from moderation.services.api.publisher import InMemoryPublisher
 from moderation.services.sidecar.history import InstanceNotFound, SidecarUnavailable
@@ -120,6 +123,11 @@ def app(
 
 @pytest.fixture
 def moderator(engine: Engine) -> dict[str, str]:
+    # The instances' posts are the key's tenant's: a key sees only the instances of its
+    # tenants' posts (`test_tenant_isolation.py`).
+    posts = [PostSubmitted(post_id=p, text="t", author_id="a") for p in ("p1", "p2", "p3")]
+    with Session(engine) as session:
+        crud.record_events(session, events=posts)
     return make_key(engine, "moderate", name="alice")
 
 

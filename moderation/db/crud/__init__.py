@@ -12,17 +12,26 @@ by concern:
 - `queue_stats`, `metrics`, `model_metrics`, `overview`: what the dashboards show;
 - `api_keys`, `idempotency`, `registry` (model versions), `audit`, `job_runs`;
 - `feedback`: the human decisions the nightly job learns from;
+- `webhooks`: outbound webhook endpoints, their deliveries and the dispatcher's claims;
+- `strikes`: strikes and the enforcement ladder's actions, derived by the recorder; `authors`:
+  an author's history and standing; `reports` (filing user reports), `report_outcomes` (their
+  resolution); both outboxes the recorder publishes;
 - `_sql`: the private helpers the modules share (tables, the idempotent insert).
 """
 
 from moderation.db.crud.api_keys import (
     API_KEY_PREFIX,
     API_SCOPES,
+    AUDIT_ENTITY_API_KEY,
+    KeyRevocation,
     api_key_names,
     api_key_prefix,
+    api_key_state,
     authenticate_api_key,
     create_api_key,
+    list_api_keys,
     revoke_api_key,
+    revoke_api_key_by_id,
 )
 from moderation.db.crud.appeals import (
     count_appeals,
@@ -32,7 +41,20 @@ from moderation.db.crud.appeals import (
 )
 from moderation.db.crud.audit import (
     AUDIT_ENTITY_REVIEW,
+    AuditFilter,
     append_audit,
+    iter_audit,
+    list_audit,
+    post_tenant,
+)
+from moderation.db.crud.authors import (
+    AuthorRows,
+    Standing,
+    author_standing,
+    get_author,
+    get_author_action,
+    strike_state,
+    strikes_by_id,
 )
 from moderation.db.crud.config import (
     AUDIT_ENTITY_CONFIG,
@@ -112,6 +134,21 @@ from moderation.db.crud.registry import (
     promote_model_version,
     register_model_version,
 )
+from moderation.db.crud.report_outcomes import (
+    mark_reports_published,
+    report_resolved_event,
+    resolve_reports,
+    unpublished_report_resolutions,
+)
+from moderation.db.crud.reports import (
+    AUDIT_ENTITY_REPORT,
+    ReportPlan,
+    file_report,
+    find_report,
+    open_review_for_post,
+    plan_report,
+    reporter_weight,
+)
 from moderation.db.crud.reviews import (
     PRIORITY_ORDER,
     DecisionStart,
@@ -127,10 +164,85 @@ from moderation.db.crud.reviews import (
     record_human_decision,
     revert_decision,
 )
+from moderation.db.crud.strikes import (
+    apply_enforcement,
+    author_actioned_event,
+    mark_author_actions_published,
+    removing_event,
+    unpublished_author_actions,
+)
+from moderation.db.crud.tenancy import workflow_instance_tenants
 from moderation.db.crud.trails import post_trail
+from moderation.db.crud.webhooks import (
+    AUDIT_ENTITY_WEBHOOK,
+    ClaimedDelivery,
+    NewDelivery,
+    active_webhook_endpoints,
+    claim_due_deliveries,
+    count_webhook_endpoints,
+    create_webhook_endpoint,
+    disable_webhook_endpoint,
+    endpoints_by_id,
+    get_webhook_delivery,
+    get_webhook_endpoint,
+    insert_webhook_deliveries,
+    list_webhook_deliveries,
+    list_webhook_endpoints,
+    mark_deliveries_dead,
+    post_tenants,
+    record_delivery_attempt,
+    redeliver_webhook,
+    release_deliveries,
+    rotate_webhook_secret,
+    signing_secrets,
+)
 
 __all__ = [
     "post_trail",
+    "AUDIT_ENTITY_REPORT",
+    "AuthorRows",
+    "ReportPlan",
+    "Standing",
+    "apply_enforcement",
+    "author_actioned_event",
+    "author_standing",
+    "file_report",
+    "find_report",
+    "get_author",
+    "get_author_action",
+    "mark_author_actions_published",
+    "mark_reports_published",
+    "open_review_for_post",
+    "plan_report",
+    "removing_event",
+    "report_resolved_event",
+    "reporter_weight",
+    "resolve_reports",
+    "strike_state",
+    "strikes_by_id",
+    "unpublished_author_actions",
+    "unpublished_report_resolutions",
+    "AUDIT_ENTITY_WEBHOOK",
+    "ClaimedDelivery",
+    "NewDelivery",
+    "active_webhook_endpoints",
+    "claim_due_deliveries",
+    "count_webhook_endpoints",
+    "create_webhook_endpoint",
+    "disable_webhook_endpoint",
+    "endpoints_by_id",
+    "get_webhook_delivery",
+    "get_webhook_endpoint",
+    "insert_webhook_deliveries",
+    "list_webhook_deliveries",
+    "list_webhook_endpoints",
+    "mark_deliveries_dead",
+    "post_tenants",
+    "record_delivery_attempt",
+    "redeliver_webhook",
+    "release_deliveries",
+    "rotate_webhook_secret",
+    "signing_secrets",
     "AUDIT_ENTITY_CONFIG",
     "ConfigChange",
     "config_changes",
@@ -160,6 +272,10 @@ __all__ = [
     "api_key_names",
     "api_key_prefix",
     "append_audit",
+    "AuditFilter",
+    "iter_audit",
+    "list_audit",
+    "post_tenant",
     "authenticate_api_key",
     "begin_decision",
     "category_mix",
@@ -213,4 +329,10 @@ __all__ = [
     "throughput_buckets",
     "try_advisory_lock",
     "verdict_timings",
+    "workflow_instance_tenants",
+    "AUDIT_ENTITY_API_KEY",
+    "KeyRevocation",
+    "api_key_state",
+    "list_api_keys",
+    "revoke_api_key_by_id",
 ]

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from moderation.db.crud._sql import _verdict_summary
-from moderation.db.crud.audit import AUDIT_ENTITY_REVIEW, append_audit
+from moderation.db.crud.audit import AUDIT_ENTITY_REVIEW, append_audit, post_tenant
 from moderation.db.crud.projections import record_review_requested
 from moderation.db.crud.reads import latest_automated_verdict
 from moderation.db.models import HumanDecision, Review, ReviewStatus
@@ -83,6 +83,7 @@ def record_appeal(session: Session, *, event: ReviewRequested, actor: str) -> bo
             "automated_verdict": _verdict_summary(verdict),
             "policy_version": verdict.policy_version if verdict is not None else None,
         },
+        tenant=post_tenant(session, post_id=event.post_id),
         at=event.occurred_at,
         commit=False,
     )

@@ -8,6 +8,8 @@ computed in a subquery so the grouped expression is a plain column (PostgreSQL w
 parameters would not match two copies of an expression holding a parameter). Percentiles and
 mean durations are computed in Python on at most `row_cap` newest rows of the window:
 `percentile_cont` and timestamp arithmetic have no portable SQL across PostgreSQL and SQLite.
+Every function counts only the posts of `tenants` (and their verdicts and decisions); None
+counts every tenant and adds no condition.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from moderation.db.crud._sql import (
     _dialect,
     _utc,
 )
+from moderation.db.crud._tenants import Tenants, post_visible, tenant_in
 from moderation.db.schemas import (
     AgreementPublic,
     CategoryCountPublic,
@@ -143,17 +146,23 @@ def _share(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
-def throughput_buckets(session: Session, *, window: MetricsWindow) -> list[ThroughputBucketPublic]:
+def throughput_buckets(
+    session: Session, *, window: MetricsWindow, tenants: Tenants = None
+) -> list[ThroughputBucketPublic]:
     """Posts, automated verdicts by stage, human decisions and posts sent to humans per bucket
     (every bucket of the window, oldest first, zeros included)."""
-    posts = _bucket_counts(session, window, POSTS.c.submitted_at)
-    sent = _bucket_counts(session, window, POSTS.c.submitted_at, _first_review_exists())
-    decisions = _bucket_counts(session, window, DECISIONS.c.decided_at)
+    own_posts = tenant_in(POSTS.c.tenant, tenants)
+    posts = _bucket_counts(session, window, POSTS.c.submitted_at, *own_posts)
+    sent = _bucket_counts(session, window, POSTS.c.submitted_at, _first_review_exists(), *own_posts)
+    decisions = _bucket_counts(
+        session, window, DECISIONS.c.decided_at, *post_visible(DECISIONS.c.post_id, tenants)
+    )
     verdicts = _bucket_counts(
         session,
         window,
         VERDICTS.c.occurred_at,
         VERDICTS.c.stage.in_(_AUTOMATED_STAGES),
+        *post_visible(VERDICTS.c.post_id, tenants),
         by=VERDICTS.c.stage,
     )
     buckets = []
@@ -191,7 +200,11 @@ def _percentiles(
 
 
 def latency_percentiles(
-    session: Session, *, window: MetricsWindow, row_cap: int = METRICS_ROW_CAP
+    session: Session,
+    *,
+    window: MetricsWindow,
+    row_cap: int = METRICS_ROW_CAP,
+    tenants: Tenants = None,
 ) -> tuple[list[LatencyPercentilesPublic], list[LatencyPercentilesPublic], LatencySamplePublic]:
     """p50/p95/p99 per bucket and for the whole window, per automated stage and measure.
 
@@ -211,7 +224,11 @@ def latency_percentiles(
             POSTS.c.submitted_at,
         )
         .select_from(VERDICTS.outerjoin(POSTS, POSTS.c.id == VERDICTS.c.post_id))
-        .where(window.covers(VERDICTS.c.occurred_at), VERDICTS.c.stage.in_(_AUTOMATED_STAGES))
+        .where(
+            window.covers(VERDICTS.c.occurred_at),
+            VERDICTS.c.stage.in_(_AUTOMATED_STAGES),
+            *tenant_in(POSTS.c.tenant, tenants),
+        )
         .order_by(VERDICTS.c.occurred_at.desc(), VERDICTS.c.id.desc())
         .limit(row_cap + 1)
     ).all()
@@ -250,16 +267,30 @@ def latency_percentiles(
     return buckets, overall, sample
 
 
-def decision_mix(session: Session, *, window: MetricsWindow) -> list[DecisionCountPublic]:
+def _automated_in(window: MetricsWindow, tenants: Tenants) -> list[sa.ColumnElement[bool]]:
+    return [
+        window.covers(VERDICTS.c.occurred_at),
+        VERDICTS.c.stage.in_(_AUTOMATED_STAGES),
+        *post_visible(VERDICTS.c.post_id, tenants),
+    ]
+
+
+def _decided_in(window: MetricsWindow, tenants: Tenants) -> list[sa.ColumnElement[bool]]:
+    return [window.covers(DECISIONS.c.decided_at), *post_visible(DECISIONS.c.post_id, tenants)]
+
+
+def decision_mix(
+    session: Session, *, window: MetricsWindow, tenants: Tenants = None
+) -> list[DecisionCountPublic]:
     """Automated verdicts by stage and decision, then human decisions (stage `human`)."""
     verdicts = session.execute(
         sa.select(VERDICTS.c.stage, VERDICTS.c.decision, sa.func.count())
-        .where(window.covers(VERDICTS.c.occurred_at), VERDICTS.c.stage.in_(_AUTOMATED_STAGES))
+        .where(*_automated_in(window, tenants))
         .group_by(VERDICTS.c.stage, VERDICTS.c.decision)
     ).all()
     humans = session.execute(
         sa.select(DECISIONS.c.decision, sa.func.count())
-        .where(window.covers(DECISIONS.c.decided_at))
+        .where(*_decided_in(window, tenants))
         .group_by(DECISIONS.c.decision)
     ).all()
     rows = [(stage, decision, int(count)) for stage, decision, count in verdicts]
@@ -270,16 +301,18 @@ def decision_mix(session: Session, *, window: MetricsWindow) -> list[DecisionCou
     return [DecisionCountPublic(stage=s, decision=d, count=c) for s, d, c in rows]
 
 
-def category_mix(session: Session, *, window: MetricsWindow) -> list[CategoryCountPublic]:
+def category_mix(
+    session: Session, *, window: MetricsWindow, tenants: Tenants = None
+) -> list[CategoryCountPublic]:
     """Automated verdicts by stage and primary category, then the human labels."""
     verdicts = session.execute(
         sa.select(VERDICTS.c.stage, VERDICTS.c.primary_category, sa.func.count())
-        .where(window.covers(VERDICTS.c.occurred_at), VERDICTS.c.stage.in_(_AUTOMATED_STAGES))
+        .where(*_automated_in(window, tenants))
         .group_by(VERDICTS.c.stage, VERDICTS.c.primary_category)
     ).all()
     humans = session.execute(
         sa.select(DECISIONS.c.label, sa.func.count())
-        .where(window.covers(DECISIONS.c.decided_at))
+        .where(*_decided_in(window, tenants))
         .group_by(DECISIONS.c.label)
     ).all()
     rows = [(stage, category, int(count)) for stage, category, count in verdicts]
@@ -294,13 +327,15 @@ def _rank(order: Sequence[str], value: str) -> int:
     return order.index(value) if value in order else len(order)
 
 
-def human_share(session: Session, *, window: MetricsWindow) -> HumanSharePublic:
+def human_share(
+    session: Session, *, window: MetricsWindow, tenants: Tenants = None
+) -> HumanSharePublic:
     """Posts submitted in the window, and how many of them have a (non-appeal) review."""
     posts, sent = session.execute(
         sa.select(
             sa.func.count(),
             sa.func.coalesce(sa.func.sum(sa.case((_first_review_exists(), 1), else_=0)), 0),
-        ).where(window.covers(POSTS.c.submitted_at))
+        ).where(window.covers(POSTS.c.submitted_at), *tenant_in(POSTS.c.tenant, tenants))
     ).one()
     return HumanSharePublic(
         posts=int(posts), sent_to_humans=int(sent), share=_share(int(sent), int(posts))
@@ -320,7 +355,7 @@ def _latest_category(stage: str) -> sa.ScalarSelect[Any]:
 
 
 def agreement(
-    session: Session, *, window: MetricsWindow
+    session: Session, *, window: MetricsWindow, tenants: Tenants = None
 ) -> tuple[list[AgreementPublic], AgreementPublic]:
     """For the window's human decisions: did the model (and the agent) pick the human's label?
 
@@ -333,7 +368,7 @@ def agreement(
             _latest_category(Stage.MODEL.value).label("model"),
             _latest_category(Stage.AGENT.value).label("agent"),
         )
-        .where(window.covers(DECISIONS.c.decided_at))
+        .where(*_decided_in(window, tenants))
         .subquery()
     )
 

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlmodel import Session
 
+from moderation.db.crud._tenants import Tenants
 from moderation.db.crud.metrics import (
     METRICS_ROW_CAP,
     agreement,
@@ -28,29 +29,35 @@ def metrics_overview(
     hours: float,
     bucket_minutes: int,
     row_cap: int = METRICS_ROW_CAP,
+    tenants: Tenants = None,
 ) -> MetricsOverviewPublic:
     """Everything the metrics dashboard plots, for the last `hours` in `bucket_minutes` buckets.
+
+    Posts, verdicts, decisions and reviews count only for `tenants` (None: every tenant); the
+    model registry's versions and the job runs are the platform's and shown to every caller.
 
     Raises:
         ValueError: an invalid window (see `metrics_window`).
     """
     window = metrics_window(now=now, hours=hours, bucket_minutes=bucket_minutes)
-    latency, latency_window, sample = latency_percentiles(session, window=window, row_cap=row_cap)
-    per_label, total = agreement(session, window=window)
+    latency, latency_window, sample = latency_percentiles(
+        session, window=window, row_cap=row_cap, tenants=tenants
+    )
+    per_label, total = agreement(session, window=window, tenants=tenants)
     return MetricsOverviewPublic(
         window=MetricsWindowPublic(
             since=window.since, until=window.until, hours=hours, bucket_minutes=bucket_minutes
         ),
-        throughput=throughput_buckets(session, window=window),
+        throughput=throughput_buckets(session, window=window, tenants=tenants),
         latency=latency,
         latency_window=latency_window,
         latency_sample=sample,
-        decision_mix=decision_mix(session, window=window),
-        category_mix=category_mix(session, window=window),
-        to_humans=human_share(session, window=window),
+        decision_mix=decision_mix(session, window=window, tenants=tenants),
+        category_mix=category_mix(session, window=window, tenants=tenants),
+        to_humans=human_share(session, window=window, tenants=tenants),
         agreement=per_label,
         agreement_total=total,
-        queue=queue_metrics(session, now=now, window=window, row_cap=row_cap),
+        queue=queue_metrics(session, now=now, window=window, row_cap=row_cap, tenants=tenants),
         model_versions=model_version_metrics(session),
         job_runs=recent_job_runs(session),
     )

@@ -33,6 +33,8 @@ from moderation.db.crud._sql import (
     _insert_ignore,
     _utc,
 )
+from moderation.db.crud.report_outcomes import resolve_reports
+from moderation.db.crud.strikes import apply_enforcement
 from moderation.db.models import PostStatus, ReviewStatus
 from moderation.events import (
     Event,
@@ -43,6 +45,7 @@ from moderation.events import (
     review_id_for,
     utc_now,
 )
+from moderation.policy import EnforcementPolicy
 
 
 @dataclass
@@ -62,6 +65,7 @@ def _post_row(event: PostSubmitted, now: datetime) -> dict[str, Any]:
         "id": event.post_id,
         "text": event.text,
         "author_id": event.author_id,
+        "tenant": event.tenant,
         "external_id": event.external_id,
         "metadata": dict(event.metadata),
         "status": PostStatus.PENDING,
@@ -124,10 +128,18 @@ def _decision_row(event: ReviewDecided) -> dict[str, Any]:
     }
 
 
-def record_events(session: Session, *, events: Sequence[Event]) -> RecordResult:
+def record_events(
+    session: Session, *, events: Sequence[Event], enforcement: EnforcementPolicy | None = None
+) -> RecordResult:
     """Record a batch of events of any topic: one insert per table, then the derived statuses.
 
     Idempotent: events already recorded (same natural key) are ignored.
+
+    With `enforcement` (the recorder's call) the consequences are derived in the same
+    transaction: the strikes of the posts the batch touched and the ladder's actions
+    (`strikes.apply_enforcement`), and the resolution of reports on posts decided
+    (`report_outcomes.resolve_reports`). Other writers (the review workflow, the API) leave
+    them to the recorder, which reads the same events from Kafka.
 
     Raises:
         TypeError: for an event type that has no table.
@@ -192,6 +204,14 @@ def record_events(session: Session, *, events: Sequence[Event]) -> RecordResult:
         inserted["posts"] = _insert_ignore(session, POSTS, posts, ["id"])
         touched = sorted(facts | {row["id"] for row in posts})
         _refresh_derived_status(session, post_ids=touched, review_ids=closing)
+    if enforcement is not None:
+        # Strikes follow verdicts and decisions; a post recorded late carries its author.
+        struck = {row["id"] for row in posts} | {
+            row["post_id"] for kind in ("verdicts", "decisions") for row in keyed[kind].values()
+        }
+        apply_enforcement(session, post_ids=sorted(struck), policy=enforcement, now=now)
+        decided = sorted({row["post_id"] for row in keyed["decisions"].values()})
+        resolve_reports(session, post_ids=decided, now=now)
     session.commit()
     return RecordResult(received=received, inserted=inserted)
 

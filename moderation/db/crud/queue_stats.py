@@ -14,6 +14,7 @@ from sqlmodel import Session
 
 from moderation.actors import actor_display
 from moderation.db.crud._sql import AUDIT, DECISIONS, REVIEWS, _utc
+from moderation.db.crud._tenants import Tenants, post_visible
 from moderation.db.crud.api_keys import api_key_names
 from moderation.db.crud.audit import AUDIT_ENTITY_REVIEW
 from moderation.db.crud.metrics import METRICS_ROW_CAP, MetricsWindow
@@ -35,31 +36,35 @@ class ReviewStats(NamedTuple):
     avg_handling_seconds: float | None
 
 
-def review_stats(session: Session, *, now: datetime) -> ReviewStats:
+def review_stats(session: Session, *, now: datetime, tenants: Tenants = None) -> ReviewStats:
     """Queue counts at `now` and the last 24 hours' flow.
 
     `pending`, `escalated` and `claimed` count undecided reviews by effective status (they do
     not overlap). `inbound_24h`: reviews created in the window; `actioned_24h`: reviews decided
     in it; `action_rate`: the share of the window's recorded human decisions that remove;
     `avg_handling_seconds`: mean of decided_at - created_at over the window's decided reviews.
-    Rates are None when there is nothing to average.
+    Rates are None when there is nothing to average. Only reviews and decisions of `tenants`'
+    posts count (None: every tenant).
     """
     now = _utc(now)
     since = now - timedelta(hours=24)
     status = effective_review_status(now)
+    visible = post_visible(REVIEWS.c.post_id, tenants)
     counts = dict(
         session.execute(
             sa.select(status, sa.func.count())
-            .where(REVIEWS.c.status != ReviewStatus.DECIDED)
+            .where(REVIEWS.c.status != ReviewStatus.DECIDED, *visible)
             .group_by(status)
         ).all()
     )
     inbound = session.execute(
-        sa.select(sa.func.count()).select_from(REVIEWS).where(REVIEWS.c.created_at >= since)
+        sa.select(sa.func.count())
+        .select_from(REVIEWS)
+        .where(REVIEWS.c.created_at >= since, *visible)
     ).scalar_one()
     handled = session.execute(
         sa.select(REVIEWS.c.created_at, REVIEWS.c.decided_at).where(
-            REVIEWS.c.status == ReviewStatus.DECIDED, REVIEWS.c.decided_at >= since
+            REVIEWS.c.status == ReviewStatus.DECIDED, REVIEWS.c.decided_at >= since, *visible
         )
     ).all()
     decided, removed = session.execute(
@@ -69,7 +74,7 @@ def review_stats(session: Session, *, now: datetime) -> ReviewStats:
                 sa.func.sum(sa.case((DECISIONS.c.decision == Decision.REMOVE.value, 1))),
                 0,
             ),
-        ).where(DECISIONS.c.decided_at >= since)
+        ).where(DECISIONS.c.decided_at >= since, *post_visible(DECISIONS.c.post_id, tenants))
     ).one()
     # Times come back aware from the column type: subtract in Python, portable across backends.
     durations = [
@@ -91,7 +96,11 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def moderator_load(
-    session: Session, *, window: MetricsWindow, row_cap: int = METRICS_ROW_CAP
+    session: Session,
+    *,
+    window: MetricsWindow,
+    row_cap: int = METRICS_ROW_CAP,
+    tenants: Tenants = None,
 ) -> list[ModeratorLoadPublic]:
     """Per moderator, the reviews decided in the window (the newest `row_cap`): how many, mean
     handling (their first claim of the review to the decision) and mean time to decision."""
@@ -99,6 +108,7 @@ def moderator_load(
         REVIEWS.c.status == ReviewStatus.DECIDED,
         REVIEWS.c.decided_by.is_not(None),
         window.covers(REVIEWS.c.decided_at),
+        *post_visible(REVIEWS.c.post_id, tenants),
     )
     claims = (
         sa.select(
@@ -153,29 +163,37 @@ def moderator_load(
     return sorted(load, key=lambda row: (-row.decided, row.moderator))
 
 
-def oldest_waiting_review(session: Session, *, now: datetime) -> datetime | None:
+def oldest_waiting_review(
+    session: Session, *, now: datetime, tenants: Tenants = None
+) -> datetime | None:
     """When the oldest review waiting for a moderator (pending or escalated) was created."""
     status = effective_review_status(_utc(now))
     oldest = session.execute(
         sa.select(sa.func.min(REVIEWS.c.created_at)).where(
-            status.in_([ReviewStatus.PENDING.value, ReviewStatus.ESCALATED.value])
+            status.in_([ReviewStatus.PENDING.value, ReviewStatus.ESCALATED.value]),
+            *post_visible(REVIEWS.c.post_id, tenants),
         )
     ).scalar_one()
     return _utc(oldest) if oldest is not None else None
 
 
 def queue_metrics(
-    session: Session, *, now: datetime, window: MetricsWindow, row_cap: int = METRICS_ROW_CAP
+    session: Session,
+    *,
+    now: datetime,
+    window: MetricsWindow,
+    row_cap: int = METRICS_ROW_CAP,
+    tenants: Tenants = None,
 ) -> QueueMetricsPublic:
     """`review_stats` at `now`, the oldest review waiting for a moderator, and the window's
-    load per moderator."""
+    load per moderator (all of `tenants`' posts; None: every tenant)."""
     now = _utc(now)
-    oldest_at = oldest_waiting_review(session, now=now)
+    oldest_at = oldest_waiting_review(session, now=now, tenants=tenants)
     return QueueMetricsPublic(
-        **review_stats(session, now=now)._asdict(),
+        **review_stats(session, now=now, tenants=tenants)._asdict(),
         oldest_pending_at=oldest_at,
         oldest_pending_age_seconds=(
             round(max(0.0, (now - oldest_at).total_seconds()), 3) if oldest_at else None
         ),
-        moderators=moderator_load(session, window=window, row_cap=row_cap),
+        moderators=moderator_load(session, window=window, row_cap=row_cap, tenants=tenants),
     )

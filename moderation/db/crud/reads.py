@@ -11,7 +11,9 @@ from sqlmodel import Session, col, select
 
 from moderation.db import models
 from moderation.db.crud._sql import _AUTOMATED_STAGES, DECISIONS, VERDICTS, _chunks
+from moderation.db.crud._tenants import Tenants, post_visible
 from moderation.db.models import Post, Review, Verdict
+from moderation.events import DEFAULT_TENANT
 from moderation.taxonomy import Stage
 
 
@@ -118,6 +120,7 @@ class DecidedPost(NamedTuple):
     decision: str
     note: str | None
     decided_at: datetime
+    tenant: str = DEFAULT_TENANT
 
 
 def list_human_decisions(session: Session, *, limit: int) -> list[DecidedPost]:
@@ -130,6 +133,7 @@ def list_human_decisions(session: Session, *, limit: int) -> list[DecidedPost]:
             col(models.HumanDecision.decision),
             col(models.HumanDecision.note),
             col(models.HumanDecision.decided_at),
+            col(Post.tenant),
         )
         .join(Post, col(Post.id) == col(models.HumanDecision.post_id))
         .order_by(col(models.HumanDecision.decided_at).desc(), col(models.HumanDecision.id).desc())
@@ -179,9 +183,10 @@ class DecisionLogRow(NamedTuple):
     policy_version: str | None
 
 
-def decision_log(session: Session, *, limit: int) -> list[DecisionLogRow]:
-    """The latest `limit` human decisions, newest first, with the policy version in force
-    (that of the automated verdict the decision reviewed)."""
+def decision_log(session: Session, *, limit: int, tenants: Tenants = None) -> list[DecisionLogRow]:
+    """The latest `limit` human decisions on `tenants`' posts (None: every tenant), newest
+    first, with the policy version in force (that of the automated verdict the decision
+    reviewed)."""
     verdict = VERDICTS.alias("v")
     stage_rank = sa.case((verdict.c.stage == Stage.AGENT.value, 0), else_=1)
     policy_version = (
@@ -203,6 +208,7 @@ def decision_log(session: Session, *, limit: int) -> list[DecisionLogRow]:
             DECISIONS.c.overrode,
             policy_version,
         )
+        .where(*post_visible(DECISIONS.c.post_id, tenants))
         .order_by(DECISIONS.c.decided_at.desc(), DECISIONS.c.id.desc())
         .limit(limit)
     )

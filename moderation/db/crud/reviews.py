@@ -18,8 +18,9 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from moderation.db.crud._post_status import _refresh_post_status
-from moderation.db.crud._sql import DECISIONS, REVIEWS, _utc, _verdict_summary
-from moderation.db.crud.audit import AUDIT_ENTITY_REVIEW, append_audit
+from moderation.db.crud._sql import DECISIONS, POSTS, REVIEWS, VERDICTS, _utc, _verdict_summary
+from moderation.db.crud._tenants import Tenants, post_visible
+from moderation.db.crud.audit import AUDIT_ENTITY_REVIEW, append_audit, post_tenant
 from moderation.db.crud.projections import record_events
 from moderation.db.crud.reads import latest_automated_verdicts
 from moderation.db.models import Post, Review, ReviewStatus, Verdict
@@ -80,6 +81,36 @@ def _claimable_by(moderator: str, now: datetime) -> sa.ColumnElement[bool]:
     )
 
 
+# Where a post's language comes from (README "Bulk decisions and queue filters"): the submitter's
+# metadata `lang` when given; else the language stage 1 found it written in and could not read
+# (its verdict's `unreadable:language:<code>` signal). A post with neither has no known language.
+LANGUAGE_SIGNAL = "unreadable:language:"
+
+
+def language_is(language: str) -> sa.ColumnElement[bool]:
+    """SQL: the review's post is in `language` (a code such as `ja`, compared lower-case)."""
+    code = language.lower()
+    declared = sa.func.lower(POSTS.c["metadata"]["lang"].as_string())
+    by_metadata = sa.select(POSTS.c.id).where(declared == code)
+    undeclared = sa.select(POSTS.c.id).where(sa.func.coalesce(declared, "") == "")
+    # The signals are a JSON list of strings: its text holds the signal in quotes.
+    by_signal = sa.select(VERDICTS.c.post_id).where(
+        VERDICTS.c.stage == "model",
+        sa.cast(VERDICTS.c.signals, sa.Text).contains(
+            f'"{LANGUAGE_SIGNAL}{code}"', autoescape=True
+        ),
+    )
+    return sa.or_(
+        REVIEWS.c.post_id.in_(by_metadata),
+        sa.and_(REVIEWS.c.post_id.in_(undeclared), REVIEWS.c.post_id.in_(by_signal)),
+    )
+
+
+def by_author(author_id: str) -> sa.ColumnElement[bool]:
+    """SQL: the review's post is by `author_id` (of whichever tenant the other filters allow)."""
+    return REVIEWS.c.post_id.in_(sa.select(POSTS.c.id).where(POSTS.c.author_id == author_id))
+
+
 class ReviewView(NamedTuple):
     """A review as moderators see it: its row, its status at the time of reading, its post and
     the automated verdict it reviews (the post or verdict may not be recorded yet)."""
@@ -117,6 +148,9 @@ def list_reviews(
     priority: ReviewPriority | str | None = None,
     limit: int = 50,
     offset: int = 0,
+    tenants: Tenants = None,
+    language: str | None = None,
+    author_id: str | None = None,
 ) -> tuple[list[ReviewView], int]:
     """A page of the queue, most urgent priority first, oldest first within a priority.
 
@@ -128,11 +162,14 @@ def list_reviews(
         priority: only reviews of this priority.
         limit: the page size.
         offset: reviews skipped before the page.
+        tenants: only reviews of these tenants' posts (None: every tenant).
+        language: only reviews of posts in this language (`language_is`).
+        author_id: only reviews of this author's posts.
 
     Returns:
         The page and the number of reviews that match the filters.
     """
-    filters: list[sa.ColumnElement[bool]] = []
+    filters = post_visible(REVIEWS.c.post_id, tenants)
     if status is not None:
         filters.append(effective_review_status(now) == ReviewStatus(status).value)
     else:
@@ -141,6 +178,10 @@ def list_reviews(
         filters.append(REVIEWS.c.category == category)
     if priority is not None:
         filters.append(REVIEWS.c.priority == ReviewPriority(priority).value)
+    if language is not None:
+        filters.append(language_is(language))
+    if author_id is not None:
+        filters.append(by_author(author_id))
     statement = (
         _review_query(now)
         .where(*filters)
@@ -155,11 +196,14 @@ def list_reviews(
     return _views(session, rows), int(total.scalar_one())
 
 
-def get_review(session: Session, *, review_id: str, now: datetime) -> ReviewView | None:
-    """The review with its effective status at `now`, or None."""
+def get_review(
+    session: Session, *, review_id: str, now: datetime, tenants: Tenants = None
+) -> ReviewView | None:
+    """The review with its effective status at `now`, or None (also when its post is not one
+    of `tenants`; None: every tenant)."""
     row = session.execute(
         _review_query(now)
-        .where(REVIEWS.c.review_id == review_id)
+        .where(REVIEWS.c.review_id == review_id, *post_visible(REVIEWS.c.post_id, tenants))
         .execution_options(populate_existing=True)
     ).first()
     return _views(session, [row])[0] if row is not None else None
@@ -200,13 +244,20 @@ def _audit_review(
             "automated_verdict": _verdict_summary(verdict),
             "policy_version": verdict.policy_version if verdict is not None else None,
         },
+        tenant=post_tenant(session, post_id=before.review.post_id),
         at=at,
         commit=False,
     )
 
 
 def claim_review(
-    session: Session, *, review_id: str, moderator: str, now: datetime, claim_seconds: float
+    session: Session,
+    *,
+    review_id: str,
+    moderator: str,
+    now: datetime,
+    claim_seconds: float,
+    tenants: Tenants = None,
 ) -> ReviewView | None:
     """Claim a review for `moderator` until `now + claim_seconds` (audited as `review.claim`).
 
@@ -214,11 +265,11 @@ def claim_review(
     claim ran out, or `moderator` already holds it (the claim is then extended).
 
     Returns:
-        The claimed review, or None when it does not exist, is decided or someone else holds
-        a live claim (`get_review` tells which).
+        The claimed review, or None when it does not exist (or its post is not one of
+        `tenants`), is decided or someone else holds a live claim (`get_review` tells which).
     """
     now = _utc(now)
-    before = get_review(session, review_id=review_id, now=now)
+    before = get_review(session, review_id=review_id, now=now, tenants=tenants)
     if before is None:
         return None
     expires = now + timedelta(seconds=claim_seconds)
@@ -257,16 +308,21 @@ def claim_next(
     claim_seconds: float,
     category: str | None = None,
     attempts: int = 5,
+    tenants: Tenants = None,
+    language: str | None = None,
 ) -> ReviewView | None:
-    """Claim the most urgent, oldest review `moderator` may claim (its own claim included).
+    """Claim the most urgent, oldest review `moderator` may claim (its own claim included),
+    among the reviews of `tenants`' posts (None: every tenant).
 
     Returns:
         The claimed review, or None when nothing is claimable.
     """
     now = _utc(now)
-    filters = [_claimable_by(moderator, now)]
+    filters = [_claimable_by(moderator, now), *post_visible(REVIEWS.c.post_id, tenants)]
     if category is not None:
         filters.append(REVIEWS.c.category == category)
+    if language is not None:
+        filters.append(language_is(language))
     candidates = (
         sa.select(REVIEWS.c.review_id)
         .where(*filters)
@@ -289,6 +345,7 @@ def claim_next(
             moderator=moderator,
             now=now,
             claim_seconds=claim_seconds,
+            tenants=tenants,
         )
         if claimed is not None:
             return claimed
@@ -392,6 +449,7 @@ def revert_decision(session: Session, *, decision: ReviewDecided, reason: str) -
         entity_id=decision.review_id,
         before={"status": ReviewStatus.DECIDED.value, "decision_event_id": decision.event_id},
         after={"reason": reason},
+        tenant=post_tenant(session, post_id=reopened.post_id),
         at=now,
         commit=False,
     )

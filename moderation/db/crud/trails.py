@@ -5,13 +5,19 @@ from __future__ import annotations
 from sqlmodel import Session
 
 from moderation.actors import actor_display
+from moderation.db.crud._tenants import Tenants, sees
 from moderation.db.crud.api_keys import api_key_names
-from moderation.db.crud.reads import get_post_trail
+from moderation.db.crud.reads import get_post, get_post_trail
 from moderation.db.schemas.posts import DecisionOut, PostTrail, ReviewOut, VerdictOut
 
 
-def post_trail(session: Session, *, post_id: str) -> PostTrail | None:
-    """The post's status, verdicts, reviews and decisions; None when nothing is known of it."""
+def post_trail(session: Session, *, post_id: str, tenants: Tenants = None) -> PostTrail | None:
+    """The post's status, verdicts, reviews and decisions; None when nothing is known of it, or
+    when it is not a post of `tenants` (None: every tenant; see `_tenants.py`)."""
+    if tenants is not None:
+        post = get_post(session, post_id=post_id)
+        if not sees(tenants, post.tenant if post is not None else None):
+            return None
     post, verdicts, reviews, decisions = get_post_trail(session, post_id=post_id)
     if post is None and not (verdicts or reviews or decisions):
         return None

@@ -1,17 +1,34 @@
 """Every API shape, defined once: what the REST API accepts and returns, what the dashboard reads.
 
 One module per group of routes: `posts` (`/v1/posts`), `reviews` (`/v1/reviews` and appeals),
-`metrics` (`/v1/metrics/overview`), `config` (`/v1/config`), `workflows` (`/v1/workflows`).
+`metrics` (`/v1/metrics/overview`), `config` (`/v1/config`), `workflows` (`/v1/workflows`),
+`audit` (`/v1/audit`), `keys` (`/v1/admin/keys`), `authors` (`/v1/authors`), `reports`
+(`/v1/reports`).
 Tables live in `moderation.db.models`, Kafka payloads in `moderation.events`.
 """
 
 from __future__ import annotations
 
+from moderation.db.schemas.audit import AuditEntryPublic, AuditPagePublic
+from moderation.db.schemas.authors import (
+    AuthorActionPublic,
+    AuthorPostPublic,
+    AuthorPublic,
+    AuthorVerdictPublic,
+    StandingPublic,
+    StrikePublic,
+)
 from moderation.db.schemas.config import (
     ConfigChangePublic,
     ConfigItemPublic,
     ConfigSet,
     ConfigStatePublic,
+)
+from moderation.db.schemas.keys import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyPublic,
+    ApiKeysPublic,
 )
 from moderation.db.schemas.metrics import (
     AgreementPublic,
@@ -44,9 +61,19 @@ from moderation.db.schemas.posts import (
     ReviewOut,
     VerdictOut,
 )
+from moderation.db.schemas.reports import (
+    REPORT_REASONS,
+    ReportCreate,
+    ReportPublic,
+)
 from moderation.db.schemas.reviews import (
+    LANGUAGE_PATTERN,
+    MAX_BULK_DECISIONS,
     AppealAccepted,
     AppealCreate,
+    BulkDecisionCreate,
+    BulkDecisionOutcome,
+    BulkDecisionResult,
     DecisionAccepted,
     DecisionCreate,
     PrecedentPublic,
@@ -54,6 +81,15 @@ from moderation.db.schemas.reviews import (
     ReviewsPublic,
     ReviewStatsPublic,
     SuggestionPublic,
+)
+from moderation.db.schemas.webhooks import (
+    WebhookCreate,
+    WebhookCreated,
+    WebhookDeliveriesPublic,
+    WebhookDeliveryPublic,
+    WebhookPublic,
+    WebhookSecretRotated,
+    WebhooksPublic,
 )
 from moderation.db.schemas.workflows import (
     WorkflowApp,
@@ -66,13 +102,33 @@ from moderation.db.schemas.workflows import (
 )
 
 __all__ = [
+    "AuthorActionPublic",
+    "AuthorPostPublic",
+    "AuthorPublic",
+    "AuthorVerdictPublic",
+    "REPORT_REASONS",
+    "LANGUAGE_PATTERN",
+    "MAX_BULK_DECISIONS",
+    "ReportCreate",
+    "ReportPublic",
+    "StandingPublic",
+    "StrikePublic",
+    "ApiKeyCreate",
+    "ApiKeyCreated",
+    "ApiKeyPublic",
+    "ApiKeysPublic",
     "ConfigChangePublic",
     "ConfigItemPublic",
     "ConfigSet",
     "ConfigStatePublic",
     "AgreementPublic",
+    "AuditEntryPublic",
+    "AuditPagePublic",
     "AppealAccepted",
     "AppealCreate",
+    "BulkDecisionCreate",
+    "BulkDecisionOutcome",
+    "BulkDecisionResult",
     "BatchEnvelope",
     "BatchIn",
     "BatchItemResult",
@@ -113,4 +169,11 @@ __all__ = [
     "WorkflowStatus",
     "WorkflowStepKind",
     "WorkflowStepPublic",
+    "WebhookCreate",
+    "WebhookCreated",
+    "WebhookDeliveriesPublic",
+    "WebhookDeliveryPublic",
+    "WebhookPublic",
+    "WebhookSecretRotated",
+    "WebhooksPublic",
 ]

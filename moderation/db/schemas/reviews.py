@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import ConfigDict
+from pydantic import ConfigDict, model_validator
 from sqlmodel import Field, SQLModel
 
 from moderation.db.models import ReviewStatus
@@ -138,3 +138,65 @@ class AppealAccepted(SQLModel):
     post_id: str
     appeal_of: str
     status: Literal["accepted"] = "accepted"
+
+
+MAX_BULK_DECISIONS = 500
+# What `?language=` accepts: a lower-case ISO 639 code, optionally with a region or script.
+LANGUAGE_PATTERN = r"^[a-z]{2,3}(-[a-z0-9]{2,8})*$"
+
+
+class BulkDecisionCreate(SQLModel):
+    """One decision for many reviews: listed ones, or every open review of one author.
+
+    Exactly one of `review_ids` and `author_id`; `tenant` narrows an author to one tenant (an
+    author is a tenant's: without it, the author's reviews in every tenant the key sees).
+    """
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    review_ids: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_BULK_DECISIONS,
+        description=f"the reviews to decide (1 to {MAX_BULK_DECISIONS}, no repeats)",
+    )
+    author_id: str | None = Field(
+        default=None, min_length=1, max_length=128, description="decide the author's open reviews"
+    )
+    tenant: str | None = Field(
+        default=None, min_length=1, max_length=64, description="the author's tenant"
+    )
+    label: Category = Field(description="the category the posts fall in (safe when allowed)")
+    decision: Literal["allow", "remove"]
+    note: str | None = Field(default=None, max_length=2_000)
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> BulkDecisionCreate:
+        if (self.review_ids is None) == (self.author_id is None):
+            raise ValueError("give exactly one of review_ids and author_id")
+        if self.tenant is not None and self.author_id is None:
+            raise ValueError("tenant narrows author_id: give it only with author_id")
+        if self.review_ids is not None and len(set(self.review_ids)) != len(self.review_ids):
+            raise ValueError("review_ids lists a review more than once")
+        return self
+
+
+class BulkDecisionOutcome(SQLModel):
+    """What became of one review of a bulk decision."""
+
+    review_id: str
+    outcome: Literal["decided", "skipped", "failed"] = Field(
+        description="decided: handed to its workflow; skipped: not decidable by you (reason); "
+        "failed: its workflow could not be told, so it was reopened"
+    )
+    reason: str | None = None
+    event_id: str | None = Field(default=None, description="the ReviewDecided event's id")
+
+
+class BulkDecisionResult(SQLModel):
+    """Per-review outcomes of a bulk decision, in the order decided, and their counts."""
+
+    outcomes: list[BulkDecisionOutcome]
+    decided: int
+    skipped: int
+    failed: int

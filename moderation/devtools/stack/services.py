@@ -1,4 +1,5 @@
-"""The pipeline's own services as local processes: api, worker, recorder, review, agent.
+"""The pipeline's own services as local processes: api, worker, recorder, review, agent, the
+webhook dispatcher (`webhooks`).
 
 Used by the integration tests and `moderation bench`: each runs as `moderation <service>` from the
 project's venv, is ready when its `/readyz` answers 200 (the api's on its internal port), and can
@@ -44,6 +45,8 @@ def isolated_settings(settings: Settings, run: str) -> Settings:
                     "recorder_group": f"{run}-recorder",
                 }
             ),
+            # Its own group too: deleting a run's ACLs must not take the shared group's.
+            "webhooks": settings.webhooks.model_copy(update={"consumer_group": f"{run}-webhooks"}),
         }
     )
 
@@ -59,6 +62,9 @@ def service_env(settings: Settings) -> dict[str, str]:
         "MODERATION_KAFKA__TOPICS__REVIEW_DECISIONS": topics.review_decisions,
         "MODERATION_KAFKA__TOPICS__REVIEW_ESCALATED": topics.review_escalated,
         "MODERATION_KAFKA__TOPICS__AGENT_REQUESTED": topics.agent_requested,
+        "MODERATION_KAFKA__TOPICS__AUTHORS_ACTIONED": topics.authors_actioned,
+        "MODERATION_KAFKA__TOPICS__REPORTS_RESOLVED": topics.reports_resolved,
+        "MODERATION_WEBHOOKS__CONSUMER_GROUP": settings.webhooks.consumer_group,
         "MODERATION_WORKER__CLASSIFIER_GROUP": settings.worker.classifier_group,
         "MODERATION_WORKER__RECORDER_GROUP": settings.worker.recorder_group,
         "MODERATION_AGENT__ENABLED": str(settings.agent.enabled).lower(),
@@ -101,6 +107,7 @@ def service_specs(settings: Settings) -> dict[str, ServiceSpec]:
             ServiceSpec("review", "review-service", settings.review.service_port),
             ServiceSpec("agent", "agent-service", settings.agent_service.service_port),
             ServiceSpec("mcp", "mcp-server", settings.mcp.port, "/healthz"),
+            ServiceSpec("webhooks", "webhook-dispatcher", settings.webhooks.port),
             ServiceSpec("dashboard", "dashboard", settings.dashboard.port, "/_stcore/health"),
         )
     }

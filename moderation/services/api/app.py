@@ -20,12 +20,18 @@ from moderation.services.api.limits import ApiLimits, BodySizeLimit
 from moderation.services.api.metrics import ApiMetrics
 from moderation.services.api.publisher import KafkaPublisher, Publisher
 from moderation.services.api.routes import (
+    admin_keys,
     appeals,
+    audit,
+    authors,
+    bulk_reviews,
     config,
     health,
     metrics_overview,
     posts,
+    reports,
     reviews,
+    webhooks,
     workflow_instances,
 )
 from moderation.services.api.routes.errors import ErrorBody, install_error_handlers
@@ -43,6 +49,9 @@ Submit posts for moderation. A post is accepted (202) only once Kafka acknowledg
 `acks=all`; when Kafka cannot acknowledge in time the answer is 503 with `Retry-After`.
 Moderators work the human review queue under `/v1/reviews` (scope `moderate`).
 Authenticate with `Authorization: Bearer <api key>` or `X-API-Key`.
+Each key belongs to a tenant: what belongs to a tenant the key does not see answers 404, as if
+unknown (`moderate` keys see the tenants granted to them, `admin` keys every tenant). Admins
+list, create and revoke keys under `/v1/admin/keys`.
 Each key has rate limits (posts, and other requests, per minute): past them the answer is 429
 with `Retry-After`. Bodies above the size limit are refused with 413.
 """
@@ -138,10 +147,16 @@ def build_app(
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.api.trusted_proxies)
     app.include_router(posts.router)
     app.include_router(appeals.router)
+    app.include_router(authors.router)
+    app.include_router(reports.router)
+    app.include_router(bulk_reviews.router)
     app.include_router(reviews.router)
     app.include_router(metrics_overview.router)
     app.include_router(config.router)
     app.include_router(workflow_instances.router)
+    app.include_router(audit.router)
+    app.include_router(webhooks.router)
+    app.include_router(admin_keys.router)
     app.include_router(health.router)
     _document_security(app)
     return app

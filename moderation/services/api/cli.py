@@ -1,4 +1,5 @@
-"""Command-line pieces of the API: `api-keys create`, and `run_api` behind `moderation api`."""
+"""Command-line pieces of the API: `api-keys create`, `list` and `revoke`, and `run_api` behind
+`moderation api`."""
 
 from __future__ import annotations
 
@@ -6,13 +7,19 @@ import asyncio
 import contextlib
 import gc
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Annotated
 
 import typer
 import uvicorn
 from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from sqlmodel import Session
 
+from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
+from moderation.events import DEFAULT_TENANT
 from moderation.services.api.security import create_key, parse_scopes
 from moderation.settings import Settings, get_settings
 
@@ -20,6 +27,8 @@ app = typer.Typer(help="API keys of the ingest API (hashed at rest).", no_args_i
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True)
+# Who the audit log names for keys created or revoked here.
+CLI_ACTOR = "cli"
 
 
 @app.callback()
@@ -33,6 +42,13 @@ def create(
     scopes: Annotated[
         str, typer.Option(help="comma-separated: submit, read, moderate, admin (admin: all)")
     ] = "submit",
+    tenant: Annotated[
+        str, typer.Option(help="the platform the key acts for; it sees only this tenant's posts")
+    ] = DEFAULT_TENANT,
+    grant_tenants: Annotated[
+        str,
+        typer.Option(help="moderate keys: further tenants to work on, comma-separated (*: all)"),
+    ] = "",
 ) -> None:
     """Create a key and print it once on stdout (only its hash is stored)."""
     try:
@@ -44,14 +60,84 @@ def create(
     engine = make_engine(settings)
     try:
         create_tables(engine)
-        plaintext, principal = create_key(engine, name=name, scopes=wanted)
+        grants = [part.strip() for part in grant_tenants.split(",") if part.strip()]
+        plaintext, principal = create_key(
+            engine,
+            name=name,
+            scopes=wanted,
+            tenant=tenant,
+            granted_tenants=grants,
+            actor=CLI_ACTOR,
+        )
+    except ValueError as error:
+        stderr.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(code=2) from None
     finally:
         engine.dispose()
     stderr.print(
         f"created API key '{principal.name}' (id {principal.key_id}, scopes "
-        f"{', '.join(sorted(principal.scopes))}); it is shown only once:"
+        f"{', '.join(sorted(principal.scopes))}, tenant {principal.tenant}); "
+        "it is shown only once:"
     )
     stdout.print(plaintext, markup=False, highlight=False)
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment is not None else ""
+
+
+@app.command("list")
+def list_keys() -> None:
+    """Show every key (never a secret): id, name, prefix, tenants, scopes, when created/revoked."""
+    settings = get_settings()
+    engine = make_engine(settings)
+    try:
+        create_tables(engine)
+        with Session(engine) as session:
+            keys = crud.list_api_keys(session)
+    finally:
+        engine.dispose()
+    table = Table(title=f"API keys ({len(keys)})")
+    for column in ("id", "name", "prefix", "tenant", "granted tenants", "scopes"):
+        table.add_column(column, overflow="fold")
+    table.add_column("created", no_wrap=True)
+    table.add_column("revoked", no_wrap=True)
+    for key in keys:
+        # Names are labels anyone with the CLI chose: shown as text, never as rich markup.
+        table.add_row(
+            str(key.id),
+            Text(key.name),
+            key.prefix,
+            Text(key.tenant),
+            Text(", ".join(key.granted_tenants)),
+            ", ".join(key.scopes),
+            _when(key.created_at),
+            _when(key.revoked_at),
+        )
+    stdout.print(table)
+
+
+@app.command("revoke")
+def revoke(
+    key_id: Annotated[int, typer.Argument(help="the key's id (see `api-keys list`)")],
+) -> None:
+    """Revoke a key (audited). Running APIs refuse it within their key cache's TTL (30 s)."""
+    settings = get_settings()
+    engine = make_engine(settings)
+    try:
+        create_tables(engine)
+        with Session(engine) as session:
+            outcome, key = crud.revoke_api_key_by_id(session, key_id=key_id, actor=CLI_ACTOR)
+            name = key.name if key is not None else ""
+    finally:
+        engine.dispose()
+    if outcome is crud.KeyRevocation.NOT_FOUND:
+        stderr.print(f"[red]error:[/red] no API key with id {key_id}")
+        raise typer.Exit(code=1)
+    if outcome is crud.KeyRevocation.ALREADY_REVOKED:
+        stderr.print(f"[red]error:[/red] API key {key_id} is already revoked")
+        raise typer.Exit(code=1)
+    stderr.print(f"revoked API key {key_id}", Text(f"('{name}')"))
 
 
 class InternalServer(uvicorn.Server):

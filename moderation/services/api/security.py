@@ -1,8 +1,9 @@
 """API-key authentication: header parsing, scopes, and a short in-process cache of lookups.
 
 Keys are hashed at rest (`crud.authenticate_api_key` checks them); the cache is keyed by a
-SHA-256 of the presented key so the hot path does not hit the database on every request. A
-revoked key therefore keeps working for at most `ttl` seconds in a running process.
+SHA-256 of the presented key so the hot path does not hit the database on every request. A key
+revoked through this process's admin API stops working at once (`KeyCache.forget_key`); one
+revoked elsewhere (the CLI, another replica) keeps working for at most `ttl` seconds here.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from sqlmodel import Session
 
 from moderation.actors import key_actor
 from moderation.db import crud
+from moderation.db.crud.api_keys import ALL_TENANTS
 from moderation.db.models import ApiKey
+from moderation.events import DEFAULT_TENANT
 
 BEARER_PREFIX = "bearer "
 CACHE_TTL_SECONDS = 30.0
@@ -29,6 +32,7 @@ class Scope(StrEnum):
     SUBMIT = "submit"
     READ = "read"
     MODERATE = "moderate"
+    REPORT = "report"
     ADMIN = "admin"
 
 
@@ -50,6 +54,9 @@ class Principal:
     key_id: int
     name: str
     scopes: frozenset[str]
+    tenant: str = DEFAULT_TENANT
+    # Further tenants a `moderate` key works on (`*`: all); see `tenants`.
+    granted_tenants: frozenset[str] = frozenset()
 
     @property
     def actor(self) -> str:
@@ -60,6 +67,26 @@ class Principal:
     def display(self) -> str:
         """The key as people read it: `name (key:<id>)`."""
         return f"{self.name} ({self.actor})"
+
+    @property
+    def tenants(self) -> frozenset[str] | None:
+        """The tenants whose posts, authors and reviews this key sees; None means all.
+
+        `admin` keys see every tenant; `moderate` keys their own and the ones granted to them;
+        every other key only its own.
+        """
+        if Scope.ADMIN in self.scopes:
+            return None
+        if Scope.MODERATE in self.scopes:
+            if ALL_TENANTS in self.granted_tenants:
+                return None
+            return self.granted_tenants | {self.tenant}
+        return frozenset({self.tenant})
+
+    def sees(self, tenant: str) -> bool:
+        """Whether this key may see what belongs to `tenant`."""
+        tenants = self.tenants
+        return tenants is None or tenant in tenants
 
     def allows(self, scope: Scope) -> bool:
         """Whether this key has `scope` (`admin` implies every scope)."""
@@ -105,7 +132,13 @@ def principal_of(api_key: ApiKey) -> Principal:
     """The cacheable view of an `ApiKey` row."""
     if api_key.id is None:
         raise ValueError("an API key without an id was returned by the database")
-    return Principal(key_id=api_key.id, name=api_key.name, scopes=frozenset(api_key.scopes))
+    return Principal(
+        key_id=api_key.id,
+        name=api_key.name,
+        scopes=frozenset(api_key.scopes),
+        tenant=api_key.tenant,
+        granted_tenants=frozenset(api_key.granted_tenants),
+    )
 
 
 class KeyCache:
@@ -121,6 +154,8 @@ class KeyCache:
         self.negative_ttl = negative_ttl
         self.max_entries = max_entries
         self._entries: dict[str, tuple[float, Principal | None]] = {}
+        # key id → the digests its principal is cached under, so a revocation can drop them.
+        self._digests: dict[int, set[str]] = {}
 
     @staticmethod
     def digest(key: str) -> str:
@@ -145,12 +180,24 @@ class KeyCache:
             self._entries = {d: e for d, e in self._entries.items() if e[0] > now}
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()
+            self._digests = {}
+            for kept, (_, cached) in self._entries.items():
+                if cached is not None:
+                    self._digests.setdefault(cached.key_id, set()).add(kept)
         ttl = self.ttl if principal is not None else self.negative_ttl
         self._entries[digest] = (time.monotonic() + ttl, principal)
+        if principal is not None:
+            self._digests.setdefault(principal.key_id, set()).add(digest)
+
+    def forget_key(self, key_id: int) -> None:
+        """Drop every cached lookup of key `key_id` (it was just revoked in this process)."""
+        for digest in self._digests.pop(key_id, set()):
+            self._entries.pop(digest, None)
 
     def clear(self) -> None:
-        """Forget everything (tests, or after revoking a key in-process)."""
+        """Forget everything (tests)."""
         self._entries.clear()
+        self._digests.clear()
 
 
 def lookup_key(engine: Engine, key: str) -> Principal | None:
@@ -160,8 +207,23 @@ def lookup_key(engine: Engine, key: str) -> Principal | None:
         return principal_of(api_key) if api_key is not None else None
 
 
-def create_key(engine: Engine, *, name: str, scopes: list[str]) -> tuple[str, Principal]:
-    """Create a key; the plaintext is returned once and never stored."""
+def create_key(
+    engine: Engine,
+    *,
+    name: str,
+    scopes: list[str],
+    tenant: str = DEFAULT_TENANT,
+    granted_tenants: list[str] | None = None,
+    actor: str | None = None,
+) -> tuple[str, Principal]:
+    """Create a key; the plaintext is returned once and never stored (audited when `actor`)."""
     with Session(engine) as session:
-        plaintext, api_key = crud.create_api_key(session, name=name, scopes=scopes)
+        plaintext, api_key = crud.create_api_key(
+            session,
+            name=name,
+            scopes=scopes,
+            tenant=tenant,
+            granted_tenants=granted_tenants,
+            actor=actor,
+        )
         return plaintext, principal_of(api_key)

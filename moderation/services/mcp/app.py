@@ -8,7 +8,7 @@ tool checks its scope:
 | tool | scope | what |
 |---|---|---|
 | `moderate_text` | read | stage 1 and the injection screen on a text (read-only) |
-| `get_post_trail` | read | a post's status, verdicts, reviews and decisions |
+| `get_post_trail` | read | a post's status, verdicts, reviews and decisions (its key's tenants) |
 | `get_policy_section` | read | a category's section of the moderation policy in force |
 | `find_precedents` | moderate | the past human decisions on the most similar posts |
 | `author_recent_verdicts` | moderate | the latest verdicts on an author's other posts |
@@ -44,12 +44,15 @@ from moderation.db import crud
 from moderation.events import PostSubmitted
 from moderation.policy import load_policy
 from moderation.precedents import DecisionLog
+from moderation.services.api.security import principal_of
 from moderation.settings import Settings
 from moderation.taxonomy import Category
 
 logger = logging.getLogger(__name__)
 
 READ, MODERATE, ADMIN = "read", "moderate", "admin"
+# The access token's claim holding the tenants the key sees (absent: every tenant).
+TENANTS_CLAIM = "tenants"
 
 
 TOOL_CALLS = Counter(
@@ -72,7 +75,13 @@ class ApiKeyVerifier:
             key = crud.authenticate_api_key(session, key=token)
         if key is None or key.id is None:
             return None
-        return AccessToken(token=token, client_id=key_actor(key.id), scopes=list(key.scopes))
+        tenants = principal_of(key).tenants
+        return AccessToken(
+            token=token,
+            client_id=key_actor(key.id),
+            scopes=list(key.scopes),
+            claims={TENANTS_CLAIM: sorted(tenants)} if tenants is not None else {},
+        )
 
     async def verify_token(self, token: str) -> AccessToken | None:
         return await asyncio.to_thread(self._verify, token)
@@ -86,6 +95,15 @@ def require_scope(scope: str, tool: str) -> str:
         raise ToolRefused("no API key" if token is None else f"this tool needs the `{scope}` scope")
     TOOL_CALLS.labels(tool=tool, outcome="called").inc()
     return token.client_id
+
+
+def caller_tenants() -> frozenset[str] | None:
+    """The tenants the calling key sees (None: every tenant), as `ApiKeyVerifier` put them."""
+    token = get_access_token()
+    if token is None:
+        return frozenset()  # unreachable behind `require_scope`; see nothing rather than all
+    claims = token.claims or {}
+    return frozenset(claims[TENANTS_CLAIM]) if TENANTS_CLAIM in claims else None
 
 
 def build_server(
@@ -139,10 +157,12 @@ def build_server(
     @server.tool(description="A post's moderation trail: status, verdicts, reviews, decisions.")
     async def get_post_trail(post_id: str) -> dict[str, Any]:
         require_scope(READ, "get_post_trail")
+        tenants = caller_tenants()
 
         def read() -> dict[str, Any] | None:
             with Session(engine) as session:
-                trail = crud.post_trail(session, post_id=post_id)
+                # Another tenant's post is "not found", exactly as an unknown one.
+                trail = crud.post_trail(session, post_id=post_id, tenants=tenants)
             return trail.model_dump(mode="json") if trail is not None else None
 
         trail = await asyncio.to_thread(read)

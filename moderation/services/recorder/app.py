@@ -12,6 +12,13 @@ acknowledged: offsets are committed manually after the database transaction comm
 - Any other failure rewinds the batch (nack: seek back) so it is redelivered; duplicates are
   harmless because every write is an insert-or-ignore.
 
+It also derives the consequences of the facts in the same transaction (strikes and the
+enforcement ladder's actions, `data/policy/enforcement.yaml`; the resolution of user reports) and
+publishes them from their outbox tables once the transaction committed: `AuthorActioned` to
+`authors.actioned`, `ReportResolved` to `reports.resolved`, after every batch, at start-up and
+every `outbox_interval` seconds (a crash between commit and publish loses nothing; a row is
+re-sent under its own `event_id`, which consumers deduplicate on).
+
 `Recorder(settings)` holds the router (subscriber and dead-letter publishers), its state and the
 batch logic; `build_app(settings)` is the process.
 """
@@ -19,6 +26,7 @@ batch logic; `build_app(settings)` is the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -43,8 +51,10 @@ from moderation.events import (
     PostSubmitted,
     ReviewDecided,
     ReviewRequested,
+    utc_now,
 )
 from moderation.kafka_auth import Principal, faststream_security
+from moderation.policy import EnforcementPolicy, load_enforcement
 from moderation.services.asgi import asgi_service, batch_records, serve
 from moderation.settings import Settings
 from moderation.telemetry import configure_tracing, record_spans
@@ -66,6 +76,15 @@ BATCH_SECONDS = Histogram(
     "moderation_recorder_batch_seconds",
     "time to record a batch: parse, write, commit, acknowledge",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+OUTBOX_PUBLISHED = Counter(
+    "moderation_recorder_outbox_published_total",
+    "consequences published from the outbox (author actions, report outcomes), by topic",
+    ["topic"],
+)
+OUTBOX_FAILURES = Counter(
+    "moderation_recorder_outbox_failures_total",
+    "outbox flushes that stopped on an error (the rows are re-sent on the next flush)",
 )
 BATCH_EVENTS = Histogram(
     "moderation_recorder_batch_events",
@@ -126,6 +145,8 @@ class Recorder:
         state: where the engine lives; a fresh one by default.
         max_records: the largest batch handed to the handler.
         retry: backoff while the database is unavailable.
+        enforcement: the enforcement policy; default `strikes.enforcement_policy` loaded.
+        outbox_interval: seconds between outbox flushes when no batch arrives.
     """
 
     def __init__(
@@ -135,10 +156,16 @@ class Recorder:
         state: RecorderState | None = None,
         max_records: int | None = None,
         retry: RetryPolicy | None = None,
+        enforcement: EnforcementPolicy | None = None,
+        outbox_interval: float = 5.0,
     ) -> None:
         self.settings = settings
         self.state = state or RecorderState()
         self.retry = retry or RetryPolicy()
+        self.enforcement = enforcement or load_enforcement(settings.strikes.enforcement_policy)
+        self.outbox_interval = outbox_interval
+        self._outbox_lock = asyncio.Lock()
+        self._outbox_task: asyncio.Task[None] | None = None
         self.group_id = settings.worker.recorder_group
         topics = settings.kafka.topics
         self.event_types: dict[str, type[Event]] = {
@@ -158,6 +185,16 @@ class Recorder:
             topic: self.router.publisher(topic + topics.dlq_suffix, title=f"{topic}-dlq")
             for topic in self.event_types
         }
+        self.actions_publisher = self.router.publisher(
+            topics.authors_actioned,
+            title="authors-actioned",
+            description="AuthorActioned: the enforcement ladder's actions and their reversals",
+        )
+        self.reports_publisher = self.router.publisher(
+            topics.reports_resolved,
+            title="reports-resolved",
+            description="ReportResolved: what became of each user report",
+        )
         self.subscriber = self.router.subscriber(
             *self.event_types,
             group_id=self.group_id,
@@ -191,6 +228,7 @@ class Recorder:
         try:
             await self.record(records)
             await message.ack()  # commits the consumer's offsets: only after the DB commit
+            await self.flush_outbox()
         except Exception:
             # FastStream logs the exception itself; say what happens to the batch.
             logger.warning("recorder: batch of %d failed; rewinding it", len(records))
@@ -283,7 +321,98 @@ class Recorder:
                 raise TablesNotReady(str(error).splitlines()[0]) from error
             self.state.tables_ready = True
         with Session(engine) as session:
-            return crud.record_events(session, events=events)
+            return crud.record_events(session, events=events, enforcement=self.enforcement)
+
+    # --- the outbox: consequences published after their transaction committed ---------------
+
+    async def flush_outbox(self) -> int:
+        """Publish every unpublished author action and report outcome, then mark them.
+
+        Never raises: a failure is logged and counted, and what was not marked published is
+        sent again by the next flush. Returns how many events were published.
+        """
+        if self.state.engine is None or not self.state.tables_ready:
+            return 0
+        async with self._outbox_lock:
+            try:
+                return await self._flush_outbox()
+            except Exception:  # noqa: BLE001 - retried on the next flush, never lost
+                OUTBOX_FAILURES.inc()
+                logger.warning("recorder: outbox flush failed; retrying later", exc_info=True)
+                return 0
+
+    async def _flush_outbox(self) -> int:
+        topics = self.settings.kafka.topics
+        published = 0
+        while True:
+            actions, reports = await asyncio.to_thread(self._read_outbox)
+            if not actions and not reports:
+                return published
+            done_actions: list[int] = []
+            try:
+                for action in actions:
+                    event = crud.author_actioned_event(action)
+                    await self.actions_publisher.publish(
+                        _json(event), key=event.key(), headers=_JSON_HEADERS
+                    )
+                    done_actions.append(action.id)
+                    OUTBOX_PUBLISHED.labels(topic=topics.authors_actioned).inc()
+            finally:
+                if done_actions:
+                    await asyncio.to_thread(self._mark_actions, done_actions)
+            published += len(done_actions)
+            done: list[str] = []
+            try:
+                for report in reports:
+                    resolved = crud.report_resolved_event(report)
+                    await self.reports_publisher.publish(
+                        _json(resolved), key=resolved.key(), headers=_JSON_HEADERS
+                    )
+                    done.append(report.id)
+                    OUTBOX_PUBLISHED.labels(topic=topics.reports_resolved).inc()
+            finally:
+                if done:
+                    await asyncio.to_thread(self._mark_reports, done)
+            published += len(done)
+
+    def _read_outbox(self) -> tuple[list[Any], list[Any]]:
+        engine = self.state.engine
+        if engine is None:
+            return [], []
+        with Session(engine) as session:
+            return (
+                crud.unpublished_author_actions(session, limit=_OUTBOX_PAGE),
+                crud.unpublished_report_resolutions(session, limit=_OUTBOX_PAGE),
+            )
+
+    def _mark_actions(self, ids: list[int]) -> None:
+        if self.state.engine is not None:
+            with Session(self.state.engine) as session:
+                crud.mark_author_actions_published(session, ids=ids, now=utc_now())
+
+    def _mark_reports(self, ids: list[str]) -> None:
+        if self.state.engine is not None:
+            with Session(self.state.engine) as session:
+                crud.mark_reports_published(session, ids=ids)
+
+    async def start_outbox(self) -> None:
+        """Flush the outbox now (what a crash left behind), then every `outbox_interval`."""
+
+        async def loop() -> None:
+            while True:
+                await self.flush_outbox()
+                await asyncio.sleep(self.outbox_interval)
+
+        if self._outbox_task is None:
+            self._outbox_task = asyncio.create_task(loop(), name="recorder-outbox")
+
+    async def stop_outbox(self) -> None:
+        """Stop the periodic flush (before the broker closes)."""
+        task, self._outbox_task = self._outbox_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _dead_letter(self, record: Any, error: BaseException) -> None:
         letter = DeadLetter.from_record(record, error, consumer_group=self.group_id)
@@ -340,6 +469,11 @@ def _json(model: BaseModel) -> bytes:
     return model.model_dump_json().encode()
 
 
+_JSON_HEADERS = {"content-type": "application/json"}
+# Outbox rows read per round trip; a flush goes on until none is left.
+_OUTBOX_PAGE = 500
+
+
 def create_broker(service: Recorder, *, principal: Principal = "recorder") -> KafkaBroker:
     """A Kafka broker carrying the recorder's router (topics exist: they are not created here).
 
@@ -386,6 +520,8 @@ def build_app(
         readiness=[("database", service.database_ready)],
         on_startup=[open_database],
     )
+    app.after_startup(service.start_outbox)
+    app.on_shutdown(service.stop_outbox)
     app.after_shutdown(close_database)
     return app
 

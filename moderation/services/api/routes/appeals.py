@@ -19,6 +19,7 @@ from moderation.services.api.deps import ApiState, SubmitKey
 from moderation.services.api.publisher import PublishUnavailable
 from moderation.services.api.routes.errors import ApiError, unavailable_response
 from moderation.services.api.routes.posts import SUBMIT_AUTH_ERRORS, UNAVAILABLE
+from moderation.services.api.security import Principal
 from moderation.taxonomy import Category, Decision, Stage
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,14 @@ def _decision_as_verdict(decision: HumanDecision, policy_version: str) -> Modera
     )
 
 
-def _appeal_request(state: ApiState, post_id: str, reason: str) -> ReviewRequested:
-    """The appeal's review request, or 404 / 409 saying why there is none to make."""
+def _appeal_request(
+    state: ApiState, post_id: str, reason: str, principal: Principal
+) -> ReviewRequested:
+    """The appeal's review request, or 404 / 409 saying why there is none to make (another
+    tenant's post is 404, as an unknown one)."""
     with Session(state.engine) as session:
-        if crud.get_post(session, post_id=post_id) is None:
+        post = crud.get_post(session, post_id=post_id)
+        if post is None or not principal.sees(post.tenant):
             raise ApiError(404, f"post '{post_id}' not found")
         decision = crud.latest_decision(session, post_id=post_id)
         if decision is None:
@@ -119,7 +124,7 @@ async def appeal_post(
     and then recorded at once, so the post shows `in_review` and a second appeal gets 409.
     """
     state: ApiState = request.app.state.api
-    appeal = await run_in_threadpool(_appeal_request, state, post_id, body.reason)
+    appeal = await run_in_threadpool(_appeal_request, state, post_id, body.reason, principal)
     topic = state.settings.kafka.topics.review_requested
     try:
         await state.publisher.publish(topic, appeal.key(), appeal.model_dump_json().encode())

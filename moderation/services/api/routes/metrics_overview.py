@@ -33,10 +33,12 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _overview(engine: Engine, hours: float, bucket_minutes: int) -> MetricsOverviewPublic:
+def _overview(
+    engine: Engine, hours: float, bucket_minutes: int, tenants: frozenset[str] | None
+) -> MetricsOverviewPublic:
     with Session(engine) as session:
         return crud.metrics_overview(
-            session, now=utc_now(), hours=hours, bucket_minutes=bucket_minutes
+            session, now=utc_now(), hours=hours, bucket_minutes=bucket_minutes, tenants=tenants
         )
 
 
@@ -48,16 +50,19 @@ def _overview(engine: Engine, hours: float, bucket_minutes: int) -> MetricsOverv
 )
 async def metrics_overview(
     state: StateDep,
-    _principal: ModerateKey,
+    principal: ModerateKey,
     hours: Annotated[float, Query(gt=0, le=MAX_HOURS, description="the window")] = 24,
     bucket_minutes: Annotated[
         int, Query(ge=1, le=24 * 60, description="bucket size; buckets align to the epoch")
     ] = 60,
 ) -> MetricsOverviewPublic:
     """Counts over every row of the window; latency percentiles and per-moderator means over
-    the newest `latency_sample.cap` rows (`latency_sample.truncated` says when that cut)."""
+    the newest `latency_sample.cap` rows (`latency_sample.truncated` says when that cut).
+    Only the tenants the key sees are counted."""
     try:
-        return await run_in_threadpool(_overview, state.engine, hours, bucket_minutes)
+        return await run_in_threadpool(
+            _overview, state.engine, hours, bucket_minutes, principal.tenants
+        )
     except ValueError as error:
         raise ApiError(
             422,

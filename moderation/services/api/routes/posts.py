@@ -151,12 +151,15 @@ def _check_text_limit(state: ApiState, text: str) -> None:
         )
 
 
-def _event(post: PostIn, post_id: str, *, event_id: str | None = None) -> PostSubmitted:
+def _event(
+    post: PostIn, post_id: str, principal: Principal, *, event_id: str | None = None
+) -> PostSubmitted:
     return PostSubmitted(
         event_id=event_id or uuid.uuid4().hex,
         post_id=post_id,
         text=post.text,
         author_id=post.author_id,
+        tenant=principal.tenant,
         external_id=post.external_id,
         metadata=post.metadata,
     )
@@ -240,7 +243,7 @@ async def accept_post(
         if published:
             metrics.idempotent_replays.inc()
             return _accepted(post_id, replayed=True)
-    event = _event(post, post_id)
+    event = _event(post, post_id, principal)
     topic = state.settings.kafka.topics.posts_submitted
     started = time.perf_counter()
     try:
@@ -304,7 +307,7 @@ async def submit_batch(request: Request, principal: SubmitKey) -> Response:
     event_ids = _new_ids(len(to_publish))
     records = []
     for (index, post), event_id in zip(to_publish, event_ids, strict=True):
-        event = _event(post, results[index]["post_id"], event_id=event_id)
+        event = _event(post, results[index]["post_id"], principal, event_id=event_id)
         records.append((event.key(), event.model_dump_json().encode()))
     started = time.perf_counter()
     with tracer().start_as_current_span(
@@ -472,13 +475,14 @@ async def _assign_ids(
     summary="A post's status, verdicts, reviews and decisions",
     responses={404: {"description": "no such post (yet) in the read model"}},
 )
-def get_post(post_id: str, session: SessionDep, _principal: ReadKey) -> PostTrail:
+def get_post(post_id: str, session: SessionDep, principal: ReadKey) -> PostTrail:
     """The post's moderation trail as the recorder stored it.
 
     Raises:
-        ApiError: 404 when the read model knows nothing about the post.
+        ApiError: 404 when the read model knows nothing about the post, or it is another
+            tenant's (exactly as if it did not exist).
     """
-    trail = crud.post_trail(session, post_id=post_id)
+    trail = crud.post_trail(session, post_id=post_id, tenants=principal.tenants)
     if trail is None:
         raise ApiError(
             404,

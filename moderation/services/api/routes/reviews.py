@@ -25,6 +25,7 @@ from moderation.actors import actor_display, actor_key_ids
 from moderation.db import crud
 from moderation.db.models import ReviewStatus, Verdict
 from moderation.db.schemas import (
+    LANGUAGE_PATTERN,
     DecisionAccepted,
     DecisionCreate,
     PrecedentPublic,
@@ -39,7 +40,7 @@ from moderation.precedents import DecisionLog, SqlDecisionLog
 from moderation.services.api.deps import ApiState, ModerateKey, StateDep, WorkflowsDep
 from moderation.services.api.routes.errors import ApiError, unavailable_response
 from moderation.services.api.security import Principal, Scope
-from moderation.services.api.workflows import WorkflowUnavailable
+from moderation.services.api.workflows import ReviewWorkflows, WorkflowUnavailable
 from moderation.services.review.activities import invalid_decision
 from moderation.taxonomy import Category, Decision
 
@@ -67,6 +68,14 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"description": "the key lacks the `moderate` scope"},
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such review"}}
+LanguageQuery = Annotated[
+    str | None,
+    Query(
+        pattern=LANGUAGE_PATTERN,
+        description="the post's language: its metadata `lang`, else the language stage 1 "
+        "found it written in (`unreadable:language:<code>`)",
+    ),
+]
 
 
 # --- what a review shows besides its row: the policy text and precedents ----------------------
@@ -102,11 +111,15 @@ def _suggestion(verdict: Verdict | None) -> SuggestionPublic | None:
     )
 
 
-async def _precedents(state: ApiState, view: crud.ReviewView) -> list[PrecedentPublic]:
+async def _precedents(
+    state: ApiState, view: crud.ReviewView, tenants: frozenset[str] | None
+) -> list[PrecedentPublic]:
     if not view.text:
         return []
-    # One more than shown: the post's own earlier decision (an appeal's) is no precedent.
-    found = await _decision_log(state).precedents(view.text, limit=PRECEDENTS_SHOWN + 1)
+    # One more than shown: the post's own earlier decision (an appeal's) is no precedent. A key
+    # that sees only some tenants ranks the whole pool and keeps its tenants' decisions.
+    limit = PRECEDENTS_SHOWN + 1 if tenants is None else PRECEDENT_POOL
+    found = await _decision_log(state).precedents(view.text, limit=limit)
     return [
         PrecedentPublic(
             post_id=p.post_id,
@@ -117,7 +130,7 @@ async def _precedents(state: ApiState, view: crud.ReviewView) -> list[PrecedentP
             similarity=p.similarity,
         )
         for p in found
-        if p.post_id != view.review.post_id
+        if p.post_id != view.review.post_id and (tenants is None or p.tenant in tenants)
     ][:PRECEDENTS_SHOWN]
 
 
@@ -126,8 +139,11 @@ def _key_names(engine: Engine, actors: list[str | None]) -> dict[int, str]:
         return crud.api_key_names(session, actors=actors)
 
 
-async def public_reviews(state: ApiState, views: Sequence[crud.ReviewView]) -> list[ReviewPublic]:
-    """The API shape of reviews, with suggestion, policy section and precedents."""
+async def public_reviews(
+    state: ApiState, views: Sequence[crud.ReviewView], principal: Principal
+) -> list[ReviewPublic]:
+    """The API shape of reviews, with suggestion, policy section and precedents (only from
+    the tenants `principal` sees)."""
     default_version = state.settings.models.policy_version
     actors = [v.review.claimed_by for v in views] + [v.review.decided_by for v in views]
     names = {}
@@ -162,15 +178,17 @@ async def public_reviews(state: ApiState, views: Sequence[crud.ReviewView]) -> l
                 appeal_of=review.appeal_of,
                 suggestion=_suggestion(verdict),
                 policy_section=_policy_section(review.category, version),
-                precedents=await _precedents(state, view),
+                precedents=await _precedents(state, view, principal.tenants),
             )
         )
     return items
 
 
-async def public_review(state: ApiState, view: crud.ReviewView) -> ReviewPublic:
+async def public_review(
+    state: ApiState, view: crud.ReviewView, principal: Principal
+) -> ReviewPublic:
     """The API shape of one review."""
-    [item] = await public_reviews(state, [view])
+    [item] = await public_reviews(state, [view], principal)
     return item
 
 
@@ -184,6 +202,9 @@ def _list(
     priority: ReviewPriority | None,
     limit: int,
     offset: int,
+    tenants: frozenset[str] | None,
+    language: str | None = None,
+    author_id: str | None = None,
 ) -> tuple[list[crud.ReviewView], int]:
     with Session(engine) as session:
         return crud.list_reviews(
@@ -194,24 +215,35 @@ def _list(
             priority=priority,
             limit=limit,
             offset=offset,
+            tenants=tenants,
+            language=language,
+            author_id=author_id,
         )
 
 
-def _get(engine: Engine, review_id: str) -> crud.ReviewView | None:
+def _get(engine: Engine, review_id: str, tenants: frozenset[str] | None) -> crud.ReviewView | None:
+    """The review, or None when unknown or of a tenant the caller does not see."""
     with Session(engine) as session:
-        return crud.get_review(session, review_id=review_id, now=utc_now())
+        return crud.get_review(session, review_id=review_id, now=utc_now(), tenants=tenants)
 
 
-def _claim(engine: Engine, review_id: str, moderator: str, seconds: float) -> crud.ReviewView:
-    """Claim it for `moderator` (`key:<id>`), or raise 404 / 409 saying why not."""
+def _claim(engine: Engine, review_id: str, principal: Principal, seconds: float) -> crud.ReviewView:
+    """Claim it for the caller (`key:<id>`), or raise 404 (unknown, or of a tenant the caller
+    does not see) / 409 saying why not."""
+    moderator, tenants = principal.actor, principal.tenants
     with Session(engine) as session:
         now = utc_now()
         claimed = crud.claim_review(
-            session, review_id=review_id, moderator=moderator, now=now, claim_seconds=seconds
+            session,
+            review_id=review_id,
+            moderator=moderator,
+            now=now,
+            claim_seconds=seconds,
+            tenants=tenants,
         )
         if claimed is not None:
             return claimed
-        current = crud.get_review(session, review_id=review_id, now=now)
+        current = crud.get_review(session, review_id=review_id, now=now, tenants=tenants)
         holder = current.review.claimed_by if current is not None else None
         names = crud.api_key_names(session, actors=[holder])
     if current is None:
@@ -225,11 +257,21 @@ def _claim(engine: Engine, review_id: str, moderator: str, seconds: float) -> cr
 
 
 def _claim_next(
-    engine: Engine, moderator: str, seconds: float, category: Category | None
+    engine: Engine,
+    principal: Principal,
+    seconds: float,
+    category: Category | None,
+    language: str | None = None,
 ) -> crud.ReviewView | None:
     with Session(engine) as session:
         return crud.claim_next(
-            session, moderator=moderator, now=utc_now(), claim_seconds=seconds, category=category
+            session,
+            moderator=principal.actor,
+            now=utc_now(),
+            claim_seconds=seconds,
+            category=category,
+            tenants=principal.tenants,
+            language=language,
         )
 
 
@@ -243,14 +285,16 @@ def _revert(engine: Engine, decision: ReviewDecided, reason: str) -> bool:
         return crud.revert_decision(session, decision=decision, reason=reason)
 
 
-def _stats(engine: Engine) -> crud.ReviewStats:
+def _stats(engine: Engine, tenants: frozenset[str] | None) -> crud.ReviewStats:
     with Session(engine) as session:
-        return crud.review_stats(session, now=utc_now())
+        return crud.review_stats(session, now=utc_now(), tenants=tenants)
 
 
-def _decision_log_rows(engine: Engine, limit: int) -> list[crud.DecisionLogRow]:
+def _decision_log_rows(
+    engine: Engine, limit: int, tenants: frozenset[str] | None
+) -> list[crud.DecisionLogRow]:
     with Session(engine) as session:
-        return crud.decision_log(session, limit=limit)
+        return crud.decision_log(session, limit=limit, tenants=tenants)
 
 
 def _not_found(review_id: str) -> ApiError:
@@ -268,20 +312,34 @@ def _not_found(review_id: str) -> ApiError:
 )
 async def list_reviews(
     state: StateDep,
-    _principal: ModerateKey,
+    principal: ModerateKey,
     status: Annotated[
         ReviewStatus | None, Query(description="effective status: a lapsed claim is pending")
     ] = None,
     category: Category | None = None,
     priority: ReviewPriority | None = None,
+    language: LanguageQuery = None,
+    author_id: Annotated[
+        str | None, Query(min_length=1, max_length=128, description="the posts' author")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ReviewsPublic:
-    """A page of reviews matching the filters, and how many match in all."""
+    """A page of reviews matching the filters, and how many match in all (of the tenants the
+    key sees)."""
     views, total = await run_in_threadpool(
-        _list, state.engine, status, category, priority, limit, offset
+        _list,
+        state.engine,
+        status,
+        category,
+        priority,
+        limit,
+        offset,
+        principal.tenants,
+        language,
+        author_id,
     )
-    items = await public_reviews(state, views)
+    items = await public_reviews(state, views, principal)
     return ReviewsPublic(items=items, total=total, limit=limit, offset=offset)
 
 
@@ -291,9 +349,10 @@ async def list_reviews(
     summary="Queue statistics (as Bluesky Ozone's)",
     responses=AUTH_ERRORS,
 )
-async def review_stats(state: StateDep, _principal: ModerateKey) -> ReviewStatsPublic:
-    """Open reviews by status, and the last 24 hours' inbound, actioned and handling time."""
-    stats = await run_in_threadpool(_stats, state.engine)
+async def review_stats(state: StateDep, principal: ModerateKey) -> ReviewStatsPublic:
+    """Open reviews by status, and the last 24 hours' inbound, actioned and handling time (of
+    the tenants the key sees)."""
+    stats = await run_in_threadpool(_stats, state.engine, principal.tenants)
     return ReviewStatsPublic(**stats._asdict())
 
 
@@ -304,14 +363,19 @@ async def review_stats(state: StateDep, _principal: ModerateKey) -> ReviewStatsP
     responses={**AUTH_ERRORS, 204: {"description": "nothing to claim"}},
 )
 async def claim_next_review(
-    state: StateDep, principal: ModerateKey, category: Category | None = None
+    state: StateDep,
+    principal: ModerateKey,
+    category: Category | None = None,
+    language: LanguageQuery = None,
 ) -> ReviewPublic | Response:
     """Claim the next review (your own live claim counts as claimable); 204 when none is left."""
     seconds = state.settings.review.claim_seconds
-    view = await run_in_threadpool(_claim_next, state.engine, principal.actor, seconds, category)
+    view = await run_in_threadpool(
+        _claim_next, state.engine, principal, seconds, category, language
+    )
     if view is None:
         return Response(status_code=204)
-    return await public_review(state, view)
+    return await public_review(state, view, principal)
 
 
 @router.get(
@@ -320,12 +384,12 @@ async def claim_next_review(
     summary="One review",
     responses={**AUTH_ERRORS, **NOT_FOUND},
 )
-async def get_review(review_id: str, state: StateDep, _principal: ModerateKey) -> ReviewPublic:
+async def get_review(review_id: str, state: StateDep, principal: ModerateKey) -> ReviewPublic:
     """The review with the post, the model's suggestion, the policy section and precedents."""
-    view = await run_in_threadpool(_get, state.engine, review_id)
+    view = await run_in_threadpool(_get, state.engine, review_id, principal.tenants)
     if view is None:
         raise _not_found(review_id)
-    return await public_review(state, view)
+    return await public_review(state, view, principal)
 
 
 @router.post(
@@ -341,8 +405,8 @@ async def get_review(review_id: str, state: StateDep, _principal: ModerateKey) -
 async def claim_review(review_id: str, state: StateDep, principal: ModerateKey) -> ReviewPublic:
     """Claim it for `review.claim_seconds`; two moderators racing get one 200 and one 409."""
     seconds = state.settings.review.claim_seconds
-    view = await run_in_threadpool(_claim, state.engine, review_id, principal.actor, seconds)
-    return await public_review(state, view)
+    view = await run_in_threadpool(_claim, state.engine, review_id, principal, seconds)
+    return await public_review(state, view, principal)
 
 
 def _overrode(verdict: Verdict | None) -> Decision | None:
@@ -358,6 +422,68 @@ def _refusal(review_id: str, outcome: crud.DecisionStart, principal: Principal) 
         403,
         f"'{principal.display}' does not hold the claim on review '{review_id}': claim it first",
     )
+
+
+def check_decision(label: Category, decision: str) -> None:
+    """422 for a label and decision the review workflow would refuse (its own rule), so they
+    never mark a review decided here."""
+    probe = ReviewDecided(
+        review_id="-", post_id="-", label=label, decision=Decision(decision), moderator_id="-"
+    )
+    problem = invalid_decision(probe)
+    if problem is not None:
+        raise ApiError(
+            422,
+            f"invalid request: {problem}",
+            errors=[{"field": "label", "message": problem, "type": "label_mismatch"}],
+        )
+
+
+async def decide(
+    state: ApiState,
+    workflows: ReviewWorkflows,
+    principal: Principal,
+    view: crud.ReviewView,
+    body: DecisionCreate,
+) -> ReviewDecided:
+    """The one way a review is decided (the single and the bulk decision both come here).
+
+    `view` is the review as the caller sees it (tenants checked). Marks it decided (its own
+    transaction, audited `review.decide`), then raises `ReviewDecided` to its workflow, which
+    records and publishes it.
+
+    Raises:
+        ApiError: 403 (someone else holds the claim), 404, 409 (already decided), 422 (a
+            label and decision the workflow would refuse): nothing was recorded.
+        WorkflowUnavailable: the workflow could not be told; the review was reopened.
+    """
+    review_id = view.review.review_id
+    if view.status is ReviewStatus.DECIDED:
+        raise _refusal(review_id, crud.DecisionStart.ALREADY_DECIDED, principal)
+    check_decision(body.label, body.decision)
+    decision = ReviewDecided(
+        review_id=review_id,
+        post_id=view.review.post_id,
+        label=body.label,
+        decision=Decision(body.decision),
+        moderator_id=principal.actor,
+        note=body.note,
+        overrode=_overrode(view.verdict),
+    )
+    is_admin = principal.allows(Scope.ADMIN)
+    outcome = await run_in_threadpool(_begin, state.engine, decision, is_admin)
+    if outcome is not crud.DecisionStart.STARTED:
+        raise _refusal(review_id, outcome, principal)
+    try:
+        await workflows.raise_decision(review_id, decision.model_dump(mode="json"))
+    except WorkflowUnavailable as error:
+        await run_in_threadpool(_revert, state.engine, decision, str(error))
+        state.metrics.unavailable.labels("decision", "dapr").inc()
+        raise
+    except Exception as error:
+        await run_in_threadpool(_revert, state.engine, decision, repr(error))
+        raise
+    return decision
 
 
 @router.post(
@@ -387,43 +513,17 @@ async def decide_review(
     """Hand the decision to the review's workflow (202); only the claimer or an admin may.
 
     The review is marked decided first, so a concurrent second decision gets 409; if the
-    workflow cannot be told, it is reopened (claimed by you again) and the answer is 503.
+    workflow cannot be told, it is reopened (claimed by you again) and the answer is 503. A
+    review of a tenant the key does not see is 404 (a post's tenant never changes, so this
+    check stands for the conditional update below).
     """
-    view = await run_in_threadpool(_get, state.engine, review_id)
+    view = await run_in_threadpool(_get, state.engine, review_id, principal.tenants)
     if view is None:
         raise _not_found(review_id)
-    if view.status is ReviewStatus.DECIDED:
-        raise _refusal(review_id, crud.DecisionStart.ALREADY_DECIDED, principal)
-    decision = ReviewDecided(
-        review_id=review_id,
-        post_id=view.review.post_id,
-        label=body.label,
-        decision=Decision(body.decision),
-        moderator_id=principal.actor,
-        note=body.note,
-        overrode=_overrode(view.verdict),
-    )
-    # The workflow's own rule: what it would refuse must not mark the review decided here.
-    problem = invalid_decision(decision)
-    if problem is not None:
-        raise ApiError(
-            422,
-            f"invalid request: {problem}",
-            errors=[{"field": "label", "message": problem, "type": "label_mismatch"}],
-        )
-    is_admin = principal.allows(Scope.ADMIN)
-    outcome = await run_in_threadpool(_begin, state.engine, decision, is_admin)
-    if outcome is not crud.DecisionStart.STARTED:
-        raise _refusal(review_id, outcome, principal)
     try:
-        await workflows.raise_decision(review_id, decision.model_dump(mode="json"))
+        decision = await decide(state, workflows, principal, view, body)
     except WorkflowUnavailable as error:
-        await run_in_threadpool(_revert, state.engine, decision, str(error))
-        state.metrics.unavailable.labels("decision", "dapr").inc()
         return unavailable_response(error.reason)
-    except Exception as error:
-        await run_in_threadpool(_revert, state.engine, decision, repr(error))
-        raise
     accepted = DecisionAccepted(review_id=review_id, event_id=decision.event_id)
     return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
 
@@ -447,11 +547,12 @@ def _csv_cell(value: object) -> str:
 )
 async def export_decisions(
     state: StateDep,
-    _principal: ModerateKey,
+    principal: ModerateKey,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
 ) -> Response:
-    """Every human decision (the latest `limit`) with the policy version it was made under."""
-    rows = await run_in_threadpool(_decision_log_rows, state.engine, limit)
+    """Every human decision (the latest `limit`) with the policy version it was made under, on
+    the posts of the tenants the key sees."""
+    rows = await run_in_threadpool(_decision_log_rows, state.engine, limit, principal.tenants)
     names = await run_in_threadpool(_key_names, state.engine, [row.moderator for row in rows])
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

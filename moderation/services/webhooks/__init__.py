@@ -1,0 +1,1 @@
+"""The webhook dispatcher: events become signed deliveries to the platforms' endpoints."""
