@@ -284,7 +284,11 @@ def _author_of(state: State, client: ReviewApi, review: ReviewPublic) -> AuthorP
         found = "No author recorded for this post yet."
     else:
         try:
-            found = client.author(review.author_id, limit=author_page.STRIKES_SHOWN_BESIDE_A_REVIEW)
+            found = client.author(
+                review.author_id,
+                tenant=review.tenant,
+                limit=author_page.STRIKES_SHOWN_BESIDE_A_REVIEW,
+            )
         except ApiError as exc:
             session.handle_unauthorized(exc)
             found = f"Author history unavailable: {exc.message}."
@@ -333,7 +337,8 @@ def _render_review(state: State, review: ReviewPublic, client: ReviewApi | None 
                 f"Author {review.author_id}: history, strikes and actions"
             ),
             icon=":material/person_search:",
-            query_params={"author": review.author_id},
+            query_params={"author": review.author_id}
+            | ({"tenant": review.tenant} if review.tenant else {}),
         )
     if review.appeal_of:
         st.info(

@@ -38,6 +38,13 @@ def connect_args(settings: Settings) -> dict[str, str | int]:
     return args
 
 
+def ping(engine: Engine) -> bool:
+    """Really ask the database (`SELECT 1`); blocking, so services run it in a thread."""
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+    return True
+
+
 def create_tables(engine: Engine) -> None:
     """Create missing tables (idempotent), after upgrading tables of an older schema in place."""
     upgrade_schema(engine)

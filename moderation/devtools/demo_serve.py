@@ -41,7 +41,7 @@ from moderation.db.schemas import WorkflowApp, WorkflowHistoryPublic, WorkflowIn
 from moderation.events import Event, ReviewDecided
 from moderation.services.api.app import build_app
 from moderation.services.api.cli import InternalServer
-from moderation.services.api.publisher import PublishUnavailable, Record
+from moderation.services.api.publisher import PublishUnavailable, Record, publish_each
 from moderation.services.api.workflows import WorkflowUnavailable
 from moderation.services.review.activities import ReviewActivities
 from moderation.services.sidecar.history import SidecarUnavailable
@@ -133,15 +133,7 @@ class BrokerPublisher:
         self, topic: str, records: Sequence[Record]
     ) -> list[PublishUnavailable | None]:
         """One after the other (the handlers run in this process anyway)."""
-        results: list[PublishUnavailable | None] = []
-        for key, value in records:
-            try:
-                await self.publish(topic, key, value)
-            except PublishUnavailable as error:
-                results.append(error)
-            else:
-                results.append(None)
-        return results
+        return await publish_each(self, topic, records)
 
     async def ping(self) -> None:
         """Always answers: the broker is in this process."""

@@ -198,3 +198,24 @@ def test_an_authors_ids_and_reasons_are_shown_as_text() -> None:
     assert not app.exception
     assert [shown(s.value) for s in app.subheader] == [f"Author {hostile} (default)"]
     assert active_markup(app.subheader[0].value) == []
+
+
+def test_the_author_beside_a_review_of_another_tenant_is_read_in_that_tenant() -> None:
+    """A moderator granted several tenants sees a review of tenant t2: its author is looked up
+    in t2, and the link to the Author page carries the tenant."""
+    tenants: list[str | None] = []
+
+    @dataclass
+    class TenantAuthors(AuthorApi):
+        def _route(self, method: str, path: str, request: httpx.Request) -> httpx.Response:
+            if method == "GET" and path.startswith("/v1/authors/"):
+                tenants.append(request.url.params.get("tenant"))
+            return super()._route(method, path, request)
+
+    app = signed_in(TenantAuthors(queue=[spam() | {"tenant": "t2"}]))
+    app.button(key="claim_next").click().run()
+
+    assert not app.exception
+    assert tenants == ["t2"]
+    (link,) = app.get("page_link")
+    assert link.proto.query_string == "author=user-1&tenant=t2"

@@ -214,6 +214,8 @@ async def test_queue_is_ordered_by_priority_then_age_and_filters(
         "low-old",
     ]
     assert (body["total"], body["limit"], body["offset"]) == (5, 50, 0)
+    # Each review names its post's tenant (the dashboard reads the author in it).
+    assert {item["tenant"] for item in body["items"]} == {"default"}
 
     page = (await client.get("/v1/reviews?limit=2&offset=1", headers=alice)).json()
     assert [item["post_id"] for item in page["items"]] == ["high", "normal-old"]

@@ -120,22 +120,26 @@ class ReviewView(NamedTuple):
     text: str | None
     author_id: str | None
     verdict: Verdict | None
+    tenant: str | None = None  # the post's (None while the post is not recorded)
 
 
-def _review_query(now: datetime) -> sa.Select[Review, str, str, str]:
+def _review_query(now: datetime) -> sa.Select[Review, str, str, str, str]:
     return sa.select(
         Review,
         effective_review_status(now).label("effective_status"),
         col(Post.text),
         col(Post.author_id),
+        col(Post.tenant),
     ).outerjoin(Post, col(Post.id) == col(Review.post_id))
 
 
 def _views(session: Session, rows: Sequence[Any]) -> list[ReviewView]:
     verdicts = latest_automated_verdicts(session, post_ids=[row[0].post_id for row in rows])
     return [
-        ReviewView(review, ReviewStatus(status), text, author_id, verdicts.get(review.post_id))
-        for review, status, text, author_id in rows
+        ReviewView(
+            review, ReviewStatus(status), text, author_id, verdicts.get(review.post_id), tenant
+        )
+        for review, status, text, author_id, tenant in rows
     ]
 
 

@@ -53,6 +53,9 @@ class ReviewPublic(SQLModel):
     post_id: str
     text: str | None = Field(description="the post (null while it is not recorded yet)")
     author_id: str | None
+    tenant: str | None = Field(
+        default=None, description="the post's tenant (null while it is not recorded yet)"
+    )
     status: ReviewStatus
     priority: str = Field(description="urgent, high, normal or low")
     reason: str

@@ -354,6 +354,21 @@ def _as_unavailable(error: BaseException, timeout: float) -> PublishUnavailable:
     return PublishUnavailable("kafka rejected the record", _describe(error))
 
 
+async def publish_each(
+    publisher: Publisher, topic: str, records: Sequence[Record]
+) -> list[PublishUnavailable | None]:
+    """`publish_many` by one `publish` after the other: each record's error, or None."""
+    results: list[PublishUnavailable | None] = []
+    for key, value in records:
+        try:
+            await publisher.publish(topic, key, value)
+        except PublishUnavailable as error:
+            results.append(error)
+        else:
+            results.append(None)
+    return results
+
+
 @dataclass
 class InMemoryPublisher:
     """Keeps every acknowledged record; `available = False` simulates a broker outage."""
@@ -381,15 +396,7 @@ class InMemoryPublisher:
         self, topic: str, records: Sequence[Record]
     ) -> list[PublishUnavailable | None]:
         """Record them all, or fail each."""
-        results: list[PublishUnavailable | None] = []
-        for key, value in records:
-            try:
-                await self.publish(topic, key, value)
-            except PublishUnavailable as error:
-                results.append(error)
-            else:
-                results.append(None)
-        return results
+        return await publish_each(self, topic, records)
 
     async def ping(self) -> None:
         """Healthy unless `available` is False."""

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,11 +39,12 @@ from faststream.kafka import KafkaBroker, KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel
-from sqlalchemy import Engine, exc, text
+from sqlalchemy import Engine, exc
 from sqlmodel import Session
 
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
+from moderation.db.engine import ping as ping_database
 from moderation.events import (
     DeadLetter,
     Event,
@@ -348,32 +349,20 @@ class Recorder:
             actions, reports = await asyncio.to_thread(self._read_outbox)
             if not actions and not reports:
                 return published
-            done_actions: list[int] = []
-            try:
-                for action in actions:
-                    event = crud.author_actioned_event(action)
-                    await self.actions_publisher.publish(
-                        _json(event), key=event.key(), headers=_JSON_HEADERS
-                    )
-                    done_actions.append(action.id)
-                    OUTBOX_PUBLISHED.labels(topic=topics.authors_actioned).inc()
-            finally:
-                if done_actions:
-                    await asyncio.to_thread(self._mark_actions, done_actions)
-            published += len(done_actions)
-            done: list[str] = []
-            try:
-                for report in reports:
-                    resolved = crud.report_resolved_event(report)
-                    await self.reports_publisher.publish(
-                        _json(resolved), key=resolved.key(), headers=_JSON_HEADERS
-                    )
-                    done.append(report.id)
-                    OUTBOX_PUBLISHED.labels(topic=topics.reports_resolved).inc()
-            finally:
-                if done:
-                    await asyncio.to_thread(self._mark_reports, done)
-            published += len(done)
+            published += await _publish_rows(
+                actions,
+                crud.author_actioned_event,
+                self.actions_publisher,
+                self._mark_actions,
+                topics.authors_actioned,
+            )
+            published += await _publish_rows(
+                reports,
+                crud.report_resolved_event,
+                self.reports_publisher,
+                self._mark_reports,
+                topics.reports_resolved,
+            )
 
     def _read_outbox(self) -> tuple[list[Any], list[Any]]:
         engine = self.state.engine
@@ -446,13 +435,29 @@ class Recorder:
         engine = self.state.engine
         if engine is None:
             return False
+        return await asyncio.to_thread(ping_database, engine)
 
-        def ping() -> bool:
-            with engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-            return True
 
-        return await asyncio.to_thread(ping)
+async def _publish_rows(
+    rows: Sequence[Any],
+    to_event: Callable[[Any], Event],
+    publisher: Any,
+    mark: Callable[[list[Any]], None],
+    topic: str,
+) -> int:
+    """Publish one outbox table's rows in order, then mark those that went out (also when a
+    later one fails: they are not sent again). Returns how many went out."""
+    done: list[Any] = []
+    try:
+        for row in rows:
+            event = to_event(row)
+            await publisher.publish(_json(event), key=event.key(), headers=_JSON_HEADERS)
+            done.append(row.id)
+            OUTBOX_PUBLISHED.labels(topic=topic).inc()
+    finally:
+        if done:
+            await asyncio.to_thread(mark, done)
+    return len(done)
 
 
 def _span_records(parsed: Sequence[_Parsed]) -> Iterator[tuple[Any, dict[str, str]]]:

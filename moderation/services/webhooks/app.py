@@ -34,11 +34,12 @@ from faststream.kafka import KafkaBroker, KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import Engine, exc, text
+from sqlalchemy import Engine, exc
 from sqlmodel import Session
 
 from moderation.db import crud
 from moderation.db.engine import create_tables, make_engine
+from moderation.db.engine import ping as ping_database
 from moderation.db.models import WebhookEndpoint
 from moderation.events import (
     TENANT_PATTERN,
@@ -333,13 +334,7 @@ class WebhookService:
         engine = self.state.engine
         if engine is None:
             return False
-
-        def ping() -> bool:
-            with engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-            return True
-
-        return await asyncio.to_thread(ping)
+        return await asyncio.to_thread(ping_database, engine)
 
 
 def create_broker(service: WebhookService, *, principal: Principal = "dispatcher") -> KafkaBroker:

@@ -160,6 +160,7 @@ async def public_reviews(
                 post_id=review.post_id,
                 text=view.text,
                 author_id=view.author_id,
+                tenant=view.tenant,
                 status=view.status,
                 priority=review.priority,
                 reason=review.reason,
