@@ -34,6 +34,7 @@ from moderation.db.schemas import (
     DecisionAccepted,
     MetricsOverviewPublic,
     PostTrail,
+    ReviewGroupsPublic,
     ReviewPublic,
     ReviewsPublic,
     ReviewStatsPublic,
@@ -113,9 +114,13 @@ class ReviewApi(Protocol):
 
     def stats(self) -> ReviewStatsPublic: ...
 
-    def claim_next(self, *, language: str | None = None) -> ReviewPublic | None: ...
+    def claim_next(
+        self, *, language: str | None = None, group: str | None = None
+    ) -> ReviewPublic | None: ...
 
     def get_review(self, review_id: str) -> ReviewPublic: ...
+
+    def groups(self) -> ReviewGroupsPublic: ...
 
     def list_reviews(
         self,
@@ -125,6 +130,7 @@ class ReviewApi(Protocol):
         priority: str | None = None,
         language: str | None = None,
         author_id: str | None = None,
+        group: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> ReviewsPublic: ...
@@ -238,14 +244,22 @@ class ApiClient:
             self._request("GET", "/v1/reviews/stats").content
         )
 
-    def claim_next(self, *, language: str | None = None) -> ReviewPublic | None:
-        """Claim the highest-priority oldest claimable review (of posts in `language` when
-        given); None when the queue is empty."""
+    def claim_next(
+        self, *, language: str | None = None, group: str | None = None
+    ) -> ReviewPublic | None:
+        """Claim the highest-priority oldest claimable review (of posts in `language`, of the
+        moderator group `group` when given; else of the key's groups); None when the queue is
+        empty."""
+        chosen = (("language", language), ("group", group))
+        params = {name: value for name, value in chosen if value}
         response = self._request(
             "POST",
             "/v1/reviews/claim-next",
-            meanings={409: "someone else took that item at the same moment, try again"},
-            params={"language": language} if language else None,
+            meanings={
+                409: "someone else took that item at the same moment, try again",
+                403: "this key does not work on that moderator group",
+            },
+            params=params or None,
         )
         if response.status_code == 204 or not response.content:
             return None
@@ -258,6 +272,15 @@ class ApiClient:
         )
         return ReviewPublic.model_validate_json(response.content)
 
+    def groups(self) -> ReviewGroupsPublic:
+        """The moderator groups reviews are routed to, their open reviews, and the key's."""
+        response = self._request(
+            "GET",
+            "/v1/reviews/groups",
+            meanings={404: "this review API does not route to moderator groups (an older one?)"},
+        )
+        return ReviewGroupsPublic.model_validate_json(response.content)
+
     def list_reviews(
         self,
         *,
@@ -266,10 +289,12 @@ class ApiClient:
         priority: str | None = None,
         language: str | None = None,
         author_id: str | None = None,
+        group: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> ReviewsPublic:
-        """One page of reviews, by priority (urgent, high, normal) then oldest first."""
+        """One page of reviews, by priority (urgent, high, normal) then oldest first (of the
+        key's moderator groups, or of `group`)."""
         params: dict[str, str | int] = {"limit": limit, "offset": offset}
         for name, value in (
             ("status", status),
@@ -277,6 +302,7 @@ class ApiClient:
             ("priority", priority),
             ("language", language),
             ("author_id", author_id),
+            ("group", group),
         ):
             if value:
                 params[name] = value
@@ -291,6 +317,7 @@ class ApiClient:
             meanings={
                 409: "someone else holds this item, or it is already decided",
                 404: f"no review '{review_id}'",
+                403: "this key may not claim it",
             },
         )
         return ReviewPublic.model_validate_json(response.content)

@@ -160,6 +160,33 @@ def agreement_frame(overview: MetricsOverviewPublic) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("label") if rows else pd.DataFrame()
 
 
+def reviewer_agreement_table(overview: MetricsOverviewPublic) -> list[dict[str, Any]]:
+    """Review categories (and all of them): double reviews, agreement, Cohen's kappa."""
+    rows = list(overview.reviewer_agreement)
+    if overview.reviewer_agreement_total is not None:
+        rows.append(overview.reviewer_agreement_total)
+    return [
+        {
+            "category": row.category,
+            "pairs": row.pairs,
+            "agreement": ui.format_rate(row.observed_agreement),
+            "kappa": "–" if row.kappa is None else f"{row.kappa:.2f}",
+            "awaiting a second judgement": row.awaiting_second,
+        }
+        for row in rows
+    ]
+
+
+def kappa_frame(overview: MetricsOverviewPublic) -> pd.DataFrame:
+    """Review categories with a defined kappa (rows): Cohen's kappa."""
+    rows = [
+        {"category": row.category, "kappa": row.kappa}
+        for row in overview.reviewer_agreement
+        if row.kappa is not None
+    ]
+    return pd.DataFrame(rows).set_index("category") if rows else pd.DataFrame()
+
+
 def moderator_frame(overview: MetricsOverviewPublic) -> pd.DataFrame:
     """Moderators (rows): mean handling and time to decision in minutes, decisions."""
     rows = [
@@ -369,6 +396,32 @@ def _render_agreement(overview: MetricsOverviewPublic) -> None:
     )
 
 
+def _render_reviewer_agreement(overview: MetricsOverviewPublic) -> None:
+    st.subheader("Reviewer agreement")
+    total = overview.reviewer_agreement_total
+    if total is None:
+        st.info(
+            "No double reviews in this window. A share of reviews goes to two moderators "
+            "when `review.double_review_share` is above 0 (`MODERATION_REVIEW__"
+            "DOUBLE_REVIEW_SHARE`)."
+        )
+        return
+    pairs, share, kappa = st.columns(3)
+    pairs.metric("Double reviews", f"{total.pairs:,}")
+    share.metric("Moderators agree", ui.format_rate(total.observed_agreement))
+    kappa.metric("Cohen's kappa", "–" if total.kappa is None else f"{total.kappa:.2f}")
+    frame = kappa_frame(overview)
+    if not frame.empty:
+        st.bar_chart(frame, x_label="review category", y_label="Cohen's kappa")
+    st.dataframe(reviewer_agreement_table(overview), hide_index=True)
+    st.caption(
+        "Two moderators judge the same review without seeing each other's choice; compared on "
+        "the label. Kappa is agreement beyond chance: 1 is perfect, 0 is what chance gives, "
+        "below 0.6 the policy text or the training needs a look. None (–) when one label "
+        "explains everything."
+    )
+
+
 def _render_queue(overview: MetricsOverviewPublic) -> None:
     st.subheader("Review queue")
     queue = overview.queue
@@ -463,6 +516,7 @@ def render() -> None:
     _render_mix(overview)
     _render_humans(overview)
     _render_agreement(overview)
+    _render_reviewer_agreement(overview)
     _render_queue(overview)
     _render_models(overview)
     _render_jobs(overview)

@@ -1,4 +1,5 @@
-"""The queue's filters (category, language, author) and bulk decisions, on the Queue page.
+"""The queue's filters (category, language, author, moderator group) and bulk decisions, on
+the Queue page.
 
 A moderator selects reviews of the page shown, or takes every open review of the author in the
 filter, picks one decision, and confirms it once: the confirmation says how many reviews will
@@ -18,13 +19,14 @@ import streamlit as st
 from hitl_dashboard import safe_text, session
 from hitl_dashboard.api_client import ApiError, DecisionChoice, ReviewApi
 from hitl_dashboard.session import State
-from moderation.db.schemas import BulkDecisionResult, ReviewsPublic
+from moderation.db.schemas import BulkDecisionResult, ReviewGroupsPublic, ReviewsPublic
 from moderation.taxonomy import CATEGORIES, VIOLATING, Category
 
 # Widget keys (also CSS classes `st-key-<key>` for browser tests).
 FILTER_CATEGORY = "hitl_filter_category"
 FILTER_LANGUAGE = "hitl_filter_language"
 FILTER_AUTHOR = "hitl_filter_author"
+FILTER_GROUP = "hitl_filter_group"
 SELECTED = "hitl_bulk_selected"
 DECISION = "hitl_bulk_decision"
 LABEL = "hitl_bulk_label"
@@ -54,12 +56,33 @@ def filters(state: State) -> dict[str, str | None]:
         "category": _text(state, FILTER_CATEGORY),
         "language": language.lower() if language else None,
         "author_id": _text(state, FILTER_AUTHOR),
+        "group": _text(state, FILTER_GROUP),
     }
 
 
 def language(state: State) -> str | None:
     """The language filter ("Claim next" takes the next review in it)."""
     return filters(state)["language"]
+
+
+def group(state: State) -> str | None:
+    """The moderator group filter ("Claim next" takes the next review in it); None: the key's
+    own groups (every group for a key without groups)."""
+    return filters(state)["group"]
+
+
+def group_choices(groups: ReviewGroupsPublic | None) -> list[str]:
+    """The groups the filter offers: the ones the key works on (none when nothing is routed)."""
+    if groups is None or len(groups.items) < 2:
+        return []
+    return [item.name for item in groups.items if item.mine]
+
+
+def groups_caption(groups: ReviewGroupsPublic) -> str:
+    """Open reviews per moderator group, and the key's groups."""
+    counts = " · ".join(f"{item.name} {item.open}" for item in groups.items)
+    mine = ", ".join(groups.key_groups) if groups.key_groups is not None else "every group"
+    return f"Open reviews by moderator group: {counts}. You work on: {mine}."
 
 
 @dataclass(frozen=True)
@@ -172,9 +195,22 @@ def summary(result: BulkDecisionResult) -> str:
 # --- rendering --------------------------------------------------------------------------
 
 
-def render_filters() -> None:
-    """Category, language and author filters of the queue browser (and of "Claim next":
-    the language)."""
+def render_filters(groups: ReviewGroupsPublic | None = None) -> None:
+    """Category, language, author and (when reviews are routed to groups) moderator group
+    filters of the queue browser (and of "Claim next": the language and the group)."""
+    choices = group_choices(groups)
+    if groups is not None and choices:
+        st.caption(safe_text.escape_markdown(groups_caption(groups)))
+        st.selectbox(
+            "Moderator group",
+            (ANY, *choices),
+            key=FILTER_GROUP,
+            format_func=lambda name: name or "my groups",
+            help="Reviews are routed to groups by category and language. Claim next takes "
+            "the next review of this group.",
+        )
+    elif st.session_state.get(FILTER_GROUP):
+        st.session_state[FILTER_GROUP] = ANY  # the API no longer routes to that group
     category, language_box, author = st.columns(3)
     category.selectbox(
         "Category", (ANY, *LABELS), key=FILTER_CATEGORY, format_func=lambda c: c or "any"
@@ -250,5 +286,6 @@ def list_page(client: ReviewApi, state: State, *, limit: int) -> ReviewsPublic:
         category=chosen["category"],
         language=chosen["language"],
         author_id=chosen["author_id"],
+        group=chosen["group"],
         limit=limit,
     )

@@ -18,7 +18,7 @@ import streamlit as st
 from hitl_dashboard import author_page, queue_bulk, safe_text, session, ui
 from hitl_dashboard.api_client import ApiError, DecisionChoice, ReviewApi
 from hitl_dashboard.session import State
-from moderation.db.schemas import AuthorPublic, ReviewPublic
+from moderation.db.schemas import AuthorPublic, ReviewGroupsPublic, ReviewPublic
 from moderation.taxonomy import CATEGORIES, VIOLATING, Category
 
 CURRENT = "hitl_queue_current"
@@ -96,9 +96,11 @@ def clear_review(state: State) -> None:
 
 def claim_next_item(state: State, client: ReviewApi) -> None:
     """Claim the most urgent, oldest review (`POST /v1/reviews/claim-next`), in the queue's
-    language filter when set."""
+    language and moderator group filters when set (else of the key's groups)."""
     try:
-        review = client.claim_next(language=queue_bulk.language(state))
+        review = client.claim_next(
+            language=queue_bulk.language(state), group=queue_bulk.group(state)
+        )
     except ApiError as exc:
         _report(state, "Could not claim the next item", exc)
         return
@@ -168,6 +170,28 @@ def needs_blur(review: ReviewPublic) -> bool:
     )
 
 
+# Double review (`review.double_review_share`): what the moderator is told about a review other
+# moderators already judged; what they chose is never shown, so the judgements stay independent.
+DOUBLE_REVIEW_NOTICE = {
+    1: "Double review: another moderator already judged this post. Decide on your own reading.",
+    2: "Double review: two moderators disagreed on this post. Your decision settles it.",
+}
+
+
+def _decided_message(status: str, choice: str, label: str, review_id: str) -> str:
+    if status == "awaiting_second_review":
+        return (
+            f"Judgement recorded: {choice} as {label} ({review_id}). This post is double-"
+            "reviewed: a second moderator judges it before it is decided."
+        )
+    if status == "awaiting_tie_break":
+        return (
+            f"Judgement recorded: {choice} as {label} ({review_id}). It differs from the first "
+            "moderator's: a third moderator decides."
+        )
+    return f"Decision recorded: {choice} as {label} ({review_id})."
+
+
 def _claim_ends_soon(review: ReviewPublic, now: datetime) -> bool:
     expires = review.claim_expires_at
     if expires is None:
@@ -204,14 +228,14 @@ def submit_decision(
     try:
         if _claim_ends_soon(review, now or datetime.now(UTC)):
             client.claim(review.review_id)
-        client.decide(review.review_id, label=label, decision=choice, note=note)
+        accepted = client.decide(review.review_id, label=label, decision=choice, note=note)
     except ApiError as exc:
         _report(state, f"Decision on {review.review_id} not recorded", exc)
         if exc.status in (403, 404, 409):
             # The item cannot be decided by this moderator any more: take it off the screen.
             clear_review(state)
         return False
-    flash(state, "toast", f"Decision recorded: {choice} as {label} ({review.review_id}).")
+    flash(state, "toast", _decided_message(accepted.status, choice, label, review.review_id))
     clear_review(state)
     state[NOTE] = ""
     if next_item:
@@ -325,7 +349,7 @@ def _render_review(state: State, review: ReviewPublic, client: ReviewApi | None 
         safe_text.escape_markdown(
             f"post {review.post_id} · author {review.author_id or '–'}"
             f" · priority {review.priority} · reason {review.reason or '–'}"
-            f" · category {review.category or '–'} · {claim}"
+            f" · category {review.category or '–'} · group {review.group} · {claim}"
             f" · SLA due {ui.format_time(review.sla_due_at)}"
         )
     )
@@ -346,6 +370,8 @@ def _render_review(state: State, review: ReviewPublic, client: ReviewApi | None 
                 f"Appeal of decision {review.appeal_of}: the author contests it."
             )
         )
+    if review.votes:
+        st.info(DOUBLE_REVIEW_NOTICE[min(review.votes, 2)], icon=":material/group:")
 
     blurred = needs_blur(review) and not is_revealed(state, review)
     post, model = st.columns([3, 2])
@@ -477,10 +503,19 @@ def _render_form(state: State) -> None:
     ui.install_remove_shortcut()
 
 
+def _groups(client: ReviewApi) -> ReviewGroupsPublic | None:
+    """The moderator groups, or None when the API cannot say (the filter is then hidden)."""
+    try:
+        return client.groups()
+    except ApiError as exc:
+        session.handle_unauthorized(exc)
+        return None
+
+
 def _render_queue_browser(client: ReviewApi) -> None:
     if not st.toggle("Show the queue", key=SHOW_QUEUE):
         return
-    queue_bulk.render_filters()
+    queue_bulk.render_filters(_groups(client))
     try:
         page = queue_bulk.list_page(client, st.session_state, limit=50)
     except ApiError as exc:
@@ -498,6 +533,7 @@ def _render_queue_browser(client: ReviewApi) -> None:
                     "status": r.status,
                     "priority": r.priority,
                     "category": r.category,
+                    "group": r.group,
                     "reason": r.reason,
                     "claimed_by": r.claimed_by_display or r.claimed_by,
                     "created_at": ui.format_time(r.created_at),

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from moderation.secret_checks import development_secrets
@@ -615,6 +616,47 @@ class WebhookSettings(BaseModel):
         return environment != "development"
 
 
+# A moderator group's name (`review.groups`, `ApiKey.moderator_groups`): a slug, like a tenant.
+GROUP_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+# A post's language as routing names it: a lower-case ISO 639 code, optionally with a region or
+# script (the same rule as the queue's `?language=`, `db.schemas.LANGUAGE_PATTERN`).
+LANGUAGE_CODE_PATTERN = r"^[a-z]{2,3}(-[a-z0-9]{2,8})*$"
+DEFAULT_GROUP = "general"
+
+
+class ModeratorGroup(BaseModel):
+    """A group of moderators and the reviews routed to it (README "Routing to moderator
+    groups"): a review belongs to the first configured group whose every non-empty criterion
+    matches it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=GROUP_PATTERN, description="the group's name, e.g. `ja`")
+    categories: list[Category] = Field(
+        default_factory=list, description="the review's category is one of these (empty: any)"
+    )
+    languages: list[str] = Field(
+        default_factory=list,
+        description="the post's language is one of these codes, e.g. `ja` (empty: any)",
+    )
+
+    @field_validator("languages")
+    @classmethod
+    def _language_codes(cls, languages: list[str]) -> list[str]:
+        for code in languages:
+            if not re.fullmatch(LANGUAGE_CODE_PATTERN, code):
+                raise ValueError(
+                    f"invalid language {code!r}: a lower-case ISO 639 code such as `ja`, `pt-br`"
+                )
+        return languages
+
+    @model_validator(mode="after")
+    def _has_a_criterion(self) -> ModeratorGroup:
+        if not self.categories and not self.languages:
+            raise ValueError(f"group {self.name!r} needs categories or languages (or both)")
+        return self
+
+
 class ReviewSettings(BaseModel):
     """Human review: the review service (a Dapr app), its workflow and the review API."""
 
@@ -635,6 +677,35 @@ class ReviewSettings(BaseModel):
         default=300.0, gt=0, description="how long a moderator's claim on a review holds"
     )
     decision_event: str = Field(default="decision", description="the workflow's external event")
+    groups: list[ModeratorGroup] = Field(
+        default_factory=list,
+        description="moderator groups, tried in order (JSON in `MODERATION_REVIEW__GROUPS`); "
+        "empty: no routing, every review is in `default_group`",
+    )
+    default_group: str = Field(
+        default=DEFAULT_GROUP,
+        pattern=GROUP_PATTERN,
+        description="the group of a review no configured group matches",
+    )
+    double_review_share: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="the share of reviews two moderators judge independently (reviewer "
+        "agreement, Cohen's kappa on the metrics page); chosen by the review id's hash",
+    )
+
+    @model_validator(mode="after")
+    def _distinct_groups(self) -> ReviewSettings:
+        names = [group.name for group in self.groups]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"moderator group(s) {repeated} configured more than once")
+        if self.default_group in names:
+            raise ValueError(
+                f"moderator group {self.default_group!r} is the default group: name it otherwise"
+            )
+        return self
 
 
 class DashboardSettings(BaseModel):

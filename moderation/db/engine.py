@@ -121,6 +121,8 @@ def upgrade_schema(engine: Engine) -> None:
        `api_keys` gains `granted_tenants`.
     5. The audit page (issue 15): `audit_log` gains `tenant` (nullable); entries about reviews
        take their post's tenant, the others (configuration, keys) stay global.
+    6. Moderator groups (issue 15): `api_keys` gains `moderator_groups` (existing keys: `[]`,
+       every group).
     """
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
@@ -151,6 +153,10 @@ def upgrade_schema(engine: Engine) -> None:
                 )
         if "audit_log" in tables and not _has_column(connection, "audit_log", "tenant"):
             _add_audit_tenants(connection, backfill={"reviews", "posts"} <= tables)
+        if "api_keys" in tables and not _has_column(connection, "api_keys", "moderator_groups"):
+            kind = _column_type(connection, "api_keys", "moderator_groups")
+            added = f"moderator_groups {kind} NOT NULL DEFAULT '[]'"
+            connection.execute(text(f"ALTER TABLE api_keys ADD COLUMN {added}"))
 
 
 _TENANT_COLUMNS = (

@@ -235,6 +235,8 @@ class ApiKey(SQLModel, table=True):
     tenant: str = Field(default=DEFAULT_TENANT, max_length=64, index=True)
     # Further tenants a `moderate` key may work on (`*`: all); other scopes see only `tenant`.
     granted_tenants: list[str] = Field(default_factory=list, sa_column=_json_column())
+    # The moderator groups (`settings.review.groups`) a `moderate` key works on; empty: all.
+    moderator_groups: list[str] = Field(default_factory=list, sa_column=_json_column())
     created_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
     revoked_at: datetime | None = Field(default=None, sa_column=_aware(nullable=True))
 
@@ -426,3 +428,31 @@ class Report(SQLModel, table=True):
     decision_event_id: str | None = Field(default=None, max_length=64)
     resolution_event_id: str | None = Field(default=None, max_length=64)
     published: bool = False
+
+
+class ReviewVote(SQLModel, table=True):
+    """A moderator's judgement of a double-reviewed review that did not end it (issue 15).
+
+    A share of reviews (`review.double_review_share`) needs two moderators: the first one's
+    judgement is a vote (ordinal 1); a second moderator who agrees decides the review (the usual
+    `decisions` row); one who disagrees adds vote 2, and a third moderator's decision settles
+    it. Reviewer agreement (Cohen's kappa) pairs vote 1 with the second judgement: vote 2, else
+    the review's decision. Written by the API in the transaction that releases the claim.
+    """
+
+    __tablename__ = "review_votes"
+    __table_args__ = (
+        UniqueConstraint("review_id", "ordinal"),
+        UniqueConstraint("review_id", "moderator_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(unique=True, max_length=64)
+    review_id: str = Field(max_length=128, index=True)
+    post_id: str = Field(max_length=64, index=True)
+    ordinal: int = Field(description="1: the first judgement, 2: the disagreeing second")
+    moderator_id: str = Field(max_length=64)
+    label: str = Field(max_length=32)
+    decision: str = Field(max_length=16)
+    note: str | None = None
+    voted_at: datetime = Field(sa_column=_aware())

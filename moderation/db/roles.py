@@ -10,9 +10,10 @@ creates and migrates the schema (`engine.create_tables`); the services log in wi
 | `moderation_recorder`  | SELECT, INSERT, UPDATE posts, verdicts, reviews, decisions, strikes,   |
 |                        | author_actions, reports                                                |
 | `moderation_review`    | SELECT, INSERT, UPDATE reviews, decisions, audit_log, posts; SELECT    |
-|                        | verdicts                                                               |
+|                        | verdicts, review_votes                                                 |
 | `moderation_api`       | SELECT, INSERT, UPDATE api_keys, idempotency_keys, reviews, decisions, |
-|                        | audit_log, posts, webhook_endpoints, webhook_deliveries, reports;      |
+|                        | audit_log, posts, webhook_endpoints, webhook_deliveries, reports,      |
+|                        | review_votes;                                                          |
 |                        | SELECT verdicts, model_versions, job_runs, strikes, author_actions     |
 | `moderation_nightly`   | SELECT, INSERT, UPDATE model_versions, job_runs; SELECT posts,         |
 |                        | verdicts, reviews, decisions                                           |
@@ -73,6 +74,8 @@ SERVICE_GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
         "audit_log": WRITE,
         "posts": WRITE,
         "verdicts": READ,
+        # Its reads of a review count the review's votes (double review).
+        "review_votes": READ,
     },
     "moderation_api": {
         "moderation_config": WRITE,
@@ -90,6 +93,7 @@ SERVICE_GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
         "reports": WRITE,
         "strikes": READ,
         "author_actions": READ,
+        "review_votes": WRITE,
     },
     "moderation_nightly": {
         "model_versions": WRITE,

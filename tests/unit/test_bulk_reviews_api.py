@@ -300,7 +300,7 @@ async def test_an_authors_open_reviews_are_decided_and_no_one_elses(
     assert review(engine, other).status is ReviewStatus.PENDING
     # Decided reviews are no longer open: a second call finds none.
     again = await client.post(BULK, json={**REMOVE, "author_id": "spammer"}, headers=alice)
-    assert again.json() == {"outcomes": [], "decided": 0, "skipped": 0, "failed": 0}
+    assert again.json() == {"outcomes": [], "decided": 0, "voted": 0, "skipped": 0, "failed": 0}
 
 
 async def test_an_author_in_a_tenant_the_key_does_not_see_is_404(

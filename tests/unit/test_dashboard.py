@@ -49,6 +49,7 @@ def review_json(
         "post_id": post_id,
         "text": text,
         "author_id": "user-1",
+        "group": "general",
         "status": "pending",
         "priority": "normal",
         "reason": "uncertain",
@@ -171,7 +172,25 @@ class FakeReviewApi:
     requests: list[tuple[str, str]] = field(default_factory=list)
     decisions: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     decided: int = 0
+    # What `POST .../decision` answers: "accepted" (202), or a double review's vote (200).
+    decision_status: str = "accepted"
     clients: list[ApiClient] = field(default_factory=list)
+    # `GET /v1/reviews/groups`: by default nothing is routed (every review is `general`).
+    groups: dict[str, Any] = field(
+        default_factory=lambda: {
+            "items": [
+                {
+                    "name": "general",
+                    "categories": [],
+                    "languages": [],
+                    "open": 0,
+                    "mine": True,
+                    "default": True,
+                }
+            ],
+            "key_groups": None,
+        }
+    )
 
     def factory(self, api_url: str, api_key: str) -> ReviewApi:
         client = ApiClient(api_url, api_key, transport=httpx.MockTransport(self.handle))
@@ -206,6 +225,8 @@ class FakeReviewApi:
                     "avg_handling_seconds": 252.0,
                 },
             )
+        if (method, path) == ("GET", "/v1/reviews/groups"):
+            return httpx.Response(200, json=self.groups)
         if (method, path) == ("POST", "/v1/reviews/claim-next"):
             if not self.queue:
                 return httpx.Response(204)
@@ -223,9 +244,9 @@ class FakeReviewApi:
             accepted = {
                 "review_id": path.split("/")[3],
                 "event_id": f"decision-{self.decided}",
-                "status": "accepted",
+                "status": self.decision_status,
             }
-            return httpx.Response(202, json=accepted)
+            return httpx.Response(202 if self.decision_status == "accepted" else 200, json=accepted)
         if (method, path) == ("GET", "/v1/reviews"):
             page = {"items": self.queue, "total": len(self.queue), "limit": 50, "offset": 0}
             return httpx.Response(200, json=page)
@@ -801,3 +822,19 @@ def test_client_keeps_ids_inside_one_path_segment() -> None:
             client.post_trail(post_id)
 
     assert paths == ["/v1/posts/..%2Freviews%2Fstats", "/v1/posts/%2E%2E"]
+
+
+def test_a_double_reviewed_post_says_so_and_a_first_judgement_is_not_called_a_decision() -> None:
+    second_look = threat() | {"votes": 1}
+    api = FakeReviewApi(queue=[second_look, spam()], decision_status="awaiting_second_review")
+    app = signed_in(api)
+    app.button(key="claim_next").click().run()
+    assert any("another moderator already judged this post" in i.value for i in app.info)
+
+    app.button(key="decide_remove").click().run()
+    app.button(key="submit").click().run()
+
+    assert not app.exception and not app.error
+    [toast] = [shown(t.value) for t in app.toast]
+    assert toast.startswith("Judgement recorded: remove as violence (review-p1).")
+    assert "second moderator" in toast

@@ -41,12 +41,16 @@ class BulkApi(FakeReviewApi):
                 if params.get("category") in (None, review["category"])
                 and params.get("author_id") in (None, review["author_id"])
                 and params.get("language") in (None, self.languages.get(review["review_id"]))
+                and params.get("group") in (None, review["group"])
             ]
             limit = int(params.get("limit", 50))
             page = {"items": matching[:limit], "total": len(matching), "limit": limit, "offset": 0}
             return httpx.Response(200, json=page)
         if (method, path) == ("POST", "/v1/reviews/claim-next"):
             self.claim_next_params.append(params)
+            wanted = params.get("group")
+            if wanted is not None:  # the fake queue's first review of the group
+                self.queue.sort(key=lambda review: review["group"] != wanted)
         if (method, path) == ("POST", "/v1/reviews/bulk-decision"):
             return self._bulk(json.loads(request.content))
         return super()._route(method, path, request)
@@ -211,3 +215,66 @@ def test_an_api_refusal_is_shown_and_nothing_is_left_pending() -> None:
     assert error.startswith("Bulk decision not made: the API refused the values sent")
     assert "too many" in error
     assert warnings(app) == []
+
+
+def routed_groups(*, key_groups: list[str] | None) -> dict[str, Any]:
+    """`GET /v1/reviews/groups` with a `ja` group before the default `general`."""
+
+    def group(name: str, open_: int, **criteria: list[str]) -> dict[str, Any]:
+        mine = key_groups is None or name in key_groups
+        return {
+            "name": name,
+            "categories": criteria.get("categories", []),
+            "languages": criteria.get("languages", []),
+            "open": open_,
+            "mine": mine,
+            "default": name == "general",
+        }
+
+    return {
+        "items": [
+            group("ja", 1, languages=["ja"]),
+            group("child-safety", 0, categories=["sexual_minors", "self_harm"]),
+            group("general", 2),
+        ],
+        "key_groups": key_groups,
+    }
+
+
+def test_the_group_filter_offers_the_keys_groups_and_narrows_the_queue_and_claim_next() -> None:
+    api = BulkApi(
+        queue=[item("p1"), {**item("p2"), "group": "ja"}, item("p3")],
+        groups=routed_groups(key_groups=["general", "ja"]),
+    )
+    app = queue_shown(api)
+
+    group_box = app.selectbox(key=queue_bulk.FILTER_GROUP)
+    assert group_box.options == ["my groups", "ja", "general"]  # not child-safety: not the key's
+    assert any(
+        "Open reviews by moderator group: ja 1 · child-safety 0 · general 2. You work on: "
+        "general, ja." == shown(c.value)
+        for c in app.caption
+    )
+    [table] = [frame for frame in app.dataframe if "status" in rows(frame)[0]]
+    assert [row["group"] for row in rows(table)] == ["general", "ja", "general"]
+
+    group_box.set_value("ja").run()
+
+    assert api.list_params[-1] == {"limit": "50", "offset": "0", "group": "ja"}
+    [table] = [frame for frame in app.dataframe if "status" in rows(frame)[0]]
+    assert [row["review_id"] for row in rows(table)] == ["review-p2"]
+
+    app.button(key="claim_next").click().run()
+
+    assert api.claim_next_params == [{"group": "ja"}]
+    assert any("group ja" in shown(c.value) for c in app.caption)
+
+
+def test_without_routing_there_is_no_group_filter() -> None:
+    api = BulkApi(queue=[item("p1")])
+    app = queue_shown(api)
+
+    assert not [box for box in app.selectbox if box.key == queue_bulk.FILTER_GROUP]
+    assert "group" not in api.list_params[-1]
+    app.button(key="claim_next").click().run()
+    assert api.claim_next_params == [{}]

@@ -63,6 +63,19 @@ def agreement(label: str, decisions: int, model: int, agent: int) -> dict[str, A
     }
 
 
+def reviewers(
+    category: str, *, pairs: int, agreed: int, kappa: float | None, awaiting: int
+) -> dict[str, Any]:
+    return {
+        "category": category,
+        "pairs": pairs,
+        "agreed": agreed,
+        "observed_agreement": agreed / pairs,
+        "kappa": kappa,
+        "awaiting_second": awaiting,
+    }
+
+
 def busy_overview() -> dict[str, Any]:
     """What `GET /v1/metrics/overview` answers after a busy day."""
     return {
@@ -98,6 +111,11 @@ def busy_overview() -> dict[str, Any]:
         "to_humans": {"posts": 10, "sent_to_humans": 5, "share": 0.5},
         "agreement": [agreement("spam", 3, 2, 3)],
         "agreement_total": agreement("all", 3, 2, 3),
+        "reviewer_agreement": [
+            reviewers("spam", pairs=10, agreed=8, kappa=0.6, awaiting=1),
+            reviewers("harassment", pairs=2, agreed=2, kappa=None, awaiting=0),
+        ],
+        "reviewer_agreement_total": reviewers("all", pairs=12, agreed=10, kappa=0.65, awaiting=1),
         "queue": {
             "pending": 4,
             "escalated": 1,
@@ -332,6 +350,7 @@ def test_metrics_page_draws_every_section(api: MetricsApi) -> None:
         "Decisions and categories",
         "Sent to humans",
         "Model vs human agreement",
+        "Reviewer agreement",
         "Review queue",
         "Model versions",
         "Nightly runs",
@@ -340,8 +359,8 @@ def test_metrics_page_draws_every_section(api: MetricsApi) -> None:
     assert not app.error and not app.info and not app.warning
     assert api.queries == [(GOOD_KEY, {"hours": "24", "bucket_minutes": "60"})]
     assert api.calls("GET", CONFIG_PATH) == 1
-    # Throughput, latency, decisions, categories, share, agreement, handling, model scores.
-    assert len(app.get("vega_lite_chart")) == 8
+    # Throughput, latency, decisions, categories, share, agreement, kappa, handling, scores.
+    assert len(app.get("vega_lite_chart")) == 9
     assert metric(app, "Share to humans") == "50%"
     assert metric(app, "Model agrees") == "67%"
     assert metric(app, "Agent agrees") == "100%"
@@ -351,7 +370,12 @@ def test_metrics_page_draws_every_section(api: MetricsApi) -> None:
         "2",
     )
     assert metric(app, "Oldest waiting") == "2 h 10 min"
-    latency, moderators, models, jobs, _config_items, _config_changes = app.dataframe
+    latency, reviewer_table, moderators, models, jobs, _items, _changes = app.dataframe
+    assert (metric(app, "Double reviews"), metric(app, "Moderators agree")) == ("12", "83%")
+    assert metric(app, "Cohen's kappa") == "0.65"
+    assert [
+        (r["category"], r["kappa"], r["awaiting a second judgement"]) for r in rows(reviewer_table)
+    ] == [("spam", "0.60", 1), ("harassment", "–", 0), ("all", "0.65", 1)]
     assert [(r["stage"], r["measure"], r["p99 ms"]) for r in rows(latency)] == [
         ("model", "verdict latency", 33.0),
         ("agent", "end to end", 2700.0),
@@ -364,7 +388,7 @@ def test_metrics_page_draws_every_section(api: MetricsApi) -> None:
 def test_the_charts_plot_the_api_numbers(api: MetricsApi) -> None:
     app = metrics_app(api)
 
-    throughput, latency, decisions, *_, handling, scores = charts(app)
+    throughput, latency, decisions, *_, kappa, handling, scores = charts(app)
 
     assert series(throughput) == {
         "posts": [4, 6],
@@ -375,6 +399,8 @@ def test_the_charts_plot_the_api_numbers(api: MetricsApi) -> None:
     assert series(latency) == {"p50": [10.0, 12.0], "p95": [20.0, 24.0], "p99": [30.0, 36.0]}
     assert series(decisions)["review"] == [5, 3, 0]  # model, agent, human
     assert handling["moderator"].tolist() == ["alice", "bob"]
+    assert kappa["category"].tolist() == ["spam"]  # harassment's kappa is undefined
+    assert kappa["kappa"].tolist() == [0.6]
     assert sorted(zip(scores["version"], scores["score"], scores["value"], strict=True)) == [
         ("fast-base", "validation macro F1", 0.61),
         ("fast-n1", "gold macro F1", 0.64),
@@ -453,6 +479,8 @@ def test_an_empty_read_model_renders_clean_empty_states() -> None:
         "No verdicts or decisions in this window yet.",
         "No posts in this window yet.",
         "No human decisions in this window yet: nothing to compare.",
+        "No double reviews in this window. A share of reviews goes to two moderators when "
+        "`review.double_review_share` is above 0 (`MODERATION_REVIEW__DOUBLE_REVIEW_SHARE`).",
         "No review was decided in this window yet.",
         "No model registered yet.",
         "No job has run yet.",
@@ -474,7 +502,7 @@ def test_an_api_error_is_a_message_not_a_traceback(api: MetricsApi) -> None:
     assert not app.subheader
     del api.failures[("GET", OVERVIEW_PATH)]
     app.run()  # errors are not cached: the next run asks again
-    assert not app.error and len(app.subheader) == 9
+    assert not app.error and len(app.subheader) == 10
 
 
 def test_an_api_without_the_endpoint_says_so(api: MetricsApi) -> None:
@@ -561,7 +589,8 @@ def test_nothing_set_live_says_the_services_run_on_their_own_settings(api: Metri
     captions = [shown(c.value) for c in app.caption]
     assert any(c.startswith("Version in effect: static.") for c in captions)
     assert captions[-1] == "No change recorded yet."
-    assert len(app.dataframe) == 4  # latency, moderators, models, jobs: no config table
+    # Latency, reviewer agreement, moderators, models, jobs: no config table.
+    assert len(app.dataframe) == 5
     assert not app.warning and not app.error
 
 
@@ -575,11 +604,11 @@ def test_a_failing_config_call_is_a_warning_and_the_metrics_still_show(api: Metr
         "(config store unreachable)."
     ]
     assert not app.error
-    assert len(app.subheader) == 9 and app.subheader[-1].value == "Live configuration"
-    assert len(app.get("vega_lite_chart")) == 8 and len(app.dataframe) == 4
+    assert len(app.subheader) == 10 and app.subheader[-1].value == "Live configuration"
+    assert len(app.get("vega_lite_chart")) == 9 and len(app.dataframe) == 5
     del api.failures[("GET", CONFIG_PATH)]
     app.run()  # errors are not cached: the next run asks again
-    assert not app.warning and len(app.dataframe) == 6
+    assert not app.warning and len(app.dataframe) == 7
     assert len(api.queries) == 1  # the overview was still served from the cache
 
 
@@ -592,7 +621,7 @@ def test_an_api_without_the_config_endpoint_says_so(api: MetricsApi) -> None:
     assert shown(warning.value).startswith(
         "Live configuration unavailable: this review API has no live configuration endpoint"
     )
-    assert not app.error and len(app.subheader) == 9
+    assert not app.error and len(app.subheader) == 10
 
 
 def test_refresh_refetches_the_live_configuration(api: MetricsApi) -> None:

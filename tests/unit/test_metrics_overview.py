@@ -526,6 +526,8 @@ async def test_overview_endpoint_answers_moderators_and_admins(
         "to_humans",
         "agreement",
         "agreement_total",
+        "reviewer_agreement",
+        "reviewer_agreement_total",
         "queue",
         "model_versions",
         "job_runs",

@@ -861,6 +861,7 @@ async def test_an_appeal_while_kafka_is_down_is_503_and_records_nothing(
 PROTECTED: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("GET", "/v1/reviews", None, "moderate"),
     ("GET", "/v1/reviews/stats", None, "moderate"),
+    ("GET", "/v1/reviews/groups", None, "moderate"),
     ("POST", "/v1/reviews/claim-next", None, "moderate"),
     ("GET", "/v1/reviews/review-p1", None, "moderate"),
     ("POST", "/v1/reviews/review-p1/claim", None, "moderate"),

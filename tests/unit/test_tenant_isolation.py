@@ -308,6 +308,14 @@ async def _review_stats(client: httpx.AsyncClient, world: World) -> None:
         ), body
 
 
+async def _review_groups(client: httpx.AsyncClient, world: World) -> None:
+    # Each tenant has one open review (in the default group): A's count would be 2 if leaked.
+    for tenant in (world.a, world.b):
+        answer = await client.get("/v1/reviews/groups", headers=tenant.key("moderate"))
+        assert answer.status_code == 200, answer.text
+        assert [(g["name"], g["open"]) for g in answer.json()["items"]] == [("general", 1)]
+
+
 async def _claim_next(client: httpx.AsyncClient, world: World) -> None:
     first = await client.post("/v1/reviews/claim-next", headers=world.a.key("moderate"))
     assert first.status_code == 200 and first.json()["post_id"] == world.a.open_post
@@ -671,6 +679,7 @@ TENANT_CASES: dict[tuple[str, str], Case] = {
     ("POST", "/v1/reports"): Case(_report, "another tenant's post cannot be reported"),
     ("GET", "/v1/reviews"): Case(_review_queue, "the queue lists and counts own tenants only"),
     ("GET", "/v1/reviews/stats"): Case(_review_stats, "queue numbers count own tenants only"),
+    ("GET", "/v1/reviews/groups"): Case(_review_groups, "open reviews per group: own tenants"),
     ("POST", "/v1/reviews/claim-next"): Case(_claim_next, "never claims another tenant's review"),
     ("GET", "/v1/reviews/{review_id}"): Case(
         _get_review, "another tenant's review; precedents only from own tenants"

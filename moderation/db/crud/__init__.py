@@ -9,6 +9,7 @@ by concern:
   `_post_status`: the post status derived from the recorded facts (its rules are there);
 - `reads`: posts and their trails, verdicts, human decisions;
 - `reviews`: the moderators' queue (claims, decisions, escalation); `appeals`;
+  `review_votes`: double review (votes, reviewer agreement);
 - `queue_stats`, `metrics`, `model_metrics`, `overview`: what the dashboards show;
 - `api_keys`, `idempotency`, `registry` (model versions), `audit`, `job_runs`;
 - `feedback`: the human decisions the nightly job learns from;
@@ -149,10 +150,19 @@ from moderation.db.crud.reports import (
     plan_report,
     reporter_weight,
 )
+from moderation.db.crud.review_votes import (
+    VoteOutcome,
+    cast_vote,
+    cohen_kappa,
+    has_voted,
+    is_double_reviewed,
+    reviewer_agreement,
+)
 from moderation.db.crud.reviews import (
     PRIORITY_ORDER,
     DecisionStart,
     ReviewView,
+    Routing,
     begin_decision,
     claim_next,
     claim_review,
@@ -161,8 +171,10 @@ from moderation.db.crud.reviews import (
     escalate_review,
     get_review,
     list_reviews,
+    open_reviews_by_group,
     record_human_decision,
     revert_decision,
+    review_group,
 )
 from moderation.db.crud.strikes import (
     apply_enforcement,
@@ -268,6 +280,7 @@ __all__ = [
     "RecordResult",
     "ReviewStats",
     "ReviewView",
+    "Routing",
     "agreement",
     "api_key_names",
     "api_key_prefix",
@@ -313,6 +326,7 @@ __all__ = [
     "moderator_load",
     "oldest_waiting_review",
     "open_appeal_for",
+    "open_reviews_by_group",
     "promote_model_version",
     "queue_metrics",
     "recent_job_runs",
@@ -323,6 +337,13 @@ __all__ = [
     "register_model_version",
     "release_advisory_lock",
     "revert_decision",
+    "VoteOutcome",
+    "cast_vote",
+    "cohen_kappa",
+    "has_voted",
+    "is_double_reviewed",
+    "reviewer_agreement",
+    "review_group",
     "review_stats",
     "revoke_api_key",
     "start_job_run",

@@ -20,7 +20,15 @@ from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 from sqlalchemy.sql.dml import ReturningInsert
 from sqlmodel import Session, SQLModel
 
-from moderation.db.models import AuditLog, HumanDecision, IdempotencyKey, Post, Review, Verdict
+from moderation.db.models import (
+    AuditLog,
+    HumanDecision,
+    IdempotencyKey,
+    Post,
+    Review,
+    ReviewVote,
+    Verdict,
+)
 from moderation.taxonomy import Stage
 
 # Bounded IN lists: far below PostgreSQL's 65,535 and SQLite's 32,766 bind parameters.
@@ -41,6 +49,7 @@ REVIEWS = _table(Review)
 DECISIONS = _table(HumanDecision)
 IDEMPOTENCY_KEYS = _table(IdempotencyKey)
 AUDIT = _table(AuditLog)
+REVIEW_VOTES = _table(ReviewVote)
 
 InsertFactory = Callable[[sa.Table], PostgresInsert | SqliteInsert]
 _INSERTS: dict[str, InsertFactory] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}

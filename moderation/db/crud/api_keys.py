@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from enum import StrEnum
 from typing import Any
 
@@ -18,6 +18,7 @@ from moderation.db.crud._sql import _IN_CHUNK
 from moderation.db.crud.audit import append_audit
 from moderation.db.models import ApiKey
 from moderation.events import DEFAULT_TENANT, TENANT_PATTERN, utc_now
+from moderation.settings import GROUP_PATTERN
 
 API_SCOPES = frozenset({"submit", "read", "moderate", "report", "admin"})
 # A `moderate` key granted this tenant works on every tenant.
@@ -43,15 +44,19 @@ def create_api_key(
     tenant: str = DEFAULT_TENANT,
     granted_tenants: Iterable[str] | None = None,
     actor: str | None = None,
+    moderator_groups: Iterable[str] | None = None,
+    known_groups: Collection[str] | None = None,
 ) -> tuple[str, ApiKey]:
     """Create an API key; the plaintext `mod_<prefix>_<secret>` is returned once, never stored.
 
     With `actor` (who creates it: `key:<id>`, or `cli`) an `api_key.create` audit entry is
-    written in the same transaction (the key's state, never its hash).
+    written in the same transaction (the key's state, never its hash). `moderator_groups`
+    (a `moderate` key's groups, README "Routing to moderator groups") must be among
+    `known_groups` when given (the configured groups and the default group).
 
     Raises:
-        ValueError: for a scope outside `API_SCOPES`, a malformed tenant name, or granted
-            tenants on a key without `moderate`.
+        ValueError: for a scope outside `API_SCOPES`, a malformed tenant name, granted
+            tenants or moderator groups on a key without `moderate`, or an unknown group.
     """
     wanted = sorted(set(scopes))
     unknown = [scope for scope in wanted if scope not in API_SCOPES]
@@ -66,6 +71,7 @@ def create_api_key(
             raise ValueError(
                 f"invalid tenant {name_!r}: lower-case letters, digits, '-' and '_', 1-64 long"
             )
+    groups = _checked_groups(sorted(set(moderator_groups or ())), wanted, known_groups)
     prefix = secrets.token_hex(6)  # hex: never contains the "_" separator
     plaintext = f"{API_KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
     api_key = ApiKey(
@@ -75,6 +81,7 @@ def create_api_key(
         scopes=wanted,
         tenant=tenant,
         granted_tenants=grants,
+        moderator_groups=groups,
     )
     session.add(api_key)
     if actor is not None:
@@ -83,6 +90,26 @@ def create_api_key(
     session.commit()
     session.refresh(api_key)
     return plaintext, api_key
+
+
+def _checked_groups(
+    groups: list[str], scopes: list[str], known: Collection[str] | None
+) -> list[str]:
+    if groups and "moderate" not in scopes:
+        raise ValueError("moderator groups apply only to keys with the `moderate` scope")
+    for group in groups:
+        if not re.fullmatch(GROUP_PATTERN, group):
+            raise ValueError(
+                f"invalid moderator group {group!r}: lower-case letters, digits, '-' and '_', "
+                "1-64 long"
+            )
+    unknown = [group for group in groups if known is not None and group not in known]
+    if unknown:
+        raise ValueError(
+            f"unknown moderator group(s) {unknown}; configured: {list(known or ())} "
+            "(MODERATION_REVIEW__GROUPS, MODERATION_REVIEW__DEFAULT_GROUP)"
+        )
+    return groups
 
 
 def api_key_state(api_key: ApiKey) -> dict[str, Any]:
@@ -94,6 +121,7 @@ def api_key_state(api_key: ApiKey) -> dict[str, Any]:
         "scopes": list(api_key.scopes),
         "tenant": api_key.tenant,
         "granted_tenants": list(api_key.granted_tenants),
+        "moderator_groups": list(api_key.moderator_groups),
         "created_at": api_key.created_at,
         "revoked_at": api_key.revoked_at,
     }

@@ -19,6 +19,7 @@ from moderation.db.crud.metrics import (
 )
 from moderation.db.crud.model_metrics import model_version_metrics, recent_job_runs
 from moderation.db.crud.queue_stats import queue_metrics
+from moderation.db.crud.review_votes import reviewer_agreement
 from moderation.db.schemas import MetricsOverviewPublic, MetricsWindowPublic
 
 
@@ -44,6 +45,9 @@ def metrics_overview(
         session, window=window, row_cap=row_cap, tenants=tenants
     )
     per_label, total = agreement(session, window=window, tenants=tenants)
+    reviewers, reviewers_total = reviewer_agreement(
+        session, since=window.since, until=window.end, tenants=tenants
+    )
     return MetricsOverviewPublic(
         window=MetricsWindowPublic(
             since=window.since, until=window.until, hours=hours, bucket_minutes=bucket_minutes
@@ -57,6 +61,8 @@ def metrics_overview(
         to_humans=human_share(session, window=window, tenants=tenants),
         agreement=per_label,
         agreement_total=total,
+        reviewer_agreement=reviewers,
+        reviewer_agreement_total=reviewers_total,
         queue=queue_metrics(session, now=now, window=window, row_cap=row_cap, tenants=tenants),
         model_versions=model_version_metrics(session),
         job_runs=recent_job_runs(session),

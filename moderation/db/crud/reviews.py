@@ -9,7 +9,7 @@ take or release a review are single conditional UPDATEs, so two moderators racin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -18,13 +18,22 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from moderation.db.crud._post_status import _refresh_post_status
-from moderation.db.crud._sql import DECISIONS, POSTS, REVIEWS, VERDICTS, _utc, _verdict_summary
+from moderation.db.crud._sql import (
+    DECISIONS,
+    POSTS,
+    REVIEW_VOTES,
+    REVIEWS,
+    VERDICTS,
+    _utc,
+    _verdict_summary,
+)
 from moderation.db.crud._tenants import Tenants, post_visible
 from moderation.db.crud.audit import AUDIT_ENTITY_REVIEW, append_audit, post_tenant
 from moderation.db.crud.projections import record_events
 from moderation.db.crud.reads import latest_automated_verdicts
 from moderation.db.models import Post, Review, ReviewStatus, Verdict
 from moderation.events import ReviewDecided, ReviewPriority, ReviewRequested, utc_now
+from moderation.settings import DEFAULT_GROUP, ModeratorGroup, ReviewSettings
 
 # Queue order, most urgent first.
 PRIORITY_ORDER: tuple[ReviewPriority, ...] = (
@@ -68,8 +77,16 @@ def _open_status(now: datetime) -> sa.ColumnElement[Any]:
     )
 
 
+def voted_on(moderator: str) -> sa.ColumnElement[bool]:
+    """SQL: `moderator` gave a vote on the review (double review: it needs someone else now)."""
+    return sa.exists().where(
+        REVIEW_VOTES.c.review_id == REVIEWS.c.review_id, REVIEW_VOTES.c.moderator_id == moderator
+    )
+
+
 def _claimable_by(moderator: str, now: datetime) -> sa.ColumnElement[bool]:
-    """Undecided, and unclaimed, or its claim ran out, or `moderator` holds it (extends it)."""
+    """Undecided, and unclaimed, or its claim ran out, or `moderator` holds it (extends it);
+    never by a moderator who already voted on it (`crud/review_votes.py`)."""
     return sa.and_(
         REVIEWS.c.status != ReviewStatus.DECIDED,
         sa.or_(
@@ -78,6 +95,7 @@ def _claimable_by(moderator: str, now: datetime) -> sa.ColumnElement[bool]:
             REVIEWS.c.claim_expires_at <= _utc(now),
             REVIEWS.c.claimed_by == moderator,
         ),
+        ~voted_on(moderator),
     )
 
 
@@ -106,6 +124,70 @@ def language_is(language: str) -> sa.ColumnElement[bool]:
     )
 
 
+class Routing(NamedTuple):
+    """Which moderator group a review is routed to (README "Routing to moderator groups")."""
+
+    groups: tuple[ModeratorGroup, ...] = ()
+    default: str = DEFAULT_GROUP
+
+    @classmethod
+    def of(cls, review: ReviewSettings) -> Routing:
+        """The routing `review.groups` and `review.default_group` configure."""
+        return cls(tuple(review.groups), review.default_group)
+
+    def names(self) -> list[str]:
+        """Every group a review may be routed to, the default group last."""
+        return [group.name for group in self.groups] + [self.default]
+
+
+def review_group(
+    groups: Sequence[ModeratorGroup], default: str = DEFAULT_GROUP
+) -> sa.ColumnElement[str]:
+    """SQL: the moderator group of the review: the first of `groups` whose every non-empty
+    criterion matches (its category is one of the group's; its post's language, `language_is`,
+    one of the group's), else `default`.
+
+    Computed when read, never stored: the post (and so its language) may be recorded after
+    its review, and the configuration may change.
+    """
+    whens = []
+    for group in groups:
+        criteria: list[sa.ColumnElement[bool]] = []
+        if group.categories:
+            criteria.append(REVIEWS.c.category.in_([c.value for c in group.categories]))
+        if group.languages:
+            criteria.append(sa.or_(*(language_is(code) for code in group.languages)))
+        whens.append((sa.and_(*criteria), group.name))
+    if not whens:
+        return sa.cast(sa.literal(default), sa.String)
+    return sa.case(*whens, else_=default)
+
+
+def in_groups(routing: Routing | None, names: Collection[str]) -> sa.ColumnElement[bool]:
+    """SQL: the review is routed to one of `names`."""
+    routing = routing or Routing()
+    return review_group(routing.groups, routing.default).in_(sorted(names))
+
+
+def open_reviews_by_group(
+    session: Session, *, routing: Routing | None, tenants: Tenants = None
+) -> dict[str, int]:
+    """How many undecided reviews (of `tenants`' posts) each group has, every group listed."""
+    routing = routing or Routing()
+    group = review_group(routing.groups, routing.default).label("group")
+    # Grouped in an outer query: PostgreSQL sees the CASE's bound names in the SELECT and in a
+    # GROUP BY as different expressions.
+    routed = (
+        sa.select(group)
+        .where(REVIEWS.c.status != ReviewStatus.DECIDED, *post_visible(REVIEWS.c.post_id, tenants))
+        .subquery()
+    )
+    counts = dict(
+        session.execute(sa.select(routed.c.group, sa.func.count()).group_by(routed.c.group)).all()
+    )
+    return {name: int(counts.get(name, 0)) for name in routing.names()}
+
+
 def by_author(author_id: str) -> sa.ColumnElement[bool]:
     """SQL: the review's post is by `author_id` (of whichever tenant the other filters allow)."""
     return REVIEWS.c.post_id.in_(sa.select(POSTS.c.id).where(POSTS.c.author_id == author_id))
@@ -121,25 +203,51 @@ class ReviewView(NamedTuple):
     author_id: str | None
     verdict: Verdict | None
     tenant: str | None = None  # the post's (None while the post is not recorded)
+    group: str = DEFAULT_GROUP  # the moderator group it is routed to at the time of reading
+    votes: int = 0  # double review: judgements already given (`crud/review_votes.py`)
 
 
-def _review_query(now: datetime) -> sa.Select[Review, str, str, str, str]:
+def _review_query(
+    now: datetime, routing: Routing | None = None
+) -> sa.Select[Review, str, str, str, str, str]:
+    routing = routing or Routing()
     return sa.select(
         Review,
         effective_review_status(now).label("effective_status"),
         col(Post.text),
         col(Post.author_id),
         col(Post.tenant),
+        review_group(routing.groups, routing.default).label("review_group"),
     ).outerjoin(Post, col(Post.id) == col(Review.post_id))
+
+
+def _vote_counts(session: Session, *, review_ids: Sequence[str]) -> dict[str, int]:
+    """How many votes each of the reviews has (those without votes are left out)."""
+    if not review_ids:
+        return {}
+    rows = session.execute(
+        sa.select(REVIEW_VOTES.c.review_id, sa.func.count())
+        .where(REVIEW_VOTES.c.review_id.in_(sorted(set(review_ids))))
+        .group_by(REVIEW_VOTES.c.review_id)
+    ).all()
+    return {str(review_id): int(count) for review_id, count in rows}
 
 
 def _views(session: Session, rows: Sequence[Any]) -> list[ReviewView]:
     verdicts = latest_automated_verdicts(session, post_ids=[row[0].post_id for row in rows])
+    votes = _vote_counts(session, review_ids=[row[0].review_id for row in rows])
     return [
         ReviewView(
-            review, ReviewStatus(status), text, author_id, verdicts.get(review.post_id), tenant
+            review,
+            ReviewStatus(status),
+            text,
+            author_id,
+            verdicts.get(review.post_id),
+            tenant,
+            str(group),
+            votes.get(review.review_id, 0),
         )
-        for review, status, text, author_id, tenant in rows
+        for review, status, text, author_id, tenant, group in rows
     ]
 
 
@@ -155,6 +263,8 @@ def list_reviews(
     tenants: Tenants = None,
     language: str | None = None,
     author_id: str | None = None,
+    routing: Routing | None = None,
+    groups: Collection[str] | None = None,
 ) -> tuple[list[ReviewView], int]:
     """A page of the queue, most urgent priority first, oldest first within a priority.
 
@@ -169,6 +279,8 @@ def list_reviews(
         tenants: only reviews of these tenants' posts (None: every tenant).
         language: only reviews of posts in this language (`language_is`).
         author_id: only reviews of this author's posts.
+        routing: the moderator groups (`Routing.of(settings.review)`; None: none configured).
+        groups: only reviews routed to these groups (None: every group).
 
     Returns:
         The page and the number of reviews that match the filters.
@@ -186,8 +298,10 @@ def list_reviews(
         filters.append(language_is(language))
     if author_id is not None:
         filters.append(by_author(author_id))
+    if groups is not None:
+        filters.append(in_groups(routing, groups))
     statement = (
-        _review_query(now)
+        _review_query(now, routing)
         .where(*filters)
         .order_by(
             _priority_rank(REVIEWS.c.priority), REVIEWS.c.created_at.asc(), REVIEWS.c.id.asc()
@@ -201,12 +315,17 @@ def list_reviews(
 
 
 def get_review(
-    session: Session, *, review_id: str, now: datetime, tenants: Tenants = None
+    session: Session,
+    *,
+    review_id: str,
+    now: datetime,
+    tenants: Tenants = None,
+    routing: Routing | None = None,
 ) -> ReviewView | None:
-    """The review with its effective status at `now`, or None (also when its post is not one
-    of `tenants`; None: every tenant)."""
+    """The review with its effective status and group (by `routing`) at `now`, or None (also
+    when its post is not one of `tenants`; None: every tenant)."""
     row = session.execute(
-        _review_query(now)
+        _review_query(now, routing)
         .where(REVIEWS.c.review_id == review_id, *post_visible(REVIEWS.c.post_id, tenants))
         .execution_options(populate_existing=True)
     ).first()
@@ -262,24 +381,29 @@ def claim_review(
     now: datetime,
     claim_seconds: float,
     tenants: Tenants = None,
+    routing: Routing | None = None,
+    groups: Collection[str] | None = None,
 ) -> ReviewView | None:
     """Claim a review for `moderator` until `now + claim_seconds` (audited as `review.claim`).
 
     One conditional UPDATE: it succeeds when the review is undecided and unclaimed, or its
-    claim ran out, or `moderator` already holds it (the claim is then extended).
+    claim ran out, or `moderator` already holds it (the claim is then extended), and it is
+    routed (by `routing`) to one of `groups` (None: any group).
 
     Returns:
         The claimed review, or None when it does not exist (or its post is not one of
-        `tenants`), is decided or someone else holds a live claim (`get_review` tells which).
+        `tenants`), is decided, someone else holds a live claim or it is routed to another
+        group (`get_review` tells which).
     """
     now = _utc(now)
-    before = get_review(session, review_id=review_id, now=now, tenants=tenants)
+    before = get_review(session, review_id=review_id, now=now, tenants=tenants, routing=routing)
     if before is None:
         return None
     expires = now + timedelta(seconds=claim_seconds)
+    routed = [in_groups(routing, groups)] if groups is not None else []
     claimed = session.execute(
         sa.update(REVIEWS)
-        .where(REVIEWS.c.review_id == review_id, _claimable_by(moderator, now))
+        .where(REVIEWS.c.review_id == review_id, _claimable_by(moderator, now), *routed)
         .values(
             claimed_by=moderator,
             claim_expires_at=expires,
@@ -301,7 +425,7 @@ def claim_review(
         at=now,
     )
     session.commit()
-    return get_review(session, review_id=review_id, now=now)
+    return get_review(session, review_id=review_id, now=now, routing=routing)
 
 
 def claim_next(
@@ -314,9 +438,12 @@ def claim_next(
     attempts: int = 5,
     tenants: Tenants = None,
     language: str | None = None,
+    routing: Routing | None = None,
+    groups: Collection[str] | None = None,
 ) -> ReviewView | None:
     """Claim the most urgent, oldest review `moderator` may claim (its own claim included),
-    among the reviews of `tenants`' posts (None: every tenant).
+    among the reviews of `tenants`' posts (None: every tenant) routed (by `routing`) to one of
+    `groups` (None: any group).
 
     Returns:
         The claimed review, or None when nothing is claimable.
@@ -327,6 +454,8 @@ def claim_next(
         filters.append(REVIEWS.c.category == category)
     if language is not None:
         filters.append(language_is(language))
+    if groups is not None:
+        filters.append(in_groups(routing, groups))
     candidates = (
         sa.select(REVIEWS.c.review_id)
         .where(*filters)
@@ -350,6 +479,8 @@ def claim_next(
             now=now,
             claim_seconds=claim_seconds,
             tenants=tenants,
+            routing=routing,
+            groups=groups,
         )
         if claimed is not None:
             return claimed

@@ -44,6 +44,7 @@ from moderation.db.schemas.metrics import (
     ModelVersionMetricsPublic,
     ModeratorLoadPublic,
     QueueMetricsPublic,
+    ReviewerAgreementPublic,
     ThroughputBucketPublic,
 )
 from moderation.db.schemas.posts import (
@@ -77,6 +78,8 @@ from moderation.db.schemas.reviews import (
     DecisionAccepted,
     DecisionCreate,
     PrecedentPublic,
+    ReviewGroupPublic,
+    ReviewGroupsPublic,
     ReviewPublic,
     ReviewsPublic,
     ReviewStatsPublic,
@@ -122,6 +125,7 @@ __all__ = [
     "ConfigSet",
     "ConfigStatePublic",
     "AgreementPublic",
+    "ReviewerAgreementPublic",
     "AuditEntryPublic",
     "AuditPagePublic",
     "AppealAccepted",
@@ -156,6 +160,8 @@ __all__ = [
     "PrecedentPublic",
     "QueueMetricsPublic",
     "ReviewOut",
+    "ReviewGroupPublic",
+    "ReviewGroupsPublic",
     "ReviewPublic",
     "ReviewStatsPublic",
     "ReviewsPublic",

@@ -12,6 +12,7 @@ from pydantic import StringConstraints
 from sqlmodel import Field, SQLModel
 
 from moderation.events import DEFAULT_TENANT, TENANT_PATTERN
+from moderation.settings import GROUP_PATTERN
 
 # The scopes a key may hold (`crud.API_SCOPES`; a unit test keeps the two equal).
 ScopeName = Literal["submit", "read", "moderate", "report", "admin"]
@@ -19,6 +20,7 @@ ScopeName = Literal["submit", "read", "moderate", "report", "admin"]
 GRANT_PATTERN = r"^(\*|[a-z0-9][a-z0-9_-]{0,63})$"
 TenantName = Annotated[str, StringConstraints(pattern=TENANT_PATTERN)]
 GrantName = Annotated[str, StringConstraints(pattern=GRANT_PATTERN)]
+GroupName = Annotated[str, StringConstraints(pattern=GROUP_PATTERN)]
 
 
 class ApiKeyPublic(SQLModel):
@@ -31,6 +33,10 @@ class ApiKeyPublic(SQLModel):
     tenant: str = Field(description="the tenant the key acts for")
     granted_tenants: list[str] = Field(
         description="further tenants a `moderate` key works on (`*`: all)"
+    )
+    moderator_groups: list[str] = Field(
+        default_factory=list,
+        description="the moderator groups a `moderate` key works on (empty: every group)",
     )
     created_at: datetime
     revoked_at: datetime | None = Field(description="null while the key works")
@@ -55,6 +61,12 @@ class ApiKeyCreate(SQLModel):
         default_factory=list,
         max_length=100,
         description="`moderate` keys only: further tenants to work on (`*`: all)",
+    )
+    moderator_groups: list[GroupName] = Field(
+        default_factory=list,
+        max_length=100,
+        description="`moderate` keys only: the moderator groups (`review.groups`, or the "
+        "default group) whose reviews the key claims; empty: every group",
     )
 
 

@@ -101,6 +101,25 @@ class AgreementPublic(SQLModel):
     agent_agreement: float | None
 
 
+class ReviewerAgreementPublic(SQLModel):
+    """Two moderators' independent judgements of the same double-reviewed reviews
+    (`review.double_review_share`), per review category (`all`: every category).
+
+    A pair is the first moderator's vote and the second judgement (a disagreeing vote, else the
+    decision that ended the review), compared on the label (the label implies the decision).
+    """
+
+    category: str
+    pairs: int = Field(description="double reviews with both judgements in")
+    agreed: int = Field(description="pairs with the same label")
+    observed_agreement: float | None = Field(description="agreed / pairs")
+    kappa: float | None = Field(
+        description="Cohen's kappa: agreement beyond chance; None without pairs, or when "
+        "both moderators only ever chose one and the same label (chance explains it all)"
+    )
+    awaiting_second: int = Field(description="first votes still waiting for a second judgement")
+
+
 class ModeratorLoadPublic(SQLModel):
     """One moderator's decided reviews in the window."""
 
@@ -174,6 +193,12 @@ class MetricsOverviewPublic(SQLModel):
     to_humans: HumanSharePublic
     agreement: list[AgreementPublic] = Field(description="per human label, taxonomy order")
     agreement_total: AgreementPublic
+    reviewer_agreement: list[ReviewerAgreementPublic] = Field(
+        default_factory=list, description="per review category, taxonomy order"
+    )
+    reviewer_agreement_total: ReviewerAgreementPublic | None = Field(
+        default=None, description="every category; None when no review was double-reviewed"
+    )
     queue: QueueMetricsPublic
     model_versions: list[ModelVersionMetricsPublic] = Field(description="oldest first")
     job_runs: list[JobRunPublic] = Field(description="newest first")

@@ -56,6 +56,10 @@ class ReviewPublic(SQLModel):
     tenant: str | None = Field(
         default=None, description="the post's tenant (null while it is not recorded yet)"
     )
+    group: str = Field(
+        description="the moderator group it is routed to now, by its category and its post's "
+        "language (`GET /v1/reviews/groups`)",
+    )
     status: ReviewStatus
     priority: str = Field(description="urgent, high, normal or low")
     reason: str
@@ -78,9 +82,34 @@ class ReviewPublic(SQLModel):
     )
     created_at: datetime
     appeal_of: str | None = Field(description="event_id of the decision this review appeals")
+    votes: int = Field(
+        default=0,
+        description="double review: judgements other moderators already gave (1: you are the "
+        "second reviewer; 2: they disagreed and you decide); what they chose is not shown",
+    )
     suggestion: SuggestionPublic | None
     policy_section: str | None = Field(description="the policy text for `category`")
     precedents: list[PrecedentPublic] = Field(description="up to 3 similar past decisions")
+
+
+class ReviewGroupPublic(SQLModel):
+    """A moderator group: what is routed to it and how many of its reviews are open."""
+
+    name: str
+    categories: list[str] = Field(description="review categories it takes (empty: any)")
+    languages: list[str] = Field(description="post languages it takes (empty: any)")
+    open: int = Field(description="its undecided reviews, of the tenants the key sees")
+    mine: bool = Field(description="whether the key lists and claims this group's reviews")
+    default: bool = Field(default=False, description="the group of reviews no other matches")
+
+
+class ReviewGroupsPublic(SQLModel):
+    """`GET /v1/reviews/groups`: the groups in routing order, the default group last."""
+
+    items: list[ReviewGroupPublic]
+    key_groups: list[str] | None = Field(
+        description="the groups the key works on; null: every group (admin, or no groups)"
+    )
 
 
 class ReviewsPublic(SQLModel):
@@ -102,12 +131,22 @@ class DecisionCreate(SQLModel):
     note: str | None = Field(default=None, max_length=2_000)
 
 
+DecisionStatus = Literal["accepted", "awaiting_second_review", "awaiting_tie_break"]
+
+
 class DecisionAccepted(SQLModel):
-    """The decision was handed to the review's workflow, which records and publishes it."""
+    """The decision was handed to the review's workflow, which records and publishes it; or,
+    on a double-reviewed review, recorded as a vote that leaves the review open for another
+    moderator."""
 
     review_id: str
-    event_id: str = Field(description="the ReviewDecided event's id")
-    status: Literal["accepted"] = "accepted"
+    event_id: str = Field(description="the ReviewDecided event's id (a vote's id)")
+    status: DecisionStatus = Field(
+        default="accepted",
+        description="accepted: handed to the workflow (202); awaiting_second_review: the first "
+        "of two independent judgements, recorded (200); awaiting_tie_break: the second "
+        "moderator disagreed, recorded (200), and a third decides",
+    )
 
 
 class ReviewStatsPublic(SQLModel):
@@ -188,9 +227,10 @@ class BulkDecisionOutcome(SQLModel):
     """What became of one review of a bulk decision."""
 
     review_id: str
-    outcome: Literal["decided", "skipped", "failed"] = Field(
-        description="decided: handed to its workflow; skipped: not decidable by you (reason); "
-        "failed: its workflow could not be told, so it was reopened"
+    outcome: Literal["decided", "voted", "skipped", "failed"] = Field(
+        description="decided: handed to its workflow; voted: a double-reviewed review, your "
+        "judgement recorded and the review left for another moderator (reason); skipped: not "
+        "decidable by you (reason); failed: its workflow could not be told, so it was reopened"
     )
     reason: str | None = None
     event_id: str | None = Field(default=None, description="the ReviewDecided event's id")
@@ -201,5 +241,6 @@ class BulkDecisionResult(SQLModel):
 
     outcomes: list[BulkDecisionOutcome]
     decided: int
+    voted: int = 0
     skipped: int
     failed: int

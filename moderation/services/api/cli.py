@@ -49,6 +49,13 @@ def create(
         str,
         typer.Option(help="moderate keys: further tenants to work on, comma-separated (*: all)"),
     ] = "",
+    groups: Annotated[
+        str,
+        typer.Option(
+            help="moderate keys: the moderator groups (MODERATION_REVIEW__GROUPS, or the default "
+            "group) whose reviews it claims, comma-separated; none: every group"
+        ),
+    ] = "",
 ) -> None:
     """Create a key and print it once on stdout (only its hash is stored)."""
     try:
@@ -68,6 +75,8 @@ def create(
             tenant=tenant,
             granted_tenants=grants,
             actor=CLI_ACTOR,
+            moderator_groups=[part.strip() for part in groups.split(",") if part.strip()],
+            known_groups=crud.Routing.of(settings.review).names(),
         )
     except ValueError as error:
         stderr.print(f"[red]error:[/red] {error}")
@@ -76,8 +85,13 @@ def create(
         engine.dispose()
     stderr.print(
         f"created API key '{principal.name}' (id {principal.key_id}, scopes "
-        f"{', '.join(sorted(principal.scopes))}, tenant {principal.tenant}); "
-        "it is shown only once:"
+        f"{', '.join(sorted(principal.scopes))}, tenant {principal.tenant}"
+        + (
+            f", groups {', '.join(sorted(principal.moderator_groups))}"
+            if principal.moderator_groups
+            else ""
+        )
+        + "); it is shown only once:"
     )
     stdout.print(plaintext, markup=False, highlight=False)
 
@@ -98,7 +112,7 @@ def list_keys() -> None:
     finally:
         engine.dispose()
     table = Table(title=f"API keys ({len(keys)})")
-    for column in ("id", "name", "prefix", "tenant", "granted tenants", "scopes"):
+    for column in ("id", "name", "prefix", "tenant", "granted tenants", "groups", "scopes"):
         table.add_column(column, overflow="fold")
     table.add_column("created", no_wrap=True)
     table.add_column("revoked", no_wrap=True)
@@ -110,6 +124,7 @@ def list_keys() -> None:
             key.prefix,
             Text(key.tenant),
             Text(", ".join(key.granted_tenants)),
+            Text(", ".join(key.moderator_groups)),
             ", ".join(key.scopes),
             _when(key.created_at),
             _when(key.revoked_at),

@@ -57,6 +57,8 @@ class Principal:
     tenant: str = DEFAULT_TENANT
     # Further tenants a `moderate` key works on (`*`: all); see `tenants`.
     granted_tenants: frozenset[str] = frozenset()
+    # The moderator groups a `moderate` key works on (empty: all); see `review_groups`.
+    moderator_groups: frozenset[str] = frozenset()
 
     @property
     def actor(self) -> str:
@@ -82,6 +84,17 @@ class Principal:
                 return None
             return self.granted_tenants | {self.tenant}
         return frozenset({self.tenant})
+
+    @property
+    def review_groups(self) -> frozenset[str] | None:
+        """The moderator groups whose reviews this key lists and claims; None means all.
+
+        Groups route work, they do not hide it: every key still reads any review of its
+        tenants. `admin` keys and keys without groups work on every group.
+        """
+        if Scope.ADMIN in self.scopes or not self.moderator_groups:
+            return None
+        return self.moderator_groups
 
     def sees(self, tenant: str) -> bool:
         """Whether this key may see what belongs to `tenant`."""
@@ -138,6 +151,7 @@ def principal_of(api_key: ApiKey) -> Principal:
         scopes=frozenset(api_key.scopes),
         tenant=api_key.tenant,
         granted_tenants=frozenset(api_key.granted_tenants),
+        moderator_groups=frozenset(api_key.moderator_groups),
     )
 
 
@@ -215,8 +229,14 @@ def create_key(
     tenant: str = DEFAULT_TENANT,
     granted_tenants: list[str] | None = None,
     actor: str | None = None,
+    moderator_groups: list[str] | None = None,
+    known_groups: list[str] | None = None,
 ) -> tuple[str, Principal]:
-    """Create a key; the plaintext is returned once and never stored (audited when `actor`)."""
+    """Create a key; the plaintext is returned once and never stored (audited when `actor`).
+
+    Raises:
+        ValueError: what `crud.create_api_key` refuses (an unknown moderator group among them).
+    """
     with Session(engine) as session:
         plaintext, api_key = crud.create_api_key(
             session,
@@ -225,5 +245,7 @@ def create_key(
             tenant=tenant,
             granted_tenants=granted_tenants,
             actor=actor,
+            moderator_groups=moderator_groups,
+            known_groups=known_groups,
         )
         return plaintext, principal_of(api_key)

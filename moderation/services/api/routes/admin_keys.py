@@ -40,7 +40,9 @@ def _list(engine: Engine) -> list[ApiKeyPublic]:
         return [public_key(api_key) for api_key in crud.list_api_keys(session)]
 
 
-def _create(engine: Engine, body: ApiKeyCreate, actor: str) -> ApiKeyCreated:
+def _create(
+    engine: Engine, body: ApiKeyCreate, actor: str, known_groups: list[str]
+) -> ApiKeyCreated:
     with Session(engine) as session:
         try:
             plaintext, api_key = crud.create_api_key(
@@ -50,6 +52,8 @@ def _create(engine: Engine, body: ApiKeyCreate, actor: str) -> ApiKeyCreated:
                 tenant=body.tenant,
                 granted_tenants=body.granted_tenants,
                 actor=actor,
+                moderator_groups=body.moderator_groups,
+                known_groups=known_groups,
             )
         except ValueError as error:
             raise ApiError(
@@ -88,12 +92,16 @@ async def list_keys(state: StateDep, _principal: AdminKey) -> ApiKeysPublic:
     summary="Create an API key; its plaintext is in this answer only",
     responses={
         **AUTH_ERRORS,
-        422: {"description": "an unknown scope, a malformed tenant, or grants without `moderate`"},
+        422: {
+            "description": "an unknown scope, a malformed tenant, an unknown moderator group, "
+            "or grants or groups without `moderate`"
+        },
     },
 )
 async def create_key(body: ApiKeyCreate, state: StateDep, principal: AdminKey) -> JSONResponse:
     """Create a key for `tenant` (audited); store `api_key` now, it is never shown again."""
-    created = await run_in_threadpool(_create, state.engine, body, principal.actor)
+    known_groups = crud.Routing.of(state.settings.review).names()
+    created = await run_in_threadpool(_create, state.engine, body, principal.actor, known_groups)
     return JSONResponse(
         created.model_dump(mode="json"),
         status_code=201,

@@ -36,6 +36,7 @@ from moderation.services.api.routes.reviews import (
     _get,
     check_decision,
     decide,
+    routing,
 )
 from moderation.services.api.security import Principal, Scope
 from moderation.services.api.workflows import ReviewWorkflows, WorkflowUnavailable
@@ -103,10 +104,13 @@ async def _decide_one(
             view.status is ReviewStatus.CLAIMED and view.review.claimed_by != principal.actor
         )
         if not (held_by_other and principal.allows(Scope.ADMIN)):
-            # Claims it, extends the caller's own claim, or says who holds it (409).
+            # Claims it, extends the caller's own claim, or says who holds it (409) or that it
+            # is routed to a moderator group the key is not in (403).
             seconds = state.settings.review.claim_seconds
-            view = await run_in_threadpool(_claim, state.engine, review_id, principal, seconds)
-        decision = await decide(state, workflows, principal, view, body)
+            view = await run_in_threadpool(
+                _claim, state.engine, review_id, principal, seconds, routing(state)
+            )
+        accepted = await decide(state, workflows, principal, view, body)
     except ApiError as error:
         return skipped(error.message)
     except WorkflowUnavailable as error:
@@ -115,7 +119,14 @@ async def _decide_one(
         # `decide` reopened it; the other reviews go on, each its own transaction.
         log.exception("bulk decision of review %s failed", review_id)
         return failed(f"internal error ({type(error).__name__}): not decided")
-    return BulkDecisionOutcome(review_id=review_id, outcome="decided", event_id=decision.event_id)
+    if accepted.status != "accepted":
+        return BulkDecisionOutcome(
+            review_id=review_id,
+            outcome="voted",
+            reason=f"double review: {accepted.status.replace('_', ' ')}",
+            event_id=accepted.event_id,
+        )
+    return BulkDecisionOutcome(review_id=review_id, outcome="decided", event_id=accepted.event_id)
 
 
 @router.post(
@@ -153,6 +164,7 @@ async def bulk_decision(
     return BulkDecisionResult(
         outcomes=outcomes,
         decided=sum(item.outcome == "decided" for item in outcomes),
+        voted=sum(item.outcome == "voted" for item in outcomes),
         skipped=sum(item.outcome == "skipped" for item in outcomes),
         failed=sum(item.outcome == "failed" for item in outcomes),
     )

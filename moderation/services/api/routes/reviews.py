@@ -29,6 +29,8 @@ from moderation.db.schemas import (
     DecisionAccepted,
     DecisionCreate,
     PrecedentPublic,
+    ReviewGroupPublic,
+    ReviewGroupsPublic,
     ReviewPublic,
     ReviewsPublic,
     ReviewStatsPublic,
@@ -42,6 +44,7 @@ from moderation.services.api.routes.errors import ApiError, unavailable_response
 from moderation.services.api.security import Principal, Scope
 from moderation.services.api.workflows import ReviewWorkflows, WorkflowUnavailable
 from moderation.services.review.activities import invalid_decision
+from moderation.settings import GROUP_PATTERN
 from moderation.taxonomy import Category, Decision
 
 router = APIRouter(prefix="/v1", tags=["reviews"])
@@ -74,6 +77,14 @@ LanguageQuery = Annotated[
         pattern=LANGUAGE_PATTERN,
         description="the post's language: its metadata `lang`, else the language stage 1 "
         "found it written in (`unreadable:language:<code>`)",
+    ),
+]
+GroupQuery = Annotated[
+    str | None,
+    Query(
+        pattern=GROUP_PATTERN,
+        description="the moderator group the review is routed to (`GET /v1/reviews/groups`); "
+        "by default a key with groups gets its groups' reviews, and another group is a 403",
     ),
 ]
 
@@ -161,6 +172,7 @@ async def public_reviews(
                 text=view.text,
                 author_id=view.author_id,
                 tenant=view.tenant,
+                group=view.group,
                 status=view.status,
                 priority=review.priority,
                 reason=review.reason,
@@ -177,6 +189,7 @@ async def public_reviews(
                 decided_by_display=actor_display(review.decided_by, names),
                 created_at=review.created_at,
                 appeal_of=review.appeal_of,
+                votes=view.votes,
                 suggestion=_suggestion(verdict),
                 policy_section=_policy_section(review.category, version),
                 precedents=await _precedents(state, view, principal.tenants),
@@ -193,6 +206,47 @@ async def public_review(
     return item
 
 
+# --- moderator groups: routing, not isolation (README "Routing to moderator groups") ----------
+
+
+def routing(state: ApiState) -> crud.Routing:
+    """The moderator groups the settings configure."""
+    return crud.Routing.of(state.settings.review)
+
+
+def _groups_text(groups: frozenset[str]) -> str:
+    return ", ".join(f"'{group}'" for group in sorted(groups))
+
+
+def group_filter(
+    routes: crud.Routing, principal: Principal, group: str | None
+) -> frozenset[str] | None:
+    """The groups whose reviews the caller lists or claims: `group` when asked for, else the
+    key's groups (None: every group).
+
+    Raises:
+        ApiError: 422 for a group not configured; 403 for a group the key is not in.
+    """
+    mine = principal.review_groups
+    if group is None:
+        return mine
+    if group not in routes.names():
+        problem = f"unknown moderator group '{group}'"
+        configured = ", ".join(f"'{name}'" for name in routes.names())
+        raise ApiError(
+            422,
+            f"{problem}; configured: {configured}",
+            errors=[{"field": "group", "message": problem, "type": "value_error"}],
+        )
+    if mine is not None and group not in mine:
+        raise ApiError(
+            403,
+            f"'{principal.display}' works on moderator group(s) {_groups_text(mine)}, "
+            f"not '{group}'",
+        )
+    return frozenset({group})
+
+
 # --- database calls (blocking: run in the thread pool) ----------------------------------------
 
 
@@ -206,6 +260,8 @@ def _list(
     tenants: frozenset[str] | None,
     language: str | None = None,
     author_id: str | None = None,
+    routes: crud.Routing | None = None,
+    groups: frozenset[str] | None = None,
 ) -> tuple[list[crud.ReviewView], int]:
     with Session(engine) as session:
         return crud.list_reviews(
@@ -219,19 +275,30 @@ def _list(
             tenants=tenants,
             language=language,
             author_id=author_id,
+            routing=routes,
+            groups=groups,
         )
 
 
-def _get(engine: Engine, review_id: str, tenants: frozenset[str] | None) -> crud.ReviewView | None:
+def _get(
+    engine: Engine,
+    review_id: str,
+    tenants: frozenset[str] | None,
+    routes: crud.Routing | None = None,
+) -> crud.ReviewView | None:
     """The review, or None when unknown or of a tenant the caller does not see."""
     with Session(engine) as session:
-        return crud.get_review(session, review_id=review_id, now=utc_now(), tenants=tenants)
+        return crud.get_review(
+            session, review_id=review_id, now=utc_now(), tenants=tenants, routing=routes
+        )
 
 
-def _claim(engine: Engine, review_id: str, principal: Principal, seconds: float) -> crud.ReviewView:
+def _claim(
+    engine: Engine, review_id: str, principal: Principal, seconds: float, routes: crud.Routing
+) -> crud.ReviewView:
     """Claim it for the caller (`key:<id>`), or raise 404 (unknown, or of a tenant the caller
-    does not see) / 409 saying why not."""
-    moderator, tenants = principal.actor, principal.tenants
+    does not see) / 409 / 403 (routed to a group the key is not in) saying why not."""
+    moderator, tenants, groups = principal.actor, principal.tenants, principal.review_groups
     with Session(engine) as session:
         now = utc_now()
         claimed = crud.claim_review(
@@ -241,16 +308,33 @@ def _claim(engine: Engine, review_id: str, principal: Principal, seconds: float)
             now=now,
             claim_seconds=seconds,
             tenants=tenants,
+            routing=routes,
+            groups=groups,
         )
         if claimed is not None:
             return claimed
-        current = crud.get_review(session, review_id=review_id, now=now, tenants=tenants)
+        current = crud.get_review(
+            session, review_id=review_id, now=now, tenants=tenants, routing=routes
+        )
         holder = current.review.claimed_by if current is not None else None
         names = crud.api_key_names(session, actors=[holder])
+        voted = crud.has_voted(session, review_id=review_id, moderator=moderator)
     if current is None:
         raise _not_found(review_id)
     if current.status is ReviewStatus.DECIDED:
         raise ApiError(409, f"review '{review_id}' is already decided")
+    if groups is not None and current.group not in groups:
+        raise ApiError(
+            403,
+            f"review '{review_id}' is routed to moderator group '{current.group}'; "
+            f"'{principal.display}' works on {_groups_text(groups)}",
+        )
+    if voted:
+        raise ApiError(
+            409,
+            f"you already judged review '{review_id}' (double review): another moderator "
+            "takes it from here",
+        )
     expires = current.review.claim_expires_at
     until = f" until {expires.isoformat()}" if expires is not None else ""
     holder_display = actor_display(holder, names)
@@ -263,6 +347,8 @@ def _claim_next(
     seconds: float,
     category: Category | None,
     language: str | None = None,
+    routes: crud.Routing | None = None,
+    groups: frozenset[str] | None = None,
 ) -> crud.ReviewView | None:
     with Session(engine) as session:
         return crud.claim_next(
@@ -273,12 +359,21 @@ def _claim_next(
             category=category,
             tenants=principal.tenants,
             language=language,
+            routing=routes,
+            groups=groups,
         )
 
 
 def _begin(engine: Engine, decision: ReviewDecided, is_admin: bool) -> crud.DecisionStart:
     with Session(engine) as session:
         return crud.begin_decision(session, decision=decision, is_admin=is_admin)
+
+
+def _vote(
+    engine: Engine, decision: ReviewDecided, share: float, is_admin: bool
+) -> crud.VoteOutcome:
+    with Session(engine) as session:
+        return crud.cast_vote(session, decision=decision, share=share, is_admin=is_admin)
 
 
 def _revert(engine: Engine, decision: ReviewDecided, reason: str) -> bool:
@@ -289,6 +384,13 @@ def _revert(engine: Engine, decision: ReviewDecided, reason: str) -> bool:
 def _stats(engine: Engine, tenants: frozenset[str] | None) -> crud.ReviewStats:
     with Session(engine) as session:
         return crud.review_stats(session, now=utc_now(), tenants=tenants)
+
+
+def _group_counts(
+    engine: Engine, routes: crud.Routing, tenants: frozenset[str] | None
+) -> dict[str, int]:
+    with Session(engine) as session:
+        return crud.open_reviews_by_group(session, routing=routes, tenants=tenants)
 
 
 def _decision_log_rows(
@@ -309,7 +411,11 @@ def _not_found(review_id: str) -> ApiError:
     "/reviews",
     response_model=ReviewsPublic,
     summary="The review queue: most urgent first, oldest first within a priority",
-    responses=AUTH_ERRORS,
+    responses={
+        **AUTH_ERRORS,
+        403: {"description": "the key lacks `moderate`, or `group` is not one of its groups"},
+        422: {"description": "an invalid filter, or an unknown moderator group"},
+    },
 )
 async def list_reviews(
     state: StateDep,
@@ -323,11 +429,14 @@ async def list_reviews(
     author_id: Annotated[
         str | None, Query(min_length=1, max_length=128, description="the posts' author")
     ] = None,
+    group: GroupQuery = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ReviewsPublic:
     """A page of reviews matching the filters, and how many match in all (of the tenants the
-    key sees)."""
+    key sees; of the key's moderator groups, unless `group` names one of them)."""
+    routes = routing(state)
+    groups = group_filter(routes, principal, group)
     views, total = await run_in_threadpool(
         _list,
         state.engine,
@@ -339,6 +448,8 @@ async def list_reviews(
         principal.tenants,
         language,
         author_id,
+        routes,
+        groups,
     )
     items = await public_reviews(state, views, principal)
     return ReviewsPublic(items=items, total=total, limit=limit, offset=offset)
@@ -357,22 +468,66 @@ async def review_stats(state: StateDep, principal: ModerateKey) -> ReviewStatsPu
     return ReviewStatsPublic(**stats._asdict())
 
 
+@router.get(
+    "/reviews/groups",
+    response_model=ReviewGroupsPublic,
+    summary="The moderator groups reviews are routed to, and their open reviews",
+    responses=AUTH_ERRORS,
+)
+async def review_groups(state: StateDep, principal: ModerateKey) -> ReviewGroupsPublic:
+    """Every group in routing order (the default group last), with its criteria and its open
+    reviews (of the tenants the key sees), and the groups the key works on."""
+    routes = routing(state)
+    counts = await run_in_threadpool(_group_counts, state.engine, routes, principal.tenants)
+    mine = principal.review_groups
+    items = [
+        ReviewGroupPublic(
+            name=group.name,
+            categories=[category.value for category in group.categories],
+            languages=list(group.languages),
+            open=counts[group.name],
+            mine=mine is None or group.name in mine,
+        )
+        for group in routes.groups
+    ]
+    items.append(
+        ReviewGroupPublic(
+            name=routes.default,
+            categories=[],
+            languages=[],
+            open=counts[routes.default],
+            mine=mine is None or routes.default in mine,
+            default=True,
+        )
+    )
+    return ReviewGroupsPublic(items=items, key_groups=sorted(mine) if mine is not None else None)
+
+
 @router.post(
     "/reviews/claim-next",
     response_model=ReviewPublic,
     summary="Claim the most urgent, oldest claimable review",
-    responses={**AUTH_ERRORS, 204: {"description": "nothing to claim"}},
+    responses={
+        **AUTH_ERRORS,
+        204: {"description": "nothing to claim"},
+        403: {"description": "the key lacks `moderate`, or `group` is not one of its groups"},
+        422: {"description": "an unknown moderator group"},
+    },
 )
 async def claim_next_review(
     state: StateDep,
     principal: ModerateKey,
     category: Category | None = None,
     language: LanguageQuery = None,
+    group: GroupQuery = None,
 ) -> ReviewPublic | Response:
-    """Claim the next review (your own live claim counts as claimable); 204 when none is left."""
+    """Claim the next review (your own live claim counts as claimable) of your moderator groups
+    (or of `group`, one of them); 204 when none is left."""
     seconds = state.settings.review.claim_seconds
+    routes = routing(state)
+    groups = group_filter(routes, principal, group)
     view = await run_in_threadpool(
-        _claim_next, state.engine, principal, seconds, category, language
+        _claim_next, state.engine, principal, seconds, category, language, routes, groups
     )
     if view is None:
         return Response(status_code=204)
@@ -387,7 +542,7 @@ async def claim_next_review(
 )
 async def get_review(review_id: str, state: StateDep, principal: ModerateKey) -> ReviewPublic:
     """The review with the post, the model's suggestion, the policy section and precedents."""
-    view = await run_in_threadpool(_get, state.engine, review_id, principal.tenants)
+    view = await run_in_threadpool(_get, state.engine, review_id, principal.tenants, routing(state))
     if view is None:
         raise _not_found(review_id)
     return await public_review(state, view, principal)
@@ -400,13 +555,19 @@ async def get_review(review_id: str, state: StateDep, principal: ModerateKey) ->
     responses={
         **AUTH_ERRORS,
         **NOT_FOUND,
+        403: {
+            "description": "the key lacks `moderate`, or the review is routed to a moderator "
+            "group the key is not in"
+        },
         409: {"description": "another moderator holds a live claim, or it is decided"},
     },
 )
 async def claim_review(review_id: str, state: StateDep, principal: ModerateKey) -> ReviewPublic:
     """Claim it for `review.claim_seconds`; two moderators racing get one 200 and one 409."""
     seconds = state.settings.review.claim_seconds
-    view = await run_in_threadpool(_claim, state.engine, review_id, principal, seconds)
+    view = await run_in_threadpool(
+        _claim, state.engine, review_id, principal, seconds, routing(state)
+    )
     return await public_review(state, view, principal)
 
 
@@ -446,12 +607,14 @@ async def decide(
     principal: Principal,
     view: crud.ReviewView,
     body: DecisionCreate,
-) -> ReviewDecided:
+) -> DecisionAccepted:
     """The one way a review is decided (the single and the bulk decision both come here).
 
-    `view` is the review as the caller sees it (tenants checked). Marks it decided (its own
-    transaction, audited `review.decide`), then raises `ReviewDecided` to its workflow, which
-    records and publishes it.
+    `view` is the review as the caller sees it (tenants checked). On a double-reviewed review
+    (`review.double_review_share`) a judgement that does not end it is recorded as a vote and
+    the review left open for another moderator (`crud.cast_vote`). Otherwise marks it decided
+    (its own transaction, audited `review.decide`), then raises `ReviewDecided` to its
+    workflow, which records and publishes it.
 
     Raises:
         ApiError: 403 (someone else holds the claim), 404, 409 (already decided), 422 (a
@@ -472,6 +635,18 @@ async def decide(
         overrode=_overrode(view.verdict),
     )
     is_admin = principal.allows(Scope.ADMIN)
+    share = state.settings.review.double_review_share
+    vote = await run_in_threadpool(_vote, state.engine, decision, share, is_admin)
+    if vote is crud.VoteOutcome.AWAITING_SECOND:
+        return DecisionAccepted(
+            review_id=review_id, event_id=decision.event_id, status="awaiting_second_review"
+        )
+    if vote is crud.VoteOutcome.AWAITING_TIE_BREAK:
+        return DecisionAccepted(
+            review_id=review_id, event_id=decision.event_id, status="awaiting_tie_break"
+        )
+    if vote is not crud.VoteOutcome.FINAL:
+        raise _refusal(review_id, crud.DecisionStart(vote.value), principal)
     outcome = await run_in_threadpool(_begin, state.engine, decision, is_admin)
     if outcome is not crud.DecisionStart.STARTED:
         raise _refusal(review_id, outcome, principal)
@@ -484,7 +659,7 @@ async def decide(
     except Exception as error:
         await run_in_threadpool(_revert, state.engine, decision, repr(error))
         raise
-    return decision
+    return DecisionAccepted(review_id=review_id, event_id=decision.event_id)
 
 
 @router.post(
@@ -496,6 +671,11 @@ async def decide(
         **AUTH_ERRORS,
         **NOT_FOUND,
         403: {"description": "the key lacks `moderate`, or someone else holds the claim"},
+        200: {
+            "model": DecisionAccepted,
+            "description": "double review: recorded as a vote; the review waits for another "
+            "moderator (`status`)",
+        },
         409: {"description": "the review is already decided"},
         422: {
             "description": "invalid label, decision or note; allow needs label safe, remove a "
@@ -516,17 +696,19 @@ async def decide_review(
     The review is marked decided first, so a concurrent second decision gets 409; if the
     workflow cannot be told, it is reopened (claimed by you again) and the answer is 503. A
     review of a tenant the key does not see is 404 (a post's tenant never changes, so this
-    check stands for the conditional update below).
+    check stands for the conditional update below). On a double-reviewed review a judgement
+    that does not end it is recorded as a vote (200, `status` says what it waits for), your
+    claim released, and the review goes to another moderator.
     """
     view = await run_in_threadpool(_get, state.engine, review_id, principal.tenants)
     if view is None:
         raise _not_found(review_id)
     try:
-        decision = await decide(state, workflows, principal, view, body)
+        accepted = await decide(state, workflows, principal, view, body)
     except WorkflowUnavailable as error:
         return unavailable_response(error.reason)
-    accepted = DecisionAccepted(review_id=review_id, event_id=decision.event_id)
-    return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
+    status_code = 202 if accepted.status == "accepted" else 200
+    return JSONResponse(accepted.model_dump(mode="json"), status_code=status_code)
 
 
 def _csv_cell(value: object) -> str:
