@@ -148,7 +148,13 @@ class ReviewApi(Protocol):
     def claim(self, review_id: str) -> ReviewPublic: ...
 
     def decide(
-        self, review_id: str, *, label: str, decision: DecisionChoice, note: str | None
+        self,
+        review_id: str,
+        *,
+        label: str,
+        decision: DecisionChoice,
+        note: str | None,
+        add_images_to_hashlist: str | None = None,
     ) -> DecisionAccepted: ...
 
     def post_trail(self, post_id: str) -> PostTrail: ...
@@ -158,6 +164,8 @@ class ReviewApi(Protocol):
     ) -> AuthorPublic: ...
 
     def decision_log_csv(self) -> bytes: ...
+
+    def image(self, sha256: str) -> bytes: ...
 
     def metrics_overview(self, *, hours: float, bucket_minutes: int) -> MetricsOverviewPublic: ...
 
@@ -323,13 +331,23 @@ class ApiClient:
         return ReviewPublic.model_validate_json(response.content)
 
     def decide(
-        self, review_id: str, *, label: str, decision: DecisionChoice, note: str | None
+        self,
+        review_id: str,
+        *,
+        label: str,
+        decision: DecisionChoice,
+        note: str | None,
+        add_images_to_hashlist: str | None = None,
     ) -> DecisionAccepted:
-        """Send the decision; the API hands it to the review's workflow (202)."""
+        """Send the decision; the API hands it to the review's workflow (202). A removal may
+        add the post's images to an existing hash list."""
+        body: dict[str, Any] = {"label": label, "decision": decision, "note": note or None}
+        if add_images_to_hashlist:
+            body["add_images_to_hashlist"] = add_images_to_hashlist
         response = self._request(
             "POST",
             f"/v1/reviews/{_segment(review_id)}/decision",
-            json={"label": label, "decision": decision, "note": note or None},
+            json=body,
             meanings={
                 409: "this item was already decided",
                 403: "not authorized: you do not hold this item (your claim expired or was taken)",
@@ -392,6 +410,14 @@ class ApiClient:
     def decision_log_csv(self) -> bytes:
         """The decision log as CSV, exactly as the API serves it."""
         return self._request("GET", "/v1/decisions.csv").content
+
+    def image(self, sha256: str) -> bytes:
+        """A post's stored image (sanitized), by `ImageRef.sha256`."""
+        return self._request(
+            "GET",
+            f"/v1/images/{_segment(sha256)}",
+            meanings={404: "this image is not available (unknown, or of another tenant)"},
+        ).content
 
     def metrics_overview(self, *, hours: float, bucket_minutes: int) -> MetricsOverviewPublic:
         """Throughput, latency, mixes, agreement, queue and models over the last `hours`."""

@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeAlias
 
 import streamlit as st
 
-from hitl_dashboard import author_page, queue_bulk, safe_text, session, ui
+from hitl_dashboard import author_page, images_view, queue_bulk, safe_text, session, ui
 from hitl_dashboard.api_client import ApiError, DecisionChoice, ReviewApi
 from hitl_dashboard.session import State
 from moderation.db.schemas import AuthorPublic, ReviewGroupsPublic, ReviewPublic
@@ -228,7 +228,14 @@ def submit_decision(
     try:
         if _claim_ends_soon(review, now or datetime.now(UTC)):
             client.claim(review.review_id)
-        accepted = client.decide(review.review_id, label=label, decision=choice, note=note)
+        listed = images_view.hashlist_choice(state, review) if choice == "remove" else None
+        accepted = client.decide(
+            review.review_id,
+            label=label,
+            decision=choice,
+            note=note,
+            add_images_to_hashlist=listed,
+        )
     except ApiError as exc:
         _report(state, f"Decision on {review.review_id} not recorded", exc)
         if exc.status in (403, 404, 409):
@@ -389,6 +396,9 @@ def _render_review(state: State, review: ReviewPublic, client: ReviewApi | None 
                 help="Sensitive category: the post is blurred until you reveal it.",
                 on_click=_state_action(reveal),
             )
+        if client is not None:
+            # Under the post's text, one image at a time, blurred until revealed.
+            images_view.render(state, client, review)
     with model:
         _render_suggestion(review)
         if client is not None:

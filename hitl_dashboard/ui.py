@@ -23,6 +23,9 @@ _STYLE = """
   border: 1px solid rgba(128, 128, 128, 0.35); border-radius: 0.5rem; }
 .hitl-text.hitl-blurred { filter: blur(7px); user-select: none; pointer-events: none; }
 .hitl-small { white-space: pre-wrap; overflow-wrap: anywhere; opacity: 0.85; }
+.hitl-image { max-width: 100%; max-height: 28rem; border-radius: 0.5rem; filter: grayscale(100%); }
+.hitl-image.hitl-image-blurred { filter: blur(24px) grayscale(100%); user-select: none;
+  pointer-events: none; }
 </style>
 """
 

@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from jobs.feedback import load_decisions, summarize
+from jobs.hash_export import export_removed_image_hashes
 from jobs.report import render_feedback
 from jobs.retrain import (
     PromotionDecision,
@@ -390,6 +391,11 @@ def _run_locked(
                 render_feedback(summary, report_dir),
             ]
         counts["decisions_in_window"] = len(current)
+        with step("nightly: export the hashes of images humans removed (shareable lists)"):
+            hashlists = settings.nightly.output_dir / "hashlists"
+            exported = export_removed_image_hashes(engine, hashlists, until=now)
+        counts["removed_images_listed"] = sum(exported.values())
+        details["hashlists"] = {"dir": str(hashlists), "images": exported}
         if len(current) < settings.nightly.min_new_decisions:
             details["retrain"] = (
                 f"skipped: {len(current)} new decision(s), fewer than "

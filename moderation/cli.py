@@ -372,12 +372,74 @@ def bench(
     agent_rate: Annotated[
         float, typer.Option(min=1, help="--orchestration: offered hand-offs/s (latency phase)")
     ] = 100.0,
+    nudity: Annotated[
+        bool,
+        typer.Option(
+            "--nudity",
+            help="measure the images' nudity detector instead (no stack): false positives on "
+            "the safe images shipped in packages, images/s on ~1 MP images (--seconds per run)",
+        ),
+    ] = False,
+    images: Annotated[
+        bool,
+        typer.Option(
+            "--images",
+            help="measure image hashing and hash-list matching on one core instead (no stack): "
+            "~1 MP photos against 10,000 PDQ hashes, and sanitizing",
+        ),
+    ] = False,
+    image_count: Annotated[
+        int, typer.Option(min=10, help="--images: images in the hashing phase")
+    ] = 1_000,
+    image_posts: Annotated[
+        bool,
+        typer.Option(
+            "--image-posts",
+            help="posts with a ~1 MP image each through the stack (API, worker, recorder) at "
+            "--image-rate for --seconds: end-to-end latency, hash-matched and detector paths",
+        ),
+    ] = False,
+    image_rate: Annotated[
+        float, typer.Option(min=1, help="--image-posts: offered image posts/s")
+    ] = 20.0,
 ) -> None:
     """Measure the pipeline against the local stack (starts what it needs); JSON with --json.
 
     With --agent: the cascade's agent stage against the configured LLM endpoint instead; with
     --orchestration: the agent service's durable workflows with an instant scripted model.
     """
+    if image_posts:
+        from moderation.devtools.bench.image_posts import (
+            render_image_posts,
+            run_image_posts_bench,
+        )
+
+        posts_result = run_image_posts_bench(
+            get_settings(), rate=image_rate, seconds=seconds, console=Console(stderr=True)
+        )
+        if as_json:
+            typer.echo(json.dumps(posts_result))
+        else:
+            render_image_posts(posts_result, stdout)
+        return
+    if images:
+        from moderation.devtools.bench.images import render_images, run_images_bench
+
+        images_result = run_images_bench(images=image_count, console=Console(stderr=True))
+        if as_json:
+            typer.echo(json.dumps(images_result))
+        else:
+            render_images(images_result, stdout)
+        return
+    if nudity:
+        from moderation.devtools.bench.nudity import render_nudity, run_nudity_bench
+
+        nudity_result = run_nudity_bench(get_settings(), seconds=seconds)
+        if as_json:
+            typer.echo(json.dumps(nudity_result))
+        else:
+            render_nudity(nudity_result, stdout)
+        return
     from moderation.devtools.bench.agent import render_agent, run_agent_bench
     from moderation.devtools.bench.pipeline import render, run_bench
 

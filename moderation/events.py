@@ -54,6 +54,32 @@ class Event(BaseModel):
         return self.post_id.encode()
 
 
+SHA256_HEX = r"^[0-9a-f]{64}$"
+
+
+class ImageRef(BaseModel):
+    """An image of a post as events carry it: where it is stored and its hashes, never bytes.
+
+    The stored bytes are the sanitized re-encoding (no EXIF or other metadata), addressed by
+    their SHA-256 (`sha256`); `original_sha256` and `original_md5` hash the bytes as uploaded,
+    which is what shared hash lists of known-bad files hold; `pdq` is the perceptual hash
+    (256 bits as 64 hex digits) that survives resizing and recompression.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    sha256: str = Field(pattern=SHA256_HEX, description="of the stored (sanitized) bytes")
+    original_sha256: str = Field(pattern=SHA256_HEX, description="of the bytes as uploaded")
+    original_md5: str = Field(pattern=r"^[0-9a-f]{32}$", description="of the bytes as uploaded")
+    pdq: str = Field(pattern=SHA256_HEX, description="PDQ perceptual hash, 64 hex digits")
+    pdq_quality: int = Field(ge=0, le=100, description="PDQ's quality (under 50: unreliable)")
+    format: str = Field(max_length=8, examples=["jpeg", "png"])
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    size_bytes: int = Field(gt=0, description="of the stored bytes")
+    uri: str = Field(max_length=512, description="the object store's address of the bytes")
+
+
 class PostSubmitted(Event):
     """`posts.submitted`: a post accepted by the API."""
 
@@ -69,6 +95,9 @@ class PostSubmitted(Event):
     )
     metadata: dict[str, MetadataValue] = Field(
         default_factory=dict, description="opaque submitter metadata", examples=[{"lang": "en"}]
+    )
+    images: list[ImageRef] = Field(
+        default_factory=list, max_length=16, description="the post's images (references only)"
     )
     submitted_at: AwareDatetime = Field(default_factory=utc_now)
 

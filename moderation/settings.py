@@ -334,6 +334,19 @@ class AgentSettings(BaseModel):
     mcp_api_key: SecretStr | None = Field(
         default=None, description="the agent's API key for the MCP server (scope `moderate`)"
     )
+    vision: bool = Field(
+        default=False,
+        description="the served model is a vision-language model: a post's images (read from "
+        "`images.store`, downscaled) go to it as image inputs, and a verdict that saw them may "
+        "allow; off (the local SmolLM2 is text-only): the agent reads text only and its verdicts "
+        "on posts with images say `images-unseen` (README 'Images')",
+    )
+    vision_max_side: int = Field(
+        default=768,
+        ge=64,
+        le=4096,
+        description="longest side, in pixels, of an image sent to the vision model (JPEG)",
+    )
 
 
 class ApiSettings(BaseModel):
@@ -890,6 +903,132 @@ class ReportSettings(BaseModel):
     )
 
 
+class NuditySettings(BaseModel):
+    """The images' nudity detector (`classifier/nudity.py`; docs/nudity-detector.md)."""
+
+    enabled: bool = Field(
+        default=True, description="run it on posts' images (off: hash lists alone)"
+    )
+
+    model_path: Path | None = Field(
+        default=None,
+        description="an ONNX NudeNet detector; unset: 320n.onnx inside the pinned nudenet wheel",
+    )
+    threads: int = Field(
+        default=2, ge=1, le=64, description="onnxruntime intra-op threads (cores) per image"
+    )
+    remove_score: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="a sexual-part score at or above it removes the post on the detector's word "
+        "alone: very high, the detector cannot tell art, medicine or a minor apart",
+    )
+    review_score: float = Field(
+        default=0.4,
+        gt=0,
+        le=1,
+        description="a sexual-part score at or above it (and under remove_score) sends the post "
+        "to the agent or to review",
+    )
+
+    @model_validator(mode="after")
+    def _review_below_remove(self) -> NuditySettings:
+        if self.review_score > self.remove_score:
+            raise ValueError(
+                f"nudity.review_score ({self.review_score}) must not exceed nudity.remove_score "
+                f"({self.remove_score})"
+            )
+        return self
+
+
+ImageFormat = Literal["jpeg", "png", "webp", "gif"]
+
+
+class ImageStoreSettings(BaseModel):
+    """Where the sanitized images are kept, addressed by the SHA-256 of their bytes."""
+
+    kind: Literal["local", "s3"] = Field(
+        default="local", description="`local`: a directory; `s3`: an S3-compatible bucket"
+    )
+    local_dir: Path = Field(
+        default=PROJECT_ROOT / ".stack" / "images",
+        description="the local store's directory (beside the stack's database, ignored by git)",
+    )
+    endpoint_url: str | None = Field(
+        default=None,
+        description="an S3-compatible server (MinIO, Ceph, R2, ...); None: AWS S3 itself",
+    )
+    bucket: str = Field(default="moderation-images", min_length=3, max_length=63)
+    prefix: str = Field(
+        default="images/", max_length=256, description="key prefix of every object in the bucket"
+    )
+    region: str = "us-east-1"
+    access_key_id: SecretStr | None = Field(
+        default=None, description="None: boto3's own credential chain (IAM role, env, profile)"
+    )
+    secret_access_key: SecretStr | None = None
+
+
+class ImageSettings(BaseModel):
+    """Images of posts (`moderation/images/`; README "Images")."""
+
+    enabled: bool = Field(
+        default=True,
+        description="accept images on POST /v1/posts (which then takes bodies of up to "
+        "max_per_post base64 images); off: a post with images is a 422 and the route keeps "
+        "api.max_body_bytes",
+    )
+    max_per_post: int = Field(default=4, ge=1, le=16)
+    max_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1024, description="largest upload, per image, as sent"
+    )
+    max_pixels: int = Field(
+        default=25_000_000,
+        ge=1,
+        description="width x height, read from the header before decoding (decompression bombs)",
+    )
+    formats: tuple[ImageFormat, ...] = Field(
+        default=("jpeg", "png", "webp", "gif"),
+        min_length=1,
+        description="accepted formats, told by content (GIF and WebP: the first frame only)",
+    )
+    jpeg_quality: int = Field(default=90, ge=50, le=100, description="of re-encoded JPEG and WebP")
+    decode_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="budget to decode, re-encode and hash one image"
+    )
+    decode_workers: int = Field(
+        default=1, ge=1, le=32, description="decoder processes per service process"
+    )
+    decode_queue_seconds: float = Field(
+        default=10.0, gt=0, description="longest wait for a free decoder (then 503, not a 4xx)"
+    )
+    pdq_threshold: int = Field(
+        default=31,
+        ge=0,
+        le=128,
+        description="largest PDQ Hamming distance that matches (31: ThreatExchange's "
+        "PDQ_CONFIDENT_MATCH_THRESHOLD)",
+    )
+    pdq_min_quality: int = Field(
+        default=50,
+        ge=0,
+        le=100,
+        description="PDQ quality under which an image is matched by exact hashes only "
+        "(PDQ's authors call hashes under 50 unreliable)",
+    )
+    hashlist_reload_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="how often workers reload the hash lists (files and the database's)",
+    )
+    hashlist_dir: Path = Field(
+        default=PROJECT_ROOT / "data" / "hashlists",
+        description='hash lists: `<category>/<name>.csv` (README "Images")',
+    )
+    store: ImageStoreSettings = ImageStoreSettings()
+
+
 SETTINGS_SOURCE = SettingsConfigDict(
     env_prefix="MODERATION_",
     env_nested_delimiter="__",
@@ -929,6 +1068,8 @@ class Settings(BaseSettings):
     stack: StackSettings = StackSettings()
     strikes: StrikeSettings = StrikeSettings()
     reports: ReportSettings = ReportSettings()
+    nudity: NuditySettings = NuditySettings()
+    images: ImageSettings = ImageSettings()
 
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_production(self) -> Settings:

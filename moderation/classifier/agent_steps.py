@@ -10,13 +10,17 @@ split that way, so these steps drive the same parts of the SDK one turn at a tim
 repair attempt are deterministic and stay in the orchestrator (`parse_answer`); the verdict is
 made by the cascade's own rules (`agent_verdict`, `fallback_review`).
 
-The steps exchange JSON-able dicts only: that is what the workflow records.
+The steps exchange JSON-able dicts only: that is what the workflow records. With `agent.vision`
+the post's images reach the model, but never the record: a model call is given the images'
+SHA-256s and attaches their downscaled bytes itself, from the content-addressed store
+(`agent_images`); what it records is whether its call carried them all (`images_seen`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -37,6 +41,7 @@ from openai.types.responses import (
 )
 
 from moderation.classifier.agent import AgentContext, AgentVerdict, build_agent, render_post
+from moderation.classifier.agent_images import NONE_ATTACHED, ImageReader, with_images
 from moderation.classifier.cascade import (
     AGENT_BREAKER_OPEN,
     AGENT_IN_FLIGHT,
@@ -132,6 +137,11 @@ class AgentSteps:
         provider: resolves the served model name (vLLM: the base model or a LoRA adapter).
         decisions: the decision log the tools read; None: the tools say it is unavailable.
         agent: the agent definition (default: `build_agent(settings)`, as in the worker).
+        images: reads the posts' images for a vision model (default with `agent.vision`: from
+            `images.store`).
+
+    Raises:
+        ValueError: `agent.vision` on the Dapr Conversation route, which carries text only.
     """
 
     def __init__(
@@ -141,7 +151,14 @@ class AgentSteps:
         decisions: DecisionLog | None,
         *,
         agent: Agent[AgentContext] | None = None,
+        images: ImageReader | None = None,
     ) -> None:
+        if settings.agent.vision and settings.agent_service.llm_route == "dapr-conversation":
+            # Refused at start: every image post would otherwise fail or go unseen, quietly.
+            raise ValueError(
+                "agent.vision needs an OpenAI-compatible route (agent_service.llm_route "
+                "dapr-invocation or direct): the Dapr Conversation API carries text only"
+            )
         self.settings = settings
         self.provider = provider
         self.decisions = decisions
@@ -161,6 +178,8 @@ class AgentSteps:
         # Through the agent service's own daprd, a connection error means the sidecar is
         # unreachable (restarting), not that the model server fails.
         self.via_sidecar = settings.agent_service.llm_route != "direct"
+        self.vision = settings.agent.vision
+        self.images = images or (ImageReader.from_settings(settings) if self.vision else None)
 
     def apply_settings(self, settings: Settings) -> None:
         """Use `settings` from the next step on (the live configuration changed): thresholds and
@@ -171,9 +190,20 @@ class AgentSteps:
         self.settings = settings
 
     async def model_call(
-        self, conversation: list[dict[str, Any]], called: list[str], model_name: str
+        self,
+        conversation: list[dict[str, Any]],
+        called: list[str],
+        model_name: str,
+        *,
+        images: Sequence[str] = (),
+        post_id: str = "",
     ) -> dict[str, Any]:
-        """One model turn: {"items", "tool_calls", "text"} or {"error": label}.
+        """One model turn: {"items", "tool_calls", "text", "images_seen"} or {"error": label}.
+
+        `images` are the SHA-256s of the post's stored images to show the model (empty: text
+        only); they are attached to the first message here, for this call only, so that neither
+        the conversation nor the result holds their bytes. `images_seen` says whether the call
+        carried all of them (an unreadable image: the call goes text-only).
 
         Raises:
             RetryableModelError: the workflow retries the step (its retry policy); a failure
@@ -189,12 +219,16 @@ class AgentSteps:
         settings = self.model_settings
         if not tools:
             settings = replace(settings, tool_choice=None, parallel_tool_calls=None)
+        attached = NONE_ATTACHED
+        if images and self.images is not None:
+            attached = await self.images.attach(post_id, images)
+        sent = with_images(conversation, attached)
         async with self.slots:
             AGENT_IN_FLIGHT.inc()
             try:
                 response = await model.get_response(
                     instructions,
-                    _as_input(conversation),
+                    _as_input(sent),
                     settings,
                     list(tools),
                     self.output_schema,
@@ -233,7 +267,7 @@ class AgentSteps:
         )
         # Round-tripped through JSON: what the workflow records is what the next turn sends.
         items = json.loads(json.dumps(response.to_input_items(), default=str))
-        return {"items": items, "tool_calls": calls, "text": text}
+        return {"items": items, "tool_calls": calls, "text": text, "images_seen": attached.seen}
 
     def _settle(self, *, failed: bool) -> None:
         if failed:
@@ -273,11 +307,14 @@ class AgentSteps:
         tool_calls: list[str],
         repaired: bool,
         model_name: str,
+        images_seen: bool = False,
     ) -> tuple[ModerationVerdict | None, ReviewRequested | None]:
         """The agent stage's verdict (and review request) by the cascade's rules."""
         if repaired:
             AGENT_REPAIRS.inc()
-        judgement = AgentJudgement(answer, tuple(tool_calls), repaired, model_name)
+        judgement = AgentJudgement(
+            answer, tuple(tool_calls), repaired, model_name, images_seen=images_seen
+        )
         return agent_verdict(first_stage_of(request), judgement, self.settings)
 
     def fallback(

@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import numpy as np
 import openai
@@ -52,7 +52,9 @@ from moderation.classifier.agent import (
     build_agent,
     render_post,
 )
+from moderation.classifier.agent_images import NONE_ATTACHED, ImageReader, with_images
 from moderation.classifier.decide import Outcome, decide
+from moderation.classifier.image_stage import ImageFindings, apply_images, image_thresholds
 from moderation.classifier.injection.screen import CLEAN, InjectionScreen, screen_post
 from moderation.classifier.readability import (
     PASSAGE_PREFIX,
@@ -78,6 +80,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 # The screen signal of a learned-detector hit (`injection:learned` in the verdict).
 LEARNED_SIGNAL = "learned"
+# An agent verdict on a post whose images its model did not see (a text-only model, or an
+# image the store could not give back).
+IMAGES_UNSEEN_SIGNAL = "images-unseen"
 
 AGENT_RUNS = Counter("moderation_agent_runs_total", "agent runs by final decision", ["decision"])
 AGENT_FALLBACKS = Counter(
@@ -196,11 +201,14 @@ def first_stage(
     agent_enabled: bool,
     deadline: float | None = None,
     detector: InjectionDetector | None = None,
+    images: Sequence[ImageFindings | None] | None = None,
 ) -> list[FirstStage]:
     """Score a batch with one model call, screen each post and decide the clear cases.
 
     `deadline` (a `time.monotonic()` value) bounds the batch: posts still unscreened when it
     passes keep their scores but are not allowed on the model's word (they go on as uncertain).
+    `images` holds, per post, what the image stage found (`image_stage.py`; None for a post
+    without images); a post with images and no findings is judged as if nothing was found.
     """
     if not posts:
         return []
@@ -253,6 +261,12 @@ def first_stage(
                 uncertain=True,
                 reason=f"{outcome.reason}; {withheld}",
             )
+        image_signals: list[str] = []
+        if post.images:
+            findings = images[index] if images is not None else None
+            outcome, scores, image_signals = apply_images(
+                outcome, scores, findings or ImageFindings(), image_thresholds(settings)
+            )
         to_agent = outcome.uncertain and agent_enabled
         verdict = ModerationVerdict(
             post_id=post.post_id,
@@ -264,7 +278,7 @@ def first_stage(
             model_version=scorer.version,
             policy_version=settings.models.policy_version,
             rationale=outcome.reason + ("; to the agent" if to_agent else ""),
-            signals=screen.labels() + readability.labels(),
+            signals=screen.labels() + readability.labels() + image_signals,
             latency_ms=latency_ms(post.submitted_at),
             config_version=settings.config_version,
         )
@@ -295,8 +309,14 @@ def combine(
     answer: AgentVerdict,
     screen: InjectionScreen,
     settings: Settings,
+    *,
+    images_unseen: bool = False,
 ) -> tuple[dict[Category, float], Outcome]:
-    """The combined scores and the decision they support (see the module docstring)."""
+    """The combined scores and the decision they support (see the module docstring).
+
+    `images_unseen`: the post has images the agent's model did not see (a text-only model);
+    such a post is never allowed on the agent's word.
+    """
     weight = settings.agent.agent_weight
     agent_scores = answer.scores.as_mapping()
     combined = {
@@ -324,6 +344,14 @@ def combine(
             "without a human",
             priority=ReviewPriority.HIGH,
         )
+    if images_unseen and outcome.decision is Decision.ALLOW:
+        return combined, replace(
+            outcome,
+            decision=Decision.REVIEW,
+            uncertain=True,
+            reason=f"the agent's model did not see the post's images: never allowed on its word "
+            f"({outcome.reason})",
+        )
     return combined, outcome
 
 
@@ -342,10 +370,15 @@ class AgentJudgement:
     tool_calls: tuple[str, ...]
     repaired: bool
     model_name: str  # the served model (base or LoRA adapter) this run used
+    images_seen: bool = False  # the answering call carried every image of the post
 
 
 class AgentStage:
-    """Runs the classifier agent with a concurrency bound, a timeout and a circuit breaker."""
+    """Runs the classifier agent with a concurrency bound, a timeout and a circuit breaker.
+
+    With `agent.vision`, a post's images go to the model with its text (`agent_images`);
+    `images` overrides the reader made from the settings.
+    """
 
     def __init__(
         self,
@@ -354,6 +387,7 @@ class AgentStage:
         decisions: DecisionLog | None,
         *,
         agent: Agent[AgentContext] | None = None,
+        images: ImageReader | None = None,
     ) -> None:
         # Spans go to OpenTelemetry; to OpenAI only when configured.
         configure_agent_tracing(upload_to_openai=settings.llm.trace_upload)
@@ -368,6 +402,9 @@ class AgentStage:
         self.breaker = CircuitBreaker(
             failures=settings.agent.breaker_failures,
             reset_seconds=settings.agent.breaker_reset_seconds,
+        )
+        self.images = images or (
+            ImageReader.from_settings(settings) if settings.agent.vision else None
         )
         self.run_config = RunConfig(
             model_provider=provider,
@@ -387,7 +424,7 @@ class AgentStage:
             model_name = self.model_name
             try:
                 async with asyncio.timeout(self.settings.agent.timeout_seconds):
-                    answer, calls, repaired = await self._run(
+                    answer, calls, repaired, seen = await self._run(
                         post, stage1_scores, screen, model_name
                     )
             except (TimeoutError, openai.APIError, ConnectionError) as error:
@@ -408,7 +445,7 @@ class AgentStage:
             self._settle(failed=False)
             for call in calls:
                 AGENT_TOOL_CALLS.labels(tool=call).inc()
-            return AgentJudgement(answer, calls, repaired, model_name)
+            return AgentJudgement(answer, calls, repaired, model_name, images_seen=seen)
 
     def _settle(self, *, failed: bool) -> None:
         """Tell the breaker how the run went; the gauge follows the breaker's state."""
@@ -424,7 +461,7 @@ class AgentStage:
         stage1_scores: Mapping[Category, float],
         screen: InjectionScreen,
         model_name: str,
-    ) -> tuple[AgentVerdict, tuple[str, ...], bool]:
+    ) -> tuple[AgentVerdict, tuple[str, ...], bool, bool]:
         context = AgentContext(
             post=post,
             decisions=self.decisions,
@@ -432,21 +469,28 @@ class AgentStage:
             precedents=self.settings.agent.precedents,
         )
         message = render_post(post, stage1_scores, screen)
+        attached = NONE_ATTACHED
+        if self.images is not None and post.images:
+            attached = await self.images.attach(post.post_id, [i.sha256 for i in post.images])
+        # The post's message: its text, then its images when the model gets all of them.
+        post_message = with_images([{"role": "user", "content": message}], attached)[0]
+        first = cast("TResponseInputItem", post_message)
+        run_input: str | list[TResponseInputItem] = [first] if attached.seen else message
         repaired = False
         try:
-            result = await self._runner(message, context, model_name)
+            result = await self._runner(run_input, context, model_name)
         except ModelBehaviorError:
             output = context.last_output
             # One repair attempt: the same post, told what was wrong (tools already used stay off).
             AGENT_REPAIRS.inc()
             repaired = True
             repair: list[TResponseInputItem] = [
-                {"role": "user", "content": message},
+                first,
                 {"role": "user", "content": REPAIR_PROMPT.format(problems=answer_problems(output))},
             ]
             result = await self._runner(repair, context, model_name)
         answer = result.final_output_as(AgentVerdict, raise_if_incorrect_type=True)
-        return answer, tuple(context.tool_calls), repaired
+        return answer, tuple(context.tool_calls), repaired, attached.seen
 
     async def _runner(
         self, run_input: str | list[TResponseInputItem], context: AgentContext, model_name: str
@@ -561,7 +605,11 @@ def agent_verdict(
     item: FirstStage, judgement: AgentJudgement, settings: Settings
 ) -> tuple[ModerationVerdict | None, ReviewRequested | None]:
     answer = judgement.answer
-    combined, outcome = combine(item.verdict.scores, answer, item.screen, settings)
+    # A text-only model (`agent.vision` off), or an image the run could not read: never an allow.
+    images_unseen = bool(item.post.images) and not judgement.images_seen
+    combined, outcome = combine(
+        item.verdict.scores, answer, item.screen, settings, images_unseen=images_unseen
+    )
     AGENT_RUNS.labels(decision=outcome.decision.value).inc()
     verdict = ModerationVerdict(
         post_id=item.post.post_id,
@@ -574,7 +622,7 @@ def agent_verdict(
         policy_version=settings.models.policy_version,
         rationale=f"{answer.rationale} [agent: {answer.decision.value}; {outcome.reason}]",
         policy_sections=answer.policy_sections,
-        signals=item.verdict.signals,
+        signals=item.verdict.signals + ([IMAGES_UNSEEN_SIGNAL] if images_unseen else []),
         latency_ms=latency_ms(item.post.submitted_at),
         config_version=settings.config_version,
     )

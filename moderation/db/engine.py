@@ -123,6 +123,7 @@ def upgrade_schema(engine: Engine) -> None:
        take their post's tenant, the others (configuration, keys) stay global.
     6. Moderator groups (issue 15): `api_keys` gains `moderator_groups` (existing keys: `[]`,
        every group).
+    7. Images (issue 16): `posts` gains `images` (existing posts: `[]`).
     """
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
@@ -157,6 +158,11 @@ def upgrade_schema(engine: Engine) -> None:
             kind = _column_type(connection, "api_keys", "moderator_groups")
             added = f"moderator_groups {kind} NOT NULL DEFAULT '[]'"
             connection.execute(text(f"ALTER TABLE api_keys ADD COLUMN {added}"))
+        if "posts" in tables and not _has_column(connection, "posts", "images"):
+            kind = _column_type(connection, "posts", "images")
+            connection.execute(
+                text(f"ALTER TABLE posts ADD COLUMN images {kind} NOT NULL DEFAULT '[]'")
+            )
 
 
 _TENANT_COLUMNS = (

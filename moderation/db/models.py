@@ -75,6 +75,8 @@ class Post(SQLModel, table=True):
     author_id: str = Field(index=True, max_length=128)
     external_id: str | None = Field(default=None, max_length=256, index=True)
     metadata_: dict[str, Any] = Field(default_factory=dict, sa_column=Column("metadata", JSON))
+    # The post's images as `events.ImageRef` dumps (their store address and hashes, no bytes).
+    images: list[dict[str, Any]] = Field(default_factory=list, sa_column=_json_column())
     status: PostStatus = Field(default=PostStatus.PENDING, sa_column=_enum_column(PostStatus))
     submitted_at: datetime = Field(sa_column=_aware())
     recorded_at: datetime = Field(default_factory=utc_now, sa_column=_aware())
@@ -456,3 +458,24 @@ class ReviewVote(SQLModel, table=True):
     decision: str = Field(max_length=16)
     note: str | None = None
     voted_at: datetime = Field(sa_column=_aware())
+
+
+class HashListEntry(SQLModel, table=True):
+    """A known-bad image hash on a list kept in the database (issue 16).
+
+    Lists also come from files (`images.hashlist_dir`); these are the ones added through the API
+    (`/v1/hashlists`, or a moderator's removal that adds the post's images). A list has one
+    category; the worker reloads them every `images.hashlist_reload_seconds`.
+    """
+
+    __tablename__ = "hash_list_entries"
+    __table_args__ = (UniqueConstraint("list_name", "kind", "hash"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    list_name: str = Field(max_length=64, index=True)
+    category: str = Field(max_length=32)
+    kind: str = Field(max_length=8, description="pdq | md5 | sha256")
+    hash: str = Field(max_length=64)
+    note: str = Field(default="", max_length=500)
+    added_by: str = Field(max_length=64)
+    added_at: datetime = Field(default_factory=utc_now, sa_column=_aware())

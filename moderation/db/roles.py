@@ -6,14 +6,14 @@ creates and migrates the schema (`engine.create_tables`); the services log in wi
 | role                   | tables and privileges                                                  |
 |------------------------|------------------------------------------------------------------------|
 | `moderation_worker`    | SELECT model_versions (the registry), posts, verdicts, decisions (the  |
-|                        | agent's author history and precedents); nothing else                  |
+|                        | agent's author history and precedents), hash_list_entries; nothing else|
 | `moderation_recorder`  | SELECT, INSERT, UPDATE posts, verdicts, reviews, decisions, strikes,   |
 |                        | author_actions, reports                                                |
 | `moderation_review`    | SELECT, INSERT, UPDATE reviews, decisions, audit_log, posts; SELECT    |
 |                        | verdicts, review_votes                                                 |
 | `moderation_api`       | SELECT, INSERT, UPDATE api_keys, idempotency_keys, reviews, decisions, |
 |                        | audit_log, posts, webhook_endpoints, webhook_deliveries, reports,      |
-|                        | review_votes;                                                          |
+|                        | review_votes, hash_list_entries;                                       |
 |                        | SELECT verdicts, model_versions, job_runs, strikes, author_actions     |
 | `moderation_nightly`   | SELECT, INSERT, UPDATE model_versions, job_runs; SELECT posts,         |
 |                        | verdicts, reviews, decisions                                           |
@@ -57,6 +57,8 @@ SERVICE_GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
         "posts": READ,
         "verdicts": READ,
         "decisions": READ,
+        # The image stage's hash lists kept in the database.
+        "hash_list_entries": READ,
     },
     "moderation_recorder": {
         "posts": WRITE,
@@ -94,6 +96,7 @@ SERVICE_GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
         "strikes": READ,
         "author_actions": READ,
         "review_votes": WRITE,
+        "hash_list_entries": WRITE,
     },
     "moderation_nightly": {
         "model_versions": WRITE,

@@ -39,6 +39,7 @@ class ScriptedChatServer:
         self.delay = delay
         self.port = free_port()
         self.calls: list[Call] = []
+        self.bodies: list[dict[str, Any]] = []  # every request as received (image parts too)
         self._lock = threading.Lock()
         self._server = uvicorn.Server(
             uvicorn.Config(self._app(), host="127.0.0.1", port=self.port, log_level="warning")
@@ -78,6 +79,7 @@ class ScriptedChatServer:
             call = Call(found.group(1) if found else "?", turn, time.monotonic())
             with self._lock:
                 self.calls.append(call)
+                self.bodies.append(body)
             await asyncio.sleep(self.delay)
             call.finished = time.monotonic()
             return _completion(body.get("model", "scripted"), turn)

@@ -101,8 +101,9 @@ def running_services(
             dapr.start_sidecar(app_port=ports[app], app=app, llm_base_url=llm_base_url)
         if "worker" in names:
             dapr.start_sidecar(app="worker")  # its live configuration
-    services.start(*names, timeout=600)
     try:
+        # Inside: a service that fails to start must not leave the ones before it running.
+        services.start(*names, timeout=600)
         yield services
     finally:
         services.stop("dashboard", *reversed(names))

@@ -42,7 +42,9 @@ from moderation.settings import PROJECT_ROOT, Settings
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 K8S_DIR = PROJECT_ROOT / "k8s"
-TARGETS = ("base", "overlays/dev", "overlays/prod")
+TARGETS = ("base", "overlays/dev", "overlays/prod", "overlays/prod-vision")
+# prod with components/vision: a vision-language model behind the agent (README "Images").
+VISION = "overlays/prod-vision"
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 # The manifests are written for the settings' defaults; the environment must not change them.
 DEFAULTS = Settings.model_construct()
@@ -122,7 +124,7 @@ def validator(tools: K8sTools, timings: dict[str, float]) -> ManifestValidator:
 def rendered(tools: K8sTools, timings: dict[str, float]) -> dict[str, list[Obj]]:
     started = time.monotonic()
     objects = {target: k8s_tools.render(tools.kustomize, K8S_DIR / target) for target in TARGETS}
-    timings["kustomize build x3"] = time.monotonic() - started
+    timings[f"kustomize build x{len(TARGETS)}"] = time.monotonic() - started
     return objects
 
 
@@ -1152,16 +1154,19 @@ def test_egress_is_denied_then_allowed_per_service(
 
     # The internet-facing dashboard reaches the review API and DNS, nothing else.
     assert peers("dashboard") == {"kube-dns": {53}, "api": {8000}}
+    # The API and the worker write and read posts' images in the object store (S3, 443).
     assert peers("api") == {"kube-dns": {53}, "moderation-kafka": {KAFKA_PORT},
                             "moderation-db": {5432}, "review-service": {50001},
-                            "namespace": {4317}}  # fmt: skip
+                            "namespace": {4317}, "internet": {443}}  # fmt: skip
+    [store] = policies["egress-object-store"]["spec"]["egress"]
+    assert {"10.0.0.0/8", "169.254.0.0/16"} <= set(store["to"][0]["ipBlock"]["except"])
     # The worker hands uncertain posts to the agent service: no path to vLLM. Its daprd (the
     # live configuration) reaches Dapr's control plane and PostgreSQL, and no peer's daprd.
     assert shared_env(rendered[target])["MODERATION_AGENT__RUNS_IN"] == "agent-service"
     assert peers("worker") == {"kube-dns": {53}, "moderation-kafka": {KAFKA_PORT},
                                "moderation-db": {5432},
                                "dapr-system": {50001, 50005, 50006, 6500},
-                               "namespace": {4317}}  # fmt: skip
+                               "namespace": {4317}, "internet": {443}}  # fmt: skip
     assert peers("recorder") == {"kube-dns": {53}, "moderation-kafka": {KAFKA_PORT},
                                  "moderation-db": {5432}, "namespace": {4317}}  # fmt: skip
     assert peers("review-service") == {"kube-dns": {53}, "moderation-kafka": {KAFKA_PORT},
@@ -1169,12 +1174,16 @@ def test_egress_is_denied_then_allowed_per_service(
                                        "dapr-system": {50001, 50005, 50006, 6500},
                                        "namespace": {4317}}  # fmt: skip
     # The agent service: its daprd's Kafka, control plane and peers, PostgreSQL, vLLM; never the
-    # review service's daprd.
-    assert peers("agent-service") == {"kube-dns": {53}, "moderation-kafka": {KAFKA_PORT},
-                                      "moderation-db": {5432}, "vllm": {8000},
-                                      "agent-service": {50002},
-                                      "dapr-system": {50001, 50005, 50006, 6500},
-                                      "namespace": {4317}}  # fmt: skip
+    # review service's daprd. With a vision model, also the object store the images are in.
+    agent_peers = {"kube-dns": {53}, "moderation-kafka": {KAFKA_PORT}, "moderation-db": {5432},
+                   "vllm": {8000}, "agent-service": {50002},
+                   "dapr-system": {50001, 50005, 50006, 6500},
+                   "namespace": {4317}}  # fmt: skip
+    if target == VISION:
+        agent_peers["internet"] = {443}
+        [images] = policies["egress-agent-object-store"]["spec"]["egress"]
+        assert {"10.0.0.0/8", "169.254.0.0/16"} <= set(images["to"][0]["ipBlock"]["except"])
+    assert peers("agent-service") == agent_peers
     # The webhook dispatcher: its Kafka and PostgreSQL, traces, and the platforms' endpoints on
     # public addresses only (never the cluster or the metadata service).
     assert peers("webhook-dispatcher") == {"kube-dns": {53}, "moderation-kafka": {KAFKA_PORT},
@@ -1702,3 +1711,38 @@ def test_the_overlays_differ_as_documented(rendered: dict[str, list[Obj]]) -> No
     for name in ("recorder", "review-service", "mcp-server"):
         replicas = prod_deployments[name]["spec"]["replicas"]
         assert replicas > budgets[name]["spec"]["minAvailable"]
+
+
+def test_the_vision_overlay_serves_a_vlm_and_switches_the_agent_to_images(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    """prod-vision = prod + components/vision: only the model, its limits and the switch differ."""
+    prod, vision = rendered["overlays/prod"], rendered[VISION]
+    env = shared_env(vision)
+    assert env["MODERATION_AGENT__VISION"] == "true"
+    assert int(env["MODERATION_AGENT__VISION_MAX_SIDE"]) == DEFAULTS.agent.vision_max_side
+    assert "MODERATION_AGENT__VISION" not in shared_env(prod)  # off by default
+    # The vision model must take an OpenAI-compatible route (the Conversation API is text-only).
+    route = env.get("MODERATION_AGENT_SERVICE__LLM_ROUTE", DEFAULTS.agent_service.llm_route)
+    assert route != "dapr-conversation"
+    [models] = [o for o in of_kind(vision, "ConfigMap").values()
+                if o["metadata"]["name"].startswith("moderation-llm-model")]  # fmt: skip
+    assert "-VL-" in models["data"]["base-model"]
+    [container] = pod_spec(of_kind(vision, "Deployment")["vllm"])["containers"]
+    [limit] = [a for a in container["args"] if a.startswith("--limit-mm-per-prompt=")]
+    images = json.loads(limit.split("=", 1)[1])
+    assert images == {"image": DEFAULTS.images.max_per_post, "video": 0}
+    [kwargs] = [a for a in container["args"] if a.startswith("--mm-processor-kwargs=")]
+    side = DEFAULTS.agent.vision_max_side
+    assert json.loads(kwargs.split("=", 1)[1])["max_pixels"] >= side * side
+    [prod_vllm] = pod_spec(of_kind(prod, "Deployment")["vllm"])["containers"]
+    assert set(prod_vllm["args"]) < set(container["args"])  # prod's flags all kept
+    # The nightly LoRA trainer is text-only: no adapter for a vision base model.
+    [nightly] = of_kind(vision, "CronJob").values()
+    assert pod_spec(nightly)["containers"][0]["args"] == ["nightly", "--no-lora"]
+    # Everything else is prod's.
+    names = {(o["kind"], o["metadata"]["name"]) for o in vision}
+    hashed = {"ConfigMap"}  # generated names carry a content hash
+    extra = {n for n in names - {(o["kind"], o["metadata"]["name"]) for o in prod}
+             if n[0] not in hashed}  # fmt: skip
+    assert extra == {("NetworkPolicy", "egress-agent-object-store")}

@@ -14,14 +14,17 @@ from sqlmodel import Session
 
 from moderation.db import crud
 from moderation.services.api import build_app
+from moderation.services.api.images import max_submit_body_bytes
 from moderation.services.api.limits import Buckets, TokenBucket, retry_after
 from moderation.services.api.publisher import InMemoryPublisher
 from moderation.services.api.routes.submit_lane import SubmitFastLane
-from moderation.settings import ApiSettings, Settings
+from moderation.settings import ApiSettings, ImageSettings, Settings
 
 
 def settings_with(**api: Any) -> Settings:
-    return Settings(api=ApiSettings(**api))
+    # Images off: these tests are about the text routes' own limits (with images on, a post's
+    # body may hold them: `test_the_submit_limit_grows_by_the_images_a_post_may_carry`).
+    return Settings(api=ApiSettings(**api), images=ImageSettings(enabled=False))
 
 
 def make_key(engine: Engine, *scopes: str, name: str) -> dict[str, str]:
@@ -414,6 +417,27 @@ async def test_a_batch_has_its_own_larger_limit(
 
     assert batch.status_code == 202, batch.text
     assert single.status_code == 413
+
+
+async def test_the_submit_limit_grows_by_the_images_a_post_may_carry(
+    serve: Any, engine: Engine, publisher: InMemoryPublisher
+) -> None:
+    images = ImageSettings(max_per_post=2, max_bytes=3_000)
+    app = build_app(
+        Settings(api=ApiSettings(max_body_bytes=1_000), images=images),
+        publisher=publisher,
+        engine=engine,
+    )
+    http = await serve(app)
+    key = make_key(engine, "submit", name="forum")
+    limit = max_submit_body_bytes(1_000, images)
+    assert limit == 1_000 + 2 * (4_000 + 64)  # two base64 images of 3,000 bytes, and slack
+    too_big = await http.post("/v1/posts", json=post_body("x" * (limit + 10)), headers=key)
+    assert too_big.status_code == 413
+    assert detail(too_big) == f"request body too large: the limit is {limit:,} bytes"
+    # The other routes keep their own limit.
+    appeal = await http.post("/v1/posts/p-1/appeal", json={"reason": "x" * 2_000}, headers=key)
+    assert appeal.status_code == 413
 
 
 def test_the_default_batch_limit_fits_the_largest_legal_batch() -> None:

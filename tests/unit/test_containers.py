@@ -521,10 +521,20 @@ def test_models_volume_is_where_the_images_keep_models(
         assert "models:/models" in services[name]["volumes"], name
     # The MCP server loads the same fast model as the worker, read-only too.
     for name in ("worker", "mcp"):
-        assert services[name]["volumes"] == ["models:/models:ro"], name
+        assert "models:/models:ro" in services[name]["volumes"], name
+        assert "models:/models" not in services[name]["volumes"], name
         assert depends_on(services[name])["base-model"] == {
             "condition": "service_completed_successfully"
         }, name
+
+
+def test_the_api_writes_posts_images_where_the_worker_reads_them(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # README "Images": the API stores a post's images, the worker's detector reads them.
+    assert services["api"]["environment"]["MODERATION_IMAGES__STORE__LOCAL_DIR"] == "/images"
+    assert "images:/images" in services["api"]["volumes"]
+    assert "images:/images:ro" in services["worker"]["volumes"]
 
 
 # --- secrets -------------------------------------------------------------------------------------

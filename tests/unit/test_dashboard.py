@@ -6,6 +6,8 @@ the client's requests, parsing and error messages too, without a network.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -162,6 +164,28 @@ def trail_json(post_id: str) -> dict[str, Any]:
     }
 
 
+# A 2x2 PNG: what `GET /v1/images/{sha256}` serves in these tests.
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP8z8DAwMDAxMDAwMDAAAANHQEDasKb6QAAAABJRU5ErkJggg=="
+)
+
+
+def image_ref(seed: str) -> dict[str, Any]:
+    digest = hashlib.sha256(seed.encode()).hexdigest()
+    return {
+        "sha256": digest,
+        "original_sha256": digest,
+        "original_md5": hashlib.md5(seed.encode()).hexdigest(),
+        "pdq": digest,
+        "pdq_quality": 100,
+        "format": "png",
+        "width": 2,
+        "height": 2,
+        "size_bytes": len(PNG),
+        "uri": f"file:///{digest}",
+    }
+
+
 @dataclass
 class FakeReviewApi:
     """The review API's contract in memory (issue5-design.md, "Review API")."""
@@ -174,6 +198,7 @@ class FakeReviewApi:
     decided: int = 0
     # What `POST .../decision` answers: "accepted" (202), or a double review's vote (200).
     decision_status: str = "accepted"
+    images_served: list[str] = field(default_factory=list)
     clients: list[ApiClient] = field(default_factory=list)
     # `GET /v1/reviews/groups`: by default nothing is routed (every review is `general`).
     groups: dict[str, Any] = field(
@@ -252,6 +277,9 @@ class FakeReviewApi:
             return httpx.Response(200, json=page)
         if method == "GET" and path.startswith("/v1/posts/"):
             return httpx.Response(200, json=trail_json(path.split("/")[3]))
+        if method == "GET" and path.startswith("/v1/images/"):
+            self.images_served.append(path.split("/")[3])
+            return httpx.Response(200, content=PNG, headers={"Content-Type": "image/png"})
         if (method, path) == ("GET", "/v1/decisions.csv"):
             return httpx.Response(200, content=CSV.encode(), headers={"Content-Type": "text/csv"})
         return httpx.Response(404, json={"detail": "no such route"})
@@ -838,3 +866,47 @@ def test_a_double_reviewed_post_says_so_and_a_first_judgement_is_not_called_a_de
     [toast] = [shown(t.value) for t in app.toast]
     assert toast.startswith("Judgement recorded: remove as violence (review-p1).")
     assert "second moderator" in toast
+
+
+def test_a_posts_images_show_blurred_one_at_a_time_and_greyscale_on_reveal() -> None:
+    pictured = spam() | {"images": [image_ref("one"), image_ref("two")]}
+    pictured["suggestion"] = pictured["suggestion"] | {"signals": ["image:nudity:0.12"]}
+    api = FakeReviewApi(queue=[pictured])
+    app = signed_in(api)
+    app.button(key="claim_next").click().run()
+
+    [shown_image] = html_bodies(app, "hitl-image")
+    assert "hitl-image-blurred" in shown_image
+    assert any("Nudity detector: 0.12" in shown(c.value) for c in app.caption)
+    assert api.images_served == [image_ref("one")["sha256"]]
+    app.button(key="reveal_image").click().run()
+    [shown_image] = html_bodies(app, "hitl-image")
+    assert "hitl-image-blurred" not in shown_image  # revealed: greyscale only (the class's filter)
+    app.button(key="image_next").click().run()
+    [shown_image] = html_bodies(app, "hitl-image")
+    assert "hitl-image-blurred" in shown_image  # the next image starts blurred again
+    assert api.images_served[-1] == image_ref("two")["sha256"]
+
+
+def test_a_removal_can_add_the_posts_images_to_a_hash_list() -> None:
+    pictured = spam() | {"images": [image_ref("one")]}
+    api = FakeReviewApi(queue=[pictured])
+    app = signed_in(api)
+    app.button(key="claim_next").click().run()
+    app.text_input(key="hitl_queue_hashlist").input("spam-images").run()
+    app.button(key="decide_remove").click().run()
+    app.button(key="submit").click().run()
+    assert not app.exception and not app.error
+    [(_, body)] = api.decisions
+    assert body["add_images_to_hashlist"] == "spam-images"
+
+
+def test_an_image_on_a_hash_list_is_never_revealed() -> None:
+    listed = spam() | {"images": [image_ref("listed")]}
+    listed["suggestion"] = listed["suggestion"] | {"signals": ["image:hash-match:known-bad:pdq"]}
+    app = signed_in(FakeReviewApi(queue=[listed]))
+    app.button(key="claim_next").click().run()
+    assert "hitl-image-blurred" in html_bodies(app, "hitl-image")[0]
+    assert "reveal_image" not in [b.key for b in app.button]
+    captions = [shown(c.value) for c in app.caption]
+    assert any("known-bad hash list 'known-bad' (pdq match)" in c for c in captions)

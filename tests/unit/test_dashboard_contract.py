@@ -68,11 +68,16 @@ CALLS: dict[str, Callable[[ApiClient], object]] = {
     ),
     "claim": lambda client: client.claim("review-1"),
     "decide": lambda client: client.decide(
-        "review-1", label="spam", decision="remove", note="link farm"
+        "review-1",
+        label="spam",
+        decision="remove",
+        note="link farm",
+        add_images_to_hashlist="spam-images",
     ),
     "post_trail": lambda client: client.post_trail("p-1"),
     "author": lambda client: client.author("user-42", tenant="acme", limit=5),
     "decision_log_csv": lambda client: client.decision_log_csv(),
+    "image": lambda client: client.image("a" * 64),
     "metrics_overview": lambda client: client.metrics_overview(hours=24, bucket_minutes=60),
     "live_config": lambda client: client.live_config(),
     "list_workflows": lambda client: client.list_workflows(WorkflowApp.AGENT, limit=20),
@@ -99,6 +104,12 @@ REVIEW_READS = [
     "sla_due_at",
     "appeal_of",
     "votes",
+    "images.sha256",
+    "images.format",
+    "images.width",
+    "images.height",
+    "images.size_bytes",
+    "suggestion.signals",
     "policy_section",
     "suggestion.stage",
     "suggestion.decision",
@@ -181,6 +192,7 @@ PAGES_READ: dict[str, list[str]] = {
         "posts.submitted_at",
     ],
     "decision_log_csv": [],
+    "image": [],
     "metrics_overview": [
         "window.since",
         "window.until",
@@ -555,8 +567,9 @@ def test_each_request_is_one_the_api_documents(name: str) -> None:
 def test_the_client_parses_each_answer_with_a_shape_that_fits_it(name: str) -> None:
     op, _ = operation(sent(name))
     model = parsed_with(name)
-    if model is None:  # the decision log: CSV, passed through as bytes
-        assert "text/csv" in op["responses"]["200"]["content"]
+    if model is None:  # the decision log (CSV) and images: passed through as bytes
+        served = op["responses"]["200"]["content"]
+        assert "text/csv" in served if name != "image" else "image/jpeg" in served
         return
     answers = json_answers(op)
     assert answers, f"{name}: the API documents no JSON answer"

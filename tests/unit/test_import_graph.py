@@ -99,6 +99,11 @@ FORBIDDEN = [
     ("hitl_dashboard", "moderation.db.crud"),
     ("hitl_dashboard", "moderation.db.engine"),
     ("hitl_dashboard", "moderation.services"),
+    # The images core is building blocks below the database, the models and the services.
+    ("moderation.images", "moderation.db"),
+    ("moderation.images", "moderation.services"),
+    ("moderation.images", "moderation.classifier"),
+    ("moderation.images", "moderation.devtools"),
 ]
 
 

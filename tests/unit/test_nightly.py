@@ -135,7 +135,7 @@ def test_a_night_without_enough_decisions_reports_and_does_not_retrain(
     add_decisions(engine, [("hello there", "safe")] * 3)
     result = run_nightly(settings, engine=engine, base=base, progress=False)
     assert result.status == "succeeded"
-    assert result.counts == {"decisions_in_window": 3}
+    assert result.counts == {"decisions_in_window": 3, "removed_images_listed": 0}
     assert "fewer than 20" in result.details["retrain"]
     report = Path(result.details["report"]).read_text()
     assert "## Human feedback" in report and "No retraining" in report
@@ -179,7 +179,7 @@ def test_a_drift_is_learned_promoted_and_recorded(
 
     # The next night has no new decision: nothing is retrained, the window moved on.
     again = run_nightly(settings, engine=engine, base=base, progress=False)
-    assert again.counts == {"decisions_in_window": 0}
+    assert again.counts == {"decisions_in_window": 0, "removed_images_listed": 0}
     assert again.details["window_start"] == details["window_end"]
 
 

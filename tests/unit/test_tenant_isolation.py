@@ -15,6 +15,7 @@ runs on PostgreSQL in `tests/integration/test_tenant_isolation_real.py`.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -28,6 +29,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from PIL import Image
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -460,6 +462,22 @@ async def _admin_create_key(client: httpx.AsyncClient, world: World) -> None:
     assert (own.status_code, foreign.status_code) == (200, 404)
 
 
+HASHES = {"category": "violence", "entries": [{"kind": "md5", "hash": "d" * 32}]}
+
+
+async def _hashlists_list(client: httpx.AsyncClient, world: World) -> None:
+    await admin_only("GET", lambda w: "/v1/hashlists", None)(client, world)
+    listed = await client.get("/v1/hashlists", headers=world.admin)
+    assert listed.status_code == 200, listed.text
+
+
+async def _hashlists_add(client: httpx.AsyncClient, world: World) -> None:
+    url = f"/v1/hashlists/list-{world.a.name}/entries"
+    await admin_only("POST", lambda w: url, HASHES)(client, world)
+    added = await client.post(url, json=HASHES, headers=world.admin)
+    assert added.status_code == 201, added.text
+
+
 async def _admin_revoke_key(client: httpx.AsyncClient, world: World) -> None:
     key_id = await _key_id(client, world, world.b.name, "moderate")
     url = f"/v1/admin/keys/{key_id}/revoke"
@@ -650,7 +668,30 @@ def _audit(path: str) -> Check:
     return check
 
 
+# Images (issue 16): an image is served only to a key that sees a post carrying it.
+async def _image(client: httpx.AsyncClient, world: World) -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 200, 90)).save(out, format="PNG")
+    body = {
+        "text": CRUISE,
+        "author_id": "b-author",
+        "images": [{"data_base64": base64.b64encode(out.getvalue()).decode()}],
+    }
+    submitted = await client.post("/v1/posts", json=body, headers=world.b.key("submit"))
+    assert submitted.status_code == 202, submitted.text
+    _topic, _key, value = world.publisher.records[-1]
+    event = PostSubmitted.model_validate_json(value)
+    with Session(world.engine) as session:
+        crud.record_events(session, events=[event])
+    url = f"/v1/images/{event.images[0].sha256}"
+    foreign = await client.get(url, headers=world.a.key("moderate"))
+    assert foreign.status_code == 404, foreign.text
+    own = await client.get(url, headers=world.b.key("moderate"))
+    assert own.status_code == 200, own.text
+
+
 TENANT_CASES: dict[tuple[str, str], Case] = {
+    ("GET", "/v1/images/{sha256}"): Case(_image, "an image is its posts' tenants'"),
     ("POST", "/v1/posts"): Case(
         _submit_one, "a post is the submitting key's tenant's; external ids are per key"
     ),
@@ -713,6 +754,10 @@ TENANT_CASES: dict[tuple[str, str], Case] = {
         _workflow, "an instance of another tenant's post"
     ),
     ("GET", "/v1/admin/keys"): Case(_admin_list_keys, "platform-wide: admin only"),
+    ("GET", "/v1/hashlists"): Case(_hashlists_list, "lists protect every tenant: admin only"),
+    ("POST", "/v1/hashlists/{name}/entries"): Case(
+        _hashlists_add, "lists protect every tenant: admin only"
+    ),
     ("POST", "/v1/admin/keys"): Case(_admin_create_key, "platform-wide: admin only"),
     ("POST", "/v1/admin/keys/{key_id}/revoke"): Case(
         _admin_revoke_key, "platform-wide: admin only"

@@ -13,6 +13,7 @@ by concern:
 - `queue_stats`, `metrics`, `model_metrics`, `overview`: what the dashboards show;
 - `api_keys`, `idempotency`, `registry` (model versions), `audit`, `job_runs`;
 - `feedback`: the human decisions the nightly job learns from;
+- `hashlists`: known-bad image hash lists kept in the database;
 - `webhooks`: outbound webhook endpoints, their deliveries and the dispatcher's claims;
 - `strikes`: strikes and the enforcement ladder's actions, derived by the recorder; `authors`:
   an author's history and standing; `reports` (filing user reports), `report_outcomes` (their
@@ -67,6 +68,16 @@ from moderation.db.crud.config import (
 from moderation.db.crud.feedback import (
     FeedbackDecision,
     list_feedback_decisions,
+)
+from moderation.db.crud.hashlists import (
+    AUDIT_ENTITY_HASHLIST,
+    CategoryConflict,
+    HashListSummary,
+    add_hash_entries,
+    database_hashlists,
+    hashlist_summaries,
+    image_entries,
+    list_category,
 )
 from moderation.db.crud.idempotency import (
     claim_idempotency_key,
@@ -124,10 +135,12 @@ from moderation.db.crud.reads import (
     decision_log,
     get_post,
     get_post_trail,
+    image_visible,
     latest_automated_verdict,
     latest_automated_verdicts,
     list_author_verdicts,
     list_human_decisions,
+    removed_images,
     verdict_timings,
 )
 from moderation.db.crud.registry import (
@@ -210,6 +223,14 @@ from moderation.db.crud.webhooks import (
 )
 
 __all__ = [
+    "AUDIT_ENTITY_HASHLIST",
+    "CategoryConflict",
+    "HashListSummary",
+    "add_hash_entries",
+    "database_hashlists",
+    "hashlist_summaries",
+    "image_entries",
+    "list_category",
     "post_trail",
     "AUDIT_ENTITY_REPORT",
     "AuthorRows",
@@ -306,6 +327,8 @@ __all__ = [
     "finish_job_run",
     "get_champion",
     "get_post",
+    "image_visible",
+    "removed_images",
     "get_post_trail",
     "get_review",
     "human_share",

@@ -68,6 +68,7 @@ def _post_row(event: PostSubmitted, now: datetime) -> dict[str, Any]:
         "tenant": event.tenant,
         "external_id": event.external_id,
         "metadata": dict(event.metadata),
+        "images": [image.model_dump(mode="json") for image in event.images],
         "status": PostStatus.PENDING,
         "submitted_at": _utc(event.submitted_at),
         "recorded_at": now,

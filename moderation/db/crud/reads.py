@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from moderation.db import models
-from moderation.db.crud._sql import _AUTOMATED_STAGES, DECISIONS, VERDICTS, _chunks
-from moderation.db.crud._tenants import Tenants, post_visible
+from moderation.db.crud._sql import _AUTOMATED_STAGES, DECISIONS, POSTS, VERDICTS, _chunks
+from moderation.db.crud._tenants import Tenants, post_visible, tenant_in
 from moderation.db.models import Post, Review, Verdict
 from moderation.events import DEFAULT_TENANT
 from moderation.taxonomy import Stage
@@ -213,3 +213,57 @@ def decision_log(session: Session, *, limit: int, tenants: Tenants = None) -> li
         .limit(limit)
     )
     return [DecisionLogRow(*row) for row in session.execute(statement).all()]
+
+
+def image_visible(session: Session, *, sha256: str, tenants: Tenants = None) -> bool:
+    """Whether a post of `tenants` (None: any) has the image whose stored bytes hash to
+    `sha256` (the posts' `images` JSON holds it as text; a hex digest cannot occur by chance)."""
+    found = session.execute(
+        sa.select(POSTS.c.id)
+        .where(
+            sa.cast(POSTS.c.images, sa.Text).contains(f'"{sha256}"', autoescape=True),
+            *tenant_in(POSTS.c.tenant, tenants),
+        )
+        .limit(1)
+    ).first()
+    return found is not None
+
+
+class RemovedImages(NamedTuple):
+    """A post humans removed, with its images (for the nightly's shareable hash list)."""
+
+    post_id: str
+    label: str
+    images: list[dict[str, Any]]
+    decided_at: datetime
+
+
+def removed_images(session: Session, *, until: datetime) -> list[RemovedImages]:
+    """Posts with images whose latest human decision up to `until` is a removal."""
+    latest = (
+        sa.select(
+            DECISIONS.c.post_id,
+            DECISIONS.c.label,
+            DECISIONS.c.decision,
+            DECISIONS.c.decided_at,
+            sa.func.row_number()
+            .over(
+                partition_by=DECISIONS.c.post_id,
+                order_by=(DECISIONS.c.decided_at.desc(), DECISIONS.c.id.desc()),
+            )
+            .label("rank"),
+        )
+        .where(DECISIONS.c.decided_at <= until)
+        .subquery()
+    )
+    rows = session.execute(
+        sa.select(latest.c.post_id, latest.c.label, POSTS.c.images, latest.c.decided_at)
+        .join(POSTS, POSTS.c.id == latest.c.post_id)
+        .where(latest.c.rank == 1, latest.c.decision == "remove")
+        .order_by(latest.c.decided_at, latest.c.post_id)
+    ).all()
+    return [
+        RemovedImages(str(post_id), str(label), list(images), decided_at)
+        for post_id, label, images, decided_at in rows
+        if images
+    ]

@@ -205,11 +205,12 @@ class ReviewView(NamedTuple):
     tenant: str | None = None  # the post's (None while the post is not recorded)
     group: str = DEFAULT_GROUP  # the moderator group it is routed to at the time of reading
     votes: int = 0  # double review: judgements already given (`crud/review_votes.py`)
+    images: tuple[dict[str, Any], ...] = ()  # the post's images (`events.ImageRef` dumps)
 
 
 def _review_query(
     now: datetime, routing: Routing | None = None
-) -> sa.Select[Review, str, str, str, str, str]:
+) -> sa.Select[Review, str, str, str, str, str, list[dict[str, Any]]]:
     routing = routing or Routing()
     return sa.select(
         Review,
@@ -218,6 +219,7 @@ def _review_query(
         col(Post.author_id),
         col(Post.tenant),
         review_group(routing.groups, routing.default).label("review_group"),
+        col(Post.images),
     ).outerjoin(Post, col(Post.id) == col(Review.post_id))
 
 
@@ -246,8 +248,9 @@ def _views(session: Session, rows: Sequence[Any]) -> list[ReviewView]:
             tenant,
             str(group),
             votes.get(review.review_id, 0),
+            tuple(images or ()),
         )
-        for review, status, text, author_id, tenant, group in rows
+        for review, status, text, author_id, tenant, group, images in rows
     ]
 
 

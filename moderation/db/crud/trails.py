@@ -9,6 +9,7 @@ from moderation.db.crud._tenants import Tenants, sees
 from moderation.db.crud.api_keys import api_key_names
 from moderation.db.crud.reads import get_post, get_post_trail
 from moderation.db.schemas.posts import DecisionOut, PostTrail, ReviewOut, VerdictOut
+from moderation.events import ImageRef
 
 
 def post_trail(session: Session, *, post_id: str, tenants: Tenants = None) -> PostTrail | None:
@@ -31,6 +32,7 @@ def post_trail(session: Session, *, post_id: str, tenants: Tenants = None) -> Po
         external_id=post.external_id if post is not None else None,
         text=post.text if post is not None else None,
         submitted_at=post.submitted_at if post is not None else None,
+        images=[ImageRef.model_validate(image) for image in post.images] if post else [],
         verdicts=[VerdictOut.model_validate(v) for v in verdicts],
         reviews=[
             ReviewOut.model_validate(r).model_copy(

@@ -24,6 +24,13 @@ from moderation.db.schemas.config import (
     ConfigSet,
     ConfigStatePublic,
 )
+from moderation.db.schemas.hashlists import (
+    HashEntriesAdded,
+    HashEntriesIn,
+    HashEntryIn,
+    HashListPublic,
+    HashListsPublic,
+)
 from moderation.db.schemas.keys import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -105,6 +112,11 @@ from moderation.db.schemas.workflows import (
 )
 
 __all__ = [
+    "HashEntriesAdded",
+    "HashEntriesIn",
+    "HashEntryIn",
+    "HashListPublic",
+    "HashListsPublic",
     "AuthorActionPublic",
     "AuthorPostPublic",
     "AuthorPublic",

@@ -21,7 +21,7 @@ from pydantic import (
     StringConstraints,
 )
 
-from moderation.events import MetadataValue
+from moderation.events import ImageRef, MetadataValue
 
 # The PostSubmitted schema allows at most this much; `settings.api.max_text_chars` may lower it.
 MAX_TEXT_CHARS = 10_000
@@ -50,6 +50,20 @@ PostText = Annotated[
 
 # --- submitting: `POST /v1/posts`, `POST /v1/posts:batch` ---------------------------------------
 
+# The schema's hard cap; `settings.images.max_per_post` (4) is what the API allows.
+MAX_IMAGES = 16
+
+
+class ImageIn(BaseModel):
+    """An image of a post, as the submitter sends it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_base64: str = Field(
+        min_length=4,
+        description="the image file (JPEG, PNG, WebP or GIF), base64 with the standard alphabet",
+    )
+
 
 class PostIn(BaseModel):
     """A post to moderate."""
@@ -76,6 +90,12 @@ class PostIn(BaseModel):
     )
     metadata: dict[str, MetadataValue] = Field(
         default_factory=dict, description="opaque metadata carried with the post"
+    )
+    images: list[ImageIn] = Field(
+        default_factory=list,
+        max_length=MAX_IMAGES,
+        description="up to `images.max_per_post` (4) images; checked, stripped of metadata and "
+        'stored before the post is accepted (README "Images")',
     )
 
 
@@ -198,6 +218,9 @@ class PostTrail(BaseModel):
     external_id: str | None
     text: str | None
     submitted_at: datetime | None
+    images: list[ImageRef] = Field(
+        default_factory=list, description="the post's images: hashes and store addresses"
+    )
     verdicts: list[VerdictOut]
     reviews: list[ReviewOut]
     decisions: list[DecisionOut]

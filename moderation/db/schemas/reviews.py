@@ -13,6 +13,7 @@ from pydantic import ConfigDict, model_validator
 from sqlmodel import Field, SQLModel
 
 from moderation.db.models import ReviewStatus
+from moderation.events import ImageRef
 from moderation.taxonomy import Category
 
 
@@ -82,6 +83,11 @@ class ReviewPublic(SQLModel):
     )
     created_at: datetime
     appeal_of: str | None = Field(description="event_id of the decision this review appeals")
+    images: list[ImageRef] = Field(
+        default_factory=list,
+        description="the post's images (hashes and store addresses; the bytes: "
+        "`GET /v1/images/{sha256}`)",
+    )
     votes: int = Field(
         default=0,
         description="double review: judgements other moderators already gave (1: you are the "
@@ -129,6 +135,14 @@ class DecisionCreate(SQLModel):
     label: Category = Field(description="the category the post falls in (safe when allowed)")
     decision: Literal["allow", "remove"]
     note: str | None = Field(default=None, max_length=2_000)
+    add_images_to_hashlist: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="a removal only: add the post's images (PDQ, and the uploaded file's SHA-256 "
+        "and MD5) to this existing hash list of the decision's label, so re-uploads are "
+        "removed at once",
+    )
 
 
 DecisionStatus = Literal["accepted", "awaiting_second_review", "awaiting_tie_break"]

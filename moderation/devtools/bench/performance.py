@@ -124,7 +124,7 @@ class TimedAgentStage(AgentStage):
         stage1_scores: Mapping[Category, float],
         screen: InjectionScreen,
         model_name: str,
-    ) -> tuple[AgentVerdict, tuple[str, ...], bool]:
+    ) -> tuple[AgentVerdict, tuple[str, ...], bool, bool]:
         started = time.perf_counter()
         try:
             answer = await super()._run(post, stage1_scores, screen, model_name)

@@ -165,6 +165,25 @@ async def _e2e(settings: Settings, api_key: str, run: str, *, rate: int, seconds
     return {"fixed_rate": fixed, "saturation": saturated}
 
 
+def prepare_run(settings: Settings) -> tuple[str, Settings, str]:
+    """A run id, its settings (its own topics, created; the agent off: the stream figures are
+    stage 1's, `bench --agent` measures the agent) and a submit key, with Kafka and PostgreSQL up.
+    """
+    run = uuid.uuid4().hex[:8]
+    run_settings = isolated_settings(settings, f"bench-{run}")
+    run_settings = run_settings.model_copy(
+        update={"agent": run_settings.agent.model_copy(update={"enabled": False})}
+    )
+    stack.up(settings, ["kafka", "postgres"])
+    asyncio.run(ensure_topics(run_settings))
+    engine = make_engine(settings)
+    create_tables(engine)
+    with Session(engine) as session:
+        api_key, _ = crud.create_api_key(session, name=f"bench-{run}", scopes=["submit", "read"])
+    engine.dispose()
+    return run, run_settings, api_key
+
+
 def run_bench(
     settings: Settings,
     *,
@@ -176,19 +195,7 @@ def run_bench(
     batch_posts: int = 100_000,
     console: Console,
 ) -> dict[str, Any]:
-    run = uuid.uuid4().hex[:8]
-    run_settings = isolated_settings(settings, f"bench-{run}")
-    # The stream figures are the pipeline's (stage 1); `bench --agent` measures the agent stage.
-    run_settings = run_settings.model_copy(
-        update={"agent": run_settings.agent.model_copy(update={"enabled": False})}
-    )
-    stack.up(settings, ["kafka", "postgres"])
-    asyncio.run(ensure_topics(run_settings))
-    engine = make_engine(settings)
-    create_tables(engine)
-    with Session(engine) as session:
-        api_key, _ = crud.create_api_key(session, name=f"bench-{run}", scopes=["submit", "read"])
-    engine.dispose()
+    run, run_settings, api_key = prepare_run(settings)
 
     result: dict[str, Any] = {
         "run": run,

@@ -145,6 +145,7 @@ class Scheduler:
             max_turns=self.settings.agent.max_turns,
             shed=shed,
             trace=trace,
+            vision=self.steps.vision,
         )
         try:
             self.client.schedule_new_workflow(WORKFLOW_NAME, input=run, instance_id=instance)

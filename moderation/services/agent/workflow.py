@@ -15,6 +15,13 @@ policy (`agent.max_attempts`, exponential backoff); when they are spent, or the 
 the post goes to review with the reason. A hand-off that arrives while the service is saturated (or
 its breaker is open) runs only `publish_outcome` (review with the reason), so that post too has
 exactly one outcome.
+
+With `agent.vision` (a vision-language model), the run is scheduled with the SHA-256s of the
+post's images and every model call attaches their downscaled bytes itself, from the object store
+(`AgentSteps.model_call`): the history keeps text and hashes, never megabytes of base64, and a
+retried or later call reads the same content-addressed bytes. Each call records whether it
+carried all the images; the answering call's flag decides whether the verdict says
+`images-unseen` (and may then not allow).
 """
 
 from __future__ import annotations
@@ -57,13 +64,15 @@ def workflow_input(
     max_turns: int,
     shed: tuple[str, str] | None = None,
     trace: dict[str, str] | None = None,
+    vision: bool = False,
 ) -> dict[str, Any]:
     """What a run is scheduled with; recorded once, so a replay sees the same values.
 
     `message` carries the run's delimiter nonce (drawn when scheduling), `model` the served
     name (base model or LoRA adapter) every call of the run uses; `shed` is (label, detail) when
     the service had no room for the run (saturated, breaker open): it then only sends the post
-    to review.
+    to review. With `vision` (the served model reads images), `images` lists the SHA-256s of
+    the post's images each model call attaches; empty: the run is text-only.
     """
     return {
         "request": request.model_dump(mode="json"),
@@ -72,6 +81,7 @@ def workflow_input(
         "max_turns": max_turns,
         "shed": list(shed) if shed else None,
         "trace": trace or {},
+        "images": [image.sha256 for image in request.post.images] if vision else [],
     }
 
 
@@ -93,6 +103,8 @@ def agent_workflow(
         )  # fmt: skip
         return dict(result)
     conversation: list[dict[str, Any]] = [{"role": "user", "content": run["message"]}]
+    images = list(run.get("images") or [])  # runs scheduled before vision existed: none
+    images_seen = False
     called: list[str] = []
     repaired = False
     fallback: tuple[str, str] | None = None
@@ -107,7 +119,7 @@ def agent_workflow(
             turn = yield ctx.call_activity(
                 MODEL_CALL,
                 input={"conversation": conversation, "called": called, "model": model,
-                       "trace": trace},
+                       "trace": trace, "images": images, "post_id": request["post_id"]},
                 retry_policy=model_retry,
             )  # fmt: skip
         except TaskFailedError as error:  # the retry policy gave up
@@ -117,6 +129,7 @@ def agent_workflow(
         if turn.get("error"):
             fallback = (str(turn["error"]), "")
             break
+        images_seen = bool(turn.get("images_seen"))  # the last call's is the answer's
         conversation = [*conversation, *turn["items"]]
         if turn["tool_calls"]:
             for call in turn["tool_calls"]:
@@ -135,7 +148,7 @@ def agent_workflow(
             break
         repaired = True
         conversation = repair_conversation(run["message"], turn["text"])
-    final = outcome | {"tool_calls": called, "repaired": repaired}
+    final = outcome | {"tool_calls": called, "repaired": repaired, "images_seen": images_seen}
     if fallback is not None:
         final |= {"fallback": fallback[0], "detail": fallback[1]}
     else:
@@ -165,7 +178,10 @@ class AgentActivities:
         self, ctx: WorkflowActivityContext, call: dict[str, Any]
     ) -> dict[str, Any]:
         with span_in("agent: model call", call.get("trace"), workflow=ctx.workflow_id):
-            return await self.steps.model_call(call["conversation"], call["called"], call["model"])
+            return await self.steps.model_call(
+                call["conversation"], call["called"], call["model"],
+                images=list(call.get("images") or []), post_id=str(call.get("post_id", "")),
+            )  # fmt: skip
 
     async def tool_call(self, ctx: WorkflowActivityContext, call: dict[str, Any]) -> dict[str, Any]:
         with span_in("agent: tool call", call.get("trace"), tool=str(call["call"]["name"])):
@@ -183,6 +199,7 @@ class AgentActivities:
                 verdict, review = self.steps.verdict(
                     request, answer, tool_calls=list(final.get("tool_calls", [])),
                     repaired=bool(final.get("repaired")), model_name=str(final["model"]),
+                    images_seen=bool(final.get("images_seen")),
                 )  # fmt: skip
             topics = self.settings.kafka.topics
             # The verdict first: the review request names it. A re-run publishes the same events

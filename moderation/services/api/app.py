@@ -16,6 +16,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from moderation.db.engine import create_tables, make_engine
 from moderation.kafka_auth import aiokafka_auth
 from moderation.services.api.deps import ApiState
+from moderation.services.api.images import ImageIntake, max_submit_body_bytes
 from moderation.services.api.limits import ApiLimits, BodySizeLimit
 from moderation.services.api.metrics import ApiMetrics
 from moderation.services.api.publisher import KafkaPublisher, Publisher
@@ -26,7 +27,9 @@ from moderation.services.api.routes import (
     authors,
     bulk_reviews,
     config,
+    hashlists,
     health,
+    images,
     metrics_overview,
     posts,
     reports,
@@ -35,7 +38,7 @@ from moderation.services.api.routes import (
     workflow_instances,
 )
 from moderation.services.api.routes.errors import ErrorBody, install_error_handlers
-from moderation.services.api.routes.submit_lane import SubmitFastLane
+from moderation.services.api.routes.submit_lane import SUBMIT_PATH, SubmitFastLane
 from moderation.services.api.workflows import DaprReviewWorkflows, ReviewWorkflows
 from moderation.services.sidecar.history import DaprWorkflowHistory, WorkflowHistory
 from moderation.settings import Settings
@@ -103,10 +106,12 @@ def build_app(
             workflows=gateway,
             limits=limits,
             workflow_history=history,
+            images=ImageIntake(settings.images),
         )
         try:
             yield
         finally:
+            app.state.api.images.close()
             await history.close()
             await gateway.close()
             await broker.close()
@@ -127,7 +132,13 @@ def build_app(
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.api.max_body_bytes,
-        per_path={BATCH_PATH: settings.api.max_batch_body_bytes},
+        per_path={
+            BATCH_PATH: settings.api.max_batch_body_bytes,
+            # A post may carry images (base64 in the JSON body).
+            SUBMIT_PATH: max_submit_body_bytes(settings.api.max_body_bytes, settings.images),
+        }
+        if settings.images.enabled
+        else {BATCH_PATH: settings.api.max_batch_body_bytes},
     )
     if settings.api.cors_origins:
         # Keys travel in headers, never in cookies: no credentials, only the listed origins.
@@ -155,6 +166,8 @@ def build_app(
     app.include_router(config.router)
     app.include_router(workflow_instances.router)
     app.include_router(audit.router)
+    app.include_router(images.router)
+    app.include_router(hashlists.router)
     app.include_router(webhooks.router)
     app.include_router(admin_keys.router)
     app.include_router(health.router)

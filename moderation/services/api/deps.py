@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from moderation.db import crud
+from moderation.services.api.images import ImageIntake
 from moderation.services.api.limits import ApiLimits
 from moderation.services.api.metrics import ApiMetrics
 from moderation.services.api.publisher import Publisher
@@ -43,6 +44,8 @@ class ApiState:
     limits: ApiLimits
     # The agent and review services' workflow instances, read from their daprds.
     workflow_history: WorkflowHistory
+    # A post's images: decoders and the object store, started on the first image.
+    images: ImageIntake
     key_cache: KeyCache = field(default_factory=KeyCache)
     # Past human decisions for precedents; created on first use (the ranking imports sklearn).
     decision_log: DecisionLog | None = None

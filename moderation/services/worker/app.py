@@ -34,6 +34,7 @@ from faststream.kafka import KafkaBroker, KafkaRouter
 from faststream.kafka.message import KafkaMessage
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
+from sqlmodel import Session
 
 from moderation.classifier.agent_steps import handoff
 from moderation.classifier.cascade import (
@@ -43,7 +44,10 @@ from moderation.classifier.cascade import (
     first_stage,
     second_stage,
 )
+from moderation.classifier.image_stage import ImageJudge
+from moderation.db import crud
 from moderation.events import DeadLetter, PostSubmitted
+from moderation.images.hashlists import HashList
 from moderation.kafka_auth import Principal, faststream_security
 from moderation.services.asgi import asgi_service, batch_records, serve
 from moderation.services.sidecar.config import LiveConfigWatch
@@ -93,6 +97,9 @@ class WorkerState:
     handoff: bool = False
     # None: the regex injection screen alone (`worker.learned_injection_detector` off).
     detector: InjectionDetector | None = None
+    # Hash lists and the nudity detector for posts with images (`classifier/image_stage.py`);
+    # None: not loaded yet, and a post with images is then never allowed by stage 1.
+    images: ImageJudge | None = None
 
     def serve(self, scorer: Scorer) -> None:
         """Score the next batches with `scorer` (the registry watch reports each new one here)."""
@@ -174,6 +181,11 @@ class Worker:
                 pending.append(await _publish(self.dead_letter_publisher, letter, record.key))
 
         agent = state.agent
+        # The images first (hash lists, the detector: off the loop, the detector reads the
+        # store); a post whose images were not judged is never allowed by stage 1.
+        findings = None
+        if state.images is not None and any(post.images for post in posts):
+            findings = await asyncio.to_thread(state.images.judge, posts)
         # Off the event loop, within a time budget: the loop also answers /healthz and keeps the
         # consumer's heartbeats, so no batch of hostile posts may hold it.
         stage1 = await asyncio.to_thread(
@@ -184,6 +196,7 @@ class Worker:
             agent_enabled=agent is not None or (state.handoff and settings.agent.enabled),
             deadline=time.monotonic() + settings.worker.stage1_budget_seconds,
             detector=state.detector,
+            images=findings,
         )
         # Stage 1's verdicts leave before the agent runs: the clear cases do not wait for it.
         for result in stage1:
@@ -323,6 +336,14 @@ def build_app(settings: Settings) -> AsgiFastStream:
         state.detector = await asyncio.to_thread(load_detector, settings)
         engine = make_engine(settings)
         resources.callback(engine.dispose)
+
+        def database_lists() -> list[HashList]:
+            with Session(engine) as session:
+                return crud.database_hashlists(session)
+
+        state.images = await asyncio.to_thread(
+            partial(ImageJudge.from_settings, settings, database_lists=database_lists)
+        )
         watch = RegistryWatch(engine, settings, serve=state.serve, agent=state.agent)
         # After the agent: the first registry read also sets the agent's model name.
         await watch.start(partial(ensure_fast_model, settings))

@@ -35,10 +35,9 @@ from moderation.db.schemas import (
     PostIn,
     PostTrail,
 )
-from moderation.events import (
-    PostSubmitted,
-)
+from moderation.events import ImageRef, PostSubmitted
 from moderation.services.api.deps import ApiState, ReadKey, SessionDep, SubmitKey
+from moderation.services.api.images import ImageUnavailable
 from moderation.services.api.publisher import PublishUnavailable
 from moderation.services.api.routes.errors import (
     ApiError,
@@ -152,7 +151,12 @@ def _check_text_limit(state: ApiState, text: str) -> None:
 
 
 def _event(
-    post: PostIn, post_id: str, principal: Principal, *, event_id: str | None = None
+    post: PostIn,
+    post_id: str,
+    principal: Principal,
+    *,
+    event_id: str | None = None,
+    images: Sequence[ImageRef] = (),
 ) -> PostSubmitted:
     return PostSubmitted(
         event_id=event_id or uuid.uuid4().hex,
@@ -162,6 +166,7 @@ def _event(
         tenant=principal.tenant,
         external_id=post.external_id,
         metadata=post.metadata,
+        images=list(images),
     )
 
 
@@ -243,7 +248,16 @@ async def accept_post(
         if published:
             metrics.idempotent_replays.inc()
             return _accepted(post_id, replayed=True)
-    event = _event(post, post_id, principal)
+    images: list[ImageRef] = []
+    if post.images:
+        # Checked, sanitized and stored before anything is published (README "Images").
+        try:
+            images = await state.images.accept(post.images)
+        except ImageUnavailable as error:
+            metrics.unavailable.labels("single", "images").inc()
+            log.warning("submit answered 503: %s", error.reason)
+            return unavailable_response(error.reason)
+    event = _event(post, post_id, principal, images=images)
     topic = state.settings.kafka.topics.posts_submitted
     started = time.perf_counter()
     try:
@@ -392,10 +406,17 @@ async def _read_batch(
         _check_count(count, limit)
         results = [{"index": index} for index in range(count)]
         valid = list(enumerate(posts))
-    if any(len(post.text) > max_chars for _, post in valid):
+    if any(len(post.text) > max_chars or post.images for _, post in valid):
         kept = []
         for index, post in valid:
-            if len(post.text) > max_chars:
+            if post.images:
+                # Images are checked and stored one post at a time (`POST /v1/posts`).
+                field = f"posts[{index}].images"
+                message = "images are accepted on POST /v1/posts only, not in a batch"
+                results[index]["error"] = _item_error(
+                    "invalid", [{"field": field, "message": message, "type": "images_in_batch"}]
+                )
+            elif len(post.text) > max_chars:
                 field = f"posts[{index}].text"
                 message = _too_long(post.text, max_chars)
                 results[index]["error"] = _item_error(

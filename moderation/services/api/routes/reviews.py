@@ -36,7 +36,8 @@ from moderation.db.schemas import (
     ReviewStatsPublic,
     SuggestionPublic,
 )
-from moderation.events import ReviewDecided, ReviewPriority, utc_now
+from moderation.events import ImageRef, ReviewDecided, ReviewPriority, utc_now
+from moderation.images.hashlists import HashList
 from moderation.policy import load_policy
 from moderation.precedents import DecisionLog, SqlDecisionLog
 from moderation.services.api.deps import ApiState, ModerateKey, StateDep, WorkflowsDep
@@ -190,6 +191,7 @@ async def public_reviews(
                 created_at=review.created_at,
                 appeal_of=review.appeal_of,
                 votes=view.votes,
+                images=[ImageRef.model_validate(image) for image in view.images],
                 suggestion=_suggestion(verdict),
                 policy_section=_policy_section(review.category, version),
                 precedents=await _precedents(state, view, principal.tenants),
@@ -374,6 +376,44 @@ def _vote(
 ) -> crud.VoteOutcome:
     with Session(engine) as session:
         return crud.cast_vote(session, decision=decision, share=share, is_admin=is_admin)
+
+
+def _check_hashlist_target(engine: Engine, view: crud.ReviewView, body: DecisionCreate) -> None:
+    """422 (or 409) unless the post's images can go on `add_images_to_hashlist`."""
+    name = body.add_images_to_hashlist
+
+    def refuse(message: str, status: int = 422) -> ApiError:
+        field = "add_images_to_hashlist"
+        return ApiError(
+            status,
+            f"invalid request: {field}: {message}",
+            errors=[{"field": field, "message": message, "type": "hashlist"}],
+        )
+
+    if body.decision != "remove":
+        raise refuse("only a removal adds a post's images to a hash list")
+    if not view.images:
+        raise refuse(f"post '{view.review.post_id}' has no images")
+    with Session(engine) as session:
+        category = crud.list_category(session, name=str(name))
+    if category is None:
+        raise refuse(
+            f"no hash list '{name}': an admin creates it (POST /v1/hashlists/{{name}}/entries)"
+        )
+    if category != body.label.value:
+        raise refuse(
+            f"hash list '{name}' is of category '{category}', not '{body.label.value}'", 409
+        )
+
+
+def _list_images(engine: Engine, view: crud.ReviewView, body: DecisionCreate, actor: str) -> int:
+    images = [ImageRef.model_validate(image) for image in view.images]
+    note = f"post {view.review.post_id}, removed by {actor}"
+    hashlist = HashList(
+        str(body.add_images_to_hashlist), body.label, tuple(crud.image_entries(images, note))
+    )
+    with Session(engine) as session:
+        return crud.add_hash_entries(session, hashlist=hashlist, actor=actor)
 
 
 def _revert(engine: Engine, decision: ReviewDecided, reason: str) -> bool:
@@ -634,6 +674,8 @@ async def decide(
         note=body.note,
         overrode=_overrode(view.verdict),
     )
+    if body.add_images_to_hashlist is not None:
+        await run_in_threadpool(_check_hashlist_target, state.engine, view, body)
     is_admin = principal.allows(Scope.ADMIN)
     share = state.settings.review.double_review_share
     vote = await run_in_threadpool(_vote, state.engine, decision, share, is_admin)
@@ -647,6 +689,10 @@ async def decide(
         )
     if vote is not crud.VoteOutcome.FINAL:
         raise _refusal(review_id, crud.DecisionStart(vote.value), principal)
+    if body.add_images_to_hashlist is not None:
+        # Before the decision: a decision that then fails leaves hashes a moderator judged
+        # removable listed, which a retry adds again as nothing new.
+        await run_in_threadpool(_list_images, state.engine, view, body, principal.actor)
     outcome = await run_in_threadpool(_begin, state.engine, decision, is_admin)
     if outcome is not crud.DecisionStart.STARTED:
         raise _refusal(review_id, outcome, principal)
