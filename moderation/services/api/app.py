@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -67,6 +68,7 @@ def build_app(
     engine: Engine | None = None,
     workflows: ReviewWorkflows | None = None,
     workflow_history: WorkflowHistory | None = None,
+    start_image_decoders: bool = False,
 ) -> FastAPI:
     """Build the API.
 
@@ -108,9 +110,16 @@ def build_app(
             workflow_history=history,
             images=ImageIntake(settings.images),
         )
+        if start_image_decoders and settings.images.enabled:
+            # The served API starts its decoder processes now, in the background, not on the
+            # first image post (each takes about half a second to start; a post arriving
+            # meanwhile waits for a slot); tests and the demo start them lazily.
+            warm = asyncio.create_task(asyncio.to_thread(app.state.api.images.pool.start))
         try:
             yield
         finally:
+            if start_image_decoders and settings.images.enabled:
+                await warm
             app.state.api.images.close()
             await history.close()
             await gateway.close()

@@ -168,7 +168,7 @@ def api_servers(settings: Settings) -> tuple[uvicorn.Server, InternalServer]:
     from moderation.services.api.app import build_app
     from moderation.services.api.internal import create_internal_app
 
-    app = build_app(settings)
+    app = build_app(settings, start_image_decoders=True)
     public = uvicorn.Server(
         uvicorn.Config(
             app,

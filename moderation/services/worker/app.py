@@ -344,6 +344,10 @@ def build_app(settings: Settings) -> AsgiFastStream:
         state.images = await asyncio.to_thread(
             partial(ImageJudge.from_settings, settings, database_lists=database_lists)
         )
+        detector = state.images.detector
+        if detector is not None:
+            # Load the detector's model now, not on the first image post.
+            await asyncio.to_thread(lambda: detector.session)
         watch = RegistryWatch(engine, settings, serve=state.serve, agent=state.agent)
         # After the agent: the first registry read also sets the agent's model name.
         await watch.start(partial(ensure_fast_model, settings))
