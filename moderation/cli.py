@@ -138,6 +138,29 @@ def webhook_dispatcher() -> None:
     run_webhook_dispatcher(get_settings())
 
 
+def _image_evaluation(directory: Path, *, as_json: bool) -> None:
+    """`moderation eval --images DIR` (moderation/evaluation/images.py)."""
+    import tempfile
+
+    from moderation.classifier.image_stage import ImageJudge
+    from moderation.classifier.nudity import load_nudity_detector
+    from moderation.evaluation.images import evaluate_images, render_image_evaluation
+    from moderation.images.store import LocalImageStore
+
+    settings = get_settings()
+    with tempfile.TemporaryDirectory(prefix="moderation-eval-images-") as store_dir:
+        detector = load_nudity_detector(settings.nudity) if settings.nudity.enabled else None
+        judge = ImageJudge(settings, store=LocalImageStore(Path(store_dir)), detector=detector)
+        try:
+            result = evaluate_images(directory, settings, judge)
+        except ValueError as error:
+            raise _fail(error) from None
+    if as_json:
+        typer.echo(result.model_dump_json())
+    else:
+        render_image_evaluation(result, stdout)
+
+
 @app.command("eval")
 def evaluate(
     dataset: Annotated[
@@ -181,11 +204,23 @@ def evaluate(
             "configured and the chosen thresholds, side by side",
         ),
     ] = False,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images",
+            help="evaluate the image stage instead: a directory with labels.csv (file,label) "
+            "and the images; intake, hash lists and the nudity detector, per label",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate the fast model: per-category and flagged-vs-safe scores, confusion, throughput.
 
     With --cascade: also the classifier agent on the posts stage 1 sends on, and the routing.
+    With --images DIR: the image stage on a labelled image dataset instead.
     """
+    if images is not None:
+        _image_evaluation(images, as_json=as_json)
+        return
     from moderation.cache import console as progress_console
     from moderation.classifier.fast.store import ensure_fast_model
     from moderation.datasets.build import build_dataset, gold_split_path
