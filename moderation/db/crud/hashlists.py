@@ -99,6 +99,15 @@ def image_entries(images: Sequence[ImageRef], note: str) -> list[HashEntry]:
     return entries
 
 
+def hashlist_size(session: Session, *, name: str) -> int:
+    """How many entries the database's list `name` holds."""
+    return int(
+        session.execute(
+            sa.select(sa.func.count()).select_from(ENTRIES).where(ENTRIES.c.list_name == name)
+        ).scalar_one()
+    )
+
+
 def hashlist_summaries(session: Session) -> list[HashListSummary]:
     """Every database list: its category, entries and last addition, by name."""
     rows = session.execute(

@@ -49,7 +49,7 @@ def _summaries(engine: Engine) -> list[crud.HashListSummary]:
 def _add(engine: Engine, hashlist: HashList, actor: str) -> tuple[int, int]:
     with Session(engine) as session:
         added = crud.add_hash_entries(session, hashlist=hashlist, actor=actor)
-        total = {s.name: s.entries for s in crud.hashlist_summaries(session)}[hashlist.name]
+        total = crud.hashlist_size(session, name=hashlist.name)
     return added, total
 
 
