@@ -372,7 +372,9 @@ def _threshold_report(
 @app.command("bench")
 def bench(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
-    rate: Annotated[int, typer.Option(help="offered posts/s in the fixed-rate phase")] = 1_000,
+    rate: Annotated[
+        int, typer.Option(help="offered posts/s in the fixed-rate phase (and of --soak)")
+    ] = 1_000,
     seconds: Annotated[float, typer.Option(help="length of the fixed-rate phase")] = 10.0,
     saturation_posts: Annotated[int, typer.Option(help="posts in the saturation phase")] = 50_000,
     single_requests: Annotated[int, typer.Option(help="single-post ingest requests")] = 10_000,
@@ -437,12 +439,86 @@ def bench(
     image_rate: Annotated[
         float, typer.Option(min=1, help="--image-posts: offered image posts/s")
     ] = 20.0,
+    soak: Annotated[
+        bool,
+        typer.Option(
+            "--soak",
+            help="memory soak: --rate posts/s for --soak-minutes through the stack, RSS of every "
+            "service sampled; fails if a post is lost or doubled; JSON and "
+            "bench-results/soak-rss.png",
+        ),
+    ] = False,
+    soak_minutes: Annotated[
+        float, typer.Option(min=0.1, help="--soak: length of the soak in minutes")
+    ] = 10.0,
+    scaling: Annotated[
+        bool,
+        typer.Option(
+            "--scaling",
+            help="how cost grows: end to end for 1/2/4 partitions × 1/2 worker processes × "
+            "50/5,000-character posts; JSON and bench-results/scaling.png",
+        ),
+    ] = False,
+    scaling_posts: Annotated[
+        int,
+        typer.Option(min=100, help="--scaling: short posts per saturation phase (long: a quarter)"),
+    ] = 20_000,
+    repeat: Annotated[
+        int,
+        typer.Option(min=1, help="runs of each end-to-end phase and of the relay (min/median/max)"),
+    ] = 1,
+    warmup_posts: Annotated[
+        int, typer.Option(min=1, help="posts through the cold pipeline before measuring")
+    ] = 5_000,
+    relay: Annotated[
+        bool,
+        typer.Option(
+            "--relay/--no-relay",
+            help="measure the raw-relay ceiling (bare aiokafka relay + COPY) in the same run",
+        ),
+    ] = True,
+    profile: Annotated[
+        bool,
+        typer.Option(
+            "--profile",
+            help="py-spy the api, worker and recorder during the first saturation run "
+            "(collapsed stacks in bench-results/profile-<run>/, top costs in the JSON)",
+        ),
+    ] = False,
+    native: Annotated[
+        bool, typer.Option("--native", help="--profile: unwind C extensions' frames too")
+    ] = False,
 ) -> None:
     """Measure the pipeline against the local stack (starts what it needs); JSON with --json.
 
     With --agent: the cascade's agent stage against the configured LLM endpoint instead; with
     --orchestration: the agent service's durable workflows with an instant scripted model.
     """
+    if soak:
+        from moderation.devtools.bench.memory import render_soak, run_soak
+
+        soak_result = run_soak(
+            get_settings(), rate=rate, minutes=soak_minutes, console=Console(stderr=True)
+        )
+        if as_json:
+            typer.echo(json.dumps(soak_result))
+        else:
+            render_soak(soak_result, stdout)
+        return
+    if scaling:
+        from moderation.devtools.bench.scaling import render_scaling, run_scaling
+
+        scaling_result = run_scaling(
+            get_settings(),
+            saturation_posts=scaling_posts,
+            long_saturation_posts=max(100, scaling_posts // 4),
+            console=Console(stderr=True),
+        )
+        if as_json:
+            typer.echo(json.dumps(scaling_result))
+        else:
+            render_scaling(scaling_result, stdout)
+        return
     if image_posts:
         from moderation.devtools.bench.image_posts import (
             render_image_posts,
@@ -476,7 +552,12 @@ def bench(
             render_nudity(nudity_result, stdout)
         return
     from moderation.devtools.bench.agent import render_agent, run_agent_bench
-    from moderation.devtools.bench.pipeline import render, run_bench
+    from moderation.devtools.bench.pipeline import (
+        PostsLostOrDoubled,
+        check_phases,
+        render,
+        run_bench,
+    )
 
     progress_console = Console(stderr=True)
     if orchestration:
@@ -510,12 +591,22 @@ def bench(
         saturation_posts=saturation_posts,
         single_requests=single_requests,
         batch_posts=batch_posts,
+        repeat=repeat,
+        warmup_posts=warmup_posts,
+        relay=relay,
+        profile=profile,
+        native=native,
         console=progress_console,
     )
     if as_json:
         typer.echo(json.dumps(result))
     else:
         render(result, stdout)
+    try:
+        check_phases(result)
+    except PostsLostOrDoubled as error:
+        progress_console.print(f"[red]error:[/red] posts lost or doubled: {error}")
+        raise typer.Exit(code=1) from error
 
 
 @app.command("worker")

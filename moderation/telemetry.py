@@ -15,6 +15,7 @@ provider stays and tracing costs next to nothing. Post text never enters a span.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -150,7 +151,10 @@ def configure_tracing(service: str, settings: Settings) -> bool:
     return True
 
 
+@functools.cache
 def tracer() -> trace.Tracer:
+    """The process's tracer (a proxy until `configure_tracing` installs the provider; made once:
+    the SDK builds a new tracer on every `get_tracer` call, a cost per post on the hot path)."""
     return trace.get_tracer(TRACER_NAME)
 
 
@@ -184,6 +188,27 @@ def context_from_kafka(headers: Iterable[tuple[str, bytes | None]] | None) -> ot
     return propagate.extract(carrier)
 
 
+def unsampled_traceparent(headers: Iterable[tuple[str, bytes | None]] | None) -> bytes | None:
+    """The record's `traceparent` when it says its trace is not sampled, else None.
+
+    A fast check of the flags' last hex digit, so that the records of dropped traces (most of
+    them at a low sample ratio) cost no context parsing and no span. None also when there is no
+    `traceparent` or it cannot be read: those take the full path.
+    """
+    for name, value in headers or ():
+        if name == "traceparent":
+            # 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>: bit 0 of the flags.
+            if value is None or len(value) != 55 or value[52:53] != b"-":
+                return None
+            last = value[54:55]
+            return value if last in _UNSAMPLED_DIGITS else None
+    return None
+
+
+# The hex digits whose lowest bit (the `sampled` flag) is 0.
+_UNSAMPLED_DIGITS = frozenset(bytes([digit]) for digit in b"02468aceACE")
+
+
 def context_from_mapping(carrier: Mapping[str, str]) -> otel_context.Context:
     """The trace context in HTTP-style headers (case-insensitive `traceparent`)."""
     return propagate.extract({name.lower(): value for name, value in carrier.items()})
@@ -207,10 +232,16 @@ class PostTraces:
         self.enabled = tracing_enabled()
         self.base_headers = dict(base_headers)
         self._spans: dict[str, trace.Span] = {}
+        # Posts whose trace is not sampled: their `traceparent`, passed on unchanged, no span.
+        self._unsampled: dict[str, str] = {}
         self._started = time.time_ns()
 
     def start(self, post_id: str, headers: Iterable[tuple[str, bytes | None]] | None) -> None:
         if not self.enabled:
+            return
+        unsampled = unsampled_traceparent(headers)
+        if unsampled is not None:
+            self._unsampled[post_id] = unsampled.decode()
             return
         self._spans[post_id] = tracer().start_span(
             "moderate post",
@@ -224,12 +255,22 @@ class PostTraces:
         """Headers for an event about `post_id`: the base headers plus its trace context."""
         span = self._spans.get(post_id)
         if span is None:
+            unsampled = self._unsampled.get(post_id)
+            if unsampled is not None:
+                return {**self.base_headers, "traceparent": unsampled}
             return self.base_headers
         return header_dict(trace.set_span_in_context(span), **self.base_headers)
 
     def contexts(self) -> dict[str, otel_context.Context]:
         """Each post's context, for work done on it elsewhere (the agent's runs)."""
-        return {post_id: trace.set_span_in_context(span) for post_id, span in self._spans.items()}
+        contexts = {
+            post_id: propagate.extract({"traceparent": traceparent})
+            for post_id, traceparent in self._unsampled.items()
+        }
+        contexts.update(
+            (post_id, trace.set_span_in_context(span)) for post_id, span in self._spans.items()
+        )
+        return contexts
 
     def end(self, post_id: str, *, decided_by: str) -> None:
         span = self._spans.pop(post_id, None)
@@ -257,6 +298,8 @@ def record_spans(
         return
     spans = tracer()
     for headers, attributes in records:
+        if unsampled_traceparent(headers) is not None:
+            continue
         context = context_from_kafka(headers)
         if not trace.get_current_span(context).get_span_context().trace_flags.sampled:
             continue

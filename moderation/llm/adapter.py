@@ -348,7 +348,7 @@ def main() -> None:
     llm = get_settings().llm
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = create_app(f"http://127.0.0.1:{llm.server_port}")
-    uvicorn.run(app, host="127.0.0.1", port=llm.adapter_port, log_level="info")
+    uvicorn.run(app, host="127.0.0.1", port=llm.adapter_port, log_level="info", loop="asyncio")
 
 
 if __name__ == "__main__":

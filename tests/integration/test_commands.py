@@ -120,13 +120,31 @@ def test_bench_json_smoke(
     """A short bench run: the JSON has every phase and nothing was lost (numbers: `make bench`)."""
     result = moderation(
         "bench", "--json", "--rate", "200", "--seconds", "2", "--saturation-posts", "2000",
-        "--single-requests", "300", "--batch-posts", "3000",
+        "--single-requests", "300", "--batch-posts", "3000", "--repeat", "2",
+        "--warmup-posts", "300",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["model"]["posts_per_second_one_core"] > 0
+    cold = report["startup"]["cold"]
+    assert cold["posts"] == cold["verdict_rows"] == 300 and cold["lost"] == cold["doubled"] == 0
     for phase in ("fixed_rate", "saturation"):
-        assert report["end_to_end"][phase]["lost"] == 0
-        assert report["end_to_end"][phase]["latency_ms"]["p99"] > 0
+        e2e = report["end_to_end"][phase]
+        assert len(e2e["runs"]) == 2
+        assert all(run["lost"] == run["doubled"] == 0 for run in e2e["runs"])
+        assert e2e["latency_ms"]["p99"] > 0
+        spread = e2e["posts_per_second_spread"]
+        assert 0 < spread["min"] <= spread["median"] <= spread["max"]
+        assert e2e["limit"] in {"pipeline", "ingest API", "load generator"}
+        # The CPU the services, Kafka and PostgreSQL spent per post, measured from /proc.
+        cpu = e2e["cpu"]["cpu_us_per_post"]
+        assert {"api", "worker", "recorder", "kafka", "postgres"} <= set(cpu)
+        assert cpu["worker"] > 0 and cpu["postgres"] > 0
+    relay = report["relay"]
+    assert [run["lost"] + run["doubled"] for run in relay["runs"]] == [0, 0]
+    assert relay["pipeline_share_of_ceiling"] > 0
+    memory = report["memory"]["services"]
+    for name in ("api", "worker", "recorder", "kafka", "postgres"):
+        assert memory[name]["idle_mib"] > 0 and memory[name]["peak_mib"]["saturation"] > 0
     assert report["ingest"]["single"]["posts_accepted"] == 300
     assert report["ingest"]["batch"]["posts_accepted"] == 3000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -17,6 +18,7 @@ from moderation.telemetry import (
     context_from_kafka,
     context_from_mapping,
     kafka_headers,
+    unsampled_traceparent,
 )
 
 
@@ -70,4 +72,42 @@ def test_post_traces_cost_nothing_while_tracing_is_off() -> None:
     assert traces.headers("p1") == {"content-type": "application/json"}
     assert traces.contexts() == {}
     traces.end("p1", decided_by="model")
+    traces.end_all()
+
+
+def _traceparent(flags: bytes) -> bytes:
+    return b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-" + flags
+
+
+def test_unsampled_traceparents_are_recognised_from_their_flags() -> None:
+    for flags in (b"00", b"02", b"fe", b"0A"):
+        value = _traceparent(flags)
+        assert unsampled_traceparent([("content-type", b"x"), ("traceparent", value)]) == value
+    for flags in (b"01", b"03", b"ff", b"0B"):
+        assert unsampled_traceparent([("traceparent", _traceparent(flags))]) is None
+    # Missing or unreadable: the full path decides.
+    assert unsampled_traceparent([("content-type", b"x")]) is None
+    assert unsampled_traceparent(None) is None
+    assert unsampled_traceparent([("traceparent", b"00-short-00")]) is None
+    assert unsampled_traceparent([("traceparent", None)]) is None
+
+
+def test_post_traces_pass_an_unsampled_context_on_without_a_span(monkeypatch: Any) -> None:
+    import moderation.telemetry as telemetry
+
+    monkeypatch.setattr(telemetry, "tracing_enabled", lambda: True)
+    traces = PostTraces({"content-type": "application/json"})
+    assert traces.enabled
+    dropped, kept = _traceparent(b"00"), _traceparent(b"01")
+    traces.start("dropped", [("traceparent", dropped)])
+    traces.start("kept", [("traceparent", kept)])
+    # The dropped trace's context goes on unchanged, with no span of its own.
+    assert traces.headers("dropped") == {
+        "content-type": "application/json",
+        "traceparent": dropped.decode(),
+    }
+    assert set(traces._spans) == {"kept"}
+    assert "traceparent" in traces.headers("kept")
+    restored = trace.get_current_span(traces.contexts()["dropped"]).get_span_context()
+    assert restored.trace_id == int("1" * 32, 16) and not restored.trace_flags.sampled
     traces.end_all()

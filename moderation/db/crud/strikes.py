@@ -206,20 +206,38 @@ def apply_enforcement(
     return added
 
 
-def _active_strikes(session: Session, tenant: str, author_id: str, now: datetime) -> list[Strike]:
-    """The author's strikes that count at `now` (a prolific author's history is not read)."""
-    return list(
-        session.exec(
-            select(Strike)
-            .where(
-                Strike.tenant == tenant,
-                Strike.author_id == author_id,
-                col(Strike.overturned_at).is_(None),
-                col(Strike.expires_at) > _utc(now),
-            )
-            .order_by(col(Strike.issued_at), col(Strike.id))
-        ).all()
+def _active_filter(tenant: str, author_id: str, now: datetime) -> sa.ColumnElement[bool]:
+    """The author's strikes that count at `now`: not overturned, not expired."""
+    return sa.and_(
+        STRIKES.c.tenant == tenant,
+        STRIKES.c.author_id == author_id,
+        STRIKES.c.overturned_at.is_(None),
+        STRIKES.c.expires_at > _utc(now),
     )
+
+
+def _active_points(session: Session, tenant: str, author_id: str, now: datetime) -> int:
+    """The points of the author's active strikes, summed in the database: a prolific author's
+    strikes are never loaded (a spam account's thousands would be read on every batch)."""
+    total = session.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(STRIKES.c.weight), 0)).where(
+            _active_filter(tenant, author_id, now)
+        )
+    ).scalar_one()
+    return int(total)
+
+
+def _active_strike_ids(
+    session: Session, tenant: str, author_id: str, now: datetime, *, excluding: set[int]
+) -> list[int]:
+    """The ids of the author's active strikes in the order they were issued, `excluding` left
+    out (read only when an action is taken: the action names the strikes it counted)."""
+    rows = session.execute(
+        sa.select(STRIKES.c.id)
+        .where(_active_filter(tenant, author_id, now))
+        .order_by(STRIKES.c.issued_at, STRIKES.c.id)
+    ).all()
+    return [row[0] for row in rows if row[0] not in excluding]
 
 
 def _run_ladder(
@@ -231,7 +249,8 @@ def _run_ladder(
     policy: EnforcementPolicy,
     now: datetime,
 ) -> int:
-    active = _active_strikes(session, tenant, author_id, now)
+    # The new and reinstated strikes are flushed: the sum counts them already.
+    points = _active_points(session, tenant, author_id, now)
     added = 0
     if change.overturned:
         added += _reverse_for_overturns(
@@ -239,23 +258,29 @@ def _run_ladder(
             tenant=tenant,
             author_id=author_id,
             overturned=change.overturned,
-            points=sum(s.weight for s in active),
+            points=points,
             policy=policy,
             now=now,
         )
     # Climb one new strike at a time, in the order they were issued: each crossing acts.
-    new_ids = {s.id for s in change.new}
-    counted = [s for s in active if s.id not in new_ids]
-    points = sum(s.weight for s in counted)
-    for strike in sorted(change.new, key=lambda s: (_utc(s.issued_at), s.id or 0)):
-        if not is_active(strike, now):
-            continue  # recorded late, already expired: it no longer counts
+    # A new strike recorded late, already expired, no longer counts (nor is it in the sum).
+    climbing = [
+        s
+        for s in sorted(change.new, key=lambda s: (_utc(s.issued_at), s.id or 0))
+        if is_active(s, now)
+    ]
+    points -= sum(s.weight for s in climbing)
+    earlier: list[int] | None = None  # the other active strikes' ids, read at the first action
+    for position, strike in enumerate(climbing):
         before = policy.step_for(points)
-        counted.append(strike)
         points += strike.weight
         reached = policy.step_for(points)
         if reached <= before:
             continue
+        if earlier is None:
+            new_ids = {s.id for s in climbing if s.id is not None}
+            earlier = _active_strike_ids(session, tenant, author_id, now, excluding=new_ids)
+        counted = earlier + [s.id for s in climbing[: position + 1] if s.id is not None]
         step = policy.ladder[reached]
         until = _utc(now) + timedelta(days=step.days) if step.days is not None else None
         reason = (
@@ -275,7 +300,7 @@ def _run_ladder(
                 reason=reason,
                 threshold=step.strikes,
                 active_strikes=points,
-                strike_ids=[s.id for s in counted if s.id is not None],
+                strike_ids=counted,
                 policy_version=policy.version,
                 created_at=_utc(now),
             )

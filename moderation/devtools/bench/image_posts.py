@@ -30,7 +30,7 @@ from sqlmodel import Session
 
 from moderation.db import crud
 from moderation.db.engine import make_engine
-from moderation.devtools.bench.pipeline import _wait_recorded, prepare_run
+from moderation.devtools.bench.e2e import prepare_run, wait_recorded
 from moderation.devtools.bench.report import latency_percentiles, machine_info, write_result
 from moderation.devtools.stack.kafka import delete_topics
 from moderation.devtools.stack.services import PipelineServices
@@ -171,7 +171,7 @@ def run_image_posts_bench(
             _offer(base_url, api_key, author, photos, rate, seconds)
         )
         result["submit"] = submitted
-        result["end_to_end"] = _wait_recorded(
+        result["end_to_end"] = wait_recorded(
             run_settings, author, listed_ids + other_ids, timeout=300
         )
         result["by_path"] = _split(run_settings, author, listed_ids, other_ids)

@@ -89,7 +89,9 @@ class InstantChatServer:
             }  # fmt: skip
 
         self._server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+            uvicorn.Config(
+                app, host="127.0.0.1", port=self.port, log_level="warning", loop="asyncio"
+            )
         )
         self._thread = threading.Thread(target=self._server.run, name="instant-chat", daemon=True)
 

@@ -113,21 +113,52 @@ def service_specs(settings: Settings) -> dict[str, ServiceSpec]:
     }
 
 
-class PipelineServices:
-    """The services, configured by `settings` (topics and groups are passed to the processes)."""
+# Extra classifier workers (`worker-2`, ...) listen 100 ports above the previous one.
+WORKER_REPLICA_PORT_STEP = 100
 
-    def __init__(self, settings: Settings, extra_env: dict[str, str] | None = None) -> None:
+
+def worker_replica_specs(settings: Settings, replicas: int) -> dict[str, ServiceSpec]:
+    """Workers 2..`replicas`: the worker's command in the same consumer group (Kafka splits the
+    partitions between them), each with a health port of its own."""
+    base = settings.worker.classifier_health_port
+    return {
+        f"worker-{index}": ServiceSpec(
+            f"worker-{index}", "worker", base + WORKER_REPLICA_PORT_STEP * (index - 1)
+        )
+        for index in range(2, replicas + 1)
+    }
+
+
+def replica_env(spec: ServiceSpec) -> dict[str, str]:
+    """A worker replica logs in as the worker and serves its probes on its own port."""
+    return database_role_env("worker") | {
+        "MODERATION_WORKER__CLASSIFIER_HEALTH_PORT": str(spec.port)
+    }
+
+
+class PipelineServices:
+    """The services, configured by `settings` (topics and groups are passed to the processes);
+    `worker_replicas` > 1 adds workers `worker-2`, ... (`worker_replica_specs`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        extra_env: dict[str, str] | None = None,
+        *,
+        worker_replicas: int = 1,
+    ) -> None:
         self.settings = settings
         self.extra_env = extra_env or {}
         env = service_env(settings) | self.extra_env
-        self.specs = service_specs(settings)
+        replicas = worker_replica_specs(settings, worker_replicas)
+        self.specs = service_specs(settings) | replicas
         self.processes = {
             name: ManagedProcess(
                 name=f"service-{name}",
                 argv=[sys.executable, "-m", "moderation.cli", spec.command],
                 state_dir=settings.stack.state_dir,
                 cwd=PROJECT_ROOT,
-                env=env | database_role_env(name),
+                env=env | (replica_env(spec) if name in replicas else database_role_env(name)),
             )
             for name, spec in self.specs.items()
         }
@@ -154,3 +185,8 @@ class PipelineServices:
     def kill(self, name: str) -> None:
         """SIGKILL: no graceful shutdown, no final commit (crash simulation)."""
         self.processes[name].kill()
+
+    def pids(self) -> dict[str, int]:
+        """The pid of each running service, by name (what `moderation bench` samples RSS of)."""
+        pids = {name: process.pid() for name, process in self.processes.items()}
+        return {name: pid for name, pid in pids.items() if pid is not None}

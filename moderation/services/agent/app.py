@@ -335,4 +335,6 @@ def run_agent_service(settings: Settings) -> None:
         host=settings.worker.service_host,
         port=settings.agent_service.service_port,
         log_level="warning",
+        # The Dapr workflow runtime's gRPC clients: the standard loop they are tested on.
+        loop="asyncio",
     )

@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 
+from moderation.partitioning import key_partitioner, partition_for
 from moderation.telemetry import kafka_headers
 
 log = logging.getLogger(__name__)
@@ -31,9 +31,6 @@ MAX_BATCH_BYTES = 512 * 1024
 # Bounds each produce/metadata request. Batches that are already sent are retried by the
 # idempotent producer until acknowledged; the HTTP request itself waits `timeout` at most.
 REQUEST_TIMEOUT_MS = 15_000
-# The partitioner every Kafka client uses by default (murmur2 of the key): batches built here
-# put each post on the partition any other producer would.
-_PARTITIONER = DefaultPartitioner()
 # After Kafka was found unreachable, requests get 503 at once for this long; then one retries.
 RECONNECT_INTERVAL_SECONDS = 1.0
 # How long a broker that missed a deadline gets to answer a metadata request before the
@@ -151,6 +148,7 @@ class KafkaPublisher:
             linger_ms=LINGER_MS,
             max_batch_size=MAX_BATCH_BYTES,
             request_timeout_ms=REQUEST_TIMEOUT_MS,
+            partitioner=key_partitioner,
             **self.auth,
         )
 
@@ -244,7 +242,7 @@ class KafkaPublisher:
                 partitions = list(await producer.partitions_for(topic))
                 by_partition: dict[int, list[int]] = defaultdict(list)
                 for index, (key, _value) in enumerate(records):
-                    by_partition[_PARTITIONER(key, partitions, partitions)].append(index)
+                    by_partition[partition_for(key, partitions)].append(index)
                 headers = kafka_headers()  # one trace context for the whole request
                 for partition, indices in by_partition.items():
                     for future, members in await _send_batches(

@@ -245,4 +245,4 @@ def run_mcp_server(settings: Settings) -> None:
         engine.dispose()
 
     app.router.lifespan_context = lifespan
-    uvicorn.run(app, host=host, port=settings.mcp.port, log_level="warning")
+    uvicorn.run(app, host=host, port=settings.mcp.port, log_level="warning", loop="asyncio")

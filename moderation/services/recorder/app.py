@@ -55,6 +55,7 @@ from moderation.events import (
     utc_now,
 )
 from moderation.kafka_auth import Principal, faststream_security
+from moderation.partitioning import key_partitioner
 from moderation.policy import EnforcementPolicy, load_enforcement
 from moderation.services.asgi import asgi_service, batch_records, serve
 from moderation.settings import Settings
@@ -494,6 +495,7 @@ def create_broker(service: Recorder, *, principal: Principal = "recorder") -> Ka
         log_level=logging.DEBUG,  # a line per batch is noise at INFO
         enable_idempotence=True,  # dead letters: acks=all, no duplicates on producer retries
         allow_auto_create_topics=False,
+        partitioner=key_partitioner,
     )
     broker.include_router(service.router)
     return broker

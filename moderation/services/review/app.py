@@ -130,4 +130,6 @@ def run_review_service(settings: Settings) -> None:
         host=settings.worker.service_host,
         port=settings.review.service_port,
         log_level="warning",
+        # The Dapr workflow runtime's gRPC clients: the standard loop they are tested on.
+        loop="asyncio",
     )
