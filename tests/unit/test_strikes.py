@@ -190,6 +190,41 @@ def test_n_removals_climb_the_ladder(engine: Engine) -> None:
     assert ban.until is None and ban.active_strikes == 5
 
 
+def test_a_prolific_authors_strikes_are_read_only_up_to_the_ladders_top(engine: Engine) -> None:
+    from sqlalchemy import event
+
+    from moderation.db.crud.strikes import _active_points
+
+    # A spam account: 40 removals in batches, then a few more, one batch each.
+    for start in range(0, 40, 10):
+        events: list[Event] = []
+        for number in range(start, start + 10):
+            events += [post(f"p{number}"), verdict(f"p{number}")]
+        record(engine, *events)
+    assert kinds(engine) == ["warn", "rate_limit", "suspend", "ban"]
+    now = utc_now()
+    with Session(engine) as session:
+        assert _active_points(session, "default", "a1", now) == 40
+        assert _active_points(session, "default", "a1", now, cap=5) == 5
+        first_two = [s.id for s in strikes(engine)[:2] if s.id is not None]
+        assert _active_points(session, "default", "a1", now, excluding=first_two) == 38
+    # Further removals take strikes but read at most the top's worth of the others' rows.
+    fetched: list[int] = []
+
+    def count_rows(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "sum(" in statement.lower():
+            fetched.append(statement.upper().count("LIMIT"))
+
+    event.listen(engine, "after_cursor_execute", count_rows)
+    try:
+        record(engine, post("p40"), verdict("p40"), post("p41"), verdict("p41"))
+    finally:
+        event.remove(engine, "after_cursor_execute", count_rows)
+    assert fetched == [1]  # one capped sum, no uncapped one
+    assert len(strikes(engine)) == 42
+    assert kinds(engine) == ["warn", "rate_limit", "suspend", "ban"]  # banned already: no step
+
+
 def test_a_heavy_strike_jumps_to_the_step_it_reaches(engine: Engine) -> None:
     record(engine, post("p1"), verdict("p1", category=Category.SEXUAL_MINORS))
     assert kinds(engine) == ["ban"]

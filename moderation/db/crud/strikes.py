@@ -216,13 +216,32 @@ def _active_filter(tenant: str, author_id: str, now: datetime) -> sa.ColumnEleme
     )
 
 
-def _active_points(session: Session, tenant: str, author_id: str, now: datetime) -> int:
-    """The points of the author's active strikes, summed in the database: a prolific author's
-    strikes are never loaded (a spam account's thousands would be read on every batch)."""
+def _active_points(
+    session: Session,
+    tenant: str,
+    author_id: str,
+    now: datetime,
+    *,
+    excluding: Sequence[int] = (),
+    cap: int | None = None,
+) -> int:
+    """The points of the author's active strikes, `excluding` left out, summed in the database.
+
+    With `cap`, at most `cap` weighing strikes are read, so the sum is exact below `cap` and at
+    least `cap` otherwise: enough for the ladder, whose steps stop at its top threshold. A
+    prolific author's strikes (a spam account's thousands) are then never all read again on
+    every batch, in Python or in the database.
+    """
+    weights = sa.select(STRIKES.c.weight).where(
+        _active_filter(tenant, author_id, now), STRIKES.c.weight > 0
+    )
+    if excluding:
+        weights = weights.where(STRIKES.c.id.not_in(list(excluding)))
+    if cap is not None:
+        weights = weights.limit(cap)
+    inner = weights.subquery()
     total = session.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(STRIKES.c.weight), 0)).where(
-            _active_filter(tenant, author_id, now)
-        )
+        sa.select(sa.func.coalesce(sa.func.sum(inner.c.weight), 0))
     ).scalar_one()
     return int(total)
 
@@ -249,27 +268,29 @@ def _run_ladder(
     policy: EnforcementPolicy,
     now: datetime,
 ) -> int:
-    # The new and reinstated strikes are flushed: the sum counts them already.
-    points = _active_points(session, tenant, author_id, now)
-    added = 0
-    if change.overturned:
-        added += _reverse_for_overturns(
-            session,
-            tenant=tenant,
-            author_id=author_id,
-            overturned=change.overturned,
-            points=points,
-            policy=policy,
-            now=now,
-        )
     # Climb one new strike at a time, in the order they were issued: each crossing acts.
-    # A new strike recorded late, already expired, no longer counts (nor is it in the sum).
+    # A new strike recorded late, already expired, no longer counts.
     climbing = [
         s
         for s in sorted(change.new, key=lambda s: (_utc(s.issued_at), s.id or 0))
         if is_active(s, now)
     ]
-    points -= sum(s.weight for s in climbing)
+    new_ids = [s.id for s in climbing if s.id is not None]
+    added = 0
+    if change.overturned:
+        # Rare (a human overturned a removal): the exact points, for the reversals' records.
+        added += _reverse_for_overturns(
+            session,
+            tenant=tenant,
+            author_id=author_id,
+            overturned=change.overturned,
+            points=_active_points(session, tenant, author_id, now),
+            policy=policy,
+            now=now,
+        )
+    # The other strikes' points, read up to the ladder's top: past it no step is crossed.
+    top = policy.ladder[-1].strikes
+    points = _active_points(session, tenant, author_id, now, excluding=new_ids, cap=top)
     earlier: list[int] | None = None  # the other active strikes' ids, read at the first action
     for position, strike in enumerate(climbing):
         before = policy.step_for(points)
@@ -278,8 +299,7 @@ def _run_ladder(
         if reached <= before:
             continue
         if earlier is None:
-            new_ids = {s.id for s in climbing if s.id is not None}
-            earlier = _active_strike_ids(session, tenant, author_id, now, excluding=new_ids)
+            earlier = _active_strike_ids(session, tenant, author_id, now, excluding=set(new_ids))
         counted = earlier + [s.id for s in climbing[: position + 1] if s.id is not None]
         step = policy.ladder[reached]
         until = _utc(now) + timedelta(days=step.days) if step.days is not None else None
