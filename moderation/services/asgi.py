@@ -7,6 +7,7 @@ service's own checks (its database, its model); `/metrics` is the Prometheus exp
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -55,7 +56,7 @@ def asgi_service(
             return AsgiResponse(f"not ready: {', '.join(failing)}".encode(), 503)
         return AsgiResponse(b"ready", 200)
 
-    return AsgiFastStream(
+    app = AsgiFastStream(
         broker,
         asgi_routes=[("/healthz", healthz), ("/readyz", readyz), ("/metrics", make_asgi_app())],
         specification=AsyncAPI(title=title, description=description, schema_version="3.0.0"),
@@ -63,6 +64,18 @@ def asgi_service(
         on_startup=on_startup,
         on_shutdown=on_shutdown,
     )
+    app.after_startup(freeze_startup_objects)
+    return app
+
+
+async def freeze_startup_objects() -> None:
+    """Move what start-up made (modules, the loaded models) out of the collector's reach.
+
+    It lives as long as the process; left in the oldest generation, every full collection
+    rescans it (about 0.1 s for the worker's ~300,000 objects) while messages wait.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def serve(app: AsgiFastStream, *, port: int, host: str = "127.0.0.1") -> None:
