@@ -552,12 +552,8 @@ def bench(
             render_nudity(nudity_result, stdout)
         return
     from moderation.devtools.bench.agent import render_agent, run_agent_bench
-    from moderation.devtools.bench.pipeline import (
-        PostsLostOrDoubled,
-        check_phases,
-        render,
-        run_bench,
-    )
+    from moderation.devtools.bench.e2e import PostsLostOrDoubled
+    from moderation.devtools.bench.pipeline import check_phases, render, run_bench
 
     progress_console = Console(stderr=True)
     if orchestration:

@@ -27,6 +27,13 @@ def batch_records(raw_message: Any) -> list[Any]:
     return list(raw_message) if isinstance(raw_message, tuple | list) else [raw_message]
 
 
+async def undecoded(message: Any) -> Any:
+    """A batch subscriber's `decoder` that leaves the records' bodies as they came: the handler
+    parses each record itself (a poison one goes to its dead-letter topic alone), so FastStream's
+    own JSON decoding would parse every event twice (about a third of the CPU per event)."""
+    return message.body
+
+
 def asgi_service(
     broker: KafkaBroker,
     *,

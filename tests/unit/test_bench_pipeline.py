@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from moderation.devtools.bench.e2e import PostsLostOrDoubled
 from moderation.devtools.bench.pipeline import (
-    PostsLostOrDoubled,
     _relay_summary,
     _repeated,
     check_phases,

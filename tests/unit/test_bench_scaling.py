@@ -14,10 +14,10 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from rich.console import Console
 
 from moderation.devtools.bench import report, scaling
+from moderation.devtools.bench.e2e import PostsLostOrDoubled
 from moderation.devtools.bench.scaling import (
     Cell,
     Load,
-    PostsLostOrDoubled,
     cell_settings,
     check_cells,
     plot_scaling,

@@ -150,6 +150,10 @@ def latency_summary(
     }
 
 
+class PostsLostOrDoubled(RuntimeError):
+    """A phase lost or doubled a post: the bench fails (after writing its JSON)."""
+
+
 def bench_services(settings: Settings, *, worker_replicas: int = 1) -> PipelineServices:
     """The pipeline's services for a bench run. One key sends everything, so the per-key rate
     limits are off (they would measure themselves)."""

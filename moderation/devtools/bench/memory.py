@@ -68,7 +68,8 @@ class ProcessMemory:
     pss: float | None  # the process and its children, shared pages split among their mappers
 
 
-def _tree(pid: int) -> list[psutil.Process]:
+def process_tree(pid: int) -> list[psutil.Process]:
+    """`pid` and its children, recursively (raises psutil.Error when `pid` is gone)."""
     root = psutil.Process(pid)
     with contextlib.suppress(psutil.Error):
         return [root, *root.children(recursive=True)]
@@ -79,7 +80,7 @@ def process_memory(pid: int) -> ProcessMemory:
     """RSS and PSS of `pid` and its children; children that exit while being read are skipped,
     a root that has exited gives Nones."""
     try:
-        processes = _tree(pid)
+        processes = process_tree(pid)
         self_rss = processes[0].memory_info().rss
     except psutil.Error:
         return ProcessMemory(None, None, None)

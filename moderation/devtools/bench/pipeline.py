@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from moderation.devtools.bench.e2e import (
+    PostsLostOrDoubled,
     bench_services,
     bench_text,
     prepare_run,
@@ -74,10 +75,6 @@ GENERATOR_BUSY_SHARE = 0.85
 # Saturation: the pipeline kept up with the submissions when its last verdict came this much
 # after the submissions' own span (then the ingest side, not the pipeline, set the pace).
 KEPT_UP_RATIO = 1.15
-
-
-class PostsLostOrDoubled(RuntimeError):
-    """A phase lost or doubled a post: the bench fails (after writing its JSON)."""
 
 
 def _cpu_now() -> float:

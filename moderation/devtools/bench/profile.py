@@ -9,6 +9,7 @@ collapsed stacks it writes into the functions and the packages that spent the sa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -23,6 +24,8 @@ from typing import Any
 
 import psutil
 
+from moderation.devtools.bench.memory import process_tree
+
 SAMPLES_PER_SECOND = 100
 # "function (path:line)" as py-spy writes each frame of a collapsed stack.
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<path>[^():]*)(?::\d+)?\)$")
@@ -34,17 +37,12 @@ class ProfilerMissing(RuntimeError):
 
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of `pid` and its live children (0 once it is gone)."""
-    try:
-        process = psutil.Process(pid)
-        total = sum(process.cpu_times()[:2])
-        for child in process.children(recursive=True):
-            try:
-                total += sum(child.cpu_times()[:2])
-            except psutil.Error:
-                continue
-        return total
-    except psutil.Error:
-        return 0.0
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        for process in process_tree(pid):
+            with contextlib.suppress(psutil.Error):
+                total += sum(process.cpu_times()[:2])
+    return total
 
 
 @dataclass

@@ -41,7 +41,6 @@ from queue import Empty
 from typing import Any, Literal, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from rich.console import Console
 from rich.progress import Progress
 from sqlalchemy import Engine, make_url, text
@@ -49,6 +48,7 @@ from sqlalchemy import Engine, make_url, text
 from moderation.db.engine import connect_args, make_engine
 from moderation.devtools.bench.e2e import bench_text
 from moderation.devtools.bench.report import latency_percentiles
+from moderation.devtools.stack.kafka import create_topics, drop_topics
 from moderation.events import DEFAULT_TENANT, PostSubmitted
 from moderation.kafka_auth import ADMIN, aiokafka_auth
 from moderation.services.api.publisher import LINGER_MS, MAX_BATCH_BYTES, REQUEST_TIMEOUT_MS
@@ -419,43 +419,6 @@ class _Stages:
 # --- the coordinator -------------------------------------------------------------------------
 
 
-async def _create_topics(settings: Settings, names: RelayNames) -> None:
-    topics = [names.inbound, names.outbound]
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka.bootstrap_servers, **aiokafka_auth(settings, ADMIN)
-    )
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(t, settings.kafka.partitions, 1) for t in topics])
-        for _ in range(100):
-            if not set(topics) - set(await admin.list_topics()):
-                return
-            await asyncio.sleep(0.1)
-        raise RelayError(f"kafka: topics {topics} were not created")
-    finally:
-        await admin.close()
-
-
-async def _delete_topics(settings: Settings, names: RelayNames) -> None:
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka.bootstrap_servers, **aiokafka_auth(settings, ADMIN)
-    )
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        doomed = [t for t in (names.inbound, names.outbound) if t in existing]
-        if doomed:
-            await admin.delete_topics(doomed)
-        # Gone when this returns, so a caller (or a test) that lists topics never sees them.
-        for _ in range(100):
-            if not set(doomed) & set(await admin.list_topics()):
-                return
-            await asyncio.sleep(0.1)
-        raise RelayError(f"kafka: topics {doomed} were not deleted")
-    finally:
-        await admin.close()
-
-
 async def _load(settings: Settings, topic: str, records: Sequence[tuple[bytes, bytes]]) -> float:
     """Send every record without awaiting each, then await all acks; the seconds it took."""
     producer = _producer(settings, linger_ms=LINGER_MS, max_batch_size=MAX_BATCH_BYTES)
@@ -558,7 +521,7 @@ def measure_relay(
     stages = _Stages(run_settings, names)
     table_created = False
     try:
-        asyncio.run(_create_topics(run_settings, names))
+        asyncio.run(create_topics(run_settings, [names.inbound, names.outbound]))
         _create_table(engine, names.table)
         table_created = True
         stages.start(READY_TIMEOUT_SECONDS)
@@ -576,7 +539,7 @@ def measure_relay(
                     connection.execute(text(f"DROP TABLE IF EXISTS {names.table}"))
         finally:
             engine.dispose()
-            asyncio.run(_delete_topics(run_settings, names))
+            asyncio.run(drop_topics(run_settings, [names.inbound, names.outbound], wait=True))
     sent = [(key.decode(), digest(value)) for key, value in records]
     result = relay_summary(sent, rows, partitions=run_settings.kafka.partitions)
     result["load_seconds"] = round(load_seconds, 3)

@@ -34,6 +34,8 @@ from rich.console import Console
 from rich.table import Table
 
 from moderation.devtools.bench.e2e import (
+    PostsLostOrDoubled,
+    bench_services,
     prepare_run,
     saturate,
     submit_at_rate,
@@ -51,16 +53,7 @@ from moderation.settings import Settings
 # Lengths above this many characters are "long" and get the long posts' (lighter) load.
 LONG_CHARS = 500
 PHASES = ("warmup", "fixed_rate", "saturation")
-# One key sends everything: the per-key rate limits would measure themselves.
-NO_RATE_LIMITS = {
-    "MODERATION_API__RATE_LIMIT_PER_MINUTE": "0",
-    "MODERATION_API__REQUEST_RATE_LIMIT_PER_MINUTE": "0",
-}
 PLOT_FILE = "scaling.png"
-
-
-class PostsLostOrDoubled(RuntimeError):
-    """A cell lost or doubled posts; the message names each cell and phase."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +146,7 @@ def run_cell(settings: Settings, run: str, api_key: str, cell: Cell, load: Load)
     """One cell on its own topics and processes, removed afterwards whatever happens."""
     cell_run = cell_settings(settings, run, cell)
     asyncio.run(ensure_topics(cell_run))
-    services = PipelineServices(cell_run, extra_env=NO_RATE_LIMITS, worker_replicas=cell.workers)
+    services = bench_services(cell_run, worker_replicas=cell.workers)
     workers = ["worker", *worker_replica_specs(cell_run, cell.workers)]
     started = time.monotonic()
     try:

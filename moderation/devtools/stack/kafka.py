@@ -8,6 +8,7 @@ import hashlib
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -236,25 +237,9 @@ class KafkaBroker:
 
 async def ensure_topics(settings: Settings) -> None:
     """Create the topics of `settings` that do not exist yet, and their ACLs (idempotent)."""
-    kafka = settings.kafka
-    wanted = kafka.topics.all_topics()
-    if kafka.security_protocol != "PLAINTEXT":
+    if settings.kafka.security_protocol != "PLAINTEXT":
         await asyncio.to_thread(ensure_acls, settings)
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=kafka.bootstrap_servers, **aiokafka_auth(settings, ADMIN)
-    )
-    await admin.start()
-    try:
-        missing = sorted(set(wanted) - set(await admin.list_topics()))
-        if missing:
-            await admin.create_topics([NewTopic(topic, kafka.partitions, 1) for topic in missing])
-        for _ in range(100):
-            if not set(wanted) - set(await admin.list_topics()):
-                return
-            await asyncio.sleep(0.1)
-        raise StackError(f"kafka: topics {missing} were not created")
-    finally:
-        await admin.close()
+    await create_topics(settings, settings.kafka.topics.all_topics())
 
 
 async def delete_topics(settings: Settings) -> None:
@@ -262,14 +247,48 @@ async def delete_topics(settings: Settings) -> None:
     their ACLs."""
     if settings.kafka.security_protocol != "PLAINTEXT":
         await asyncio.to_thread(delete_acls, settings)
+    await drop_topics(settings, settings.kafka.topics.all_topics())
+
+
+async def create_topics(settings: Settings, topics: Sequence[str]) -> None:
+    """Create those of `topics` that do not exist yet (`kafka.partitions` each); return once the
+    broker lists them all."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka.bootstrap_servers, **aiokafka_auth(settings, ADMIN)
+    )
+    await admin.start()
+    try:
+        missing = sorted(set(topics) - set(await admin.list_topics()))
+        if missing:
+            await admin.create_topics(
+                [NewTopic(topic, settings.kafka.partitions, 1) for topic in missing]
+            )
+        for _ in range(100):
+            if not set(topics) - set(await admin.list_topics()):
+                return
+            await asyncio.sleep(0.1)
+        raise StackError(f"kafka: topics {missing} were not created")
+    finally:
+        await admin.close()
+
+
+async def drop_topics(settings: Settings, topics: Sequence[str], *, wait: bool = False) -> None:
+    """Delete those of `topics` that exist; with `wait`, return only once the broker no longer
+    lists them (so a caller that lists topics next never sees them)."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka.bootstrap_servers, **aiokafka_auth(settings, ADMIN)
     )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        doomed = [topic for topic in settings.kafka.topics.all_topics() if topic in existing]
+        doomed = [topic for topic in topics if topic in existing]
         if doomed:
             await admin.delete_topics(doomed)
+        for _ in range(100 if wait else 0):
+            if not set(doomed) & set(await admin.list_topics()):
+                return
+            await asyncio.sleep(0.1)
+        if wait:
+            raise StackError(f"kafka: topics {doomed} were not deleted")
     finally:
         await admin.close()

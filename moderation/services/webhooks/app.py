@@ -49,7 +49,7 @@ from moderation.events import (
     utc_now,
 )
 from moderation.kafka_auth import Principal, faststream_security
-from moderation.services.asgi import asgi_service, batch_records, serve
+from moderation.services.asgi import asgi_service, batch_records, serve, undecoded
 from moderation.services.webhooks.delivery import Dispatcher
 from moderation.settings import Settings
 from moderation.telemetry import configure_tracing
@@ -99,11 +99,6 @@ class DispatcherState:
     engine: Engine | None = None
 
 
-async def _undecoded(message: Any) -> Any:
-    """Skip FastStream's per-message JSON decoding: each record is parsed here."""
-    return message.body
-
-
 class WebhookService:
     """The dispatcher's consumer (router and fan-out) and its delivery loop.
 
@@ -144,7 +139,7 @@ class WebhookService:
             batch_timeout_ms=settings.worker.batch_timeout_ms,
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.MANUAL,
-            decoder=_undecoded,
+            decoder=undecoded,
             title="webhook-dispatcher",
             description="verdicts, decisions, author actions and report outcomes, turned into "
             "webhook deliveries",

@@ -50,7 +50,7 @@ from moderation.events import DeadLetter, PostSubmitted
 from moderation.images.hashlists import HashList
 from moderation.kafka_auth import Principal, faststream_security
 from moderation.partitioning import key_partitioner
-from moderation.services.asgi import asgi_service, batch_records, serve
+from moderation.services.asgi import asgi_service, batch_records, serve, undecoded
 from moderation.services.sidecar.config import LiveConfigWatch
 from moderation.services.worker.registry_watch import RegistryWatch
 from moderation.settings import Settings
@@ -143,7 +143,7 @@ class Worker:
             ack_policy=AckPolicy.NACK_ON_ERROR,
             # The handler parses each record itself (a poison one goes to the DLQ alone):
             # FastStream's own JSON decoding of the batch would parse every post twice.
-            decoder=_undecoded,
+            decoder=undecoded,
             title="posts-submitted",
         )
         self.subscriber(self._handler())
@@ -249,11 +249,6 @@ class Worker:
         # Commit (by returning) only once Kafka acknowledged every verdict of the batch.
         await asyncio.gather(*(ack for ack in pending if ack is not None))
         BATCH_SECONDS.observe(time.perf_counter() - started)
-
-
-async def _undecoded(message: Any) -> Any:
-    """The batch's bodies as they came (see the subscriber's `decoder`)."""
-    return message.body
 
 
 def _count(post: PostSubmitted, stage: str, decision: str, category: str) -> None:
